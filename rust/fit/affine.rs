@@ -1,7 +1,8 @@
 //! Affine maps `y ≈ W x + b` from sufficient statistics.
 //!
 //! One streaming pass accumulates, over rows shifted by a pilot mean (`x' = x - p_x`,
-//! `y' = y - p_y`, which keeps large offsets from cancelling): `n`, `Σx'`, `Σy'`, `Σy'²` per
+//! `y' = y - p_y`, which keeps large offsets from cancelling; a site whose means are already
+//! small against its spread keeps a zero pilot and is read in place): `n`, `Σx'`, `Σy'`, `Σy'²` per
 //! dimension, `Σx'x'ᵀ` (one triangle: a symmetric rank-k update) and `Σx'y'ᵀ`. Chunk products are
 //! f32 GEMMs (faer, multi-threaded) added into f64 accumulators. The statistics are additive,
 //! so parts fitted elsewhere merge exactly; the solve (Cholesky with ridge, or the SVD for
@@ -13,6 +14,7 @@
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::Solve;
 use faer::{Accum, Mat, Par, Side};
+use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::{gemm, FitError, FitResult};
@@ -164,11 +166,21 @@ impl AffineStats {
             return Ok(());
         }
         let (d_s, d_t) = (self.d_s, self.d_t);
-        // The first chunk's means become the pilot (kept only if the chunk is accepted);
+        // The first chunk's means become the pilot (kept only if the chunk is accepted),
         // rounded to f32 so the shift subtracts exactly this value; 0 where a mean is not finite.
+        // A site whose means are all within SHIFT_BELOW standard deviations of zero keeps a zero
+        // pilot: f32 products of unshifted rows then lose at most a factor 1 + SHIFT_BELOW² in
+        // relative accuracy, and the chunk needs no shifted copy.
         let pilot = |v: &[f32], d: usize| -> Vec<f64> {
-            column_means(v, m, d)
+            let (mean, var) = column_moments(v, m, d);
+            if mean
                 .iter()
+                .zip(&var)
+                .all(|(&u, &s2)| u * u <= SHIFT_BELOW * SHIFT_BELOW * s2)
+            {
+                return vec![0.0; d];
+            }
+            mean.iter()
                 .map(|&c| if c.is_finite() { c as f32 as f64 } else { 0.0 })
                 .collect()
         };
@@ -184,7 +196,7 @@ impl AffineStats {
         let parallel = gemm::backend() == "faer";
         let shifted_x = shift_and_sum(x, d_s, &px, false, parallel, &mut work.x);
         let shifted_y = shift_and_sum(y, d_t, &py, true, parallel, &mut work.y);
-        let ((sx, _), (sy, syy)) = match (shifted_x, shifted_y) {
+        let ((sx, _, x_shifted), (sy, syy, y_shifted)) = match (shifted_x, shifted_y) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(i), _) => {
                 self.work = work;
@@ -199,7 +211,8 @@ impl AffineStats {
             self.pilot_x = px;
             self.pilot_y = py;
         }
-        let (xc, yc) = (&work.x, &work.y);
+        let xc: &[f32] = if x_shifted { &work.x } else { x };
+        let yc: &[f32] = if y_shifted { &work.y } else { y };
         add(&mut self.sx, &sx);
         add(&mut self.sy, &sy);
         add(&mut self.syy, &syy);
@@ -544,21 +557,38 @@ fn add(a: &mut [f64], b: &[f64]) {
     a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
 }
 
-fn column_means(x: &[f32], m: usize, d: usize) -> Vec<f64> {
+/// Per-column mean and (population) variance of row-major `x` `(m, d)`, in f64.
+fn column_moments(x: &[f32], m: usize, d: usize) -> (Vec<f64>, Vec<f64>) {
     let mut s = vec![0f64; d];
+    let mut q = vec![0f64; d];
     for row in x.chunks_exact(d) {
-        s.iter_mut().zip(row).for_each(|(a, &v)| *a += v as f64);
+        for k in 0..d {
+            let v = row[k] as f64;
+            s[k] += v;
+            q[k] += v * v;
+        }
     }
-    s.iter_mut().for_each(|a| *a /= m as f64);
-    s
+    let n = m as f64;
+    let mean: Vec<f64> = s.iter().map(|a| a / n).collect();
+    let var = q
+        .iter()
+        .zip(&mean)
+        .map(|(b, u)| (b / n - u * u).max(0.0))
+        .collect();
+    (mean, var)
 }
+
+/// Means within this many standard deviations of zero need no pilot shift.
+const SHIFT_BELOW: f64 = 4.0;
 
 /// Column sums and sums of squares of a block, or the index of its first non-finite value.
 type BlockSums = Result<(Vec<f64>, Vec<f64>), usize>;
 
 /// `out = x - pilot` (in f32, row-major `(rows, d)`) with its column sums (and sums of squares)
 /// in f64, in one pass (parallel if asked); partial sums are added in block order, so the result
-/// does not depend on the thread count. `Err(i)`: element `i` of `x` is NaN or infinite.
+/// does not depend on the thread count. An all-zero pilot writes nothing: the sums are of `x`
+/// itself, and the returned flag (whether `out` holds the shifted rows) is false.
+/// `Err(i)`: element `i` of `x` is NaN or infinite.
 fn shift_and_sum(
     x: &[f32],
     d: usize,
@@ -566,47 +596,56 @@ fn shift_and_sum(
     squares: bool,
     parallel: bool,
     out: &mut Vec<f32>,
-) -> Result<(Vec<f64>, Vec<f64>), usize> {
-    const BLOCK_ROWS: usize = 256;
+) -> Result<(Vec<f64>, Vec<f64>, bool), usize> {
+    const BLOCK: usize = 256; // rows
     let p: Vec<f32> = pilot.iter().map(|&v| v as f32).collect();
-    out.resize(x.len(), 0.0); // every element is overwritten below
-    let block =
-        |(b, (dst, src)): (usize, (&mut [f32], &[f32]))| -> Result<(Vec<f64>, Vec<f64>), usize> {
-            let mut sum = vec![0f64; d];
-            let mut sq = if squares { vec![0f64; d] } else { Vec::new() };
-            let mut finite = true;
-            for (drow, srow) in dst.chunks_exact_mut(d).zip(src.chunks_exact(d)) {
-                for k in 0..d {
-                    let v = srow[k] - p[k];
-                    finite &= v.is_finite();
-                    drow[k] = v;
-                    sum[k] += v as f64;
-                }
-                if squares {
-                    sq.iter_mut()
-                        .zip(drow.iter())
-                        .for_each(|(q, &v)| *q += (v as f64) * (v as f64));
-                }
-            }
-            if finite {
-                Ok((sum, sq))
-            } else {
-                let at = src.iter().position(|v| !v.is_finite()).unwrap_or(0);
-                Err(b * BLOCK_ROWS * d + at)
-            }
-        };
-    let partials: Vec<BlockSums> = if parallel {
-        out.par_chunks_mut(BLOCK_ROWS * d)
-            .zip(x.par_chunks(BLOCK_ROWS * d))
+    let shift = p.iter().any(|&v| v != 0.0);
+    // One block of rows: sums of (src - p), written to dst when there is one. A NaN or inf
+    // leaves a non-finite sum (f64 sums of finite f32 values cannot overflow), so the check
+    // runs once per block.
+    let block = |b: usize, src: &[f32], mut dst: Option<&mut [f32]>| -> BlockSums {
+        let mut sum = vec![0f64; d];
+        let mut sq = if squares { vec![0f64; d] } else { Vec::new() };
+        for (r, srow) in src.chunks_exact(d).enumerate() {
+            let drow = dst
+                .as_mut()
+                .map_or(&mut [][..], |o| &mut o[r * d..(r + 1) * d]);
+            shift_row(srow, &p, drow, &mut sum, &mut sq);
+        }
+        if sum.iter().chain(&sq).all(|v| v.is_finite()) {
+            Ok((sum, sq))
+        } else {
+            let at = src.iter().position(|v| !v.is_finite()).unwrap_or(0);
+            Err(b * BLOCK * d + at)
+        }
+    };
+    let partials: Vec<BlockSums> = match (shift, parallel) {
+        (true, true) => {
+            out.resize(x.len(), 0.0); // every element is overwritten
+            out.par_chunks_mut(BLOCK * d)
+                .zip(x.par_chunks(BLOCK * d))
+                .enumerate()
+                .map(|(b, (o, s))| block(b, s, Some(o)))
+                .collect()
+        }
+        (true, false) => {
+            out.resize(x.len(), 0.0);
+            out.chunks_mut(BLOCK * d)
+                .zip(x.chunks(BLOCK * d))
+                .enumerate()
+                .map(|(b, (o, s))| block(b, s, Some(o)))
+                .collect()
+        }
+        (false, true) => x
+            .par_chunks(BLOCK * d)
             .enumerate()
-            .map(block)
-            .collect()
-    } else {
-        out.chunks_mut(BLOCK_ROWS * d)
-            .zip(x.chunks(BLOCK_ROWS * d))
+            .map(|(b, s)| block(b, s, None))
+            .collect(),
+        (false, false) => x
+            .chunks(BLOCK * d)
             .enumerate()
-            .map(block)
-            .collect()
+            .map(|(b, s)| block(b, s, None))
+            .collect(),
     };
     let mut sum = vec![0f64; d];
     let mut sq = vec![0f64; if squares { d } else { 0 }];
@@ -615,7 +654,42 @@ fn shift_and_sum(
         add(&mut sum, &s);
         add(&mut sq, &q);
     }
-    Ok((sum, sq))
+    Ok((sum, sq, shift))
+}
+
+/// `sum += src - p`, and when given, `sq += (src - p)²` and `dst = src - p` (all length `d`,
+/// or empty for "not wanted").
+#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2+fma"))]
+fn shift_row(src: &[f32], p: &[f32], dst: &mut [f32], sum: &mut [f64], sq: &mut [f64]) {
+    match (dst.is_empty(), sq.is_empty()) {
+        (true, true) => {
+            for k in 0..src.len() {
+                sum[k] += (src[k] - p[k]) as f64;
+            }
+        }
+        (true, false) => {
+            for k in 0..src.len() {
+                let v = (src[k] - p[k]) as f64;
+                sum[k] += v;
+                sq[k] += v * v;
+            }
+        }
+        (false, true) => {
+            for k in 0..src.len() {
+                let v = src[k] - p[k];
+                dst[k] = v;
+                sum[k] += v as f64;
+            }
+        }
+        (false, false) => {
+            for k in 0..src.len() {
+                let v = src[k] - p[k];
+                dst[k] = v;
+                sum[k] += v as f64;
+                sq[k] += (v as f64) * (v as f64);
+            }
+        }
+    }
 }
 
 /// Relative size below which a Cholesky pivot counts as zero (f32 data carry ~7 digits).
@@ -749,6 +823,46 @@ mod tests {
             back.solve(0.1, true, Method::Lstsq).unwrap().weight,
             f2.weight
         );
+    }
+
+    #[test]
+    fn centring_is_skipped_only_when_means_are_small() {
+        let (n, d_s, d_t) = (3000, 6, 3);
+        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(7);
+        let x0: Vec<f32> = (0..n * d_s)
+            .map(|_| rng.random::<f32>() * 2.0 - 1.0)
+            .collect();
+        let x1: Vec<f32> = x0.iter().map(|v| v + 300.0).collect();
+        let w = |j: usize, i: usize| (i + 2 * j) as f32 * 0.25 - 1.0;
+        let y: Vec<f32> = (0..n * d_t)
+            .map(|k| {
+                let (r, j) = (k / d_t, k % d_t);
+                0.5 + (0..d_s).map(|i| w(j, i) * x0[r * d_s + i]).sum::<f32>()
+            })
+            .collect();
+        let mut near = AffineStats::new(d_s, d_t).unwrap();
+        near.update(&x0, &y, n).unwrap();
+        let mut far = AffineStats::new(d_s, d_t).unwrap();
+        far.update(&x1, &y, n).unwrap();
+        assert!(near.pilot_x.iter().chain(&near.pilot_y).all(|&p| p == 0.0));
+        assert!(far.pilot_x.iter().all(|&p| (p - 300.0).abs() < 1.0));
+        let (a, b) = (
+            near.solve(0.0, true, Method::Lstsq).unwrap(),
+            far.solve(0.0, true, Method::Lstsq).unwrap(),
+        );
+        for j in 0..d_t {
+            for i in 0..d_s {
+                assert!((a.weight[j * d_s + i] - w(j, i)).abs() < 1e-4);
+                assert!((b.weight[j * d_s + i] - w(j, i)).abs() < 1e-4);
+            }
+            assert!((a.bias[j] - 0.5).abs() < 1e-4, "{:?}", a.bias);
+            let shifted: f32 = 0.5 - 300.0 * (0..d_s).map(|i| w(j, i)).sum::<f32>();
+            assert!((b.bias[j] - shifted).abs() < 1e-2, "{:?} {shifted}", b.bias);
+        }
+        // Statistics with different pilots still merge exactly.
+        let mut merged = near.clone();
+        merged.merge(&far).unwrap();
+        assert_eq!(merged.n, 2 * n as u64);
     }
 
     #[test]
