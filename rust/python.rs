@@ -413,11 +413,14 @@ fn stats_dict<'py>(py: Python<'py>, s: store::stats::SiteStats) -> PyResult<Boun
 #[pymethods]
 impl PyStore {
     #[new]
-    #[pyo3(signature = (path, page_budget=None))]
-    fn new(py: Python<'_>, path: PathBuf, page_budget: Option<u64>) -> PyResult<Self> {
+    #[pyo3(signature = (paths, page_budget=None))]
+    fn new(py: Python<'_>, paths: Vec<PathBuf>, page_budget: Option<u64>) -> PyResult<Self> {
         let page_budget = page_budget.unwrap_or_else(default_page_budget);
         let inner = py
-            .detach(|| store::ActivationStore::open(&path, page_budget))
+            .detach(|| match paths.as_slice() {
+                [one] => store::ActivationStore::open(one, page_budget),
+                many => store::ActivationStore::open_list(many, page_budget),
+            })
             .map_err(err)?;
         Ok(PyStore {
             inner: Arc::new(inner),

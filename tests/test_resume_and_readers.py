@@ -92,3 +92,23 @@ def test_parts_written_by_several_processes_open_as_one_store(tmp_path):
         ab.ActivationStore(root)
     with pytest.raises(ab.StoreError, match="single store"):
         ab.StoreWriter(root / "part-0", sites={"x": 5}, part=1)
+
+
+def test_a_list_of_stores_opens_as_one_in_the_order_given(tmp_path):
+    paths = []
+    for k in range(3):
+        p = tmp_path / f"s{k}"
+        with ab.StoreWriter(p, sites={"x": 3}, dtype="float32", shard_rows=4) as w:
+            w.append(x=np.full((5 + k, 3), k, np.float32), doc=np.full(5 + k, k))
+        paths.append(p)
+    s = ab.ActivationStore([paths[2], paths[0], str(paths[1])])
+    np.testing.assert_array_equal(s.column("doc"), [2] * 7 + [0] * 5 + [1] * 6)
+    np.testing.assert_array_equal(s.read("x")[:, 0], s.column("doc"))
+    with ab.StoreWriter(paths[0], sites={"x": 3}, dtype="float32", mode="a") as w:
+        w.append(x=np.zeros((2, 3), np.float32), doc=[9, 9])
+    assert len(s.refresh()) == 20  # the same list, re-read
+    assert list(s.column("doc")[7:14]) == [0] * 5 + [9, 9]
+    with pytest.raises(ab.StoreError, match="missing"):
+        ab.ActivationStore([paths[0], tmp_path / "missing"])
+    with pytest.raises(ab.StoreError, match="empty list"):
+        ab.ActivationStore([])

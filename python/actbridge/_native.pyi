@@ -1,6 +1,6 @@
 """Type stub of the private native module (checked against the build by mypy stubtest)."""
 
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from os import PathLike
 from typing import Any, final
 
@@ -142,7 +142,7 @@ class StoreWriter:
 
 @final
 class ActivationStore:
-    def __new__(cls, path: _Path, page_budget: int | None = None) -> ActivationStore: ...
+    def __new__(cls, paths: Sequence[_Path], page_budget: int | None = None) -> ActivationStore: ...
     def refreshed(self) -> ActivationStore: ...
     def __len__(self) -> int: ...
     @property

@@ -193,16 +193,18 @@ class ActivationStore:
     validated at open (:class:`StoreCorruptError` on damage); :meth:`verify` re-hashes all data.
 
     Args:
-        path: store directory.
+        path: store directory (a single store, or a directory of ``part-*`` stores), or a list
+            of store directories opened as one store, rows in the order given.
         page_budget: growth of this process's resident file pages (bytes) after which the
             store's mapped pages are released (they stay in the OS page cache), so reading a
             store larger than RAM keeps resident memory bounded. Default: a quarter of physical
             memory, at least 1 GiB (``actbridge._native.DEFAULT_PAGE_BUDGET``).
     """
 
-    def __init__(self, path: PathLike, *, page_budget: int | None = None) -> None:
+    def __init__(self, path: PathLike | Sequence[PathLike], *, page_budget: int | None = None) -> None:
         budget = None if page_budget is None else int(page_budget)
-        self._store = _native.ActivationStore(os.fspath(path), budget)
+        paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
+        self._store = _native.ActivationStore([os.fspath(p) for p in paths], budget)
         self._load_schema()
 
     def _load_schema(self) -> None:

@@ -254,6 +254,8 @@ impl MappedShard {
 pub struct ActivationStore {
     dir: PathBuf,
     parts: Vec<PathBuf>,
+    /// Opened from an explicit list of parts (refresh re-reads the same list).
+    listed: bool,
     /// The store-wide view: part 0's schema and metadata, every part's shards (named by their
     /// path relative to `dir`) and the total row count.
     manifest: Manifest,
@@ -288,6 +290,25 @@ impl ActivationStore {
     /// are part 0's, then part 1's, and so on.
     pub fn open(dir: &Path, page_budget: u64) -> Result<ActivationStore> {
         Self::open_parts(dir, discover_parts(dir)?, &[], page_budget)
+    }
+
+    /// Open the stores (or parts) at `paths` as one store, rows in the order given. Each path
+    /// must hold a `manifest.json`; all must share sites and columns.
+    pub fn open_list(paths: &[PathBuf], page_budget: u64) -> Result<ActivationStore> {
+        let Some(first) = paths.first() else {
+            return Err(StoreError::Invalid(
+                "an empty list of parts: pass at least one store directory".into(),
+            ));
+        };
+        for p in paths {
+            if !p.join(MANIFEST).is_file() {
+                return Err(StoreError::NotFound(p.clone()));
+            }
+        }
+        let root = first.parent().unwrap_or(first).to_path_buf();
+        let mut store = Self::open_parts(&root, paths.to_vec(), &[], page_budget)?;
+        store.listed = true;
+        Ok(store)
     }
 
     fn open_parts(
@@ -342,6 +363,7 @@ impl ActivationStore {
         Ok(ActivationStore {
             dir: root.to_path_buf(),
             parts,
+            listed: false,
             manifest,
             shards,
             ends,
@@ -354,12 +376,13 @@ impl ActivationStore {
     /// A new view including rows (and parts) committed since this one was opened; shards
     /// already mapped are shared.
     pub fn refreshed(&self) -> Result<ActivationStore> {
-        let fresh = Self::open_parts(
-            &self.dir,
-            discover_parts(&self.dir)?,
-            &self.shards,
-            self.page_budget,
-        )?;
+        let parts = if self.listed {
+            self.parts.clone()
+        } else {
+            discover_parts(&self.dir)?
+        };
+        let mut fresh = Self::open_parts(&self.dir, parts, &self.shards, self.page_budget)?;
+        fresh.listed = self.listed;
         if fresh.manifest.sites != self.manifest.sites {
             return Err(StoreError::corrupt(
                 self.dir.join("manifest.json"),
