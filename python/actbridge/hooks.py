@@ -1,0 +1,129 @@
+"""Finding the decoder blocks of a Hugging Face causal LM and reading their outputs.
+
+The residual stream "at layer L" is the output of decoder block ``L`` (0-based), which equals
+``hidden_states[L + 1]`` of ``model(..., output_hidden_states=True)`` for every block but the
+last (there, transformers applies the final norm to ``hidden_states[-1]``; we return the raw
+block output).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+from actbridge._native import ActbridgeError
+
+#: Where common architectures keep their block list (Llama, Mistral, Qwen2/3, Gemma 1-3, Phi,
+#: OLMo: ``model.layers``; Gemma 3 multimodal: ``model.language_model.layers``; GPT-2, GPT-J,
+#: Bloom, Falcon: ``transformer.h``; GPT-NeoX / Pythia: ``gpt_neox.layers``; OPT:
+#: ``model.decoder.layers``; MPT: ``transformer.blocks``).
+BLOCK_PATHS = (
+    "model.layers",
+    "model.language_model.layers",
+    "language_model.model.layers",
+    "transformer.h",
+    "gpt_neox.layers",
+    "model.decoder.layers",
+    "transformer.blocks",
+)
+
+
+class HookError(ActbridgeError):
+    """A model's blocks could not be found or a layer index is out of range."""
+
+
+def decoder_blocks(model: Any) -> Any:
+    """The ``torch.nn.ModuleList`` of ``model``'s decoder blocks.
+
+    Known layouts first (:data:`BLOCK_PATHS`); otherwise the longest module list whose entries
+    all have one class. Raises :class:`HookError` listing the module lists it saw.
+    """
+    import torch
+
+    for path in BLOCK_PATHS:
+        obj = model
+        for part in path.split("."):
+            obj = getattr(obj, part, None)
+            if obj is None:
+                break
+        if isinstance(obj, torch.nn.ModuleList) and len(obj) > 0:
+            return obj
+    lists = [(name, m) for name, m in model.named_modules() if isinstance(m, torch.nn.ModuleList) and len(m)]
+    uniform = [(name, m) for name, m in lists if len({type(c) for c in m}) == 1]
+    if uniform:
+        return max(uniform, key=lambda nm: len(nm[1]))[1]
+    seen = ", ".join(f"{name or '<root>'} ({len(m)} modules)" for name, m in lists) or "none"
+    raise HookError(
+        f"could not find the decoder blocks of {type(model).__name__}: no module list of identical "
+        f"blocks (module lists found: {seen}). Pass a model with a standard layout, e.g. one of "
+        f"{', '.join(BLOCK_PATHS)}."
+    )
+
+
+def layer_indices(model: Any, layers: int | Sequence[int]) -> list[int]:
+    """Normalise layer indices (negative counts from the end) and check they exist."""
+    n = len(decoder_blocks(model))
+    wanted = [layers] if isinstance(layers, int) else list(layers)
+    if not wanted:
+        raise HookError("no layers given; pass e.g. layers=[6, 13]")
+    out = []
+    for layer in wanted:
+        if isinstance(layer, bool) or not isinstance(layer, int):
+            raise HookError(f"layer {layer!r} is not an integer")
+        if not -n <= layer < n:
+            raise HookError(
+                f"layer {layer} is out of range: {type(model).__name__} has {n} decoder blocks (0..{n - 1})"
+            )
+        out.append(layer % n)
+    if len(set(out)) != len(out):
+        raise HookError(f"layers {wanted} name the same block twice")
+    return out
+
+
+def block_output(output: Any) -> Any:
+    """The hidden-state tensor of a block's forward output (a tensor, or a tuple starting with one)."""
+    return output[0] if isinstance(output, tuple) else output
+
+
+class _StopForward(Exception):
+    """Raised by the last capture hook to skip the rest of the forward pass."""
+
+
+@contextmanager
+def capture_residuals(model: Any, layers: Sequence[int], stop: bool = True) -> Iterator[dict[int, Any]]:
+    """Record the outputs of blocks ``layers`` (``(batch, seq, d)`` tensors) into the yielded
+    dict on each forward pass; with ``stop``, the pass ends after the last of them (no later
+    blocks, no LM head), so call the model through :func:`forward_to_layers`. Hooks are removed
+    on exit, also on error."""
+    blocks = decoder_blocks(model)
+    got: dict[int, Any] = {}
+    last = max(layers)
+
+    def hook_for(layer: int) -> Any:
+        def hook(module: Any, args: Any, output: Any) -> None:
+            got[layer] = block_output(output)
+            if stop and layer == last:
+                raise _StopForward
+
+        return hook
+
+    handles = [blocks[layer].register_forward_hook(hook_for(layer)) for layer in layers]
+    try:
+        yield got
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def forward_to_layers(model: Any, layers: Sequence[int], **inputs: Any) -> dict[int, Any]:
+    """Run ``model(**inputs)`` only as far as the last of ``layers``; the blocks' outputs."""
+    with capture_residuals(model, layers, stop=True) as got:
+        try:
+            model(**inputs)
+        except _StopForward:
+            pass
+    missing = [layer for layer in layers if layer not in got]
+    if missing:
+        raise HookError(f"the forward pass never reached layers {missing}")
+    return dict(got)

