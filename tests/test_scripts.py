@@ -72,3 +72,22 @@ def test_fit_benchmark_smoke(tmp_path):
     assert "| 32 -> 16 |" in out and "out of core:" in out and "peak RSS" in out
     assert "| 16 -> 11 -> 8 |" in out
     assert not (tmp_path / "f").exists()
+
+
+def test_map_example_smoke(tmp_path):
+    out = run(str(ROOT / "examples" / "map_smollm2_to_gemma.py"), "--smoke", "--dir", str(tmp_path / "m"), cwd=tmp_path)
+    assert "alignment rate" in out
+    assert "| affine (ridge 1e-2) |" in out and "| autoencoder h=" in out
+    import actbridge as ab
+
+    assert ab.load_map(tmp_path / "m" / "affine").d_target == 48
+    # a rerun reuses the finished store (mode="a" adds nothing)
+    rows = len(ab.ActivationStore(tmp_path / "m" / "pairs"))
+    run(str(ROOT / "examples" / "map_smollm2_to_gemma.py"), "--smoke", "--dir", str(tmp_path / "m"), cwd=tmp_path)
+    assert len(ab.ActivationStore(tmp_path / "m" / "pairs")) == rows
+
+
+def test_collect_benchmark_smoke(tmp_path):
+    out = run(str(ROOT / "benches" / "bench_collect.py"), "--smoke", "--repeats", "1", cwd=tmp_path)
+    assert "| tiny-llama | 1,2 |" in out and "overhead" in out
+    assert "| tiny-llama -> tiny-gemma3 |" in out

@@ -266,7 +266,7 @@ class _Run:
 def _progress(total: int, enabled: bool, desc: str) -> Any:
     from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
-    return tqdm(total=total, disable=not enabled, unit="text", desc=desc, dynamic_ncols=True)
+    return tqdm(total=total, disable=not enabled, unit="text", desc=desc, dynamic_ncols=True, mininterval=1.0)
 
 
 def collect(

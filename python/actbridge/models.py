@@ -118,7 +118,7 @@ def load_model(
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-    except OSError as e:
+    except (OSError, ValueError) as e:
         raise ModelError(
             f"could not load {name_or_path!r} ({e}). Use an embedded name {sorted(EMBEDDED)}, a .gguf "
             "file, a local model directory, or a hub id on a machine with internet access."

@@ -1,0 +1,122 @@
+"""Collection benchmark: ``ab.collect`` vs a bare forward pass truncated at the same layer.
+
+Both sides run the same model on the same padded batches of the bundled corpus; the bare pass
+calls the model's decoder stack with its block list cut after the last collected layer (no
+hooks, no LM head, nothing copied or written). Also reports paired collection
+SmolLM2-135M-Instruct -> Gemma-3-270m (tokens/s counts both models' tokens) and the alignment
+rate. Medians of --repeats runs, one process.
+
+    python benches/bench_collect.py [--repeats 3] [--batch-size 8] [--device cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+import actbridge as ab  # noqa: E402
+from timing import median_time  # noqa: E402
+
+
+def bare_forward(model, tok, texts, layer: int, batch_size: int, max_length: int, device) -> int:
+    """Run the decoder stack up to ``layer`` on the same batches collect uses; tokens seen."""
+    import torch
+
+    blocks = ab.decoder_blocks(model)
+    inner = model.model  # Llama layout: model.model.layers
+    full = inner.layers
+    inner.layers = torch.nn.ModuleList(list(blocks)[: layer + 1])
+    tokens = 0
+    try:
+        for k in range(0, len(texts), batch_size):
+            enc = tok(texts[k : k + batch_size], padding=True, truncation=True, max_length=max_length,
+                      return_tensors="pt").to(device)
+            mask = enc["attention_mask"]
+            with torch.inference_mode():
+                inner(input_ids=enc["input_ids"], attention_mask=mask,
+                      position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)
+            tokens += int(mask.sum())
+    finally:
+        inner.layers = full
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return tokens
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--max-length", type=int, default=512)
+    p.add_argument("--layers", default="6,13")
+    p.add_argument("--device", default=None)
+    p.add_argument("--smoke", action="store_true", help="tiny random models (for the test suite)")
+    args = p.parse_args()
+    import torch
+
+    texts = ab.load_corpus()
+    layers = [int(v) for v in args.layers.split(",")]
+    if args.smoke:
+        sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
+        from conftest import tiny_model, tiny_tokenizer
+
+        tok_s, tok_t = tiny_tokenizer("bpe"), tiny_tokenizer("unigram", padding_side="left")
+        m_s, m_t = tiny_model("llama", vocab=len(tok_s), layers=4), tiny_model("gemma3", vocab=len(tok_t))
+        texts, layers, names = texts[:20], [1, 2], ("tiny-llama", "tiny-gemma3")
+    else:
+        m_s, tok_s = ab.load_model("smollm2-135m-instruct", device=args.device)
+        m_t, tok_t = ab.load_model("gemma-3-270m", device=args.device)
+        names = ("SmolLM2-135M", "Gemma-3-270m")
+    device = next(m_s.parameters()).device
+    root = Path(tempfile.mkdtemp(prefix="bench-collect-"))
+    counter = {"n": 0}
+
+    def ours() -> None:
+        counter["n"] += 1
+        ab.collect(m_s, tok_s, texts, layers, root / f"c{counter['n']}", batch_size=args.batch_size,
+                   max_length=args.max_length, skip_bos=False, progress=False)
+
+    def pair() -> None:
+        counter["n"] += 1
+        ab.collect_pair((m_s, tok_s, layers[-1]), (m_t, tok_t, layers[0]), texts, root / f"p{counter['n']}",
+                        batch_size=args.batch_size, max_length=args.max_length, progress=False)
+
+    try:
+        tokens = bare_forward(m_s, tok_s, texts, max(layers), args.batch_size, args.max_length, device)
+        bare_forward(m_s, tok_s, texts[:16], max(layers), args.batch_size, args.max_length, device)  # warm
+        t_bare = median_time(
+            lambda: bare_forward(m_s, tok_s, texts, max(layers), args.batch_size, args.max_length, device),
+            args.repeats,
+        )
+        t_ours = median_time(ours, args.repeats)
+        t_pair = median_time(pair, args.repeats)
+        store = ab.ActivationStore(root / f"p{counter['n']}")
+        pair_tokens = sum(len(tok_s(t)["input_ids"]) + len(tok_t(t)["input_ids"]) for t in texts)
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    print(
+        f"# {len(texts)} texts, {tokens:,} tokens, batch {args.batch_size}, {device}, "
+        f"torch threads {torch.get_num_threads()}, median of {args.repeats}"
+    )
+    print("| model | layers | ab.collect tok/s | bare forward to layer tok/s | overhead |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| {names[0]} | {','.join(map(str, layers))} | {tokens / t_ours:,.0f} | {tokens / t_bare:,.0f} "
+        f"| {100 * (t_ours / t_bare - 1):+.1f}% |"
+    )
+    print("\n| pair | layers | tok/s (both models) | rows | alignment rate |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| {names[0]} -> {names[1]} | {layers[-1]} -> {layers[0]} | {pair_tokens / t_pair:,.0f} | {len(store):,} "
+        f"| {store.metadata['alignment_rate']:.1%} |"
+    )
+
+
+if __name__ == "__main__":
+    main()

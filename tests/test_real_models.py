@@ -1,0 +1,105 @@
+"""The two embedded real models (installed offline from PyPI): collection and alignment.
+
+Marked ``real``; they run by default (and in CI). The first run dequantises the GGUF files into
+the cache (about a minute); later runs load the cached safetensors in about a second.
+"""
+
+from __future__ import annotations
+
+import re
+
+import numpy as np
+import pytest
+
+import actbridge as ab
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.real
+
+HARD = [
+    "naïve café: 3.14 🙂🙂! Ünïcödé straße, 東京 and 2024-11-22.",
+    "  two  spaces,\ttabs\tand\n\nblank lines  ",
+    "Prices: $1,249.99 (8.25%) — €38.50; x=[3, 1, 4]; print(f'{x!r}')",
+]
+
+
+@pytest.fixture(scope="module")
+def smol():
+    return ab.load_model("smollm2-135m-instruct", device="cpu")
+
+
+@pytest.fixture(scope="module")
+def gemma():
+    return ab.load_model("gemma-3-270m", device="cpu")
+
+
+def test_embedded_models_load_from_the_cache_and_generate(smol, gemma):
+    for (model, tok), width, blocks in ((smol, 576, 30), (gemma, 640, 18)):
+        assert model.get_input_embeddings().embedding_dim == width
+        assert len(ab.decoder_blocks(model)) == blocks
+        assert (ab.models.cache_dir() / "models" / model.actbridge_name / "model.safetensors").is_file()
+        assert tok.is_fast
+    model, tok = smol
+    chat = tok.apply_chat_template(
+        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, tokenize=False
+    )
+    ids = tok(chat, return_tensors="pt", add_special_tokens=False)
+    out = model.generate(**ids, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1] :])
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+def test_smollm2_rows_equal_hidden_states(tmp_path, smol, side):
+    model, tok = smol
+    old = tok.padding_side
+    tok.padding_side = side
+    try:
+        docs = ab.load_corpus()[::20] + HARD
+        store = ab.collect(model, tok, docs, [6, 13], tmp_path / "s", batch_size=5, dtype="float32", progress=False)
+    finally:
+        tok.padding_side = old
+    for d, text in enumerate(docs):
+        ids = tok(text, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+        rows = np.flatnonzero(store.column("doc") == d)
+        np.testing.assert_array_equal(store.column("pos", rows), np.arange(1, ids.shape[1]))
+        for layer in (6, 13):
+            want = hs[layer + 1][0, 1:].numpy()
+            got = store.read(f"layer{layer}", rows)
+            scale = np.abs(want).max()
+            np.testing.assert_allclose(got, want, atol=2e-4 * scale, rtol=0)
+
+
+def word_ends(text: str) -> set[int]:
+    """Character positions where a run of non-space characters ends: a token boundary for
+    both byte-level BPE (SmolLM2) and SentencePiece (Gemma) tokenizers."""
+    return {m.end() for m in re.finditer(r"\S+", text)}
+
+
+def test_smollm2_to_gemma_pairs_align_by_characters(tmp_path, smol, gemma):
+    (m_s, t_s), (m_t, t_t) = smol, gemma
+    docs = ab.load_corpus()[::8] + HARD
+    store = ab.collect_pair((m_s, t_s, 13), (m_t, t_t, 9), docs, tmp_path / "p", batch_size=6, progress=False)
+    rate = store.metadata["alignment_rate"]
+    assert 0.85 < rate < 1.0
+    doc, sp, tp = store.column("doc"), store.column("source_pos"), store.column("target_pos")
+    for d, text in enumerate(docs):
+        so = np.asarray(t_s(text, return_offsets_mapping=True)["offset_mapping"])
+        to = np.asarray(t_t(text, return_offsets_mapping=True)["offset_mapping"])
+        rows = np.flatnonzero(doc == d)
+        ends = so[sp[rows], 1]
+        np.testing.assert_array_equal(ends, to[tp[rows], 1])  # every pair ends at one character
+        # every word end is paired, but for the end of SmolLM2's first token (position 0, which
+        # it has instead of a BOS and collection skips)
+        assert word_ends(text) - {so[0, 1]} <= set(ends.tolist())
+        assert (sp[rows] >= 1).all() and (tp[rows] >= 1).all()
+    # the rows are the two models' hidden states at the paired positions (bf16)
+    for d in (0, len(docs) - 3):
+        text, rows = docs[d], np.flatnonzero(doc == d)
+        with torch.inference_mode():
+            hs_s = m_s(**t_s(text, return_tensors="pt"), output_hidden_states=True).hidden_states[14][0]
+            hs_t = m_t(**t_t(text, return_tensors="pt"), output_hidden_states=True).hidden_states[10][0]
+        for site, hs, pos in (("source", hs_s, sp[rows]), ("target", hs_t, tp[rows])):
+            want = hs[pos].float().numpy()
+            np.testing.assert_allclose(store.read(site, rows), want, atol=1e-2 * np.abs(want).max(), rtol=0)
