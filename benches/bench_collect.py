@@ -15,7 +15,6 @@ import argparse
 import shutil
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -35,12 +34,21 @@ def bare_forward(model, tok, texts, layer: int, batch_size: int, max_length: int
     tokens = 0
     try:
         for k in range(0, len(texts), batch_size):
-            enc = tok(texts[k : k + batch_size], padding=True, truncation=True, max_length=max_length,
-                      return_tensors="pt").to(device)
+            enc = tok(
+                texts[k : k + batch_size],
+                padding=True,
+                truncation=True,
+                max_length=max_length,
+                return_tensors="pt",
+            ).to(device)
             mask = enc["attention_mask"]
             with torch.inference_mode():
-                inner(input_ids=enc["input_ids"], attention_mask=mask,
-                      position_ids=(mask.cumsum(-1) - 1).clamp(min=0), use_cache=False)
+                inner(
+                    input_ids=enc["input_ids"],
+                    attention_mask=mask,
+                    position_ids=(mask.cumsum(-1) - 1).clamp(min=0),
+                    use_cache=False,
+                )
             tokens += int(mask.sum())
     finally:
         inner.layers = full
@@ -79,13 +87,29 @@ def main() -> None:
 
     def ours() -> None:
         counter["n"] += 1
-        ab.collect(m_s, tok_s, texts, layers, root / f"c{counter['n']}", batch_size=args.batch_size,
-                   max_length=args.max_length, skip_bos=False, progress=False)
+        ab.collect(
+            m_s,
+            tok_s,
+            texts,
+            layers,
+            root / f"c{counter['n']}",
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            skip_bos=False,
+            progress=False,
+        )
 
     def pair() -> None:
         counter["n"] += 1
-        ab.collect_pair((m_s, tok_s, layers[-1]), (m_t, tok_t, layers[0]), texts, root / f"p{counter['n']}",
-                        batch_size=args.batch_size, max_length=args.max_length, progress=False)
+        ab.collect_pair(
+            (m_s, tok_s, layers[-1]),
+            (m_t, tok_t, layers[0]),
+            texts,
+            root / f"p{counter['n']}",
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            progress=False,
+        )
 
     try:
         tokens = bare_forward(m_s, tok_s, texts, max(layers), args.batch_size, args.max_length, device)
@@ -113,8 +137,8 @@ def main() -> None:
     print("\n| pair | layers | tok/s (both models) | rows | alignment rate |")
     print("|---|---|---|---|---|")
     print(
-        f"| {names[0]} -> {names[1]} | {layers[-1]} -> {layers[0]} | {pair_tokens / t_pair:,.0f} | {len(store):,} "
-        f"| {store.metadata['alignment_rate']:.1%} |"
+        f"| {names[0]} -> {names[1]} | {layers[-1]} -> {layers[0]} | {pair_tokens / t_pair:,.0f} "
+        f"| {len(store):,} | {store.metadata['alignment_rate']:.1%} |"
     )
 
 

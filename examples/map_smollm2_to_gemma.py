@@ -80,8 +80,15 @@ def main() -> None:
     affine.save(root / "affine")
     t0 = time.perf_counter()
     ae = ab.AutoencoderMap.fit(
-        store, rows=train, val_rows=val, epochs=args.epochs, lr=1e-3, batch_size=256, plateau_patience=1,
-        standardize=True, progress=False,
+        store,
+        rows=train,
+        val_rows=val,
+        epochs=args.epochs,
+        lr=1e-3,
+        batch_size=256,
+        plateau_patience=1,
+        standardize=True,
+        progress=False,
     )
     t_ae = time.perf_counter() - t0
     ae.save(root / "autoencoder")

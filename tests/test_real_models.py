@@ -8,10 +8,9 @@ from __future__ import annotations
 
 import re
 
+import actbridge as ab
 import numpy as np
 import pytest
-
-import actbridge as ab
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.real
@@ -41,7 +40,9 @@ def test_embedded_models_load_from_the_cache_and_generate(smol, gemma):
         assert tok.is_fast
     model, tok = smol
     chat = tok.apply_chat_template(
-        [{"role": "user", "content": "What is the capital of France?"}], add_generation_prompt=True, tokenize=False
+        [{"role": "user", "content": "What is the capital of France?"}],
+        add_generation_prompt=True,
+        tokenize=False,
     )
     ids = tok(chat, return_tensors="pt", add_special_tokens=False)
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
@@ -55,7 +56,9 @@ def test_smollm2_rows_equal_hidden_states(tmp_path, smol, side):
     tok.padding_side = side
     try:
         docs = ab.load_corpus()[::20] + HARD
-        store = ab.collect(model, tok, docs, [6, 13], tmp_path / "s", batch_size=5, dtype="float32", progress=False)
+        store = ab.collect(
+            model, tok, docs, [6, 13], tmp_path / "s", batch_size=5, dtype="float32", progress=False
+        )
     finally:
         tok.padding_side = old
     for d, text in enumerate(docs):

@@ -75,7 +75,13 @@ def test_fit_benchmark_smoke(tmp_path):
 
 
 def test_map_example_smoke(tmp_path):
-    out = run(str(ROOT / "examples" / "map_smollm2_to_gemma.py"), "--smoke", "--dir", str(tmp_path / "m"), cwd=tmp_path)
+    out = run(
+        str(ROOT / "examples" / "map_smollm2_to_gemma.py"),
+        "--smoke",
+        "--dir",
+        str(tmp_path / "m"),
+        cwd=tmp_path,
+    )
     assert "alignment rate" in out
     assert "| affine (ridge 1e-2) |" in out and "| autoencoder h=" in out
     import actbridge as ab
@@ -83,7 +89,13 @@ def test_map_example_smoke(tmp_path):
     assert ab.load_map(tmp_path / "m" / "affine").d_target == 48
     # a rerun reuses the finished store (mode="a" adds nothing)
     rows = len(ab.ActivationStore(tmp_path / "m" / "pairs"))
-    run(str(ROOT / "examples" / "map_smollm2_to_gemma.py"), "--smoke", "--dir", str(tmp_path / "m"), cwd=tmp_path)
+    run(
+        str(ROOT / "examples" / "map_smollm2_to_gemma.py"),
+        "--smoke",
+        "--dir",
+        str(tmp_path / "m"),
+        cwd=tmp_path,
+    )
     assert len(ab.ActivationStore(tmp_path / "m" / "pairs")) == rows
 
 

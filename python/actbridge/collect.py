@@ -23,7 +23,7 @@ import inspect
 import os
 import time
 import warnings
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -184,6 +184,17 @@ def _barrier() -> None:
 
 
 @dataclass
+class _Batch:
+    """One batch's rows: ``sites`` maps a site to (flat block outputs, row indices into them);
+    ``columns`` to lists of per-text arrays."""
+
+    sites: dict[str, tuple[Any, npt.NDArray[np.int64]]]
+    columns: dict[str, list[Any]]
+    tokens: int
+    truncated: int
+
+
+@dataclass
 class _Run:
     """What the two collection kinds share: texts, writer, resume point, progress."""
 
@@ -248,6 +259,40 @@ class _Run:
         if self.resume is not None and doc == self.resume[0]:
             return max(first, self.resume[1] + 1)
         return first
+
+    def run_batches(
+        self, batch_size: int, desc: str, step: Callable[[list[int]], _Batch], postfix: Callable[[], str]
+    ) -> int:
+        """Collect every text still to do, ``batch_size`` at a time, through ``step``; the number
+        of truncated texts. The writer is closed (what was committed stays) if anything fails."""
+        rows = _HostRows(self.writer)
+        todo = self.todo()
+        bar = _progress(len(todo), self.progress, desc)
+        tokens, truncated, t0 = 0, 0, time.perf_counter()
+        try:
+            for k in range(0, len(todo), batch_size):
+                doc_ids = todo[k : k + batch_size]
+                batch = step(doc_ids)
+                tokens += batch.tokens
+                truncated += batch.truncated
+                if len(next(iter(batch.sites.values()))[1]):
+                    rows.submit(
+                        {
+                            name: flat[_index_tensor(idx, flat.device)]
+                            for name, (flat, idx) in batch.sites.items()
+                        },
+                        {name: np.concatenate(v) for name, v in batch.columns.items()},
+                    )
+                bar.update(len(doc_ids))
+                bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s{postfix()}")
+            rows.drain()
+        except BaseException:
+            rows.pending = None
+            self.writer.close()
+            raise
+        finally:
+            bar.close()
+        return truncated
 
     def finish(self, truncated: int, metadata: dict[str, Any]) -> ActivationStore:
         if truncated:
@@ -321,41 +366,27 @@ def collect(
         pos_column="pos",
     )
     run.open()
-    rows = _HostRows(run.writer)
-    todo = run.todo()
-    bar = _progress(len(todo), progress, f"collect {model_name(model)}")
-    tokens, truncated, t0 = 0, 0, time.perf_counter()
-    try:
-        for k in range(0, len(todo), batch_size):
-            doc_ids = todo[k : k + batch_size]
-            encs = side.encode([run.docs[i] for i in doc_ids], max_length, offsets=False)
-            truncated += sum(e.truncated for e in encs)
-            flat, starts = side.forward(encs)
-            index: list[Any] = []
-            cols: dict[str, list[Any]] = {"token_id": [], "doc": [], "pos": []}
-            for doc, enc, start in zip(doc_ids, encs, starts, strict=True):
-                pos = np.arange(run.keep_from(doc, int(skip_bos)), len(enc.ids), dtype=np.int64)
-                index.append(start + pos)
-                cols["token_id"].append(enc.ids[pos])
-                cols["doc"].append(np.full(len(pos), doc, dtype=np.int64))
-                cols["pos"].append(pos)
-            idx = np.concatenate(index)
-            tokens += sum(len(e.ids) for e in encs)
-            if len(idx):
-                at = _index_tensor(idx, side.device)
-                rows.submit(
-                    {f"layer{layer}": flat[layer][at] for layer in side.layers},
-                    {name: np.concatenate(v) for name, v in cols.items()},
-                )
-            bar.update(len(doc_ids))
-            bar.set_postfix_str(f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s")
-        rows.drain()
-    except BaseException:
-        rows.pending = None
-        run.writer.close()
-        raise
-    finally:
-        bar.close()
+
+    def step(doc_ids: list[int]) -> _Batch:
+        encs = side.encode([run.docs[i] for i in doc_ids], max_length, offsets=False)
+        flat, starts = side.forward(encs)
+        index: list[Any] = []
+        cols: dict[str, list[Any]] = {"token_id": [], "doc": [], "pos": []}
+        for doc, enc, start in zip(doc_ids, encs, starts, strict=True):
+            pos = np.arange(run.keep_from(doc, int(skip_bos)), len(enc.ids), dtype=np.int64)
+            index.append(start + pos)
+            cols["token_id"].append(enc.ids[pos])
+            cols["doc"].append(np.full(len(pos), doc, dtype=np.int64))
+            cols["pos"].append(pos)
+        idx = np.concatenate(index)
+        return _Batch(
+            {f"layer{layer}": (flat[layer], idx) for layer in side.layers},
+            cols,
+            sum(len(e.ids) for e in encs),
+            sum(e.truncated for e in encs),
+        )
+
+    truncated = run.run_batches(batch_size, f"collect {model_name(model)}", step, lambda: "")
     return run.finish(truncated, {})
 
 
@@ -429,58 +460,47 @@ def collect_pair(
         pos_column="target_pos",
     )
     run.open()
-    rows = _HostRows(run.writer)
-    todo = run.todo()
     counts = _previous_counts(run, tgt, max_length, int(skip_bos), shared)
-    bar = _progress(len(todo), progress, f"collect {model_name(m_s)} -> {model_name(m_t)}")
-    tokens, truncated, t0 = 0, 0, time.perf_counter()
     first = int(skip_bos)
-    try:
-        for k in range(0, len(todo), batch_size):
-            doc_ids = todo[k : k + batch_size]
-            batch = [run.docs[i] for i in doc_ids]
-            enc_s = src.encode(batch, max_length, offsets=not shared)
-            enc_t = tgt.encode(batch, max_length, offsets=not shared)
-            truncated += sum(e.truncated for e in enc_s) + sum(e.truncated for e in enc_t)
-            flat_s, starts_s = src.forward(enc_s)
-            flat_t, starts_t = tgt.forward(enc_t)
-            i_s, i_t = [], []
-            cols: dict[str, list[Any]] = {c: [] for c in run.columns}
-            for doc, es, et, a, b in zip(doc_ids, enc_s, enc_t, starts_s, starts_t, strict=True):
-                ps, pt, considered = _pairs(es, et, first, shared)
-                counts["target_tokens"] += considered
-                keep = pt >= run.keep_from(doc, first)
-                ps, pt = ps[keep], pt[keep]
-                i_s.append(a + ps)
-                i_t.append(b + pt)
-                cols["doc"].append(np.full(len(pt), doc, dtype=np.int64))
-                cols["source_pos"].append(ps)
-                cols["target_pos"].append(pt)
-                cols["source_token_id"].append(es.ids[ps])
-                cols["target_token_id"].append(et.ids[pt])
-            idx_s, idx_t = np.concatenate(i_s), np.concatenate(i_t)
-            counts["paired"] += len(idx_t)
-            tokens += sum(len(e.ids) for e in enc_s) + sum(len(e.ids) for e in enc_t)
-            if len(idx_t):
-                rows.submit(
-                    {
-                        "source": flat_s[src.layers[0]][_index_tensor(idx_s, src.device)],
-                        "target": flat_t[tgt.layers[0]][_index_tensor(idx_t, tgt.device)],
-                    },
-                    {name: np.concatenate(v) for name, v in cols.items()},
-                )
-            bar.update(len(doc_ids))
-            rate = counts["paired"] / max(counts["target_tokens"], 1)
-            bar.set_postfix_str(
-                f"{tokens / max(time.perf_counter() - t0, 1e-9):,.0f} tok/s, aligned {rate:.1%}"
-            )
-        rows.drain()
-    except BaseException:
-        rows.pending = None
-        run.writer.close()
-        raise
-    finally:
-        bar.close()
+
+    def step(doc_ids: list[int]) -> _Batch:
+        batch = [run.docs[i] for i in doc_ids]
+        enc_s = src.encode(batch, max_length, offsets=not shared)
+        enc_t = tgt.encode(batch, max_length, offsets=not shared)
+        flat_s, starts_s = src.forward(enc_s)
+        flat_t, starts_t = tgt.forward(enc_t)
+        i_s, i_t = [], []
+        cols: dict[str, list[Any]] = {c: [] for c in run.columns}
+        for doc, es, et, a, b in zip(doc_ids, enc_s, enc_t, starts_s, starts_t, strict=True):
+            ps, pt, considered = _pairs(es, et, first, shared)
+            counts["target_tokens"] += considered
+            keep = pt >= run.keep_from(doc, first)
+            ps, pt = ps[keep], pt[keep]
+            i_s.append(a + ps)
+            i_t.append(b + pt)
+            cols["doc"].append(np.full(len(pt), doc, dtype=np.int64))
+            cols["source_pos"].append(ps)
+            cols["target_pos"].append(pt)
+            cols["source_token_id"].append(es.ids[ps])
+            cols["target_token_id"].append(et.ids[pt])
+        idx_t = np.concatenate(i_t)
+        counts["paired"] += len(idx_t)
+        return _Batch(
+            {
+                "source": (flat_s[src.layers[0]], np.concatenate(i_s)),
+                "target": (flat_t[tgt.layers[0]], idx_t),
+            },
+            cols,
+            sum(len(e.ids) for e in enc_s) + sum(len(e.ids) for e in enc_t),
+            sum(e.truncated for e in enc_s) + sum(e.truncated for e in enc_t),
+        )
+
+    truncated = run.run_batches(
+        batch_size,
+        f"collect {model_name(m_s)} -> {model_name(m_t)}",
+        step,
+        lambda: f", aligned {counts['paired'] / max(counts['target_tokens'], 1):.1%}",
+    )
     rate = counts["paired"] / max(counts["target_tokens"], 1)
     return run.finish(truncated, {"alignment_rate": rate, "alignment": counts})
 
