@@ -14,7 +14,11 @@ The pipeline is store -> collect -> maps -> steer -> evaluate. Available now:
   streaming pass, in Rust), saved and loaded with :func:`load_map`, evaluated with
   :func:`evaluate_map`;
 - autoencoder maps: :class:`AutoencoderMap` (the paper's Linear-ReLU-Linear), trained in Rust
-  on the CPU or with torch; the paper's released mappers load with :func:`load_map`.
+  on the CPU or with torch; the paper's released mappers load with :func:`load_map`;
+- interventions (context managers with hooks, also inside ``generate()``): :class:`SteeringVector`
+  (difference of means), :func:`steer`, :func:`ablate`, :func:`transfer_vector` (through a map),
+  :func:`substitute` (a layer replaced by mapped source activations), :func:`mean_ablate`,
+  :class:`SafetySwitch`.
 """
 
 from actbridge._native import ActbridgeError, MapError, StoreCorruptError, StoreError
@@ -25,6 +29,8 @@ from actbridge.evaluate import evaluate_map
 from actbridge.hooks import HookError, decoder_blocks
 from actbridge.maps import AffineMap, AffineStats, MapWarning, load_map
 from actbridge.models import EMBEDDED, ModelError, load_model
+from actbridge.replace import SafetySwitch, mean_ablate, substitute
+from actbridge.steer import Intervention, SteerError, SteeringVector, ablate, steer, transfer_vector
 from actbridge.store import ActivationStore, StoreWriter
 from actbridge.texts import TextsError, load_corpus
 
@@ -40,14 +46,19 @@ __all__ = [
     "CollectError",
     "CollectWarning",
     "HookError",
+    "Intervention",
     "MapError",
     "MapWarning",
     "ModelError",
+    "SafetySwitch",
+    "SteerError",
+    "SteeringVector",
     "StoreCorruptError",
     "StoreError",
     "StoreWriter",
     "TextsError",
     "__version__",
+    "ablate",
     "align_offsets",
     "collect",
     "collect_pair",
@@ -56,4 +67,8 @@ __all__ = [
     "load_corpus",
     "load_map",
     "load_model",
+    "mean_ablate",
+    "steer",
+    "substitute",
+    "transfer_vector",
 ]

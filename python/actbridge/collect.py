@@ -19,7 +19,6 @@ store; ``ActivationStore(path)`` opens the parts as one store.
 
 from __future__ import annotations
 
-import inspect
 import os
 import time
 import warnings
@@ -32,7 +31,7 @@ import numpy.typing as npt
 
 from actbridge._native import ActbridgeError
 from actbridge.align import align_offsets
-from actbridge.hooks import forward_to_layers, layer_indices
+from actbridge.hooks import forward_to_layers, layer_indices, model_inputs, pad_batch
 from actbridge.store import SHARD_BYTES, ActivationStore, StoreWriter
 from actbridge.texts import Document, documents, render
 
@@ -71,13 +70,11 @@ class _Side:
     layers: list[int]
     width: int = 0
     device: Any = None
-    position_ids: bool = False
 
     def __post_init__(self) -> None:
         self.layers = layer_indices(self.model, self.layers)
         self.width = int(self.model.get_input_embeddings().embedding_dim)
         self.device = next(self.model.parameters()).device
-        self.position_ids = "position_ids" in inspect.signature(self.model.forward).parameters
 
     def encode(self, docs: Sequence[Document], max_length: int, offsets: bool) -> list[_Encoded]:
         rendered = [render(d, self.tokenizer) for d in docs]
@@ -103,22 +100,11 @@ class _Side:
         """Block outputs ``{layer: (batch * seq, d)}`` and each text's first flat row index."""
         import torch
 
-        lengths = np.array([len(e.ids) for e in encs])
-        b, t = len(encs), int(lengths.max())
-        pad = self.tokenizer.pad_token_id
-        pad = 0 if pad is None else int(pad)
-        ids = np.full((b, t), pad, dtype=np.int64)
-        mask = np.zeros((b, t), dtype=np.int64)
-        left = getattr(self.tokenizer, "padding_side", "right") == "left"
-        starts = (t - lengths) if left else np.zeros(b, dtype=np.int64)
-        for i, e in enumerate(encs):
-            ids[i, starts[i] : starts[i] + len(e.ids)] = e.ids
-            mask[i, starts[i] : starts[i] + len(e.ids)] = 1
-        input_ids = torch.from_numpy(ids).to(self.device, non_blocking=True)
-        attention = torch.from_numpy(mask).to(self.device, non_blocking=True)
-        kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": attention, "use_cache": False}
-        if self.position_ids:
-            kwargs["position_ids"] = (attention.cumsum(-1) - 1).clamp(min=0)
+        ids, mask, starts = pad_batch([e.ids for e in encs], self.tokenizer)
+        b, t = ids.shape
+        kwargs = model_inputs(
+            self.model, ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
+        )
         with torch.inference_mode():
             hs = forward_to_layers(self.model, self.layers, **kwargs)
         flat = {layer: h.reshape(b * t, h.shape[-1]) for layer, h in hs.items()}

@@ -12,6 +12,9 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from actbridge._native import ActbridgeError
 
 #: Where common architectures keep their block list (Llama, Mistral, Qwen2/3, Gemma 1-3, Phi,
@@ -127,3 +130,34 @@ def forward_to_layers(model: Any, layers: Sequence[int], **inputs: Any) -> dict[
     if missing:
         raise HookError(f"the forward pass never reached layers {missing}")
     return dict(got)
+
+
+def pad_batch(
+    ids_list: Sequence[npt.NDArray[np.int64]], tokenizer: Any
+) -> tuple[Any, Any, npt.NDArray[np.int64]]:
+    """Pad token id arrays on the tokenizer's padding side: ``(input_ids, attention_mask,
+    starts)`` where ``starts[i]`` is where sequence ``i`` begins."""
+    import torch
+
+    lengths = np.array([len(x) for x in ids_list])
+    b, t = len(ids_list), int(lengths.max())
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = np.full((b, t), pad, dtype=np.int64)
+    mask = np.zeros((b, t), dtype=np.int64)
+    left = getattr(tokenizer, "padding_side", "right") == "left"
+    starts = (t - lengths) if left else np.zeros(b, dtype=np.int64)
+    for i, x in enumerate(ids_list):
+        ids[i, starts[i] : starts[i] + len(x)] = x
+        mask[i, starts[i] : starts[i] + len(x)] = 1
+    return torch.from_numpy(ids), torch.from_numpy(mask), starts
+
+
+def model_inputs(model: Any, input_ids: Any, mask: Any) -> dict[str, Any]:
+    """Keyword arguments for a padded forward pass (position ids from the mask when the model
+    takes them, so left padding does not shift positions)."""
+    import inspect
+
+    kwargs: dict[str, Any] = {"input_ids": input_ids, "attention_mask": mask, "use_cache": False}
+    if "position_ids" in inspect.signature(model.forward).parameters:
+        kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
+    return kwargs

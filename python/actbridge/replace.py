@@ -1,0 +1,131 @@
+"""Interventions that replace a layer's residual stream: substitution through a map, mean
+ablation, and the safety switch.
+
+- :class:`substitute`: the target's block-``layer`` output becomes ``M(h_s)``, the mapped
+  source activations on the same tokens (same tokenizer). During ``generate()`` the source model
+  runs alongside, one step at a time, with a KV cache of its own. Used to validate maps.
+- :class:`mean_ablate`: the block output becomes a fixed mean vector (the baseline for
+  CE-recovered).
+- :class:`SafetySwitch`: the block output ``h`` becomes ``M(h)`` (an autoencoder trained from a
+  fine-tuned model's activations to its base model's); toggled with ``.on()`` / ``.off()``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from actbridge.hooks import forward_to_layers, layer_indices
+from actbridge.steer import Intervention, SteerError, _torch_map
+
+
+class substitute(Intervention):  # noqa: N801 - used like a function in `with`
+    """Replace ``target_model``'s residual stream after block ``layer`` with
+    ``map(source_model's residual stream after block source_layer)`` on the same input ids, at
+    every position. The two models must share a tokenizer (for different tokenizers, evaluate
+    on aligned positions of a paired store instead)."""
+
+    def __init__(self, target_model: Any, layer: int, source_model: Any, source_layer: int, map: Any) -> None:  # noqa: A002
+        super().__init__(target_model, [layer])
+        self.source = source_model
+        (self.source_layer,) = layer_indices(source_model, [source_layer])
+        d_s = int(source_model.get_input_embeddings().embedding_dim)
+        d_t = int(target_model.get_input_embeddings().embedding_dim)
+        if (map.d_source, map.d_target) != (d_s, d_t):
+            raise SteerError(f"the map is {map.d_source} -> {map.d_target}, the models are {d_s} -> {d_t}")
+        self.map = map
+        self._modules: dict[tuple[Any, Any], Any] = {}
+        self._cache: Any = None
+
+    def _source_states(self) -> Any:
+        """The source model's block output for the target's current call."""
+        import torch
+
+        calls = self.calls
+        if calls.input_ids is None:
+            raise SteerError("substitution needs input_ids (inputs_embeds cannot be fed to the source model)")
+        device = next(self.source.parameters()).device
+        kwargs: dict[str, Any] = {"input_ids": calls.input_ids.to(device)}
+        if calls.full_mask is not None:
+            kwargs["attention_mask"] = calls.full_mask.to(device)
+        if calls.position_ids is not None:
+            kwargs["position_ids"] = calls.position_ids.to(device)
+        if calls.prefill:
+            self._cache = None
+        kwargs["use_cache"] = calls.cached_call
+        if calls.cached_call:  # generation: the source keeps a KV cache of its own
+            if self._cache is None:
+                if not calls.prefill:
+                    raise SteerError("a decode step arrived without its prefill; start a new generate()")
+                from transformers import DynamicCache
+
+                self._cache = DynamicCache(config=self.source.config)
+            kwargs["past_key_values"] = self._cache
+        calls.paused = True  # the source may be the target itself (e.g. identity checks)
+        try:
+            with torch.no_grad():  # not inference_mode: the target's pass may track gradients
+                return forward_to_layers(self.source, [self.source_layer], **kwargs)[self.source_layer]
+        finally:
+            calls.paused = False
+
+    def edit(self, layer: int, h: Any) -> Any:
+        hs = self._source_states()
+        module = _torch_map(self.map, h.device, h.dtype, self._modules)
+        out = module(hs.to(device=h.device, dtype=h.dtype))
+        if out.shape != h.shape:
+            raise SteerError(
+                f"source states {tuple(hs.shape)} do not line up with target states {tuple(h.shape)}"
+            )
+        return out
+
+
+class mean_ablate(Intervention):  # noqa: N801
+    """Replace the residual stream after block ``layer`` with ``mean`` ``(d,)`` at every position."""
+
+    def __init__(self, model: Any, layer: int, mean: Any) -> None:
+        super().__init__(model, [layer])
+        vec = np.asarray(mean.detach().float().cpu() if hasattr(mean, "detach") else mean, dtype=np.float32)
+        d = int(model.get_input_embeddings().embedding_dim)
+        if vec.shape != (d,):
+            raise SteerError(f"the mean has shape {vec.shape}, the model's residual stream is ({d},)")
+        self.mean = vec
+
+    def edit(self, layer: int, h: Any) -> Any:
+        import torch
+
+        return torch.as_tensor(self.mean, device=h.device, dtype=h.dtype).expand_as(h).clone()
+
+
+class SafetySwitch(Intervention):
+    """``h ← map(h)`` after block ``layer`` of ``model``, switchable at run time.
+
+    ``map`` is trained from this (e.g. backdoored, fine-tuned) model's layer activations to the
+    base model's at the same layer. ``switch.on()`` / ``switch.off()`` toggle it; ``with
+    switch:`` turns it on for the block. Off is exactly the unmodified model.
+    """
+
+    def __init__(self, model: Any, layer: int, map: Any) -> None:  # noqa: A002
+        super().__init__(model, [layer])
+        d = int(model.get_input_embeddings().embedding_dim)
+        if (map.d_source, map.d_target) != (d, d):
+            raise SteerError(
+                f"a safety switch maps the model's own space ({d} -> {d}); this map is "
+                f"{map.d_source} -> {map.d_target}"
+            )
+        self.map = map
+        self._modules: dict[tuple[Any, Any], Any] = {}
+
+    @property
+    def parameters(self) -> int:
+        """Parameters of the map (the switch's size)."""
+        if hasattr(self.map, "tensors"):
+            return int(sum(np.prod(t.shape) for t in self.map.tensors().values()))
+        return int(self.map.weight.size + self.map.bias.size)
+
+    def edit(self, layer: int, h: Any) -> Any:
+        return _torch_map(self.map, h.device, h.dtype, self._modules)(h)
+
+    def __repr__(self) -> str:
+        state = "on" if self.active else "off"
+        return f"SafetySwitch(layer={self.layers[0]}, {state}, {self.parameters:,} parameters)"

