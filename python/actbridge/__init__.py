@@ -25,11 +25,11 @@ from actbridge._native import ActbridgeError, MapError, StoreCorruptError, Store
 from actbridge.align import align_offsets
 from actbridge.autoencoder import AutoencoderMap
 from actbridge.collect import CollectError, CollectWarning, collect, collect_pair
-from actbridge.evaluate import evaluate_map
+from actbridge.evaluate import evaluate_map, evaluate_substitution
 from actbridge.hooks import HookError, decoder_blocks
 from actbridge.maps import AffineMap, AffineStats, MapWarning, load_map
 from actbridge.models import EMBEDDED, ModelError, load_model
-from actbridge.replace import SafetySwitch, mean_ablate, substitute
+from actbridge.replace import SafetySwitch, mean_ablate, patch, substitute
 from actbridge.steer import Intervention, SteerError, SteeringVector, ablate, steer, transfer_vector
 from actbridge.store import ActivationStore, StoreWriter
 from actbridge.texts import TextsError, load_corpus
@@ -64,10 +64,12 @@ __all__ = [
     "collect_pair",
     "decoder_blocks",
     "evaluate_map",
+    "evaluate_substitution",
     "load_corpus",
     "load_map",
     "load_model",
     "mean_ablate",
+    "patch",
     "steer",
     "substitute",
     "transfer_vector",

@@ -11,7 +11,7 @@ import numpy as np
 
 from actbridge.store import ActivationStore
 
-__all__ = ["evaluate_map"]
+__all__ = ["bootstrap_ci", "evaluate_map", "evaluate_substitution"]
 
 
 def evaluate_map(
@@ -59,3 +59,161 @@ def evaluate_map(
         "cosine": cos_sum / n,
         "r2": float(np.mean(1.0 - sse[ok] / sst[ok])) if ok.any() else float("nan"),
     }
+
+
+def bootstrap_ci(
+    per_doc: dict[str, np.ndarray], statistic: Any, n_boot: int = 1000, seed: int = 0
+) -> tuple[float, list[float]]:
+    """``statistic(sums)`` on all documents and its 95% percentile bootstrap interval, resampling
+    whole documents. ``per_doc`` maps names to per-document sums; ``statistic`` takes a dict of
+    their totals."""
+    full = float(statistic({k: v.sum() for k, v in per_doc.items()}))
+    n = len(next(iter(per_doc.values())))
+    rng = np.random.default_rng(seed)
+    picks = rng.integers(0, n, size=(n_boot, n))
+    sums = {k: v[picks].sum(1) for k, v in per_doc.items()}
+    with np.errstate(divide="ignore", invalid="ignore"):
+        boot = np.asarray(statistic(sums), dtype=np.float64)
+    boot = boot[np.isfinite(boot)]
+    if boot.size == 0:
+        return full, [float("nan"), float("nan")]
+    lo, hi = np.percentile(boot, [2.5, 97.5])
+    return full, [float(lo), float(hi)]
+
+
+def evaluate_substitution(
+    target: tuple[Any, Any, int],
+    source: tuple[Any, Any, int],
+    map: Any,  # noqa: A002
+    texts: Any,
+    *,
+    mean: Any = None,
+    batch_size: int = 8,
+    max_length: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, dict[str, Any]]:
+    """Teacher-forced quality of ``map`` as a substitute for the target's layer.
+
+    On every text, the target's residual stream after its block ``layer`` is replaced by
+    ``map(source states)`` at the paired positions (all positions with one tokenizer; tokens
+    ending at the same character with two), and compared with the clean target and with the
+    same positions mean-ablated (``mean``: ``(d_target,)``, default the target's mean over these
+    texts at that layer).
+
+    Returns ``{metric: {"value", "ci95", ...}}`` for ``kl`` (mean KL(p_clean ‖ p_subst) per
+    predicted token, nats), ``ce_clean``, ``ce_substituted``, ``ce_ablated`` (nats per token),
+    ``ce_recovered`` = (CE_abl − CE_sub)/(CE_abl − CE_clean), and ``alignment_rate``; 95%
+    intervals by bootstrap over texts.
+    """
+    import torch
+
+    from actbridge.align import align_offsets
+    from actbridge.hooks import forward_to_layers, layer_indices, model_inputs, pad_batch
+    from actbridge.replace import patch
+    from actbridge.texts import documents, render
+
+    (m_t, tok_t, l_t), (m_s, tok_s, l_s) = target, source
+    (l_t,) = layer_indices(m_t, [l_t])
+    (l_s,) = layer_indices(m_s, [l_s])
+    docs = [render(d, tok_t)[0] for d in documents(texts)]
+    shared = tok_s is tok_t
+    dev_t, dev_s = next(m_t.parameters()).device, next(m_s.parameters()).device
+
+    def encode(tok: Any, batch: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+        enc = tok(batch, return_offsets_mapping=True, truncation=True, max_length=max_length)
+        return [
+            (np.asarray(i, dtype=np.int64), np.asarray(o, dtype=np.int64).reshape(-1, 2))
+            for i, o in zip(enc["input_ids"], enc["offset_mapping"], strict=True)
+        ]
+
+    batches = [docs[k : k + batch_size] for k in range(0, len(docs), batch_size)]
+    if mean is None:
+        total, count = None, 0
+        for batch in batches:
+            ids, mask, _ = pad_batch([e[0] for e in encode(tok_t, batch)], tok_t)
+            with torch.inference_mode():
+                h = forward_to_layers(m_t, [l_t], **model_inputs(m_t, ids.to(dev_t), mask.to(dev_t)))[l_t]
+            real = mask.to(dev_t).bool()
+            s = h[real].double().sum(0)
+            total = s if total is None else total + s
+            count += int(real.sum())
+        mean = (total / count).float()
+    mean_t = torch.as_tensor(mean, dtype=torch.float32)
+    cols: dict[str, list[float]] = {
+        k: [] for k in ("kl", "ce_clean", "ce_sub", "ce_abl", "tokens", "paired", "all")
+    }
+    map_module: dict[tuple[Any, Any], Any] = {}
+    from actbridge.steer import _torch_map
+
+    for batch in _progress_batches(batches, progress):
+        enc_t, enc_s = encode(tok_t, batch), encode(tok_s, batch)
+        ids_t, mask_t, st_t = pad_batch([e[0] for e in enc_t], tok_t)
+        ids_s, mask_s, st_s = pad_batch([e[0] for e in enc_s], tok_s)
+        inputs_t = model_inputs(m_t, ids_t.to(dev_t), mask_t.to(dev_t))
+        with torch.inference_mode():
+            hs = forward_to_layers(m_s, [l_s], **model_inputs(m_s, ids_s.to(dev_s), mask_s.to(dev_s)))[l_s]
+        b_idx, p_idx, src_rows = [], [], []
+        for i, ((ti, to), (si, so)) in enumerate(zip(enc_t, enc_s, strict=True)):
+            if shared or np.array_equal(ti, si):
+                pt = ps = np.arange(len(ti))
+            else:
+                ps, pt = align_offsets(so, to)
+            b_idx.append(np.full(len(pt), i))
+            p_idx.append(st_t[i] + pt)
+            src_rows.append(hs[i, torch.as_tensor(st_s[i] + ps, device=hs.device)])
+            cols["paired"].append(len(pt))
+            cols["all"].append(int((to[:, 1] > to[:, 0]).sum()) if not shared else len(ti))
+        module = _torch_map(map, hs.device, torch.float32, map_module)
+        with torch.inference_mode():
+            mapped = module(torch.cat(src_rows).float())
+        bi, pi = np.concatenate(b_idx), np.concatenate(p_idx)
+        with torch.inference_mode():
+            clean = m_t(**inputs_t).logits.float().log_softmax(-1)
+            with patch(m_t, l_t, bi, pi, mapped):
+                sub = m_t(**inputs_t).logits.float().log_softmax(-1)
+            with patch(m_t, l_t, bi, pi, mean_t.expand(len(bi), -1)):
+                abl = m_t(**inputs_t).logits.float().log_softmax(-1)
+        ids = ids_t.to(dev_t)
+        for i, (ti, _) in enumerate(enc_t):
+            a, n = int(st_t[i]), len(ti)
+            if n < 2:
+                for k in ("kl", "ce_clean", "ce_sub", "ce_abl", "tokens"):
+                    cols[k].append(0.0)
+                continue
+            nxt = ids[i, a + 1 : a + n].unsqueeze(-1)
+            lc, ls, la = clean[i, a : a + n - 1], sub[i, a : a + n - 1], abl[i, a : a + n - 1]
+            cols["ce_clean"].append(float(-lc.gather(-1, nxt).sum()))
+            cols["ce_sub"].append(float(-ls.gather(-1, nxt).sum()))
+            cols["ce_abl"].append(float(-la.gather(-1, nxt).sum()))
+            cols["kl"].append(float((lc.exp() * (lc - ls)).sum()))
+            cols["tokens"].append(float(n - 1))
+    per_doc = {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
+
+    def per_token(name: str) -> Any:
+        return lambda s: s[name] / s["tokens"]
+
+    out: dict[str, dict[str, Any]] = {}
+    for key, name in (
+        ("kl", "kl"),
+        ("ce_clean", "ce_clean"),
+        ("ce_substituted", "ce_sub"),
+        ("ce_ablated", "ce_abl"),
+    ):
+        value, ci = bootstrap_ci(per_doc, per_token(name), seed=seed)
+        out[key] = {"value": value, "ci95": ci, "unit": "nats/token"}
+    value, ci = bootstrap_ci(
+        per_doc, lambda s: (s["ce_abl"] - s["ce_sub"]) / (s["ce_abl"] - s["ce_clean"]), seed=seed
+    )
+    out["ce_recovered"] = {"value": value, "ci95": ci}
+    value, ci = bootstrap_ci(per_doc, lambda s: s["paired"] / s["all"], seed=seed)
+    out["alignment_rate"] = {"value": value, "ci95": ci}
+    out["texts"] = {"value": len(docs)}
+    out["tokens"] = {"value": int(per_doc["tokens"].sum())}
+    return out
+
+
+def _progress_batches(batches: list[Any], enabled: bool) -> Any:
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+    return tqdm(batches, disable=not enabled, desc="substitution eval", unit="batch", mininterval=1.0)

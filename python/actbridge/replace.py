@@ -80,6 +80,29 @@ class substitute(Intervention):  # noqa: N801 - used like a function in `with`
         return out
 
 
+class patch(Intervention):  # noqa: N801
+    """Set the residual stream after block ``layer`` at given (sequence, position) pairs of one
+    teacher-forced batch: ``h[batch_index[i], position[i]] = values[i]`` (``values``: ``(n, d)``)."""
+
+    def __init__(self, model: Any, layer: int, batch_index: Any, position: Any, values: Any) -> None:
+        import torch
+
+        super().__init__(model, [layer])
+        self.batch_index = torch.as_tensor(batch_index, dtype=torch.long)
+        self.position = torch.as_tensor(position, dtype=torch.long)
+        self.values = values
+        if self.values.shape[0] != len(self.batch_index) or len(self.batch_index) != len(self.position):
+            raise SteerError("patch needs as many values as (batch_index, position) pairs")
+
+    def edit(self, layer: int, h: Any) -> Any:
+        if not self.calls.prefill:
+            raise SteerError("patch is for teacher-forced passes; it cannot follow generation steps")
+        out = h.clone()
+        b, p = self.batch_index.to(h.device), self.position.to(h.device)
+        out[b, p] = self.values.to(device=h.device, dtype=h.dtype)
+        return out
+
+
 class mean_ablate(Intervention):  # noqa: N801
     """Replace the residual stream after block ``layer`` with ``mean`` ``(d,)`` at every position."""
 
