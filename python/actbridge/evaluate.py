@@ -129,14 +129,15 @@ def evaluate_substitution(
 
     batches = [docs[k : k + batch_size] for k in range(0, len(docs), batch_size)]
     if mean is None:
-        total, count = None, 0
+        total: Any = 0.0
+        count = 0
         for batch in batches:
             ids, mask, _ = pad_batch([e[0] for e in encode(tok_t, batch)], tok_t)
             with torch.inference_mode():
                 h = forward_to_layers(m_t, [l_t], **model_inputs(m_t, ids.to(dev_t), mask.to(dev_t)))[l_t]
             real = mask.to(dev_t).bool()
             s = h[real].double().sum(0)
-            total = s if total is None else total + s
+            total = total + s
             count += int(real.sum())
         mean = (total / count).float()
     mean_t = torch.as_tensor(mean, dtype=torch.float32)
