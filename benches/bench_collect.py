@@ -71,8 +71,7 @@ def main() -> None:
     texts = ab.load_corpus()
     layers = [int(v) for v in args.layers.split(",")]
     if args.smoke:
-        sys.path.insert(0, str(Path(__file__).parent.parent / "tests"))
-        from conftest import tiny_model, tiny_tokenizer
+        from actbridge.testing import tiny_model, tiny_tokenizer
 
         tok_s, tok_t = tiny_tokenizer("bpe"), tiny_tokenizer("unigram", padding_side="left")
         m_s, m_t = tiny_model("llama", vocab=len(tok_s), layers=4), tiny_model("gemma3", vocab=len(tok_t))

@@ -19,7 +19,6 @@ from conftest import ARCHS, tiny_model, tiny_tokenizer
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
-TESTS = Path(__file__).parent
 
 
 @pytest.fixture(scope="module")
@@ -264,9 +263,8 @@ def test_mode_a_after_a_finished_run_adds_nothing_and_continues_new_texts(tmp_pa
 
 COLLECTOR = """
 import sys
-sys.path.insert(0, {tests!r})
 import actbridge as ab
-from conftest import tiny_model, tiny_tokenizer
+from actbridge.testing import tiny_model, tiny_tokenizer
 tok = tiny_tokenizer("bpe")
 model = tiny_model("llama", vocab=len(tok), layers=3, d=64)
 docs = ab.load_corpus() * 3
@@ -285,7 +283,7 @@ def _committed(path: Path) -> int:
 @pytest.mark.crash
 def test_a_killed_collection_resumed_with_mode_a_equals_an_uninterrupted_one(tmp_path):
     script = tmp_path / "collector.py"
-    script.write_text(COLLECTOR.format(tests=str(TESTS)))
+    script.write_text(COLLECTOR)
     killed = tmp_path / "killed"
     proc = subprocess.Popen([sys.executable, str(script), str(killed), "x"])
     deadline = time.monotonic() + 120
@@ -307,10 +305,9 @@ def test_a_killed_collection_resumed_with_mode_a_equals_an_uninterrupted_one(tmp
 
 RANK = """
 import sys
-sys.path.insert(0, {tests!r})
 import torch.distributed as dist
 import actbridge as ab
-from conftest import tiny_model, tiny_tokenizer
+from actbridge.testing import tiny_model, tiny_tokenizer
 dist.init_process_group("gloo")
 tok = tiny_tokenizer("bpe")
 model = tiny_model("llama", vocab=len(tok))
@@ -323,7 +320,7 @@ dist.destroy_process_group()
 
 def test_ranks_collect_their_share_into_parts_that_open_as_one_store(tmp_path, bpe):
     script = tmp_path / "rank.py"
-    script.write_text(RANK.format(tests=str(TESTS)))
+    script.write_text(RANK)
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]

@@ -74,29 +74,35 @@ def test_fit_benchmark_smoke(tmp_path):
     assert not (tmp_path / "f").exists()
 
 
-def test_map_example_smoke(tmp_path):
-    out = run(
-        str(ROOT / "examples" / "map_smollm2_to_gemma.py"),
+def test_demo_smoke_writes_a_report_and_reuses_its_cache(tmp_path):
+    demo = [
+        str(Path(sys.executable).parent / "actbridge"),
+        "demo",
         "--smoke",
+        "--quiet",
         "--dir",
-        str(tmp_path / "m"),
-        cwd=tmp_path,
-    )
-    assert "alignment rate" in out
-    assert "| affine (ridge 1e-2) |" in out and "| autoencoder h=" in out
+        str(tmp_path / "d"),
+    ]
+    r = subprocess.run(demo, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stdout + r.stderr
+    out = r.stdout
+    assert "alignment rate" in out and "| affine |" in out and "| autoencoder |" in out
+    assert "mapped (affine) +" in out and "noise (same norm) -" in out
+    report = tmp_path / "d" / "report"
+    for name in ("report.json", "report.md", "steering.png", "substitution.png", "autoencoder_training.png"):
+        assert (report / name).is_file(), name
+    import json
+
     import actbridge as ab
 
-    assert ab.load_map(tmp_path / "m" / "affine").d_target == 48
-    # a rerun reuses the finished store (mode="a" adds nothing)
-    rows = len(ab.ActivationStore(tmp_path / "m" / "pairs"))
-    run(
-        str(ROOT / "examples" / "map_smollm2_to_gemma.py"),
-        "--smoke",
-        "--dir",
-        str(tmp_path / "m"),
-        cwd=tmp_path,
-    )
-    assert len(ab.ActivationStore(tmp_path / "m" / "pairs")) == rows
+    data = json.loads((report / "report.json").read_text())
+    assert set(data["maps"]) == {"affine", "autoencoder"}
+    assert {"value", "ci95"} <= set(data["maps"]["affine"]["substitution"]["ce_recovered"])
+    assert ab.load_map(tmp_path / "d" / "affine").d_target == 48
+    rows = len(ab.ActivationStore(tmp_path / "d" / "pairs"))
+    r = subprocess.run(demo, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    assert r.returncode == 0, r.stderr
+    assert len(ab.ActivationStore(tmp_path / "d" / "pairs")) == rows  # the finished store is reused
 
 
 def test_collect_benchmark_smoke(tmp_path):

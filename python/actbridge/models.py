@@ -102,7 +102,7 @@ def load_model(
             a ``.gguf`` file, a local Hugging Face model directory, or a hub id (needs network).
         device: torch device; default CUDA when available, else CPU.
         dtype: torch dtype or its name; default float32 on CPU, bfloat16 on CUDA.
-        progress: show the one-off dequantisation progress.
+        progress: show loading (and the one-off dequantisation) progress bars.
 
     Returns ``(model, tokenizer)``. The tokenizer gets a pad token (its EOS) if it has none.
     """
@@ -115,6 +115,8 @@ def load_model(
         if not isinstance(dtype, torch.dtype):
             raise ModelError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
     source = _resolve(str(name_or_path), progress)
+    if not progress:
+        transformers.utils.logging.disable_progress_bar()
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
         tokenizer = transformers.AutoTokenizer.from_pretrained(source)
@@ -123,6 +125,9 @@ def load_model(
             f"could not load {name_or_path!r} ({e}). Use an embedded name {sorted(EMBEDDED)}, a .gguf "
             "file, a local model directory, or a hub id on a machine with internet access."
         ) from e
+    finally:
+        if not progress:
+            transformers.utils.logging.enable_progress_bar()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device)

@@ -1,0 +1,319 @@
+"""``actbridge``: the command line. Every step of the pipeline is a subcommand with ``--help``.
+
+    actbridge collect  --model smollm2-135m-instruct --layers 6,13 --out acts
+    actbridge collect  --model smollm2-135m-instruct --layers 13 \\
+                       --target gemma-3-270m --target-layer 9 --out pairs
+    actbridge fit      affine|autoencoder --store pairs --out map
+    actbridge eval     --map map --store pairs            (held-out rows: MSE, FVU, cosine, R²)
+    actbridge steer    --model gemma-3-270m --vector vec --alpha 4 --prompt "The weather is"
+    actbridge vector   --model smollm2-135m-instruct --layer 13 --pos pos.jsonl --neg neg.jsonl --out vec
+    actbridge info     STORE        actbridge verify STORE
+    actbridge demo     (the main job: SmolLM2 -> Gemma-3 maps and mapped steering, report folder)
+
+Results print as a table; ``--json`` prints JSON instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any
+
+import actbridge as ab
+
+
+def _texts(spec: str) -> Any:
+    """``corpus`` (the bundled corpus), ``corpus:KIND``, or a JSONL path."""
+    if spec == "corpus":
+        return ab.load_corpus()
+    if spec.startswith("corpus:"):
+        return ab.load_corpus(spec.split(":", 1)[1].split(","))
+    return spec
+
+
+def _print(result: dict[str, Any], as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result, indent=2, default=str))
+        return
+    print("| key | value |")
+    print("|---|---|")
+    for k, v in result.items():
+        shown = (
+            f"{v:.6g}"
+            if isinstance(v, float)
+            else json.dumps(v, default=str)
+            if isinstance(v, (dict, list))
+            else v
+        )
+        print(f"| {k} | {shown} |")
+
+
+def cmd_collect(a: argparse.Namespace) -> dict[str, Any]:
+    model, tok = ab.load_model(a.model, device=a.device)
+    layers = [int(v) for v in a.layers.split(",")]
+    common = {
+        "batch_size": a.batch_size,
+        "max_length": a.max_length,
+        "dtype": a.dtype,
+        "mode": a.mode,
+        "progress": not a.quiet,
+    }
+    if a.target:
+        if len(layers) != 1 or a.target_layer is None:
+            raise SystemExit("a pair needs one --layers value for the source and --target-layer")
+        target, ttok = ab.load_model(a.target, device=a.device)
+        store = ab.collect_pair(
+            (model, tok, layers[0]), (target, ttok, a.target_layer), _texts(a.texts), a.out, **common
+        )
+    else:
+        store = ab.collect(model, tok, _texts(a.texts), layers, a.out, **common)
+    out = {"path": store.path, "rows": len(store), "sites": store.sites}
+    if "alignment_rate" in store.metadata:
+        out["alignment_rate"] = store.metadata["alignment_rate"]
+    return out
+
+
+def cmd_fit(a: argparse.Namespace) -> dict[str, Any]:
+    store = ab.ActivationStore(a.store)
+    train, val = store.split(a.val, seed=a.seed, by="doc" if "doc" in store.columns else None)
+    m: Any
+    if a.kind == "affine":
+        m = ab.AffineMap.fit(
+            store,
+            source=a.source,
+            target=a.target,
+            rows=train,
+            ridge=a.ridge,
+            method=a.method,
+            progress=not a.quiet,
+        )
+    else:
+        m = ab.AutoencoderMap.fit(
+            store,
+            source=a.source,
+            target=a.target,
+            rows=train,
+            val_rows=val,
+            epochs=a.epochs,
+            lr=a.lr,
+            batch_size=a.batch_size,
+            hidden=a.hidden,
+            standardize=a.standardize,
+            plateau_patience=1,
+            seed=a.seed,
+            progress=not a.quiet,
+        )
+        if a.plot:
+            _plot_history(m.history, a.plot)
+    m.save(a.out)
+    scores = ab.evaluate_map(m, store, source=a.source, target=a.target, rows=val) if len(val) else {}
+    return {
+        "map": a.out,
+        "kind": a.kind,
+        "train_rows": len(train),
+        **{f"val_{k}": v for k, v in scores.items()},
+    }
+
+
+def _plot_history(history: list[dict[str, float]], path: str) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.2))
+    for key in ("train_mse", "val_mse"):
+        if history and key in history[0]:
+            ax.plot([h["epoch"] for h in history], [h[key] for h in history], label=key)
+    ax.set_xlabel("epoch")
+    ax.set_yscale("log")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def cmd_eval(a: argparse.Namespace) -> dict[str, Any]:
+    m = ab.load_map(a.map)
+    store = ab.ActivationStore(a.store)
+    _, val = store.split(a.val, seed=a.seed, by="doc" if "doc" in store.columns else None)
+    return ab.evaluate_map(m, store, source=a.source, target=a.target, rows=val if a.val > 0 else None)
+
+
+def cmd_vector(a: argparse.Namespace) -> dict[str, Any]:
+    model, tok = ab.load_model(a.model, device=a.device)
+    v = ab.SteeringVector.from_contrast(
+        model, tok, _texts(a.pos), _texts(a.neg), a.layer, positions=a.positions, trigger=a.trigger
+    )
+    if a.map:
+        v = ab.transfer_vector(
+            (_texts(a.pos), _texts(a.neg)),
+            ab.load_map(a.map),
+            model,
+            tok,
+            a.layer,
+            positions=a.positions,
+            trigger=a.trigger,
+            target_layer=a.target_layer,
+        )
+    v.save(a.out)
+    return {"vector": a.out, "norm": v.norm, "layer": v.layer, "mapped": bool(a.map)}
+
+
+def cmd_steer(a: argparse.Namespace) -> dict[str, Any]:
+    import torch
+
+    model, tok = ab.load_model(a.model, device=a.device)
+    v = ab.SteeringVector.load(a.vector)
+    layer = a.layer if a.layer is not None else v.layer
+    out: dict[str, Any] = {}
+    for alpha in dict.fromkeys([0.0, *[float(x) for x in a.alpha.split(",")]]):
+        enc = tok(a.prompt, return_tensors="pt").to(next(model.parameters()).device)
+        with ab.steer(model, v, alpha=alpha, positions=a.positions, layer=layer), torch.inference_mode():
+            ids = model.generate(
+                **enc, max_new_tokens=a.new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
+            )
+        out[f"alpha={alpha:g}"] = tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    return out
+
+
+def cmd_info(a: argparse.Namespace) -> dict[str, Any]:
+    s = ab.ActivationStore(a.store)
+    return {
+        "path": s.path,
+        "rows": len(s),
+        "sites": s.sites,
+        "dtypes": s.dtypes,
+        "columns": s.columns,
+        "shards": len(s.shards),
+        "bytes": s.nbytes,
+        "parts": len(s.parts),
+        "metadata": s.metadata,
+    }
+
+
+def cmd_verify(a: argparse.Namespace) -> dict[str, Any]:
+    s = ab.ActivationStore(a.store)
+    s.verify()
+    return {"path": s.path, "rows": len(s), "shards": len(s.shards), "verified": True}
+
+
+def cmd_demo(a: argparse.Namespace) -> dict[str, Any]:
+    from actbridge.demo import run
+
+    report = run(a)
+    return {"report": str(a.dir) + "/report", "alignment_rate": report["store"]["alignment_rate"]}
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="actbridge", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--version", action="version", version=ab.__version__)
+    sub = p.add_subparsers(dest="command", required=True)
+
+    def add(name: str, help: str, fn: Any) -> argparse.ArgumentParser:  # noqa: A002
+        q = sub.add_parser(name, help=help, description=help)
+        q.set_defaults(fn=fn)
+        q.add_argument("--json", action="store_true", help="print JSON instead of a table")
+        return q
+
+    q = add(
+        "collect",
+        "collect residual-stream activations (one model, or a source/target pair) into a store",
+        cmd_collect,
+    )
+    q.add_argument(
+        "--model", required=True, help="embedded name, .gguf, model dir or hub id (the source for pairs)"
+    )
+    q.add_argument("--layers", required=True, help="comma-separated block indices")
+    q.add_argument("--target", help="a second model: collect paired rows (sites source/target)")
+    q.add_argument("--target-layer", type=int)
+    q.add_argument("--texts", default="corpus", help="'corpus', 'corpus:KIND[,KIND]' or a JSONL path")
+    q.add_argument("--out", required=True)
+    q.add_argument("--batch-size", type=int, default=8)
+    q.add_argument("--max-length", type=int, default=512)
+    q.add_argument("--dtype", default="bfloat16")
+    q.add_argument("--mode", default="x", choices=["x", "a"], help="x: new store; a: resume")
+    q.add_argument("--device")
+    q.add_argument("--quiet", action="store_true")
+
+    q = add("fit", "fit a map between two sites of a store (held-out texts scored)", cmd_fit)
+    q.add_argument("kind", choices=["affine", "autoencoder"])
+    q.add_argument("--store", required=True)
+    q.add_argument("--out", required=True)
+    q.add_argument("--source", default="source")
+    q.add_argument("--target", default="target")
+    q.add_argument("--val", type=float, default=0.1, help="held-out fraction of texts")
+    q.add_argument("--seed", type=int, default=0)
+    q.add_argument("--ridge", type=float, default=1e-2)
+    q.add_argument("--method", default="lstsq", choices=["lstsq", "procrustes"])
+    q.add_argument("--epochs", type=int, default=3)
+    q.add_argument("--lr", type=float, default=1e-3)
+    q.add_argument("--batch-size", type=int, default=1024)
+    q.add_argument("--hidden", type=int)
+    q.add_argument("--standardize", action="store_true")
+    q.add_argument("--plot", help="PNG path for the training curve (autoencoder)")
+    q.add_argument("--quiet", action="store_true")
+
+    q = add("eval", "score a saved map on a store's held-out texts", cmd_eval)
+    q.add_argument("--map", required=True)
+    q.add_argument("--store", required=True)
+    q.add_argument("--source", default="source")
+    q.add_argument("--target", default="target")
+    q.add_argument("--val", type=float, default=0.1, help="held-out fraction (0: every row)")
+    q.add_argument("--seed", type=int, default=0)
+
+    q = add(
+        "vector",
+        "a steering vector from contrast prompts (optionally mapped into a target's space)",
+        cmd_vector,
+    )
+    q.add_argument("--model", required=True)
+    q.add_argument("--layer", type=int, required=True)
+    q.add_argument("--pos", required=True, help="JSONL of positive prompts (or 'corpus:KIND')")
+    q.add_argument("--neg", required=True)
+    q.add_argument("--positions", default="last", choices=["last", "all", "trigger"])
+    q.add_argument("--trigger", action="append", help="trigger string (with --positions trigger)")
+    q.add_argument("--map", help="a saved map: save the mapped vector instead")
+    q.add_argument("--target-layer", type=int)
+    q.add_argument("--out", required=True)
+    q.add_argument("--device")
+
+    q = add("steer", "generate with a steering vector at several strengths (alpha 0 included)", cmd_steer)
+    q.add_argument("--model", required=True)
+    q.add_argument("--vector", required=True)
+    q.add_argument("--prompt", required=True)
+    q.add_argument("--alpha", default="4", help="comma-separated strengths")
+    q.add_argument("--layer", type=int, help="default: the vector's layer")
+    q.add_argument("--positions", default="all", choices=["all", "last", "prompt", "generated"])
+    q.add_argument("--new-tokens", type=int, default=32)
+    q.add_argument("--device")
+
+    q = add("info", "describe a store", cmd_info)
+    q.add_argument("store")
+    q = add("verify", "re-hash every shard of a store", cmd_verify)
+    q.add_argument("store")
+
+    q = add("demo", "the main job: SmolLM2 -> Gemma-3 maps, substitution metrics, mapped steering", cmd_demo)
+    from actbridge.demo import add_arguments
+
+    add_arguments(q)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        result = args.fn(args)
+    except ab.ActbridgeError as e:
+        print(f"actbridge {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
+        return 2
+    if args.command != "demo" or args.json:
+        _print(result, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""The command line, end to end on a tiny model saved as a local Hugging Face directory."""
+
+from __future__ import annotations
+
+import json
+
+import actbridge as ab
+import pytest
+from actbridge.cli import main
+from actbridge.testing import tiny_model, tiny_tokenizer
+
+pytest.importorskip("torch")
+
+
+@pytest.fixture(scope="module")
+def model_dirs(tmp_path_factory):
+    root = tmp_path_factory.mktemp("models")
+    out = []
+    for name, kind, arch, d in (("a", "bpe", "llama", 32), ("b", "unigram", "qwen2", 24)):
+        tok = tiny_tokenizer(kind)
+        tiny_model(arch, vocab=len(tok), d=d, seed=len(out)).save_pretrained(root / name)
+        tok.save_pretrained(root / name)
+        out.append(str(root / name))
+    return out
+
+
+def run_json(capsys, *argv):
+    assert main([*argv, "--json"]) == 0
+    return json.loads(capsys.readouterr().out)
+
+
+def test_collect_fit_eval_vector_steer_info_verify(tmp_path, capsys, model_dirs):
+    a, b = model_dirs
+    pairs = str(tmp_path / "pairs")
+    got = run_json(
+        capsys,
+        "collect",
+        "--model",
+        a,
+        "--layers",
+        "2",
+        "--target",
+        b,
+        "--target-layer",
+        "1",
+        "--texts",
+        "corpus:paragraph",
+        "--out",
+        pairs,
+        "--quiet",
+    )
+    assert got["sites"] == {"source": 32, "target": 24} and 0.2 < got["alignment_rate"] < 1
+    got = run_json(capsys, "fit", "affine", "--store", pairs, "--out", str(tmp_path / "affine"), "--quiet")
+    assert got["kind"] == "affine" and 0 < got["val_fvu"]
+    got = run_json(
+        capsys,
+        "fit",
+        "autoencoder",
+        "--store",
+        pairs,
+        "--out",
+        str(tmp_path / "ae"),
+        "--epochs",
+        "2",
+        "--plot",
+        str(tmp_path / "curve.png"),
+        "--quiet",
+    )
+    assert (tmp_path / "curve.png").is_file() and "val_fvu" in got
+    got = run_json(capsys, "eval", "--map", str(tmp_path / "ae"), "--store", pairs)
+    assert set(got) >= {"mse", "fvu", "cosine", "r2", "rows"}
+    pos, neg = tmp_path / "pos.jsonl", tmp_path / "neg.jsonl"
+    pos.write_text('"I love this."\n"What a lovely day."\n')
+    neg.write_text('"I hate this."\n"What an awful day."\n')
+    got = run_json(
+        capsys,
+        "vector",
+        "--model",
+        a,
+        "--layer",
+        "2",
+        "--pos",
+        str(pos),
+        "--neg",
+        str(neg),
+        "--map",
+        str(tmp_path / "affine"),
+        "--target-layer",
+        "1",
+        "--out",
+        str(tmp_path / "vec"),
+    )
+    assert got["mapped"] and ab.SteeringVector.load(tmp_path / "vec").vector.shape == (24,)
+    got = run_json(
+        capsys,
+        "steer",
+        "--model",
+        b,
+        "--vector",
+        str(tmp_path / "vec"),
+        "--prompt",
+        "The weather is",
+        "--alpha",
+        "0,8",
+        "--new-tokens",
+        "4",
+    )
+    assert list(got) == ["alpha=0", "alpha=8"]
+    model, tok = ab.load_model(b)
+    enc = tok("The weather is", return_tensors="pt")
+    plain = model.generate(**enc, max_new_tokens=4, do_sample=False, pad_token_id=tok.pad_token_id)
+    assert got["alpha=0"] == tok.decode(plain[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+    got = run_json(capsys, "info", pairs)
+    assert got["rows"] > 0 and got["columns"][0] == "doc"
+    assert run_json(capsys, "verify", pairs)["verified"] is True
+    # errors are one line on stderr with exit status 2
+    assert main(["info", str(tmp_path / "missing")]) == 2
+    assert "StoreError" in capsys.readouterr().err
+    assert main(["fit", "affine", "--store", pairs, "--out", str(tmp_path / "x"), "--source", "nope"]) == 2
+
+
+def test_table_output_and_help(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("collect", "fit", "eval", "vector", "steer", "info", "verify", "demo"):
+        assert command in text
