@@ -169,6 +169,28 @@ def _barrier() -> None:
         pass
 
 
+@dataclass(frozen=True)
+class _Options:
+    """The settings every collection shares (checked on construction)."""
+
+    batch_size: int
+    max_length: int
+    skip_bos: bool
+    dtype: str
+    progress: bool
+    mode: str
+    shard_bytes: int
+    metadata: dict[str, Any] | None
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise CollectError(f"batch_size must be at least 1, not {self.batch_size}")
+        if self.max_length < 2:
+            raise CollectError(f"max_length must be at least 2 tokens, not {self.max_length}")
+        if self.mode not in ("x", "a"):
+            raise CollectError(f"mode must be 'x' (new store) or 'a' (resume), not {self.mode!r}")
+
+
 @dataclass
 class _Batch:
     """One batch's rows: ``sites`` maps a site to (flat block outputs, row indices into them);
@@ -189,12 +211,8 @@ class _Run:
     sites: dict[str, int]
     columns: list[str]
     settings: dict[str, Any]
-    dtype: str
-    mode: str
-    shard_bytes: int
-    progress: bool
-    extra_metadata: dict[str, Any]
     pos_column: str
+    opts: _Options
     rank: int = 0
     world: int = 1
     first_doc: int = 0
@@ -203,24 +221,29 @@ class _Run:
     writer: StoreWriter = field(init=False)
 
     def open(self) -> None:
-        if self.mode not in ("x", "a"):
-            raise CollectError(f"mode must be 'x' (new store) or 'a' (resume), not {self.mode!r}")
+        o = self.opts
+        self.settings = {
+            **self.settings,
+            "skip_bos": o.skip_bos,
+            "max_length": o.max_length,
+            "dtype": o.dtype,
+        }
         self.rank, self.world = _distributed()
         n = len(self.docs)
         self.first_doc, self.last_doc = self.rank * n // self.world, (self.rank + 1) * n // self.world
         meta = {"collect": {**self.settings, "texts": n, "rank": self.rank, "world_size": self.world}}
         part = self.rank if self.world > 1 else None
         store_path = os.path.join(os.fspath(self.path), f"part-{part}") if part is not None else self.path
-        if self.mode == "a" and os.path.isfile(os.path.join(store_path, "manifest.json")):
+        if o.mode == "a" and os.path.isfile(os.path.join(store_path, "manifest.json")):
             self._check_resumable(ActivationStore(store_path).metadata.get("collect", {}))
         self.writer = StoreWriter(
             self.path,
             self.sites,
-            self.dtype,
-            metadata={**self.extra_metadata, **meta},
-            mode=self.mode,
+            o.dtype,
+            metadata={**(o.metadata or {}), **meta},
+            mode=o.mode,
             columns=self.columns,
-            shard_bytes=self.shard_bytes,
+            shard_bytes=o.shard_bytes,
             part=part,
         )
         if self.writer.committed_rows:
@@ -246,14 +269,13 @@ class _Run:
             return max(first, self.resume[1] + 1)
         return first
 
-    def run_batches(
-        self, batch_size: int, desc: str, step: Callable[[list[int]], _Batch], postfix: Callable[[], str]
-    ) -> int:
+    def run_batches(self, desc: str, step: Callable[[list[int]], _Batch], postfix: Callable[[], str]) -> int:
         """Collect every text still to do, ``batch_size`` at a time, through ``step``; the number
         of truncated texts. The writer is closed (what was committed stays) if anything fails."""
         rows = _HostRows(self.writer)
         todo = self.todo()
-        bar = _progress(len(todo), self.progress, desc)
+        bar = _progress(len(todo), self.opts.progress, desc)
+        batch_size = self.opts.batch_size
         tokens, truncated, t0 = 0, 0, time.perf_counter()
         try:
             for k in range(0, len(todo), batch_size):
@@ -329,27 +351,16 @@ def collect(
 
     Returns the store (all parts, when run under several ranks).
     """
-    _check_sizes(batch_size, max_length)
+    opts = _Options(batch_size, max_length, skip_bos, dtype, progress, mode, shard_bytes, metadata)
     side = _Side(model, tokenizer, list([layers] if isinstance(layers, int) else layers))
     run = _Run(
-        docs=documents(texts),
-        path=path,
-        sites={f"layer{layer}": side.width for layer in side.layers},
-        columns=["token_id", "doc", "pos"],
-        settings={
-            "kind": "layers",
-            **side.provenance(),
-            "models": [model_name(model)],
-            "skip_bos": skip_bos,
-            "max_length": max_length,
-            "dtype": dtype,
-        },
-        dtype=dtype,
-        mode=mode,
-        shard_bytes=shard_bytes,
-        progress=progress,
-        extra_metadata=dict(metadata or {}),
-        pos_column="pos",
+        documents(texts),
+        path,
+        {f"layer{layer}": side.width for layer in side.layers},
+        ["token_id", "doc", "pos"],
+        {"kind": "layers", **side.provenance(), "models": [model_name(model)]},
+        "pos",
+        opts,
     )
     run.open()
 
@@ -372,7 +383,7 @@ def collect(
             sum(e.truncated for e in encs),
         )
 
-    truncated = run.run_batches(batch_size, f"collect {model_name(model)}", step, lambda: "")
+    truncated = run.run_batches(f"collect {model_name(model)}", step, lambda: "")
     return run.finish(truncated, {})
 
 
@@ -404,7 +415,7 @@ def collect_pair(
     pair by character offsets (both tokenizers must be fast tokenizers). The store's metadata
     gets ``alignment_rate`` (paired / target tokens considered) and ``alignment`` (counts).
     """
-    _check_sizes(batch_size, max_length)
+    opts = _Options(batch_size, max_length, skip_bos, dtype, progress, mode, shard_bytes, metadata)
     (m_s, t_s, l_s), (m_t, t_t, l_t) = source, target
     src, tgt = _Side(m_s, t_s, [l_s]), _Side(m_t, t_t, [l_t])
     shared = t_s is t_t or (type(t_s) is type(t_t) and t_s.get_vocab() == t_t.get_vocab())
@@ -421,29 +432,23 @@ def collect_pair(
                 "chat conversations render differently under two tokenizers' templates, so their "
                 "tokens cannot be paired by characters; pass plain strings for cross-tokenizer pairs"
             )
+    settings = {
+        "kind": "pair",
+        "source": src.provenance(),
+        "target": tgt.provenance(),
+        "models": [model_name(m_s), model_name(m_t)],
+        "layers": [src.layers[0], tgt.layers[0]],
+        "same_start": same_start,
+        "shared_tokenizer": shared,
+    }
     run = _Run(
-        docs=docs,
-        path=path,
-        sites={"source": src.width, "target": tgt.width},
-        columns=["doc", "source_pos", "target_pos", "source_token_id", "target_token_id"],
-        settings={
-            "kind": "pair",
-            "source": src.provenance(),
-            "target": tgt.provenance(),
-            "models": [model_name(m_s), model_name(m_t)],
-            "layers": [src.layers[0], tgt.layers[0]],
-            "skip_bos": skip_bos,
-            "max_length": max_length,
-            "dtype": dtype,
-            "same_start": same_start,
-            "shared_tokenizer": shared,
-        },
-        dtype=dtype,
-        mode=mode,
-        shard_bytes=shard_bytes,
-        progress=progress,
-        extra_metadata=dict(metadata or {}),
-        pos_column="target_pos",
+        docs,
+        path,
+        {"source": src.width, "target": tgt.width},
+        ["doc", "source_pos", "target_pos", "source_token_id", "target_token_id"],
+        settings,
+        "target_pos",
+        opts,
     )
     run.open()
     counts = _previous_counts(run, tgt, max_length, int(skip_bos), shared)
@@ -482,7 +487,6 @@ def collect_pair(
         )
 
     truncated = run.run_batches(
-        batch_size,
         f"collect {model_name(m_s)} -> {model_name(m_t)}",
         step,
         lambda: f", aligned {counts['paired'] / max(counts['target_tokens'], 1):.1%}",
@@ -532,10 +536,3 @@ def _index_tensor(idx: npt.NDArray[np.int64], device: Any) -> Any:
     import torch
 
     return torch.from_numpy(idx).to(device, non_blocking=True)
-
-
-def _check_sizes(batch_size: int, max_length: int) -> None:
-    if batch_size < 1:
-        raise CollectError(f"batch_size must be at least 1, not {batch_size}")
-    if max_length < 2:
-        raise CollectError(f"max_length must be at least 2 tokens, not {max_length}")
