@@ -30,6 +30,7 @@ from actbridge.autoencoder import AutoencoderMap
 from actbridge.collect import CollectError, CollectWarning, collect, collect_pair
 from actbridge.evaluate import evaluate_map, evaluate_substitution
 from actbridge.finetune import FinetuneError, finetune
+from actbridge.generation import compare_generations, rouge_l
 from actbridge.hooks import HookError, decoder_blocks
 from actbridge.maps import AffineMap, AffineStats, MapWarning, load_map
 from actbridge.models import EMBEDDED, ModelError, load_model
@@ -67,6 +68,7 @@ __all__ = [
     "align_offsets",
     "collect",
     "collect_pair",
+    "compare_generations",
     "decoder_blocks",
     "evaluate_map",
     "evaluate_substitution",
@@ -76,6 +78,7 @@ __all__ = [
     "load_model",
     "mean_ablate",
     "patch",
+    "rouge_l",
     "steer",
     "substitute",
     "tasks",

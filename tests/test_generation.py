@@ -1,0 +1,63 @@
+"""ROUGE-L against rouge-score, and generation comparisons on tiny models."""
+
+from __future__ import annotations
+
+import actbridge as ab
+import numpy as np
+import pytest
+from actbridge.generation import compare_generations, mean_ci, rouge_l
+from actbridge.testing import tiny_model, tiny_tokenizer
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+rouge_scorer = pytest.importorskip("rouge_score.rouge_scorer")
+SCORER = rouge_scorer.RougeScorer(["rougeL"])
+
+words = st.lists(
+    st.sampled_from(["the", "cat", "sat", "on", "mat", "A", "dog", "ran", "42", "é", "x-y", "!"]), max_size=25
+).map(" ".join)
+
+
+@settings(max_examples=300, deadline=None)
+@given(words, words)
+def test_rouge_l_matches_rouge_score(a, b):
+    assert rouge_l(a, b) == pytest.approx(SCORER.score(b, a)["rougeL"].fmeasure, abs=1e-12)
+
+
+def test_mean_ci():
+    r = mean_ci([1.0, 2.0, 3.0, 4.0])
+    assert r["value"] == 2.5 and r["ci95"][0] <= 2.5 <= r["ci95"][1] and r["n"] == 4
+    assert mean_ci([5.0] * 10)["ci95"] == [5.0, 5.0]
+
+
+def test_compare_generations_on_tiny_models():
+    tok = tiny_tokenizer("bpe")
+    model = tiny_model("llama", vocab=len(tok), seed=7)
+    prompts = ["The weather today is", "My neighbour's new car", "Rain fell on the city"]
+    eye = ab.AffineMap(np.eye(32, dtype=np.float32), np.zeros(32, np.float32))
+    calls = []
+
+    def judge(prompt, reference, candidate):
+        calls.append(prompt)
+        return 5.0 if candidate == reference else 0.0
+
+    out = compare_generations(
+        (model, tok, 2),
+        (model, tok, 2),
+        eye,
+        prompts,
+        max_new_tokens=6,
+        judge=judge,
+        embed=lambda texts: np.array([[len(t), 1.0] for t in texts]),
+    )
+    runs, m = out["completions"], out["metrics"]
+    assert runs["mapped"] == runs["target"] == runs["source"]  # identity map on the model itself
+    assert m["rouge_l mapped vs target"]["value"] == pytest.approx(1.0) or not any(runs["target"])
+    assert m["judge mapped vs target"]["value"] == 5.0 and len(calls) == 3 * len(prompts)
+    assert m["embedding cosine mapped vs target"]["value"] == pytest.approx(1.0)
+    assert m["win rate mapped closer to target than source"]["value"] == 0.0  # ties are not wins
+    other = tiny_model("llama", vocab=len(tiny_tokenizer("unigram")), seed=8)
+    out2 = compare_generations(
+        (model, tok, 2), (other, tiny_tokenizer("unigram"), 1), eye, prompts, max_new_tokens=4
+    )
+    assert "mapped" not in out2["completions"]  # two tokenizers: no generation-time substitution
