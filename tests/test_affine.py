@@ -267,3 +267,24 @@ def test_blas_and_faer_backends_agree():
     finally:
         use_fast_blas(first == "blas")
     assert _native.gemm_backend() == first
+
+
+def test_evaluate_map_intervals_resample_texts(tmp_path):
+    rng = np.random.default_rng(0)
+    n, docs = 4000, 80
+    x = rng.standard_normal((n, 6)).astype(np.float32)
+    y = (x @ rng.standard_normal((6, 3)) + 0.5 * rng.standard_normal((n, 3))).astype(np.float32)
+    with ab.StoreWriter(tmp_path / "s", sites={"source": 6, "target": 3}, dtype="float32") as w:
+        w.append(source=x, target=y, doc=np.repeat(np.arange(docs), n // docs))
+    store = ab.ActivationStore(tmp_path / "s")
+    m = ab.AffineMap.fit(store, progress=False)
+    plain = ab.evaluate_map(m, store)
+    r = ab.evaluate_map(m, store, ci=True)
+    for key in ("mse", "fvu", "cosine", "r2"):
+        assert r[key] == pytest.approx(plain[key], rel=1e-9)
+        lo, hi = r["ci95"][key]
+        assert lo < r[key] < hi, key
+    # the FVU interval is about as wide as the spread of per-text FVUs suggests
+    per_doc = [ab.evaluate_map(m, store, rows=np.arange(d * 50, d * 50 + 50))["mse"] for d in range(docs)]
+    width = r["ci95"]["mse"][1] - r["ci95"]["mse"][0]
+    assert 0.5 < width / (4 * np.std(per_doc) / np.sqrt(docs)) < 2.0

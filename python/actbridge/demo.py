@@ -164,7 +164,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     quality: dict[str, Any] = {}
     t0 = time.perf_counter()
     for name, m in maps.items():
-        q: dict[str, Any] = {"rows": ab.evaluate_map(m, store, rows=val)}
+        q: dict[str, Any] = {"rows": ab.evaluate_map(m, store, rows=val, ci=True)}
         q["substitution"] = ab.evaluate_substitution(
             (m_t, tok_t, l_t), (m_s, tok_s, l_s), m, held_texts, batch_size=8, progress=False
         )
@@ -236,6 +236,10 @@ def _ci(m: dict[str, Any]) -> str:
     return f"{m['value']:.3f} [{lo:.3f}, {hi:.3f}]"
 
 
+def _row(rows: dict[str, Any], key: str) -> dict[str, Any]:
+    return {"value": rows[key], "ci95": rows["ci95"][key]}
+
+
 def _mean_ci(values: list[int], seed: int = 0) -> str:
     v = np.asarray(values, dtype=float)
     boot = np.random.default_rng(seed).choice(v, size=(1000, len(v))).mean(1)
@@ -259,7 +263,7 @@ def _markdown(r: dict[str, Any]) -> str:
     for name, q in r["maps"].items():
         s = q["substitution"]
         lines.append(
-            f"| {name} | {q['rows']['fvu']:.3f} | {q['rows']['cosine']:.3f} | {_ci(s['kl'])} "
+            f"| {name} | {_ci(_row(q['rows'], 'fvu'))} | {_ci(_row(q['rows'], 'cosine'))} | {_ci(s['kl'])} "
             f"| {_ci(s['ce_clean'])} | {_ci(s['ce_substituted'])} | {_ci(s['ce_ablated'])} "
             f"| {_ci(s['ce_recovered'])} |"
         )

@@ -21,44 +21,85 @@ def evaluate_map(
     target: str = "target",
     rows: Any = None,
     batch_size: int = 16384,
-) -> dict[str, float]:
+    *,
+    ci: bool = False,
+    groups: int = 1000,
+    seed: int = 0,
+) -> dict[str, Any]:
     """Stream ``rows`` of a store through ``m.transform`` and compare with the target site.
 
     Returns ``mse`` (per element), ``fvu``, ``cosine`` (mean per-row cosine similarity of ŷ
     and y), ``r2`` (mean over target dimensions of 1 − SSE_j/SST_j) and ``rows``. Accumulates in
     float64, shifted by the first batch's mean, so large offsets do not cancel.
+
+    ``ci=True`` adds ``ci95`` (95% bootstrap intervals, resampling texts: the store's ``doc``
+    column, hashed into at most ``groups`` clusters; rows when there is no ``doc`` column).
     """
-    n = 0
-    sse = sy = syy = pilot = None
-    cos_sum = 0.0
-    for batch in store.batches([source, target], batch_size=batch_size, shuffle=False, rows=rows):
+    with_docs = ci and "doc" in store.columns
+    names = [source, target, "doc"] if with_docs else [source, target]
+    acc: dict[str, Any] = {}
+    pilot = None
+    n_seen = 0
+    for batch in store.batches(names, batch_size=batch_size, shuffle=False, rows=rows):
         x, y = batch[source], batch[target]
         y_hat = np.asarray(m.transform(x), dtype=np.float32)
         if pilot is None:
             pilot = y.mean(0, dtype=np.float64)
-            sse, sy, syy = (np.zeros(y.shape[1]) for _ in range(3))
+            d = y.shape[1]
+            k = groups if ci else 1
+            acc = {
+                "n": np.zeros(k),
+                "cos": np.zeros(k),
+                "sse": np.zeros((k, d)),
+                "sy": np.zeros((k, d)),
+                "syy": np.zeros((k, d)),
+            }
+        if not ci:
+            g = np.zeros(len(y), dtype=np.int64)
+        elif with_docs:
+            g = batch["doc"] % groups
+        else:
+            g = (np.arange(n_seen, n_seen + len(y)) * 2654435761) % groups
+        n_seen += len(y)
         err = (y_hat - y).astype(np.float64)
         yc = y.astype(np.float64) - pilot
-        sse += np.einsum("ij,ij->j", err, err)
-        sy += yc.sum(0)
-        syy += np.einsum("ij,ij->j", yc, yc)
         num = np.einsum("ij,ij->i", y_hat, y, dtype=np.float64)
         den = np.linalg.norm(y_hat, axis=1).astype(np.float64) * np.linalg.norm(y, axis=1)
-        cos_sum += float(np.sum(num / np.maximum(den, 1e-30)))
-        n += len(y)
-    if n == 0 or sse is None or sy is None or syy is None:
+        np.add.at(acc["n"], g, 1.0)
+        np.add.at(acc["cos"], g, num / np.maximum(den, 1e-30))
+        np.add.at(acc["sse"], g, err * err)
+        np.add.at(acc["sy"], g, yc)
+        np.add.at(acc["syy"], g, yc * yc)
+    if pilot is None:
         from actbridge._native import MapError
 
         raise MapError("no rows to evaluate; select at least one row")
-    sst = np.maximum(syy - sy * sy / n, 0.0)
-    ok = sst > 0
-    return {
-        "rows": n,
-        "mse": float(sse.sum() / (n * len(sse))),
-        "fvu": float(sse.sum() / sst.sum()) if sst.sum() > 0 else float("nan"),
-        "cosine": cos_sum / n,
-        "r2": float(np.mean(1.0 - sse[ok] / sst[ok])) if ok.any() else float("nan"),
-    }
+
+    def stats(t: dict[str, Any]) -> dict[str, Any]:
+        n = t["n"]
+        sse, sy, syy = t["sse"], t["sy"], t["syy"]
+        sst = np.maximum(syy - sy * sy / np.expand_dims(n, -1), 0.0)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            r2 = np.nanmean(np.where(sst > 0, 1.0 - sse / sst, np.nan), axis=-1)
+            return {
+                "mse": sse.sum(-1) / (n * sse.shape[-1]),
+                "fvu": sse.sum(-1) / sst.sum(-1),
+                "cosine": t["cos"] / n,
+                "r2": r2,
+            }
+
+    full = stats({k: v.sum(0) for k, v in acc.items()})
+    out: dict[str, Any] = {"rows": int(acc["n"].sum()), **{k: float(v) for k, v in full.items()}}
+    if ci:
+        used = acc["n"] > 0
+        per = {k: v[used] for k, v in acc.items()}
+        k = int(used.sum())
+        counts = np.random.default_rng(seed).multinomial(k, np.full(k, 1.0 / k), size=1000).astype(np.float64)
+        boot = stats({name: np.tensordot(counts, v, axes=1) for name, v in per.items()})  # (1000, ...) totals
+        out["ci95"] = {
+            k: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for k, v in boot.items()
+        }
+    return out
 
 
 def bootstrap_ci(
