@@ -41,7 +41,7 @@ demo: $(VENV)/.models build
 lint: $(VENV)/.test
 	cargo fmt --check
 	cargo clippy --all-targets -q -- -D warnings
-	$(BIN)/ruff check python tests benches examples
+	$(BIN)/ruff check python tests benches examples experiments
 	$(BIN)/mypy
 
 test: $(VENV)/.test build

