@@ -137,7 +137,9 @@ def train_rust(cls: Any, data: Sites, cfg: TrainSettings) -> Any:
     tensors = None
     if cfg.init is not None:
         tensors = [np.ascontiguousarray(a, dtype=np.float32).ravel() for a in cfg.init.tensors().values()]
-    bar = ProgressBar(cfg.epochs * -(-len(train_ids) // cfg.batch_size), "autoencoder (rust)", cfg.progress)
+    bar = ProgressBar(
+        cfg.epochs * -(-len(train_ids) // cfg.batch_size), "autoencoder (rust)", cfg.progress, unit="batch"
+    )
     try:
         (w1, b1, w2, b2), history = _native.train_autoencoder(
             data.store._store,
@@ -228,7 +230,7 @@ def train_torch(cls: Any, data: Sites, cfg: TrainSettings, device: Any) -> Any:
             epoch=epoch,
             rows=data.rows,
         )
-        bar = ProgressBar(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress)
+        bar = ProgressBar(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", cfg.progress, unit="batch")
         sse = torch.zeros((), dtype=torch.float64, device=dev)  # on the device: no per-step sync
         n = 0
         for batch in batches:

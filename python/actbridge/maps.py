@@ -215,7 +215,7 @@ class ProgressBar:
     """A tqdm bar, or nothing when disabled or tqdm is missing. Native code reports absolute
     positions (rows or batches done), which :meth:`advance_to` turns into increments."""
 
-    def __init__(self, total: int, desc: str, enabled: bool) -> None:
+    def __init__(self, total: int, desc: str, enabled: bool, unit: str = "row") -> None:
         self._bar: Any = None
         self._at = 0
         if enabled:
@@ -223,7 +223,7 @@ class ProgressBar:
                 from tqdm.auto import tqdm  # type: ignore[import-untyped]
             except ImportError:
                 return
-            self._bar = tqdm(total=total, desc=desc, unit="row", unit_scale=True, leave=False)
+            self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, leave=False, mininterval=1.0)
 
     def update(self, k: int) -> None:
         if self._bar is not None:
