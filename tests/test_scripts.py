@@ -128,3 +128,15 @@ def test_backdoor_experiment_smoke_is_resumable(tmp_path):
     )
     assert "finetune" not in results2["timings_s"]  # the second run reuses the fine-tuned model
     assert results2["trigger |prod|"] == results["trigger |prod|"]
+
+
+def test_layer_sweep_experiment_smoke(tmp_path):
+    out = run(
+        str(ROOT / "experiments" / "layer_sweep.py"),
+        "--smoke",
+        "--model-dir",
+        str(tmp_path / "m"),
+        cwd=tmp_path,
+    )
+    assert "chosen layer" in out and "| 0 | 4 |" in out
+    assert (tmp_path / "m" / "sweep.png").is_file() and (tmp_path / "m" / "sweep.json").is_file()
