@@ -32,7 +32,7 @@ def gemma():
     return ab.load_model("gemma-3-270m", device="cpu")
 
 
-def test_embedded_models_load_from_the_cache_and_generate(smol, gemma):
+def test_embedded_models_load_from_the_cache_and_generate(smol, gemma, tmp_path):
     for (model, tok), width, blocks in ((smol, 576, 30), (gemma, 640, 18)):
         assert model.get_input_embeddings().embedding_dim == width
         assert len(ab.decoder_blocks(model)) == blocks
@@ -47,6 +47,11 @@ def test_embedded_models_load_from_the_cache_and_generate(smol, gemma):
     ids = tok(chat, return_tensors="pt", add_special_tokens=False)
     out = model.generate(**ids, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, ids["input_ids"].shape[1] :])
+    # the cached weights are plain floats: a fine-tuned copy saves and reloads like any model
+    model.save_pretrained(tmp_path / "copy")
+    tok.save_pretrained(tmp_path / "copy")
+    again, _ = ab.load_model(tmp_path / "copy", device="cpu")
+    assert again.config.to_dict().get("quantization_config") is None
 
 
 @pytest.mark.parametrize("side", ["right", "left"])

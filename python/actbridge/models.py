@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import importlib.util
+import json
 import os
 import shutil
 import tempfile
@@ -166,6 +167,7 @@ def _resolve(name: str, progress: bool) -> str:
         target = cache_dir() / "models" / name
         if not (target / "config.json").is_file():
             _dequantise(model.gguf_path(cache_dir()), target, progress)
+        _drop_quantization(target / "config.json")  # caches written before this fix
         return str(target)
     path = Path(name).expanduser()
     if path.suffix == ".gguf":
@@ -176,12 +178,21 @@ def _resolve(name: str, progress: bool) -> str:
         target = cache_dir() / "models" / f"{path.stem}-{key}"
         if not (target / "config.json").is_file():
             _dequantise(path, target, progress)
+        _drop_quantization(target / "config.json")
         return str(target)
     if path.is_dir():
         return str(path)
     if path.exists() or name.startswith((".", "/", "~")):
         raise ModelError(f"{name!r} is neither a model directory nor a .gguf file")
     return name  # a hub id
+
+
+def _drop_quantization(config: Path) -> None:
+    """Remove the GGUF ``quantization_config`` that transformers copies into the config of a
+    dequantised model (it would make the cached model refuse ``save_pretrained``)."""
+    data = json.loads(config.read_text())
+    if data.pop("quantization_config", None) is not None:
+        config.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
 
 
 def _dequantise(gguf: Path, target: Path, progress: bool) -> None:
@@ -205,6 +216,7 @@ def _dequantise(gguf: Path, target: Path, progress: bool) -> None:
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
     try:
         model.config.save_pretrained(tmp)
+        _drop_quantization(tmp / "config.json")  # the weights are plain floats now
         if model.generation_config is not None:
             model.generation_config.save_pretrained(tmp)
         # save_model drops tied copies (lm_head = embeddings) that from_pretrained re-ties.
