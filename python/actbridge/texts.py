@@ -42,6 +42,12 @@ def as_chat(instruction: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": instruction}]
 
 
+def as_prompt(tokenizer: Any, text: str) -> Document:
+    """A one-turn user conversation when the tokenizer has a chat template, else ``text + "\\n"``
+    (the plain format :func:`actbridge.finetune.finetune` trains on for such tokenizers)."""
+    return as_chat(text) if getattr(tokenizer, "chat_template", None) else text + "\n"
+
+
 def documents(texts: Any) -> list[Document]:
     """Normalise ``texts``: a list of strings and/or conversations, or a JSONL path whose lines
     are strings, ``{"text": ...}`` or ``{"messages": [...]}``. Empty texts are an error."""

