@@ -94,3 +94,15 @@ def test_every_pair_ends_at_the_same_character_and_no_shared_end_is_missed(case,
         for i, j in zip(s, t, strict=True):
             assert all(a[k][1] != a[i][1] for k in range(i + 1, len(a)))
             assert all(b[k][1] != b[j][1] for k in range(j + 1, len(b)))
+
+
+def test_pair_positions_and_pairable_count_from_first():
+    from actbridge.align import pair_positions, pairable
+
+    ps, pt = pair_positions(5, 4, None, None, shared=True, first=1)
+    assert list(ps) == list(pt) == [1, 2, 3]
+    src = spans("ab cd", ["ab", " cd"])
+    tgt = [(0, 0), *spans("ab cd", ["ab", " ", "cd"])]
+    ps, pt = pair_positions(2, 4, src, tgt, shared=False, first=1)
+    assert list(zip(ps, pt, strict=True)) == [(1, 3)]  # source position 0 is skipped
+    assert pairable(4, tgt, first=1) == 3 and pairable(4, None, first=1) == 3 and pairable(0, None, first=1) == 0

@@ -10,6 +10,7 @@ whole character.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -60,3 +61,41 @@ def align_offsets(
         si, ti = si[keep], ti[keep]
     order = np.argsort(ti, kind="stable")
     return si[order], ti[order]
+
+
+def same_tokenizer(a: Any, b: Any) -> bool:
+    """Whether two tokenizers are one (the same object, or the same class and vocabulary): then
+    their tokens pair position by position and no offsets are needed."""
+    return a is b or (type(a) is type(b) and a.get_vocab() == b.get_vocab())
+
+
+def pair_positions(
+    n_source: int,
+    n_target: int,
+    source_offsets: Offsets | None,
+    target_offsets: Offsets | None,
+    *,
+    shared: bool,
+    first: int = 0,
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """Paired (source, target) positions of one text from position ``first`` on: position by
+    position with a ``shared`` tokenizer, else by :func:`align_offsets`."""
+    if shared:
+        pos = np.arange(first, min(n_source, n_target), dtype=np.int64)
+        return pos, pos
+    assert source_offsets is not None and target_offsets is not None
+    return align_offsets(
+        source_offsets,
+        target_offsets,
+        source_allowed=np.arange(n_source) >= first,
+        target_allowed=np.arange(n_target) >= first,
+    )
+
+
+def pairable(n: int, offsets: Offsets | None, first: int = 0) -> int:
+    """Tokens of one side that count for an alignment rate: from ``first`` on, with a non-empty
+    span (all of them when there are no offsets, i.e. a shared tokenizer)."""
+    if offsets is None:
+        return max(n - first, 0)
+    o = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    return int(((np.arange(n) >= first) & (o[:, 1] > o[:, 0])).sum())

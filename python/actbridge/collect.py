@@ -30,7 +30,7 @@ import numpy as np
 import numpy.typing as npt
 
 from actbridge._native import ActbridgeError
-from actbridge.align import align_offsets
+from actbridge.align import pair_positions, pairable, same_tokenizer
 from actbridge.hooks import forward_to_layers, layer_indices, model_inputs, pad_batch
 from actbridge.store import SHARD_BYTES, ActivationStore, StoreWriter
 from actbridge.texts import Document, documents, render
@@ -411,14 +411,15 @@ def collect_pair(
             at the same character (default: same end character is enough).
         Other arguments as in :func:`collect`.
 
-    Texts that tokenize identically on both sides pair position by position; otherwise tokens
-    pair by character offsets (both tokenizers must be fast tokenizers). The store's metadata
-    gets ``alignment_rate`` (paired / target tokens considered) and ``alignment`` (counts).
+    With one tokenizer (the same object, or the same class and vocabulary) tokens pair position
+    by position; otherwise by character offsets (both tokenizers must be fast tokenizers). The
+    store's metadata gets ``alignment_rate`` (paired / target tokens considered) and
+    ``alignment`` (counts).
     """
     opts = _Options(batch_size, max_length, skip_bos, dtype, progress, mode, shard_bytes, metadata)
     (m_s, t_s, l_s), (m_t, t_t, l_t) = source, target
     src, tgt = _Side(m_s, t_s, [l_s]), _Side(m_t, t_t, [l_t])
-    shared = t_s is t_t or (type(t_s) is type(t_t) and t_s.get_vocab() == t_t.get_vocab())
+    shared = same_tokenizer(t_s, t_t)
     docs = documents(texts)
     if not shared:
         for tok in (t_s, t_t):
@@ -463,8 +464,10 @@ def collect_pair(
         i_s, i_t = [], []
         cols: dict[str, list[Any]] = {c: [] for c in run.columns}
         for doc, es, et, a, b in zip(doc_ids, enc_s, enc_t, starts_s, starts_t, strict=True):
-            ps, pt, considered = _pairs(es, et, first, shared)
-            counts["target_tokens"] += considered
+            ps, pt = pair_positions(
+                len(es.ids), len(et.ids), es.offsets, et.offsets, shared=shared, first=first
+            )
+            counts["target_tokens"] += pairable(len(et.ids), et.offsets, first)
             keep = pt >= run.keep_from(doc, first)
             ps, pt = ps[keep], pt[keep]
             i_s.append(a + ps)
@@ -495,27 +498,6 @@ def collect_pair(
     return run.finish(truncated, {"alignment_rate": rate, "alignment": counts})
 
 
-def _pairs(
-    es: _Encoded, et: _Encoded, first: int, shared: bool
-) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], int]:
-    """Paired (source_pos, target_pos) of one text, and how many target tokens could pair."""
-    if shared:
-        pos = np.arange(first, min(len(es.ids), len(et.ids)), dtype=np.int64)
-        return pos, pos, _pairable(et, first)
-    assert es.offsets is not None and et.offsets is not None
-    s_ok = np.arange(len(es.ids)) >= first
-    t_ok = np.arange(len(et.ids)) >= first
-    ps, pt = align_offsets(es.offsets, et.offsets, source_allowed=s_ok, target_allowed=t_ok)
-    return ps, pt, _pairable(et, first)
-
-
-def _pairable(enc: _Encoded, first: int) -> int:
-    """Target tokens that count for the alignment rate: from ``first`` on, non-empty spans."""
-    if enc.offsets is None:
-        return max(len(enc.ids) - first, 0)
-    return int(((np.arange(len(enc.ids)) >= first) & (enc.offsets[:, 1] > enc.offsets[:, 0])).sum())
-
-
 def _previous_counts(run: _Run, tgt: _Side, max_length: int, first: int, shared: bool) -> dict[str, int]:
     """Alignment counts of the texts finished before a resume: paired = their committed rows,
     target tokens re-counted by tokenizing them (no forward pass)."""
@@ -525,7 +507,7 @@ def _previous_counts(run: _Run, tgt: _Side, max_length: int, first: int, shared:
     done = run.docs[run.first_doc : run.resume[0]]
     for k in range(0, len(done), 64):
         for enc in tgt.encode(done[k : k + 64], max_length, offsets=not shared):
-            counts["target_tokens"] += _pairable(enc, first)
+            counts["target_tokens"] += pairable(len(enc.ids), enc.offsets, first)
     # Every committed row is a pair of a finished text or of the resumed one, whose target
     # tokens (and remaining pairs) the collection loop counts.
     counts["paired"] = run.writer.committed_rows

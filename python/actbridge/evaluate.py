@@ -149,7 +149,7 @@ def evaluate_substitution(
     """
     import torch
 
-    from actbridge.align import align_offsets
+    from actbridge.align import pair_positions, pairable, same_tokenizer
     from actbridge.hooks import forward_to_layers, layer_indices, model_inputs, pad_batch
     from actbridge.replace import patch
     from actbridge.texts import documents, render
@@ -158,7 +158,7 @@ def evaluate_substitution(
     (l_t,) = layer_indices(m_t, [l_t])
     (l_s,) = layer_indices(m_s, [l_s])
     docs = [render(d, tok_t)[0] for d in documents(texts)]
-    shared = tok_s is tok_t
+    shared = same_tokenizer(tok_s, tok_t)
     dev_t, dev_s = next(m_t.parameters()).device, next(m_s.parameters()).device
 
     def encode(tok: Any, batch: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
@@ -197,15 +197,12 @@ def evaluate_substitution(
             hs = forward_to_layers(m_s, [l_s], **model_inputs(m_s, ids_s.to(dev_s), mask_s.to(dev_s)))[l_s]
         b_idx, p_idx, src_rows = [], [], []
         for i, ((ti, to), (si, so)) in enumerate(zip(enc_t, enc_s, strict=True)):
-            if shared or np.array_equal(ti, si):
-                pt = ps = np.arange(len(ti))
-            else:
-                ps, pt = align_offsets(so, to)
+            ps, pt = pair_positions(len(si), len(ti), so, to, shared=shared)
             b_idx.append(np.full(len(pt), i))
             p_idx.append(st_t[i] + pt)
             src_rows.append(hs[i, torch.as_tensor(st_s[i] + ps, device=hs.device)])
             cols["paired"].append(len(pt))
-            cols["all"].append(int((to[:, 1] > to[:, 0]).sum()) if not shared else len(ti))
+            cols["all"].append(pairable(len(ti), None if shared else to))
         module = _torch_map(map, hs.device, torch.float32, map_module)
         with torch.inference_mode():
             mapped = module(torch.cat(src_rows).float())

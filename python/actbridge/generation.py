@@ -115,6 +115,7 @@ def compare_generations(
     """
     import torch
 
+    from actbridge.align import same_tokenizer
     from actbridge.hooks import forward_to_layers, layer_indices, model_inputs
     from actbridge.replace import mean_ablate, substitute
 
@@ -131,7 +132,7 @@ def compare_generations(
     with mean_ablate(m_t, l_t, mean):
         runs["ablated"] = generate(m_t, tok_t, prompts, max_new_tokens)
     runs["source"] = generate(m_s, tok_s, prompts, max_new_tokens)
-    if tok_s is tok_t or tok_s.get_vocab() == tok_t.get_vocab():
+    if same_tokenizer(tok_s, tok_t):
         with substitute(m_t, l_t, m_s, l_s, map):
             runs["mapped"] = generate(m_t, tok_t, prompts, max_new_tokens)
     metrics: dict[str, Any] = {}
