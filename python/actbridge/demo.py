@@ -27,7 +27,7 @@ import numpy as np
 
 import actbridge as ab
 from actbridge.collect import model_name
-from actbridge.generation import generate
+from actbridge.generation import generate, mean_ci
 
 #: Contrast statements for the sentiment direction (written for this project).
 POSITIVE = [
@@ -225,10 +225,9 @@ def _row(rows: dict[str, Any], key: str) -> dict[str, Any]:
     return {"value": rows[key], "ci95": rows["ci95"][key]}
 
 
-def _mean_ci(values: list[int], seed: int = 0) -> str:
-    v = np.asarray(values, dtype=float)
-    boot = np.random.default_rng(seed).choice(v, size=(1000, len(v))).mean(1)
-    return f"{v.mean():+.2f} [{np.percentile(boot, 2.5):+.2f}, {np.percentile(boot, 97.5):+.2f}]"
+def _mean_ci(values: list[int]) -> str:
+    m = mean_ci(values)
+    return f"{m['value']:+.2f} [{m['ci95'][0]:+.2f}, {m['ci95'][1]:+.2f}]"
 
 
 def _markdown(r: dict[str, Any]) -> str:
