@@ -31,7 +31,7 @@ import numpy.typing as npt
 
 from actbridge._native import ActbridgeError
 from actbridge.align import pair_positions, pairable, same_tokenizer
-from actbridge.hooks import forward_to_layers, layer_indices, model_inputs, pad_batch
+from actbridge.hooks import forward_padded, layer_indices
 from actbridge.store import SHARD_BYTES, ActivationStore, StoreWriter
 from actbridge.texts import Document, documents, render
 
@@ -98,15 +98,8 @@ class _Side:
 
     def forward(self, encs: Sequence[_Encoded]) -> tuple[dict[int, Any], npt.NDArray[np.int64]]:
         """Block outputs ``{layer: (batch * seq, d)}`` and each text's first flat row index."""
-        import torch
-
-        ids, mask, starts = pad_batch([e.ids for e in encs], self.tokenizer)
-        b, t = ids.shape
-        kwargs = model_inputs(
-            self.model, ids.to(self.device, non_blocking=True), mask.to(self.device, non_blocking=True)
-        )
-        with torch.inference_mode():
-            hs = forward_to_layers(self.model, self.layers, **kwargs)
+        hs, mask, starts = forward_padded(self.model, self.tokenizer, [e.ids for e in encs], self.layers)
+        b, t = mask.shape
         flat = {layer: h.reshape(b * t, h.shape[-1]) for layer, h in hs.items()}
         return flat, np.arange(b, dtype=np.int64) * t + starts
 

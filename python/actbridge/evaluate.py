@@ -150,7 +150,7 @@ def evaluate_substitution(
     import torch
 
     from actbridge.align import pair_positions, pairable, same_tokenizer
-    from actbridge.hooks import forward_to_layers, layer_indices, model_inputs, pad_batch
+    from actbridge.hooks import forward_padded, layer_indices, model_inputs, pad_batch
     from actbridge.replace import patch
     from actbridge.texts import documents, render
 
@@ -159,7 +159,7 @@ def evaluate_substitution(
     (l_s,) = layer_indices(m_s, [l_s])
     docs = [render(d, tok_t)[0] for d in documents(texts)]
     shared = same_tokenizer(tok_s, tok_t)
-    dev_t, dev_s = next(m_t.parameters()).device, next(m_s.parameters()).device
+    dev_t = next(m_t.parameters()).device
 
     def encode(tok: Any, batch: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         enc = tok(batch, return_offsets_mapping=True, truncation=True, max_length=max_length)
@@ -173,10 +173,8 @@ def evaluate_substitution(
         total: Any = 0.0
         count = 0
         for batch in batches:
-            ids, mask, _ = pad_batch([e[0] for e in encode(tok_t, batch)], tok_t)
-            with torch.inference_mode():
-                h = forward_to_layers(m_t, [l_t], **model_inputs(m_t, ids.to(dev_t), mask.to(dev_t)))[l_t]
-            real = mask.to(dev_t).bool()
+            hs_t, mask, _ = forward_padded(m_t, tok_t, [e[0] for e in encode(tok_t, batch)], [l_t])
+            h, real = hs_t[l_t], mask.bool()
             s = h[real].double().sum(0)
             total = total + s
             count += int(real.sum())
@@ -191,10 +189,9 @@ def evaluate_substitution(
     for batch in _progress_batches(batches, progress):
         enc_t, enc_s = encode(tok_t, batch), encode(tok_s, batch)
         ids_t, mask_t, st_t = pad_batch([e[0] for e in enc_t], tok_t)
-        ids_s, mask_s, st_s = pad_batch([e[0] for e in enc_s], tok_s)
         inputs_t = model_inputs(m_t, ids_t.to(dev_t), mask_t.to(dev_t))
-        with torch.inference_mode():
-            hs = forward_to_layers(m_s, [l_s], **model_inputs(m_s, ids_s.to(dev_s), mask_s.to(dev_s)))[l_s]
+        hs_s, _, st_s = forward_padded(m_s, tok_s, [e[0] for e in enc_s], [l_s])
+        hs = hs_s[l_s]
         b_idx, p_idx, src_rows = [], [], []
         for i, ((ti, to), (si, so)) in enumerate(zip(enc_t, enc_s, strict=True)):
             ps, pt = pair_positions(len(si), len(ti), so, to, shared=shared)

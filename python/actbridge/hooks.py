@@ -161,3 +161,19 @@ def model_inputs(model: Any, input_ids: Any, mask: Any) -> dict[str, Any]:
     if "position_ids" in inspect.signature(model.forward).parameters:
         kwargs["position_ids"] = (mask.cumsum(-1) - 1).clamp(min=0)
     return kwargs
+
+
+def forward_padded(
+    model: Any, tokenizer: Any, ids_list: Sequence[npt.NDArray[np.int64]], layers: Sequence[int]
+) -> tuple[dict[int, Any], Any, npt.NDArray[np.int64]]:
+    """Pad token id arrays (:func:`pad_batch`), run ``model`` up to the last of ``layers`` under
+    inference mode, and return ``({layer: (batch, seq, d)}, attention_mask on the model's
+    device, starts)``."""
+    import torch
+
+    ids, mask, starts = pad_batch(ids_list, tokenizer)
+    device = next(model.parameters()).device
+    ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
+    with torch.inference_mode():
+        hs = forward_to_layers(model, layers, **model_inputs(model, ids, mask))
+    return hs, mask, starts

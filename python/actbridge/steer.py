@@ -32,10 +32,8 @@ from actbridge._native import ActbridgeError
 from actbridge.hooks import (
     block_output,
     decoder_blocks,
-    forward_to_layers,
+    forward_padded,
     layer_indices,
-    model_inputs,
-    pad_batch,
 )
 from actbridge.texts import Document, documents, render
 
@@ -511,7 +509,6 @@ def _activations(
     if positions == "trigger" and not triggers:
         raise SteerError('positions="trigger" needs trigger="..." (the trigger string(s) to look for)')
     offsets = positions == "trigger" or callable(positions)
-    device = next(model.parameters()).device
     docs: list[Document] = documents(prompts)
     rows = []
     for k in range(0, len(docs), batch_size):
@@ -522,11 +519,8 @@ def _activations(
             texts.append(text)
             ids_list.append(np.asarray(enc["input_ids"], dtype=np.int64))
             offs.append(np.asarray(enc["offset_mapping"]).reshape(-1, 2) if offsets else None)
-        ids, mask, starts = pad_batch(ids_list, tokenizer)
-        with torch.inference_mode():
-            h = forward_to_layers(model, [layer], **model_inputs(model, ids.to(device), mask.to(device)))[
-                layer
-            ]
+        hs, _, starts = forward_padded(model, tokenizer, ids_list, [layer])
+        h = hs[layer]
         for i, (text, x, off) in enumerate(zip(texts, ids_list, offs, strict=True)):
             sel = _selected(text, x, off, positions, triggers)
             if len(sel) == 0:
