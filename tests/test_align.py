@@ -105,4 +105,5 @@ def test_pair_positions_and_pairable_count_from_first():
     tgt = [(0, 0), *spans("ab cd", ["ab", " ", "cd"])]
     ps, pt = pair_positions(2, 4, src, tgt, shared=False, first=1)
     assert list(zip(ps, pt, strict=True)) == [(1, 3)]  # source position 0 is skipped
-    assert pairable(4, tgt, first=1) == 3 and pairable(4, None, first=1) == 3 and pairable(0, None, first=1) == 0
+    assert pairable(4, tgt, first=1) == 3 and pairable(4, None, first=1) == 3
+    assert pairable(0, None, first=1) == 0

@@ -20,7 +20,6 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 
-
 @pytest.fixture(scope="module")
 def bpe():
     return tiny_tokenizer("bpe")

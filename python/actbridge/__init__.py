@@ -35,7 +35,16 @@ from actbridge.hooks import HookError, decoder_blocks
 from actbridge.maps import AffineMap, AffineStats, MapWarning, load_map
 from actbridge.models import EMBEDDED, ModelError, load_model
 from actbridge.replace import SafetySwitch, mean_ablate, patch, substitute
-from actbridge.steer import Intervention, SteerError, SteeringVector, ablate, steer, transfer_vector
+from actbridge.steer import (
+    Intervention,
+    SteerError,
+    SteeringVector,
+    ablate,
+    at_tokens,
+    steer,
+    transfer_vector,
+    trigger_tokens,
+)
 from actbridge.store import ActivationStore, StoreWriter
 from actbridge.texts import TextsError, load_corpus
 
@@ -66,6 +75,7 @@ __all__ = [
     "__version__",
     "ablate",
     "align_offsets",
+    "at_tokens",
     "collect",
     "collect_pair",
     "compare_generations",
@@ -83,4 +93,5 @@ __all__ = [
     "substitute",
     "tasks",
     "transfer_vector",
+    "trigger_tokens",
 ]

@@ -137,11 +137,13 @@ def compare_generations(
             runs["mapped"] = generate(m_t, tok_t, prompts, max_new_tokens)
     metrics: dict[str, Any] = {}
     ref = runs["target"]
-    for name in ("mapped", "ablated", "source"):
-        if name in runs:
-            metrics[f"rouge_l {name} vs target"] = mean_ci(
-                [rouge_l(c, r) for c, r in zip(runs[name], ref, strict=True)], seed
-            )
+    if embed == "auto":
+        embed = minilm_embedder()
+    for name in [n for n in ("mapped", "ablated", "source") if n in runs]:
+        sim = similarity(runs[name], ref, embed if callable(embed) else None, seed)
+        metrics[f"rouge_l {name} vs target"] = sim["rouge_l"]
+        if "embedding_cosine" in sim:
+            metrics[f"embedding cosine {name} vs target"] = sim["embedding_cosine"]
     if "mapped" in runs:
         sub_t = [rouge_l(c, r) for c, r in zip(runs["mapped"], ref, strict=True)]
         abl_t = [rouge_l(c, r) for c, r in zip(runs["ablated"], ref, strict=True)]
@@ -150,18 +152,29 @@ def compare_generations(
         metrics["win rate mapped closer to target than source"] = rate(
             [a > b for a, b in zip(sub_t, sub_s, strict=True)]
         )
-    if embed == "auto":
-        embed = minilm_embedder()
-    if callable(embed):
-        ref_e = _unit(embed(list(ref)))
-        for name in [n for n in ("mapped", "ablated", "source") if n in runs]:
-            e = _unit(embed(list(runs[name])))
-            metrics[f"embedding cosine {name} vs target"] = mean_ci(list((e * ref_e).sum(1)), seed)
     if judge is not None:
         for name in [n for n in ("mapped", "ablated", "source") if n in runs]:
             scores = [float(judge(p, r, c)) for p, r, c in zip(prompts, ref, runs[name], strict=True)]
             metrics[f"judge {name} vs target"] = mean_ci(scores, seed)
     return {"completions": runs, "metrics": metrics}
+
+
+def similarity(
+    candidates: Sequence[str],
+    references: Sequence[str],
+    embed: Callable[[list[str]], Any] | None = None,
+    seed: int = 0,
+) -> dict[str, Any]:
+    """How close each completion is to its reference: mean ROUGE-L F1 and, with ``embed``
+    (texts → ``(n, k)`` embeddings, e.g. :func:`minilm_embedder`), mean cosine of the
+    embeddings; each ``{"value", "ci95", "n"}`` with a 95% bootstrap interval over the pairs."""
+    if len(candidates) != len(references):
+        raise ValueError(f"{len(candidates)} candidates for {len(references)} references")
+    out = {"rouge_l": mean_ci([rouge_l(c, r) for c, r in zip(candidates, references, strict=True)], seed)}
+    if embed is not None:
+        e, r = _unit(embed(list(candidates))), _unit(embed(list(references)))
+        out["embedding_cosine"] = mean_ci(list((e * r).sum(1)), seed)
+    return out
 
 
 def minilm_embedder() -> Callable[[list[str]], Any] | None:

