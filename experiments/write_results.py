@@ -90,6 +90,12 @@ def exp1(dirs: dict[str, Path]) -> list[str]:
     return lines
 
 
+def sweep_cell(row: dict[str, Any]) -> str:
+    """ "native / noise (similarity)" for one (layer, α) of a sweep."""
+    cell = f"{row['success']['value']:.2f} / {row['noise_success']['value']:.2f}"
+    return cell + (f" ({row['similarity']['value']:.2f})" if "similarity" in row else "")
+
+
 def exp2(dirs: dict[str, Path], docs: Path) -> list[str]:
     lines = [
         "## 2. Layer sweep",
@@ -111,16 +117,26 @@ def exp2(dirs: dict[str, Path], docs: Path) -> list[str]:
         by = {(r["layer"], r["alpha"]): r for r in res["rows"]}
         lines += [
             f"**{model}**: unsteered trigger rate {ci(res['baseline'])} (n = {res['baseline']['n']}); "
-            f"chosen layer (last before success drops) **{res['chosen_layer']}**.",
+            f"chosen layer (last before success drops) **{res['chosen_layer']}**. Cells: success of the "
+            "native vector / of same-norm noise (similarity of the native-steered answers to the model's "
+            "own |dev| answers, ROUGE-L).",
             "",
-            "| layer | " + " | ".join(f"success α={a:g}" for a in alphas) + " | noise, largest α |",
-            "|---" * (len(alphas) + 2) + "|",
+            "| layer | " + " | ".join(f"α={a:g}: native / noise (similarity)" for a in alphas) + " |",
+            "|---" * (len(alphas) + 1) + "|",
         ]
         for layer in layers:
-            cells = [ci(by[(layer, a)]["success"]) for a in alphas]
-            lines.append(
-                f"| {layer} | " + " | ".join(cells) + f" | {ci(by[(layer, alphas[-1])]['noise_success'])} |"
-            )
+            cells = [sweep_cell(by[(layer, a)]) for a in alphas]
+            lines.append(f"| {layer} | " + " | ".join(cells) + " |")
+        specific = [
+            f"layer {r['layer']} α={r['alpha']:g}"
+            for r in res["rows"]
+            if r["success"]["ci95"][0] > r["noise_success"]["ci95"][1]
+        ]
+        lines += [
+            "",
+            f"The native vector clearly beats same-norm noise (disjoint 95% intervals) in {len(specific)} of "
+            f"{len(res['rows'])} cells" + (f": {', '.join(specific)}." if specific else "."),
+        ]
         lines += ["", f"![layer sweep, {model}]({png})", ""]
     return lines
 
