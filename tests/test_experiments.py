@@ -85,6 +85,9 @@ def test_mapped_steering_experiment_smoke(workdir):
     assert (
         len({json.dumps(r["similarity"]) for r in zero}) == 1
     )  # alpha 0: every vector leaves the text alone
+    assert {(r["vector"], r["alpha"]) for r in res["induction"]} == {
+        (r["vector"], r["alpha"]) for r in res["steering"]
+    }
     assert ab.load_map(d / "autoencoder").d_source == 64 and (d / "mapped_steering.png").is_file()
     # resumable: the finished rows, store and maps are reused
     before = (d / "steering_rows.json").read_text()
