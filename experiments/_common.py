@@ -81,6 +81,25 @@ def identity(d: int) -> ab.AffineMap:
     return ab.AffineMap(np.eye(d, dtype=np.float32))
 
 
+def fit_autoencoder(
+    store: ab.ActivationStore, train: Any, val: Any, epochs: int, seed: int, progress: bool
+) -> ab.AutoencoderMap:
+    """The experiments' autoencoder recipe (as the demo's): standardised inputs and targets,
+    AdamW lr 1e-3, batch 256, learning rate halved after one epoch without validation gain."""
+    return ab.AutoencoderMap.fit(
+        store,
+        rows=train,
+        val_rows=val,
+        epochs=epochs,
+        lr=1e-3,
+        batch_size=256,
+        plateau_patience=1,
+        standardize=True,
+        seed=seed,
+        progress=progress,
+    )
+
+
 def parameters(model: Any) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 

@@ -35,6 +35,7 @@ from _common import (
     TARGET,
     backdoor_dir,
     chosen_layer,
+    fit_autoencoder,
     plain_texts,
     read_rows,
     run_info,
@@ -60,18 +61,7 @@ def fit_maps(args: argparse.Namespace, store: ab.ActivationStore, out: Path) -> 
     if (out / "autoencoder" / "config.json").is_file():
         maps["autoencoder"] = ab.load_map(out / "autoencoder")
     else:
-        maps["autoencoder"] = ab.AutoencoderMap.fit(
-            store,
-            rows=train,
-            val_rows=val,
-            epochs=args.epochs,
-            lr=1e-3,
-            batch_size=256,
-            plateau_patience=1,
-            standardize=True,
-            seed=args.seed,
-            progress=not args.smoke,
-        )
+        maps["autoencoder"] = fit_autoencoder(store, train, val, args.epochs, args.seed, not args.smoke)
         maps["autoencoder"].save(out / "autoencoder")
     return {"maps": maps, "train": train, "val": val}
 

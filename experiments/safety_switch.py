@@ -32,6 +32,7 @@ from _common import (
     SOURCE,
     backdoor_dir,
     chosen_layer,
+    fit_autoencoder,
     identity,
     parameters,
     read_rows,
@@ -76,18 +77,7 @@ def fit_switch(
         progress=not quiet,
     )
     train, val = store.split(0.1, seed=seed, by="doc")
-    ae = ab.AutoencoderMap.fit(
-        store,
-        rows=train,
-        val_rows=val,
-        epochs=epochs,
-        lr=1e-3,
-        batch_size=256,
-        plateau_patience=1,
-        standardize=True,
-        seed=seed,
-        progress=not quiet,
-    )
+    ae = fit_autoencoder(store, train, val, epochs, seed, not quiet)
     ae.save(out)
     return ae
 
