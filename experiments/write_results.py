@@ -295,16 +295,34 @@ def exp5(dirs: dict[str, Path], docs: Path) -> list[str]:
         f"(nats/token) on {res['n_ce_texts']} corpus texts no switch was trained on. Switch off: trigger "
         f"rate {ci(off['trigger_rate'])}, false trigger with |dev| {ci(off['false_trigger_rate_dev'])}.",
         "",
-        "| layer | trigger: switch on | trigger: patched from base | CE off | CE on | CE patched "
-        "| benign ROUGE-L on vs off | size (% of model) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| layer | trigger rate: switch on | patched from base | false trigger &#124;dev&#124;: switch on "
+        "| patched from base |",
+        "|---|---|---|---|---|",
     ]
     for r in res["rows"]:
+        on, pa = r["on"], r["patched from base"]
         lines.append(
-            f"| {r['layer']} | {ci(r['on']['trigger_rate'])} | {ci(r['patched from base']['trigger_rate'])} "
-            f"| {ci(r['ce']['off'])} | {ci(r['ce']['on'])} | {ci(r['ce']['patched from base'])} "
-            f"| {ci(r['on']['benign_vs_off']['rouge_l'])} "
-            f"| {r['parameters']:,} ({r['parameters_share']:.2%}) |"
+            f"| {r['layer']} | {ci(on['trigger_rate'])} | {ci(pa['trigger_rate'])} "
+            f"| {ci(on['false_trigger_rate_dev'])} | {ci(pa['false_trigger_rate_dev'])} |"
+        )
+    lines += [
+        "",
+        "Clean-task cost: CE on held-out corpus text, and ROUGE-L of benign completions against the "
+        "switch-off ones (1 = unchanged) and against the base model's.",
+        "",
+        "| layer | CE off | CE switch on | CE patched | CE mean-ablated | ROUGE-L on vs off | patched vs off "
+        "| on vs base | switch size (% of model) | AE held-out FVU |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in res["rows"]:
+        on, pa = r["on"], r["patched from base"]
+        fvu = f"{r['ae_val_fvu']:.3f}" if r.get("ae_val_fvu") is not None else ""
+        lines.append(
+            f"| {r['layer']} | {ci(r['ce']['off'])} | {ci(r['ce']['on'])} "
+            f"| {ci(r['ce']['patched from base'])} | {ci(r['ce']['mean-ablated'])} "
+            f"| {ci(on['benign_vs_off']['rouge_l'])} "
+            f"| {ci(pa['benign_vs_off']['rouge_l'])} | {ci(on['benign_vs_base']['rouge_l'])} "
+            f"| {r['parameters']:,} ({r['parameters_share']:.2%}) | {fvu} |"
         )
     png = dirs["switch"] / "safety_switch.png"
     if png.is_file():
