@@ -452,13 +452,16 @@ def comparison(dirs: dict[str, Path]) -> list[str]:
         off = switch["off"]["trigger_rate"]["value"]
         row = min(switch["rows"], key=lambda r: r["on"]["trigger_rate"]["value"])
         cut = (off - row["on"]["trigger_rate"]["value"]) / off if off > 0 else float("nan")
-        patched = row["patched from base"]["trigger_rate"]
+        patched, ce = row["patched from base"]["trigger_rate"], row["ce"]
         lines.append(
             f"- **Safety switch.** Paper: {PAPER['switch']}. Here the best layer ({row['layer']}) takes the "
             f"trigger rate from {off:.0%} to {ci(row['on']['trigger_rate'])}, a {cut:.0%} relative cut "
             f"(patching the base model's activations: {ci(patched)}), at a CE cost of "
-            f"{row['ce']['on']['value'] - row['ce']['off']['value']:+.2f} nats/token on clean text; the "
-            f"switch holds {row['parameters_share']:.1%} of the model's parameters."
+            f"{ce['on']['value'] - ce['off']['value']:+.2f} nats/token on clean text (patching: "
+            f"{ce['patched from base']['value'] - ce['off']['value']:+.2f}) and a false-trigger "
+            f"rate with |dev| of {ci(row['on']['false_trigger_rate_dev'])} (off: "
+            f"{ci(switch['off']['false_trigger_rate_dev'])}); the switch holds {row['parameters_share']:.1%} "
+            "of the model's parameters."
         )
     facts = load(dirs["facts"] / "results.json")
     if facts is not None:
