@@ -250,13 +250,19 @@ def exp34(dirs: dict[str, Path], docs: Path) -> list[str]:
     alphas = sorted({r["alpha"] for r in res["steering"]})
     by = {(r["vector"], r["alpha"]): r for r in res["steering"]}
     lines += [
-        "| vector | " + " | ".join(f"α={a:g}" for a in alphas) + " | similarity at α=1 |",
-        "|---" * (len(alphas) + 2) + "|",
+        "Cells: success [95% CI] (similarity).",
+        "",
+        "| vector | " + " | ".join(f"α={a:g}" for a in alphas) + " |",
+        "|---" * (len(alphas) + 1) + "|",
     ]
     for name in res["vectors"]:
-        cells = [pct(by[(name, a)]["success"]) if (name, a) in by else "" for a in alphas]
-        one = by.get((name, 1.0))
-        lines.append(f"| {name} | " + " | ".join(cells) + f" | {ci(one['similarity']) if one else ''} |")
+        cells = [
+            f"{pct(by[(name, a)]['success'])} ({by[(name, a)]['similarity']['value']:.2f})"
+            if (name, a) in by
+            else ""
+            for a in alphas
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
     if res.get("induction"):
         ind = {(r["vector"], r["alpha"]): r["trigger_rate"] for r in res["induction"]}
         lines += [
@@ -431,7 +437,13 @@ def comparison(dirs: dict[str, Path]) -> list[str]:
             f"- **Mapped vs native steering.** Paper: {PAPER['mapped_vs_native']}. Here (best α each, "
             f"SmolLM2 → Gemma, n = {mapped['n_eval']}): native {pct(native)} at α={alpha_of['native']:g}; "
             + "; ".join(parts)
-            + f"; same-norm noise {pct(best['noise'])}."
+            + f"; same-norm noise {pct(best['noise'])} at α={alpha_of['noise']:g}"
+            + (
+                " — noise removes it about as well, so in this target removal at the trigger's tokens does "
+                "not show that the vector's direction matters."
+                if overlap(best["noise"], native)
+                else "."
+            )
             + induction_sentence(mapped)
         )
         maps = mapped["maps"]
