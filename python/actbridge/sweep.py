@@ -103,14 +103,19 @@ def plot_sweep(sweep: dict[str, Any], path: str, title: str = "steering success 
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6, 3.5))
-    for alpha in sorted({r["alpha"] for r in sweep["rows"]}):
+    for k, alpha in enumerate(sorted({r["alpha"] for r in sweep["rows"]})):
         rows = sorted((r for r in sweep["rows"] if r["alpha"] == alpha), key=lambda r: r["layer"])
         xs = [r["layer"] for r in rows]
-        ax.plot(xs, [r["success"]["value"] for r in rows], marker="o", label=f"native α={alpha:g}")
+        colour = f"C{k}"  # one colour per alpha: solid native, dashed noise
+        ax.plot(
+            xs, [r["success"]["value"] for r in rows], marker="o", color=colour, label=f"native α={alpha:g}"
+        )
         ax.plot(
             xs,
             [r["noise_success"]["value"] for r in rows],
             linestyle="--",
+            marker="x",
+            color=colour,
             alpha=0.6,
             label=f"noise α={alpha:g}",
         )
