@@ -394,8 +394,19 @@ def overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return bool(a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1])
 
 
+def at_mid_alpha(rows: list[dict[str, Any]], metric: str) -> str:
+    """Every vector at the α where the native vector's ``metric`` is closest to 50% (where
+    differences between vectors show best): "α=2: native 77% [..], mapped affine 50% [..], ..."."""
+    native = [r for r in rows if r["vector"] == "native"]
+    if not native:
+        return ""
+    alpha = min(native, key=lambda r: abs(r[metric]["value"] - 0.5))["alpha"]
+    cells = [f"{r['vector']} {pct(r[metric])}" for r in rows if r["alpha"] == alpha]
+    return f"α={alpha:g}: " + ", ".join(cells)
+
+
 def induction_sentence(mapped: dict[str, Any]) -> str:
-    """How often each vector, added at the "|dev|:" tokens, switches the backdoor on (best α)."""
+    """How often each vector, added at the "|dev|:" tokens, switches the backdoor on."""
     if not mapped.get("induction"):
         return ""
     best: dict[str, dict[str, Any]] = {}
@@ -403,9 +414,14 @@ def induction_sentence(mapped: dict[str, Any]) -> str:
         if r["vector"] not in best or r["trigger_rate"]["value"] > best[r["vector"]]["value"]:
             best[r["vector"]] = r["trigger_rate"]
     return (
-        ' Adding the vectors at the "|dev|:" tokens instead, the backdoor fires in '
+        ' The specific test is the other direction: adding the vectors at the "|dev|:" tokens, the '
+        "backdoor fires in "
         + ", ".join(f"{k} {pct(v)}" for k, v in best.items())
-        + " of prompts (best α each)."
+        + " of prompts (best α each); at "
+        + at_mid_alpha(mapped["induction"], "trigger_rate")
+        + ". Removal at the same α scale, "
+        + at_mid_alpha(mapped["steering"], "success")
+        + "."
     )
 
 
