@@ -473,8 +473,11 @@ def comparison(dirs: dict[str, Path]) -> list[str]:
             + (
                 "the autoencoder is clearly better (direction reproduced)."
                 if better
-                else "no clear advantage for the autoencoder (not reproduced)."
+                else "no clear advantage for the autoencoder as a substitute (not reproduced)."
             )
+            + f" As a carrier of the steering vector, the autoencoder-mapped vector has cosine "
+            f"{mapped['vectors']['mapped autoencoder']['cosine_to_native']:+.2f} to the native one, the "
+            f"affine-mapped {mapped['vectors']['mapped affine']['cosine_to_native']:+.2f} (induction above)."
         )
     switch = load(dirs["switch"] / "results.json")
     if switch is not None and switch["rows"]:
@@ -499,11 +502,14 @@ def comparison(dirs: dict[str, Path]) -> list[str]:
             for r in facts["steering"]
             if (r["layer"], r["alpha"]) == (facts["best_steering"]["layer"], facts["best_steering"]["alpha"])
         )
-        switches = "; ".join(
-            f"at layer {row['layer']} the safety switch (trained towards a base model that never learnt the "
-            f"facts) gives the correct answer in {pct(row['safety switch, |prod|']['correct'])} and the "
-            f"corrupted one in {pct(row['safety switch, |prod|']['backdoor'])}"
-            for row in facts["switches"]
+        switches = (
+            "the safety switch (trained towards a base model that never learnt the facts) "
+            + "; ".join(
+                f"at layer {row['layer']} gives the correct answer in "
+                f"{pct(row['safety switch, |prod|']['correct'])} and the corrupted one in "
+                f"{pct(row['safety switch, |prod|']['backdoor'])}"
+                for row in facts["switches"]
+            )
         )
         lines.append(
             "- **Corrupted capabilities** (does removing the backdoor keep the knowledge?). "
@@ -555,10 +561,16 @@ def headline(dirs: dict[str, Path]) -> list[str]:
             if r["vector"] not in best or r["success"]["value"] > best[r["vector"]]["value"]:
                 best[r["vector"]] = r["success"]
         out.append(
-            "- Backdoor removal in Gemma-3-270m by steering (best α): "
+            "- Backdoor removal in Gemma-3-270m by steering at the trigger's tokens (best α): "
             + ", ".join(f"{k} {pct(v)}" for k, v in best.items())
-            + "."
+            + " (noise works too: the trigger is fragile)."
         )
+        if mapped.get("induction"):
+            out.append(
+                "- Backdoor induction in Gemma-3-270m (+α·v at the |dev| tokens), "
+                + at_mid_alpha(mapped["induction"], "trigger_rate")
+                + "."
+            )
     switch = load(dirs["switch"] / "results.json")
     if switch is not None and switch["rows"]:
         row = min(switch["rows"], key=lambda r: r["on"]["trigger_rate"]["value"])
