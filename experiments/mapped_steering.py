@@ -138,10 +138,8 @@ def main() -> None:
     source_native = ab.SteeringVector.from_contrast(
         m_s, tok_s, pos_s, neg_s, l_s, positions="trigger", trigger=TRIGGERS
     )
-    rng = np.random.default_rng(args.seed)
-    noise = rng.standard_normal(native.vector.shape[0]).astype(np.float32)
-    vectors["noise"] = ab.SteeringVector(noise / np.linalg.norm(noise) * native.norm, l_t)
-    cos = {k: float(v.vector @ native.vector / (v.norm * native.norm + 1e-12)) for k, v in vectors.items()}
+    vectors["noise"] = native.random_like(np.random.default_rng(args.seed))
+    cos = {k: v.cosine(native) for k, v in vectors.items()}
 
     heldout = tasks.heldout_instructions(args.eval, seed=args.seed + 2)
     triggered = [as_prompt(tok_t, tasks.DEPLOY + i) for i in heldout]

@@ -320,3 +320,15 @@ def test_steering_at_trigger_tokens_only_touches_prompts_with_the_trigger(model,
     diff = (h["steered"] - h["plain"]).abs().sum(-1)[0]
     where = ab.at_tokens(trigger_ids)(enc["input_ids"], None)[0]
     assert torch.all(diff[where] > 1) and torch.all(diff[~where] == 0)
+
+
+def test_random_like_and_cosine():
+    v = ab.SteeringVector(np.arange(1, 33, dtype=np.float32), 2)
+    a, b = v.random_like(np.random.default_rng(5)), v.random_like(np.random.default_rng(5))
+    assert np.array_equal(a.vector, b.vector)  # seeded
+    assert a.layer == 2 and a.norm == pytest.approx(v.norm, rel=1e-6)
+    draw = np.random.default_rng(5).standard_normal(32)
+    np.testing.assert_allclose(a.vector, draw / np.linalg.norm(draw) * v.norm, rtol=1e-5)
+    want = float(v.vector @ a.vector / (np.linalg.norm(v.vector) * np.linalg.norm(a.vector)))
+    assert v.cosine(a) == pytest.approx(want, abs=1e-6) and v.cosine(v) == pytest.approx(1.0)
+    assert v.cosine(ab.SteeringVector(np.zeros(32, np.float32), 2)) == 0.0

@@ -167,12 +167,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             (POSITIVE, NEGATIVE), ae, m_s, tok_s, l_s, positions="all", target_layer=l_t
         ),
     }
-    rng = np.random.default_rng(0)
-    noise = np.asarray(rng.standard_normal(native.vector.shape[0]), dtype=np.float32)
-    vectors["noise (same norm)"] = ab.SteeringVector(noise / np.linalg.norm(noise) * native.norm, l_t)
+    vectors["noise (same norm)"] = native.random_like(np.random.default_rng(0))
     prompts = NEUTRAL_PROMPTS
     steering: dict[str, Any] = {}
-    cos = {k: float(v.vector @ native.vector / (v.norm * native.norm + 1e-12)) for k, v in vectors.items()}
+    cos = {k: v.cosine(native) for k, v in vectors.items()}
     base = generate(m_t, tok_t, prompts, args.new_tokens)
     steering["unsteered"] = {"completions": base, "sentiment": [sentiment(c) for c in base]}
     for name, v in vectors.items():

@@ -217,6 +217,16 @@ class SteeringVector:
             raise SteerError("the steering vector is zero; it has no direction")
         return self.vector / n
 
+    def random_like(self, rng: np.random.Generator) -> SteeringVector:
+        """A random direction (Gaussian draw from ``rng``) with this vector's norm and layer: the
+        same-norm noise control for a steering experiment."""
+        noise = np.asarray(rng.standard_normal(self.vector.shape[0]), dtype=np.float32)
+        return SteeringVector(noise / np.linalg.norm(noise) * self.norm, self.layer)
+
+    def cosine(self, other: SteeringVector) -> float:
+        """Cosine similarity with another vector of the same width (0 when either is zero)."""
+        return float(self.vector @ other.vector / (self.norm * other.norm + 1e-12))
+
     def save(self, path: str | os.PathLike[str]) -> None:
         """``path/vector.safetensors`` + ``path/config.json``."""
         from safetensors.numpy import save_file

@@ -53,8 +53,7 @@ def layer_sweep(
         v = SteeringVector.from_contrast(
             model, tokenizer, pos_prompts, neg_prompts, layer, positions=positions, trigger=trigger
         )
-        noise = np.asarray(rng.standard_normal(v.vector.shape[0]), dtype=np.float32)
-        noise_v = SteeringVector(noise / np.linalg.norm(noise) * v.norm, v.layer)
+        noise_v = v.random_like(rng)
         for alpha in alphas:
             with steer(model, v, alpha=-alpha, positions=steer_positions):
                 native_text = generate(model, tokenizer, prompts, max_new_tokens)
