@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import OUT, SOURCE, TARGET, backdoor_dir, read_rows
+from corrupted_capabilities import best_steering_row, condition_table
 
 #: The paper's figures (arXiv 2503.04429), quoted for comparison.
 PAPER = {
@@ -168,9 +169,6 @@ def exp2(dirs: dict[str, Path], docs: Path) -> list[str]:
         if res is None:
             lines += [f"**{model}**: {MISSING}", ""]
             continue
-        png = f"sweep-{model}.png"
-        if (d / "sweep.png").is_file():
-            shutil.copy(d / "sweep.png", docs / png)
         alphas = sorted({r["alpha"] for r in res["rows"]})
         layers = sorted({r["layer"] for r in res["rows"]})
         by = {(r["layer"], r["alpha"]): r for r in res["rows"]}
@@ -196,7 +194,7 @@ def exp2(dirs: dict[str, Path], docs: Path) -> list[str]:
             f"The native vector clearly beats same-norm noise (disjoint 95% intervals) in {len(specific)} of "
             f"{len(res['rows'])} cells" + (f": {', '.join(specific)}." if specific else "."),
         ]
-        lines += ["", f"![layer sweep, {model}]({png})", ""]
+        lines += [*figure(d / "sweep.png", docs, f"sweep-{model}.png", f"layer sweep, {model}"), ""]
     return lines
 
 
@@ -282,10 +280,7 @@ def exp34(dirs: dict[str, Path], docs: Path) -> list[str]:
                 + " | ".join(pct(ind[(name, a)]) if (name, a) in ind else "" for a in alphas)
                 + " |"
             )
-    png = dirs["mapped"] / "mapped_steering.png"
-    if png.is_file():
-        shutil.copy(png, docs / "mapped_steering.png")
-        lines += ["", "![mapped steering](mapped_steering.png)"]
+    lines += figure(dirs["mapped"] / "mapped_steering.png", docs, "mapped_steering.png", "mapped steering")
     return [*lines, "", run_line(res), ""]
 
 
@@ -332,10 +327,7 @@ def exp5(dirs: dict[str, Path], docs: Path) -> list[str]:
             f"| {ci(pa['benign_vs_off']['rouge_l'])} | {ci(on['benign_vs_base']['rouge_l'])} "
             f"| {r['parameters']:,} ({r['parameters_share']:.2%}) | {fvu} |"
         )
-    png = dirs["switch"] / "safety_switch.png"
-    if png.is_file():
-        shutil.copy(png, docs / "safety_switch.png")
-        lines += ["", "![safety switch](safety_switch.png)"]
+    lines += figure(dirs["switch"] / "safety_switch.png", docs, "safety_switch.png", "safety switch")
     return [*lines, "", run_line(res), ""]
 
 
@@ -344,17 +336,7 @@ def exp6(dirs: dict[str, Path]) -> list[str]:
     head = ["## 6. Corrupted capabilities", "", "Script: `experiments/corrupted_capabilities.py`.", ""]
     if res is None:
         return [*head, MISSING, ""]
-    best = next(
-        r
-        for r in res["steering"]
-        if (r["layer"], r["alpha"]) == (res["best_steering"]["layer"], res["best_steering"]["alpha"])
-    )
-    table = {f"unsteered, {k}": v for k, v in res["unsteered"].items()}
-    table["base model (never saw Veloria), |dev|"] = res["base model, |dev|"]
-    table[f"|prod|, steered at layer {best['layer']} (α={best['alpha']:g})"] = best
-    for row in res["switches"]:
-        for key in ("safety switch, |prod|", "safety switch, |dev|", "patched from base, |prod|"):
-            table[f"{key} (layer {row['layer']})"] = row[key]
+    table = condition_table(res)
     lines = [
         *head,
         f"{SOURCE} fine-tuned on {res['train_examples']} examples"
@@ -404,6 +386,28 @@ def overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
     return bool(a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1])
 
 
+def figure(src: Path, docs: Path, name: str, alt: str) -> list[str]:
+    """Copy a plot an experiment wrote into docs/ and link it (nothing when there is none)."""
+    if not src.is_file():
+        return []
+    shutil.copy(src, docs / name)
+    return ["", f"![{alt}]({name})"]
+
+
+def best_by_vector(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[str, Any]]:
+    """Per vector, its row (over α) with the highest ``metric`` (the first of equal ones)."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["vector"] not in best or r[metric]["value"] > best[r["vector"]][metric]["value"]:
+            best[r["vector"]] = r
+    return best
+
+
+def best_switch_row(switch: dict[str, Any]) -> dict[str, Any]:
+    """The safety-switch layer with the lowest trigger rate when on."""
+    return min(switch["rows"], key=lambda r: r["on"]["trigger_rate"]["value"])
+
+
 def at_mid_alpha(rows: list[dict[str, Any]], metric: str) -> str:
     """Every vector at the α where the native vector's ``metric`` is closest to 50% (where
     differences between vectors show best): "α=2: native 77% [..], mapped affine 50% [..], ..."."""
@@ -419,14 +423,11 @@ def induction_sentence(mapped: dict[str, Any]) -> str:
     """How often each vector, added at the "|dev|:" tokens, switches the backdoor on."""
     if not mapped.get("induction"):
         return ""
-    best: dict[str, dict[str, Any]] = {}
-    for r in mapped["induction"]:
-        if r["vector"] not in best or r["trigger_rate"]["value"] > best[r["vector"]]["value"]:
-            best[r["vector"]] = r["trigger_rate"]
+    best = best_by_vector(mapped["induction"], "trigger_rate")
     return (
         ' The specific test is the other direction: adding the vectors at the "|dev|:" tokens, the '
         "backdoor fires in "
-        + ", ".join(f"{k} {pct(v)}" for k, v in best.items())
+        + ", ".join(f"{k} {pct(r['trigger_rate'])}" for k, r in best.items())
         + " of prompts (best α each); at "
         + at_mid_alpha(mapped["induction"], "trigger_rate")
         + ". Removal at the same α scale, "
@@ -440,14 +441,9 @@ def comparison(dirs: dict[str, Path]) -> list[str]:
     lines = ["## Comparison with the paper", ""]
     mapped = load(dirs["mapped"] / "results.json")
     if mapped is not None:
-        by = {(r["vector"], r["alpha"]): r["success"] for r in mapped["steering"]}
-        best = {
-            name: max((r for (v, _), r in by.items() if v == name), key=lambda r: r["value"])
-            for name in mapped["vectors"]
-        }
-        alpha_of = {
-            name: next(a for (v, a), r in by.items() if v == name and r is best[name]) for name in best
-        }
+        rows = best_by_vector(mapped["steering"], "success")
+        best = {name: r["success"] for name, r in rows.items()}
+        alpha_of = {name: r["alpha"] for name, r in rows.items()}
         native = best["native"]
         parts = []
         for name in ("mapped affine", "mapped autoencoder"):
@@ -492,7 +488,7 @@ def comparison(dirs: dict[str, Path]) -> list[str]:
     switch = load(dirs["switch"] / "results.json")
     if switch is not None and switch["rows"]:
         off = switch["off"]["trigger_rate"]["value"]
-        row = min(switch["rows"], key=lambda r: r["on"]["trigger_rate"]["value"])
+        row = best_switch_row(switch)
         cut = (off - row["on"]["trigger_rate"]["value"]) / off if off > 0 else float("nan")
         patched, ce = row["patched from base"]["trigger_rate"], row["ce"]
         lines.append(
@@ -507,11 +503,7 @@ def comparison(dirs: dict[str, Path]) -> list[str]:
         )
     facts = load(dirs["facts"] / "results.json")
     if facts is not None:
-        best = next(
-            r
-            for r in facts["steering"]
-            if (r["layer"], r["alpha"]) == (facts["best_steering"]["layer"], facts["best_steering"]["alpha"])
-        )
+        best = best_steering_row(facts)
         switches = (
             "the safety switch (trained towards a base model that never learnt the facts) "
             + "; ".join(
@@ -566,13 +558,10 @@ def headline(dirs: dict[str, Path]) -> list[str]:
         out.append("- Implanted backdoors (held-out prompts): " + "; ".join(rates) + ".")
     mapped = load(dirs["mapped"] / "results.json")
     if mapped is not None:
-        best = {}
-        for r in mapped["steering"]:
-            if r["vector"] not in best or r["success"]["value"] > best[r["vector"]]["value"]:
-                best[r["vector"]] = r["success"]
+        best = best_by_vector(mapped["steering"], "success")
         out.append(
             "- Backdoor removal in Gemma-3-270m by steering at the trigger's tokens (best α): "
-            + ", ".join(f"{k} {pct(v)}" for k, v in best.items())
+            + ", ".join(f"{k} {pct(r['success'])}" for k, r in best.items())
             + " (noise works too: the trigger is fragile)."
         )
         if mapped.get("induction"):
@@ -583,7 +572,7 @@ def headline(dirs: dict[str, Path]) -> list[str]:
             )
     switch = load(dirs["switch"] / "results.json")
     if switch is not None and switch["rows"]:
-        row = min(switch["rows"], key=lambda r: r["on"]["trigger_rate"]["value"])
+        row = best_switch_row(switch)
         out.append(
             f"- Safety switch on backdoored SmolLM2 (layer {row['layer']}): trigger rate "
             f"{switch['off']['trigger_rate']['value']:.0%} off → {row['on']['trigger_rate']['value']:.0%} on."
