@@ -3,6 +3,9 @@
 In one run, for each shape (default N = 200,000 rows, 1024 -> 1024 and 576 -> 640), on the same
 in-RAM float32 rows (median of --repeats):
 
+Our fit and numpy's normal equations run in alternating rounds; their ratio is the median of the
+per-round ratios (the machine is shared and its speed drifts).
+
 - actbridge ``AffineMap.fit(x, y)`` (one pass of f32 chunk products into f64 statistics,
   centred, with bias; Cholesky solve; metrics included);
 - numpy ``A = X.T @ X; B = X.T @ Y`` + ``scipy.linalg.cho_solve`` (no centring or bias: less
@@ -27,6 +30,7 @@ import argparse
 import os
 import resource
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -36,7 +40,7 @@ import actbridge as ab
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import median_time  # noqa: E402
+from timing import interleaved_times, median_ratio, median_time  # noqa: E402
 
 
 def gemm_gflops(repeats: int) -> float:
@@ -122,8 +126,12 @@ def bench_shape(root: Path, n: int, d_s: int, d_t: int, lstsq_rows: int, repeats
     import torch
 
     x, y = data(n, d_s, d_t)
-    t_ours = median_time(lambda: ab.AffineMap.fit(x, y, ridge=1e-3), repeats)
-    t_np = median_time(lambda: numpy_normal_equations(x, y), repeats)
+    times = interleaved_times(
+        {"ours": lambda: ab.AffineMap.fit(x, y, ridge=1e-3), "numpy": lambda: numpy_normal_equations(x, y)},
+        repeats,
+    )
+    t_ours, t_np = statistics.median(times["ours"]), statistics.median(times["numpy"])
+    ratio_np = median_ratio(times["numpy"], times["ours"])
     k = min(n, lstsq_rows)
     t_lstsq = median_time(lambda: np.linalg.lstsq(x[:k], y[:k], rcond=None), 1) * n / k
     xt, yt = torch.from_numpy(x[:k]), torch.from_numpy(y[:k])
@@ -139,7 +147,7 @@ def bench_shape(root: Path, n: int, d_s: int, d_t: int, lstsq_rows: int, repeats
     gf = flops / t_ours / 1e9
     return (
         f"| {d_s} -> {d_t} | {t_ours:.2f} s | {gf:.0f} ({100 * gf / gemm:.0f}%) | {t_np:.2f} s "
-        f"| {t_np / t_ours:.2f}x | {t_lstsq:.1f} s | {t_lstsq / t_ours:.0f}x | {t_torch:.1f} s "
+        f"| {ratio_np:.2f}x | {t_lstsq:.1f} s | {t_lstsq / t_ours:.0f}x | {t_torch:.1f} s "
         f"| {t_torch / t_ours:.0f}x | {t_store:.2f} s | {n / t_store / 1e3:.0f}k |"
     )
 
@@ -163,32 +171,30 @@ def bench_autoencoder(root: Path, n: int, d_s: int, d_t: int, repeats: int) -> s
     init = ab.AutoencoderMap.fit(
         store, rows=train[:8], epochs=1, batch_size=8, lr=1e-12, progress=False, backend="torch"
     )
-    results = {}
-    for backend in ("rust", "torch"):
-        fits: list[ab.AutoencoderMap] = []
+    fits: dict[str, ab.AutoencoderMap] = {}
 
-        def run(backend: str = backend, fits: list = fits) -> None:
-            fits.append(
-                ab.AutoencoderMap.fit(
-                    store,
-                    rows=train,
-                    val_rows=val,
-                    epochs=1,
-                    batch_size=1024,
-                    lr=1e-4,
-                    progress=False,
-                    backend=backend,
-                    init=init,
-                    device="cpu",
-                )
-            )
+    def run(backend: str) -> None:
+        fits[backend] = ab.AutoencoderMap.fit(
+            store,
+            rows=train,
+            val_rows=val,
+            epochs=1,
+            batch_size=1024,
+            lr=1e-4,
+            progress=False,
+            backend=backend,
+            init=init,
+            device="cpu",
+        )
 
-        results[backend] = (median_time(run, repeats), fits[-1].history[-1]["val_mse"])
+    times = interleaved_times({b: (lambda b=b: run(b)) for b in ("rust", "torch")}, repeats)
     shutil.rmtree(path, ignore_errors=True)
-    (t_r, mse_r), (t_t, mse_t) = results["rust"], results["torch"]
+    t_r, t_t = statistics.median(times["rust"]), statistics.median(times["torch"])
+    mse_r, mse_t = fits["rust"].history[-1]["val_mse"], fits["torch"].history[-1]["val_mse"]
     h = init.hidden
     return (
-        f"| {d_s} -> {h} -> {d_t} | {len(train) / t_r:,.0f} | {len(train) / t_t:,.0f} | {t_t / t_r:.2f}x "
+        f"| {d_s} -> {h} -> {d_t} | {len(train) / t_r:,.0f} | {len(train) / t_t:,.0f} "
+        f"| {median_ratio(times['torch'], times['rust']):.2f}x "
         f"| {mse_r:.5f} | {mse_t:.5f} | {torch.get_num_threads()} |"
     )
 

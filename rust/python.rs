@@ -1056,27 +1056,24 @@ fn train_autoencoder<'py>(
     Ok((ae_tuple(py, params), records))
 }
 
-/// Use the Fortran BLAS `ssyrk` and `sgemm` behind two PyCapsules (scipy.linalg.cython_blas)
-/// for the affine fit's chunk products.
+/// Use the Fortran BLAS routines at these addresses (`ssyrk`, `sgemm`, `sgemv`; 64-bit integers
+/// when `ilp64`) for the affine fit's chunk products and column sums. Private: the Python
+/// package passes routines it found in a BLAS library already loaded by numpy or scipy.
 #[pyfunction]
-fn register_blas(
-    ssyrk: &Bound<'_, pyo3::types::PyCapsule>,
-    sgemm: &Bound<'_, pyo3::types::PyCapsule>,
-) -> PyResult<()> {
-    use pyo3::types::PyCapsuleMethods;
-    fn pointer(c: &Bound<'_, pyo3::types::PyCapsule>) -> PyResult<*mut std::ffi::c_void> {
-        let name = c.name()?;
-        // SAFETY: the name belongs to the capsule, which outlives this call.
-        let name = name.map(|n| unsafe { n.as_cstr() });
-        Ok(c.pointer_checked(name)?.as_ptr())
+fn register_blas(ssyrk: usize, sgemm: usize, sgemv: usize, ilp64: bool) -> PyResult<()> {
+    if ssyrk == 0 || sgemm == 0 || sgemv == 0 {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "a BLAS routine's address is null",
+        ));
     }
-    let (a, b) = (pointer(ssyrk)?, pointer(sgemm)?);
-    // SAFETY: scipy's cython_blas capsules hold its BLAS routines (Fortran ABI, 32-bit ints),
-    // thread-safe and loaded for the life of the process (extension modules are never unloaded).
+    // SAFETY: the package passes routines of a loaded BLAS library (never unloaded: extension
+    // modules stay loaded), thread-safe, with the integer width of their symbol names.
     unsafe {
         crate::fit::gemm::register_blas(
-            std::mem::transmute::<*mut std::ffi::c_void, crate::fit::gemm::Ssyrk>(a),
-            std::mem::transmute::<*mut std::ffi::c_void, crate::fit::gemm::Sgemm>(b),
+            ssyrk as *const std::ffi::c_void,
+            sgemm as *const std::ffi::c_void,
+            sgemv as *const std::ffi::c_void,
+            ilp64,
         )
     };
     Ok(())

@@ -69,6 +69,24 @@ def test_lstsq_matches_numpy_lstsq_and_metrics_match_a_second_pass():
     assert m.metrics["r2"] == pytest.approx(r2, rel=1e-5)
 
 
+@pytest.mark.parametrize(
+    ("method", "ridge", "bias"),
+    [("lstsq", 0.0, False), ("lstsq", 50.0, True), ("lstsq", 50.0, False), ("procrustes", 0.0, True)],
+)
+def test_training_metrics_equal_a_second_pass_over_the_rows(method, ridge, bias):
+    """The metrics come from the statistics alone (a ridge solution's shortcut, or A Wᵀ for
+    Procrustes); they must equal SSE/SST of the returned map on the same rows, in float64."""
+    x, y, _, _ = make(6000, 24, 24, noise=0.8, seed=12, offset=3.0)
+    m = ab.AffineMap.fit(x, y, ridge=ridge, bias=bias, method=method)
+    y64 = y.astype(np.float64)
+    err = x.astype(np.float64) @ m.weight.astype(np.float64).T + m.bias - y64
+    sse_j = (err**2).sum(0)
+    sst_j = ((y64 - y64.mean(0)) ** 2).sum(0)
+    assert m.metrics["mse"] == pytest.approx(sse_j.sum() / y.size, rel=1e-3)
+    assert m.metrics["fvu"] == pytest.approx(sse_j.sum() / sst_j.sum(), rel=1e-3)
+    assert m.metrics["r2"] == pytest.approx(np.mean(1 - sse_j / sst_j), rel=1e-3)
+
+
 def test_procrustes_matches_svd_reference_and_is_orthogonal():
     from scipy.linalg import orthogonal_procrustes
 
@@ -221,6 +239,32 @@ def test_bad_fit_input(tmp_path):
         ab.AffineMap.fit(ab.ActivationStore(tmp_path / "n"), rows=np.arange(100)[::-1].copy(), progress=False)
 
 
+@pytest.mark.parametrize("backend", ["blas", "faer"])
+@pytest.mark.parametrize("offset", [0.0, 20.0])  # sources read in place (BLAS sums) or shifted
+@pytest.mark.parametrize(("site", "value"), [("source", np.nan), ("source", -np.inf), ("target", np.inf)])
+def test_non_finite_values_name_their_row_and_add_nothing(backend, offset, site, value):
+    from actbridge.maps import use_fast_blas
+
+    x, y, _, _ = make(20_000, 5, 3, offset=offset, seed=4)
+    (x if site == "source" else y)[12_345, 1] = value  # past the first chunk
+    first = use_fast_blas(True)
+    try:
+        assert use_fast_blas(backend == "blas") == backend
+        stats = ab.AffineStats(5, 3)
+        with pytest.raises(ab.MapError, match=f"{site} has a NaN or infinite value at row 12345"):
+            stats.update(x, y)
+        assert stats.n == 0
+    finally:
+        use_fast_blas(first == "blas")
+
+
+def test_finite_values_too_large_for_float32_products_are_a_clear_error():
+    x, y, _, _ = make(1000, 4, 2, offset=0.0)
+    x[500] = 3e19  # finite, but its square overflows float32
+    with pytest.raises(ab.MapError, match="overflow float32.*rescale"):
+        ab.AffineMap.fit(x, y)
+
+
 def test_singular_system_warns_and_reports_its_ridge():
     x, y, _, _ = make(500, 5, 3, seed=8)
     x[:, 4] = x[:, 0]  # a duplicated dimension
@@ -250,20 +294,27 @@ def test_progress_callback_errors_stop_the_fit(tmp_path):
     assert calls == [8192]  # stopped after the first chunk (CHUNK_ROWS)
 
 
-def test_blas_and_faer_backends_agree():
-    from actbridge import _native
-    from actbridge.maps import use_fast_blas
+def test_every_blas_source_and_faer_agree():
+    """numpy's bundled OpenBLAS (64-bit integers), scipy's BLAS (32-bit) and faer give one fit."""
+    from actbridge import _blas, _native
+    from actbridge.maps import blas_source, use_fast_blas
 
-    x, y, _, _ = make(20_000, 64, 48, noise=0.2, seed=10)
+    x, y, _, _ = make(20_000, 64, 48, noise=0.2, seed=10, offset=0.5)  # sources read in place
+    sources = {"numpy": _blas.numpy_openblas(), "scipy": _blas.scipy_blas()}
+    assert sources["numpy"] is not None and sources["numpy"].ilp64  # numpy>=2 wheels bundle it
+    assert sources["scipy"] is not None and not sources["scipy"].ilp64  # scipy is a test dependency
     first = use_fast_blas(True)
+    assert blas_source() == sources["numpy"].source
     try:
         fits = {}
-        for enable in (True, False):
-            backend = use_fast_blas(enable)
-            fits[backend] = ab.AffineMap.fit(x, y, ridge=1e-3)
-        assert set(fits) == {"blas", "faer"}  # scipy is a test dependency
-        np.testing.assert_allclose(fits["blas"].weight, fits["faer"].weight, atol=1e-5)
-        assert fits["blas"].metrics["fvu"] == pytest.approx(fits["faer"].metrics["fvu"], rel=1e-4)
+        for name, b in sources.items():
+            _native.register_blas(b.ssyrk, b.sgemm, b.sgemv, b.ilp64)
+            fits[name] = ab.AffineMap.fit(x, y, ridge=1e-3)
+        assert use_fast_blas(False) == "faer" and blas_source() is None
+        fits["faer"] = ab.AffineMap.fit(x, y, ridge=1e-3)
+        for name in ("scipy", "faer"):
+            np.testing.assert_allclose(fits[name].weight, fits["numpy"].weight, atol=1e-5)
+            assert fits[name].metrics["fvu"] == pytest.approx(fits["numpy"].metrics["fvu"], rel=1e-4)
     finally:
         use_fast_blas(first == "blas")
     assert _native.gemm_backend() == first

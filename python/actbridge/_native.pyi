@@ -29,7 +29,7 @@ __all__ = [
 
 DEFAULT_PAGE_BUDGET: int
 
-def register_blas(ssyrk: object, sgemm: object) -> None: ...  # PyCapsules (scipy cython_blas)
+def register_blas(ssyrk: int, sgemm: int, sgemv: int, ilp64: bool) -> None: ...  # routine addresses
 def unregister_blas() -> None: ...
 def gemm_backend() -> str: ...
 def autoencoder_loss_and_grad(

@@ -23,10 +23,20 @@ import numpy.typing as npt
 
 from actbridge import _native
 from actbridge._arrays import is_torch_tensor, row_selection, selection_size
+from actbridge._blas import find_blas
 from actbridge._native import MapError
 from actbridge.store import ActivationStore, PathLike
 
-__all__ = ["AffineMap", "AffineStats", "MapError", "MapWarning", "load_map", "save_map", "use_fast_blas"]
+__all__ = [
+    "AffineMap",
+    "AffineStats",
+    "MapError",
+    "MapWarning",
+    "blas_source",
+    "load_map",
+    "save_map",
+    "use_fast_blas",
+]
 
 MAP_FORMAT = "actbridge.map"
 MAP_VERSION = 1
@@ -35,24 +45,29 @@ WEIGHTS = "model.safetensors"
 
 
 def use_fast_blas(enable: bool = True) -> str:
-    """Run the affine fit's chunk products on scipy's BLAS (OpenBLAS: about twice faer's speed
-    on AVX-512 CPUs) when scipy is installed, or on faer; returns the backend now in use.
+    """Run the affine fit's chunk products on an optimised BLAS already loaded in the process
+    (numpy's bundled OpenBLAS, else scipy's; about twice faer's speed on AVX-512 CPUs), or on
+    faer; returns the backend now in use ("blas" or "faer"). :func:`blas_source` says which.
 
     Called with the default at import; ``ACTBRIDGE_GEMM=faer`` in the environment opts out.
     """
-    if enable:
-        try:
-            from scipy.linalg import cython_blas  # type: ignore[import-untyped]
-        except ImportError:
-            _native.unregister_blas()
-        else:
-            capsules = cython_blas.__pyx_capi__
-            _native.register_blas(capsules["ssyrk"], capsules["sgemm"])
-    else:
+    global _blas_source
+    found = find_blas() if enable else None
+    if found is None:
         _native.unregister_blas()
+        _blas_source = None
+    else:
+        _native.register_blas(found.ssyrk, found.sgemm, found.sgemv, found.ilp64)
+        _blas_source = found.source
     return _native.gemm_backend()
 
 
+def blas_source() -> str | None:
+    """Which BLAS the affine fit's products run on (None: faer)."""
+    return _blas_source
+
+
+_blas_source: str | None = None
 use_fast_blas(os.environ.get("ACTBRIDGE_GEMM", "").lower() != "faer")
 
 

@@ -2,9 +2,10 @@
 //!
 //! One streaming pass accumulates, over rows shifted by a pilot mean (`x' = x - p_x`,
 //! `y' = y - p_y`, which keeps large offsets from cancelling; a site whose means are already
-//! small against its spread keeps a zero pilot and is read in place): `n`, `Σx'`, `Σy'`, `Σy'²` per
-//! dimension, `Σx'x'ᵀ` (one triangle: a symmetric rank-k update) and `Σx'y'ᵀ`. Chunk products are
-//! f32 GEMMs (faer, multi-threaded) added into f64 accumulators. The statistics are additive,
+//! small against its spread, 4σ for sources and 24σ for targets, keeps a zero pilot and is read
+//! in place): `n`, `Σx'`, `Σy'`, `Σy'²` per dimension, `Σx'x'ᵀ` (one triangle: a symmetric
+//! rank-k update) and `Σx'y'ᵀ`. Chunk products are f32 GEMMs (a registered BLAS, or faer;
+//! multi-threaded) added into f64 accumulators. The statistics are additive,
 //! so parts fitted elsewhere merge exactly; the solve (Cholesky with ridge, or the SVD for
 //! Procrustes) and the training metrics come from them without a second pass.
 
@@ -20,7 +21,8 @@ use rayon::prelude::*;
 use super::{gemm, FitError, FitResult};
 use crate::store::reader::{ActivationStore, RowIds};
 
-/// Rows per chunk product.
+/// Rows per chunk product. Small enough for a chunk of both sites to stay in a large L3 cache
+/// between the sums pass and the products (32768 rows measured slower at d = 1024).
 pub const CHUNK_ROWS: usize = 8192;
 
 /// How the weight is found.
@@ -82,6 +84,9 @@ struct Workspace {
     /// Column-major chunk products XᵀX (lower) and XᵀY.
     xx: Vec<f32>,
     xy: Vec<f32>,
+    /// Column sums from the BLAS, and its vector of ones.
+    sums: Vec<f32>,
+    ones: Vec<f32>,
 }
 
 impl Clone for Workspace {
@@ -142,41 +147,41 @@ impl AffineStats {
                 &y[start * self.d_t..(start + m) * self.d_t],
                 m,
             );
-            if let Err((which, row)) = chunk {
+            if let Err(e) = chunk {
                 if let Some(before) = snapshot {
                     *self = before;
                 }
-                return Err(FitError::NonFinite {
-                    which,
-                    row: (start + row) as u64,
+                return Err(match e {
+                    FitError::NonFinite { which, row } => FitError::NonFinite {
+                        which,
+                        row: start as u64 + row,
+                    },
+                    other => other,
                 });
             }
         }
         Ok(())
     }
 
-    /// Add one chunk; `Err((site, row))` for the first NaN/inf (nothing of the chunk is added).
-    fn update_chunk(
-        &mut self,
-        x: &[f32],
-        y: &[f32],
-        m: usize,
-    ) -> Result<(), (&'static str, usize)> {
+    /// Add one chunk; on NaN/inf (row numbers within the chunk) or products too large for f32,
+    /// nothing of the chunk is added.
+    fn update_chunk(&mut self, x: &[f32], y: &[f32], m: usize) -> FitResult<()> {
         if m == 0 {
             return Ok(());
         }
         let (d_s, d_t) = (self.d_s, self.d_t);
         // The first chunk's means become the pilot (kept only if the chunk is accepted),
         // rounded to f32 so the shift subtracts exactly this value; 0 where a mean is not finite.
-        // A site whose means are all within SHIFT_BELOW standard deviations of zero keeps a zero
-        // pilot: f32 products of unshifted rows then lose at most a factor 1 + SHIFT_BELOW² in
-        // relative accuracy, and the chunk needs no shifted copy.
-        let pilot = |v: &[f32], d: usize| -> Vec<f64> {
+        // A site whose means are all within `below` standard deviations of zero keeps a zero
+        // pilot and needs no shifted copy. Only XᵀX multiplies two offsets: unshifted sources
+        // cost its f32 products up to a factor (1 + SHIFT_SOURCE_BELOW)² in relative accuracy,
+        // and unshifted targets cost XᵀY (of centred sources) the same 1 + SHIFT_TARGET_BELOW.
+        let pilot = |v: &[f32], d: usize, below: f64| -> Vec<f64> {
             let (mean, var) = column_moments(v, m, d);
             if mean
                 .iter()
                 .zip(&var)
-                .all(|(&u, &s2)| u * u <= SHIFT_BELOW * SHIFT_BELOW * s2)
+                .all(|(&u, &s2)| u * u <= below * below * s2)
             {
                 return vec![0.0; d];
             }
@@ -186,7 +191,10 @@ impl AffineStats {
         };
         let first = self.pilot_x.is_empty();
         let (px, py) = if first {
-            (pilot(x, d_s), pilot(y, d_t))
+            (
+                pilot(x, d_s, SHIFT_SOURCE_BELOW),
+                pilot(y, d_t, SHIFT_TARGET_BELOW),
+            )
         } else {
             (self.pilot_x.clone(), self.pilot_y.clone())
         };
@@ -194,17 +202,23 @@ impl AffineStats {
         // With an external BLAS running its own threads, a parallel pass here only competes
         // with them for the cores.
         let parallel = gemm::backend() == "faer";
-        let shifted_x = shift_and_sum(x, d_s, &px, false, parallel, &mut work.x);
+        // Read in place, the sources' sums come from the BLAS (threaded), which leaves one
+        // single-threaded read-only pass, over the target rows.
+        let shifted_x = match px.iter().all(|&v| v == 0.0) {
+            true => blas_column_sums(x, m, d_s, &mut work),
+            false => None,
+        }
+        .unwrap_or_else(|| shift_and_sum(x, d_s, &px, false, parallel, &mut work.x));
         let shifted_y = shift_and_sum(y, d_t, &py, true, parallel, &mut work.y);
         let ((sx, _, x_shifted), (sy, syy, y_shifted)) = match (shifted_x, shifted_y) {
             (Ok(a), Ok(b)) => (a, b),
             (Err(i), _) => {
                 self.work = work;
-                return Err(("source", i / d_s));
+                return Err(non_finite("source", i / d_s));
             }
             (_, Err(i)) => {
                 self.work = work;
-                return Err(("target", i / d_t));
+                return Err(non_finite("target", i / d_t));
             }
         };
         if first {
@@ -220,6 +234,16 @@ impl AffineStats {
         work.xy.resize(d_s * d_t, 0.0);
         gemm::syrk_lower(xc, m, d_s, &mut work.xx);
         gemm::gemm_tn(xc, yc, m, d_s, d_t, &mut work.xy);
+        // Finite rows whose products overflow f32 (|v| ≳ 1.8e19) leave infinities.
+        let overflow = (0..d_s).any(|j| !work.xx[j * d_s + j].is_finite())
+            || work.xy.iter().any(|v| !v.is_finite());
+        if overflow {
+            self.work = work;
+            return Err(invalid(
+                "the rows' products overflow float32 (values of magnitude ~1e19 or more); \
+                 rescale the activations before fitting",
+            ));
+        }
         for j in 0..d_s {
             let src = &work.xx[j * d_s + j..(j + 1) * d_s];
             let dst = self.sxx.as_mut().col_mut(j).subrows_mut(j, d_s - j);
@@ -405,20 +429,34 @@ impl AffineStats {
             Method::Lstsq => cholesky_solve(&a, &b, ridge)?,
             Method::Procrustes => (procrustes(&b)?, 0.0),
         };
-        // weight = w_tᵀ, (d_t, d_s)
-        let weight_mat = w_t.transpose().to_owned();
+        // weight = w_tᵀ, (d_t, d_s): row j of the weight is column j of w_t.
         let bias_vec: Vec<f64> = if bias {
             let (mx, my) = (self.mean_x(), self.mean_y());
             (0..d_t)
-                .map(|j| my[j] - (0..d_s).map(|i| weight_mat[(j, i)] * mx[i]).sum::<f64>())
+                .map(|j| my[j] - w_t.col(j).iter().zip(&mx).map(|(w, m)| w * m).sum::<f64>())
                 .collect()
         } else {
             vec![0.0; d_t]
         };
-        let metrics = self.metrics(&weight_mat, &a, &b, &yy, ridge_used);
+        let waw = match method {
+            // (W A Wᵀ)_jj = (W B)_jj − λ‖w_j‖² for the solution of (A + λI) Wᵀ = B.
+            Method::Lstsq => None,
+            Method::Procrustes => {
+                let mut aw = Mat::<f64>::zeros(d_s, d_t);
+                matmul(
+                    aw.as_mut(),
+                    Accum::Replace,
+                    a.as_ref(),
+                    w_t.as_ref(),
+                    1.0,
+                    Par::rayon(0),
+                );
+                Some(aw)
+            }
+        };
+        let metrics = self.metrics(&w_t, waw.as_ref(), &b, &yy, ridge_used);
         let weight = (0..d_t)
-            .flat_map(|j| (0..d_s).map(move |i| (j, i)))
-            .map(|(j, i)| weight_mat[(j, i)] as f32)
+            .flat_map(|j| w_t.col(j).iter().map(|&v| v as f32).collect::<Vec<_>>())
             .collect();
         Ok(AffineFit {
             weight,
@@ -427,31 +465,30 @@ impl AffineStats {
         })
     }
 
-    /// SSE_j = YY_j − 2 (W B)_jj + (W A Wᵀ)_jj; SST_j from the centred target statistics.
+    /// SSE_j = YY_j − 2 (W B)_jj + (W A Wᵀ)_jj, with `aw` = A Wᵀ, or for a ridge solution
+    /// (`aw` None) SSE_j = YY_j − (W B)_jj − λ‖w_j‖²; SST_j from the centred target statistics.
+    /// `w_t` is Wᵀ `(d_s, d_t)`.
     fn metrics(
         &self,
-        w: &Mat<f64>,
-        a: &Mat<f64>,
+        w_t: &Mat<f64>,
+        aw: Option<&Mat<f64>>,
         b: &Mat<f64>,
         yy: &[f64],
         ridge: f64,
     ) -> FitMetrics {
-        let (d_s, d_t) = (self.d_s, self.d_t);
+        let d_t = self.d_t;
         let n = self.n as f64;
-        let mut wa = Mat::<f64>::zeros(d_t, d_s);
-        matmul(
-            wa.as_mut(),
-            Accum::Replace,
-            w.as_ref(),
-            a.as_ref(),
-            1.0,
-            Par::rayon(0),
-        );
+        let dot = |u: faer::ColRef<'_, f64>, v: faer::ColRef<'_, f64>| -> f64 {
+            u.iter().zip(v.iter()).map(|(a, b)| a * b).sum()
+        };
         let (mut sse_total, mut sst_total, mut r2_sum, mut r2_dims) = (0.0, 0.0, 0.0, 0usize);
         for j in 0..d_t {
-            let wb: f64 = (0..d_s).map(|i| w[(j, i)] * b[(i, j)]).sum();
-            let waw: f64 = (0..d_s).map(|i| wa[(j, i)] * w[(j, i)]).sum();
-            let sse = (yy[j] - 2.0 * wb + waw).max(0.0);
+            let wb = dot(w_t.col(j), b.col(j));
+            let sse = match aw {
+                Some(aw) => yy[j] - 2.0 * wb + dot(w_t.col(j), aw.col(j)),
+                None => yy[j] - wb - ridge * dot(w_t.col(j), w_t.col(j)),
+            }
+            .max(0.0);
             let sst = (self.syy[j] - self.sy[j] * self.sy[j] / n).max(0.0);
             sse_total += sse;
             sst_total += sst;
@@ -553,6 +590,28 @@ impl AffineStats {
     }
 }
 
+fn non_finite(which: &'static str, row: usize) -> FitError {
+    FitError::NonFinite {
+        which,
+        row: row as u64,
+    }
+}
+
+/// [`shift_and_sum`] for rows read in place, with the sums accumulated in f32 by the registered
+/// BLAS; `None` when there is none, or when finite values overflowed the f32 sums (the caller
+/// then takes the exact f64 pass).
+fn blas_column_sums(x: &[f32], m: usize, d: usize, work: &mut Workspace) -> Option<ChunkSums> {
+    work.sums.resize(d, 0.0);
+    if !gemm::column_sums(x, m, d, &mut work.ones, &mut work.sums) {
+        return None;
+    }
+    if work.sums.iter().all(|v| v.is_finite()) {
+        let sums = work.sums.iter().map(|&v| v as f64).collect();
+        return Some(Ok((sums, Vec::new(), false)));
+    }
+    x.iter().position(|v| !v.is_finite()).map(Err)
+}
+
 fn add(a: &mut [f64], b: &[f64]) {
     a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
 }
@@ -578,8 +637,15 @@ fn column_moments(x: &[f32], m: usize, d: usize) -> (Vec<f64>, Vec<f64>) {
     (mean, var)
 }
 
-/// Means within this many standard deviations of zero need no pilot shift.
-const SHIFT_BELOW: f64 = 4.0;
+/// Source means within this many standard deviations of zero need no pilot shift.
+const SHIFT_SOURCE_BELOW: f64 = 4.0;
+/// Target means within this many standard deviations of zero need no pilot shift (the same
+/// worst-case loss of f32 accuracy as for sources: 1 + 24 = (1 + 4)²).
+const SHIFT_TARGET_BELOW: f64 = 24.0;
+
+/// A chunk's column sums, sums of squares (when asked) and whether the chunk was copied
+/// shifted; or the index of its first non-finite value.
+type ChunkSums = Result<(Vec<f64>, Vec<f64>, bool), usize>;
 
 /// Column sums and sums of squares of a block, or the index of its first non-finite value.
 type BlockSums = Result<(Vec<f64>, Vec<f64>), usize>;
@@ -596,7 +662,7 @@ fn shift_and_sum(
     squares: bool,
     parallel: bool,
     out: &mut Vec<f32>,
-) -> Result<(Vec<f64>, Vec<f64>, bool), usize> {
+) -> ChunkSums {
     const BLOCK: usize = 256; // rows
     let p: Vec<f32> = pilot.iter().map(|&v| v as f32).collect();
     let shift = p.iter().any(|&v| v != 0.0);
@@ -844,21 +910,47 @@ mod tests {
         near.update(&x0, &y, n).unwrap();
         let mut far = AffineStats::new(d_s, d_t).unwrap();
         far.update(&x1, &y, n).unwrap();
+        // Targets get a looser threshold (24σ): 10σ is read in place, 1000σ is shifted.
+        let sd_y: Vec<f64> = column_moments(&y, n, d_t)
+            .1
+            .iter()
+            .map(|v| v.sqrt())
+            .collect();
+        let y_mid: Vec<f32> = (0..n * d_t)
+            .map(|k| y[k] + 10.0 * sd_y[k % d_t] as f32)
+            .collect();
+        let y_far: Vec<f32> = y.iter().map(|v| v + 2000.0).collect();
+        let (mut mid, mut high) = (
+            AffineStats::new(d_s, d_t).unwrap(),
+            AffineStats::new(d_s, d_t).unwrap(),
+        );
+        mid.update(&x0, &y_mid, n).unwrap();
+        high.update(&x0, &y_far, n).unwrap();
         assert!(near.pilot_x.iter().chain(&near.pilot_y).all(|&p| p == 0.0));
         assert!(far.pilot_x.iter().all(|&p| (p - 300.0).abs() < 1.0));
-        let (a, b) = (
+        assert!(far.pilot_y.iter().chain(&mid.pilot_y).all(|&p| p == 0.0));
+        assert!(high.pilot_y.iter().all(|&p| (p - 2000.0).abs() < 1.0));
+        let (a, b, c) = (
             near.solve(0.0, true, Method::Lstsq).unwrap(),
             far.solve(0.0, true, Method::Lstsq).unwrap(),
+            high.solve(0.0, true, Method::Lstsq).unwrap(),
         );
+        let m = mid.solve(0.0, true, Method::Lstsq).unwrap();
+        assert!(m.metrics.fvu < 1e-6, "{:?}", m.metrics);
         for j in 0..d_t {
             for i in 0..d_s {
                 assert!((a.weight[j * d_s + i] - w(j, i)).abs() < 1e-4);
                 assert!((b.weight[j * d_s + i] - w(j, i)).abs() < 1e-4);
+                // y_far is quantised to ~1e-4 in f32: the fit cannot be much closer.
+                assert!((c.weight[j * d_s + i] - w(j, i)).abs() < 1e-3);
+                assert!((m.weight[j * d_s + i] - w(j, i)).abs() < 1e-4);
             }
             assert!((a.bias[j] - 0.5).abs() < 1e-4, "{:?}", a.bias);
             let shifted: f32 = 0.5 - 300.0 * (0..d_s).map(|i| w(j, i)).sum::<f32>();
             assert!((b.bias[j] - shifted).abs() < 1e-2, "{:?} {shifted}", b.bias);
+            assert!((c.bias[j] - 2000.5).abs() < 1e-2, "{:?}", c.bias);
         }
+        assert!(c.metrics.fvu < 1e-6, "{:?}", c.metrics);
         // Statistics with different pilots still merge exactly.
         let mut merged = near.clone();
         merged.merge(&far).unwrap();

@@ -1,64 +1,104 @@
-//! The two chunk products of the affine fit, `XᵀX` (one triangle) and `XᵀY`, in f32.
+//! The chunk products of the affine fit, `XᵀX` (one triangle) and `XᵀY`, in f32, and the
+//! column sums `Xᵀ1` when a BLAS is registered.
 //!
 //! By default they run on faer's GEMM. A process can register a Fortran BLAS (`ssyrk`,
-//! `sgemm`; the Python package registers scipy's OpenBLAS when scipy is installed), which is
-//! about twice as fast on AVX-512 machines and computes only the triangle of `XᵀX`. Inputs are
-//! row-major `(m, d)` chunks, i.e. column-major `(d, m)` matrices with leading dimension `d`;
-//! outputs are column-major with leading dimension equal to their row count.
+//! `sgemm`, `sgemv`, with 32- or 64-bit integers; the Python package registers numpy's bundled
+//! OpenBLAS, else scipy's), which is about twice as fast on AVX-512 machines and computes only
+//! the triangle of `XᵀX`. Inputs are row-major `(m, d)` chunks, i.e. column-major `(d, m)`
+//! matrices with leading dimension `d`; outputs are column-major with leading dimension equal
+//! to their row count.
 
-use std::ffi::{c_char, c_int};
+use std::ffi::{c_char, c_void};
 use std::sync::RwLock;
 
 use faer::linalg::matmul::matmul;
 use faer::linalg::matmul::triangular::{matmul as tri_matmul, BlockStructure};
 use faer::{Accum, MatMut, MatRef, Par};
 
-/// Fortran `ssyrk(uplo, trans, n, k, alpha, a, lda, beta, c, ldc)`.
-pub type Ssyrk = unsafe extern "C" fn(
+/// Fortran `ssyrk(uplo, trans, n, k, alpha, a, lda, beta, c, ldc)` with integers `I`.
+type Ssyrk<I> = unsafe extern "C" fn(
     *const c_char,
     *const c_char,
-    *const c_int,
-    *const c_int,
+    *const I,
+    *const I,
     *const f32,
     *const f32,
-    *const c_int,
+    *const I,
     *const f32,
     *mut f32,
-    *const c_int,
+    *const I,
 );
 /// Fortran `sgemm(transa, transb, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)`.
-pub type Sgemm = unsafe extern "C" fn(
+type Sgemm<I> = unsafe extern "C" fn(
     *const c_char,
     *const c_char,
-    *const c_int,
-    *const c_int,
-    *const c_int,
+    *const I,
+    *const I,
+    *const I,
     *const f32,
     *const f32,
-    *const c_int,
+    *const I,
     *const f32,
-    *const c_int,
+    *const I,
     *const f32,
     *mut f32,
-    *const c_int,
+    *const I,
+);
+/// Fortran `sgemv(trans, m, n, alpha, a, lda, x, incx, beta, y, incy)`.
+type Sgemv<I> = unsafe extern "C" fn(
+    *const c_char,
+    *const I,
+    *const I,
+    *const f32,
+    *const f32,
+    *const I,
+    *const f32,
+    *const I,
+    *const f32,
+    *mut f32,
+    *const I,
 );
 
+/// The registered routines, typed by their integer width.
 #[derive(Clone, Copy)]
-struct Blas {
-    ssyrk: Ssyrk,
-    sgemm: Sgemm,
+enum Blas {
+    Lp64(Ssyrk<i32>, Sgemm<i32>, Sgemv<i32>),
+    Ilp64(Ssyrk<i64>, Sgemm<i64>, Sgemv<i64>),
 }
 
 static BLAS: RwLock<Option<Blas>> = RwLock::new(None);
 
-/// Use these BLAS routines for the chunk products from now on.
+/// Use these BLAS routines (addresses of `ssyrk`, `sgemm`, `sgemv`) from now on; `ilp64`: they
+/// take 64-bit integers (OpenBLAS built with `INTERFACE64`, symbol suffix `64_`).
 ///
 /// # Safety
-/// Both must be valid Fortran-ABI BLAS routines with 32-bit integers that stay loaded for the
-/// life of the process, and safe to call from any thread.
-pub unsafe fn register_blas(ssyrk: Ssyrk, sgemm: Sgemm) {
+/// All three must be valid Fortran-ABI BLAS routines with the stated integer width that stay
+/// loaded for the life of the process, and safe to call from any thread.
+pub unsafe fn register_blas(
+    ssyrk: *const c_void,
+    sgemm: *const c_void,
+    sgemv: *const c_void,
+    ilp64: bool,
+) {
+    // SAFETY: the caller guarantees the routines and their integer width.
+    let blas = unsafe {
+        use std::mem::transmute as t;
+        if ilp64 {
+            Blas::Ilp64(
+                t::<*const c_void, Ssyrk<i64>>(ssyrk),
+                t::<*const c_void, Sgemm<i64>>(sgemm),
+                t::<*const c_void, Sgemv<i64>>(sgemv),
+            )
+        } else {
+            Blas::Lp64(
+                t::<*const c_void, Ssyrk<i32>>(ssyrk),
+                t::<*const c_void, Sgemm<i32>>(sgemm),
+                t::<*const c_void, Sgemv<i32>>(sgemv),
+            )
+        }
+    };
     if let Ok(mut b) = BLAS.write() {
-        *b = Some(Blas { ssyrk, sgemm });
+        *b = Some(blas);
     }
 }
 
@@ -71,7 +111,7 @@ pub fn unregister_blas() {
 
 /// "blas" when registered routines are in use, else "faer".
 pub fn backend() -> &'static str {
-    match BLAS.read().ok().and_then(|b| *b) {
+    match blas() {
         Some(_) => "blas",
         None => "faer",
     }
@@ -81,32 +121,128 @@ fn blas() -> Option<Blas> {
     BLAS.read().ok().and_then(|b| *b)
 }
 
-fn int(v: usize) -> c_int {
-    c_int::try_from(v).expect("chunk dimensions fit in a 32-bit BLAS integer")
+/// A BLAS integer (32 or 64 bits) from a dimension.
+fn int<I: TryFrom<usize>>(v: usize) -> I {
+    I::try_from(v)
+        .ok()
+        .expect("chunk dimensions fit in the BLAS integer")
+}
+
+/// Fortran `ssyrk` calls for either integer width: `(uplo, trans, n, k, a, lda, c, ldc)`.
+///
+/// # Safety
+/// The pointers must cover the matrices the dimensions describe.
+#[allow(clippy::too_many_arguments)]
+unsafe fn ssyrk(
+    b: Blas,
+    uplo: &std::ffi::CStr,
+    trans: &std::ffi::CStr,
+    n: usize,
+    k: usize,
+    a: *const f32,
+    lda: usize,
+    c: *mut f32,
+    ldc: usize,
+) {
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let (u, t) = (uplo.as_ptr(), trans.as_ptr());
+    match b {
+        Blas::Lp64(f, _, _) => unsafe {
+            f(
+                u,
+                t,
+                &int(n),
+                &int(k),
+                &alpha,
+                a,
+                &int(lda),
+                &beta,
+                c,
+                &int(ldc),
+            )
+        },
+        Blas::Ilp64(f, _, _) => unsafe {
+            f(
+                u,
+                t,
+                &int(n),
+                &int(k),
+                &alpha,
+                a,
+                &int(lda),
+                &beta,
+                c,
+                &int(ldc),
+            )
+        },
+    }
+}
+
+/// Fortran `sgemm`: `c = op(a) op(b)` (+ `c` when `accumulate`).
+///
+/// # Safety
+/// The pointers must cover the matrices the dimensions describe.
+#[allow(clippy::too_many_arguments)]
+unsafe fn sgemm(
+    b: Blas,
+    ta: &std::ffi::CStr,
+    tb: &std::ffi::CStr,
+    (m, n, k): (usize, usize, usize),
+    a: *const f32,
+    lda: usize,
+    bm: *const f32,
+    ldb: usize,
+    c: *mut f32,
+    ldc: usize,
+    accumulate: bool,
+) {
+    let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
+    let (ta, tb) = (ta.as_ptr(), tb.as_ptr());
+    match b {
+        Blas::Lp64(_, f, _) => unsafe {
+            f(
+                ta,
+                tb,
+                &int(m),
+                &int(n),
+                &int(k),
+                &alpha,
+                a,
+                &int(lda),
+                bm,
+                &int(ldb),
+                &beta,
+                c,
+                &int(ldc),
+            )
+        },
+        Blas::Ilp64(_, f, _) => unsafe {
+            f(
+                ta,
+                tb,
+                &int(m),
+                &int(n),
+                &int(k),
+                &alpha,
+                a,
+                &int(lda),
+                bm,
+                &int(ldb),
+                &beta,
+                c,
+                &int(ldc),
+            )
+        },
+    }
 }
 
 /// `out` (column-major `(d, d)`, lower triangle written) = Xᵀ X for row-major `x` `(m, d)`.
 pub fn syrk_lower(x: &[f32], m: usize, d: usize, out: &mut [f32]) {
     debug_assert!(x.len() == m * d && out.len() == d * d);
     if let Some(b) = blas() {
-        let (n, k, ld) = (int(d), int(m), int(d));
-        let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: registered routines are valid BLAS (see `register_blas`); the pointers cover
         // x (d x m, lda = d) and out (d x d, ldc = d) exactly.
-        unsafe {
-            (b.ssyrk)(
-                c"L".as_ptr(),
-                c"N".as_ptr(),
-                &n,
-                &k,
-                &alpha,
-                x.as_ptr(),
-                &ld,
-                &beta,
-                out.as_mut_ptr(),
-                &ld,
-            )
-        };
+        unsafe { ssyrk(b, c"L", c"N", d, m, x.as_ptr(), d, out.as_mut_ptr(), d) };
         return;
     }
     let xr = MatRef::from_row_major_slice(x, m, d);
@@ -127,25 +263,20 @@ pub fn syrk_lower(x: &[f32], m: usize, d: usize, out: &mut [f32]) {
 pub fn gemm_tn(x: &[f32], y: &[f32], m: usize, d_s: usize, d_t: usize, out: &mut [f32]) {
     debug_assert!(x.len() == m * d_s && y.len() == m * d_t && out.len() == d_s * d_t);
     if let Some(b) = blas() {
-        let (mm, nn, kk) = (int(d_s), int(d_t), int(m));
-        let (lda, ldb, ldc) = (int(d_s), int(d_t), int(d_s));
-        let (alpha, beta) = (1.0f32, 0.0f32);
         // SAFETY: as above; x is (d_s x m, lda = d_s), y is (d_t x m, ldb = d_t), out (d_s x d_t).
         unsafe {
-            (b.sgemm)(
-                c"N".as_ptr(),
-                c"T".as_ptr(),
-                &mm,
-                &nn,
-                &kk,
-                &alpha,
+            sgemm(
+                b,
+                c"N",
+                c"T",
+                (d_s, d_t, m),
                 x.as_ptr(),
-                &lda,
+                d_s,
                 y.as_ptr(),
-                &ldb,
-                &beta,
+                d_t,
                 out.as_mut_ptr(),
-                &ldc,
+                d_s,
+                false,
             )
         };
         return;
@@ -160,6 +291,29 @@ pub fn gemm_tn(x: &[f32], y: &[f32], m: usize, d_s: usize, d_t: usize, out: &mut
         1.0f32,
         Par::rayon(0),
     );
+}
+
+/// `out` (length `d`) = the column sums of row-major `x` `(m, d)`, accumulated in f32 by the
+/// registered BLAS (threaded, one read of `x`); `ones` is scratch. False, with nothing written,
+/// when no BLAS is registered.
+pub fn column_sums(x: &[f32], m: usize, d: usize, ones: &mut Vec<f32>, out: &mut [f32]) -> bool {
+    debug_assert!(x.len() == m * d && out.len() == d);
+    let Some(b) = blas() else {
+        return false;
+    };
+    ones.resize(m, 1.0);
+    let (alpha, beta) = (1.0f32, 0.0f32);
+    let (a, v, o, t) = (x.as_ptr(), ones.as_ptr(), out.as_mut_ptr(), c"N".as_ptr());
+    // SAFETY: as above; x is (d x m, lda = d), ones has m entries, out has d.
+    match b {
+        Blas::Lp64(_, _, f) => unsafe {
+            f(t, &int(d), &int(m), &alpha, a, &int(d), v, &1, &beta, o, &1)
+        },
+        Blas::Ilp64(_, _, f) => unsafe {
+            f(t, &int(d), &int(m), &alpha, a, &int(d), v, &1, &beta, o, &1)
+        },
+    }
+    true
 }
 
 /// `c (m, n) = op(a) · op(b)` (+ `c` if `accumulate`) for row-major matrices, where `op(a)` is
@@ -208,6 +362,20 @@ pub fn gemm_rm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn column_sums_without_a_blas_write_nothing() {
+        unregister_blas();
+        let mut out = [7.0f32; 2];
+        assert!(!column_sums(
+            &[1.0, 2.0, 3.0, 4.0],
+            2,
+            2,
+            &mut Vec::new(),
+            &mut out
+        ));
+        assert_eq!(out, [7.0, 7.0]);
+    }
 
     #[test]
     fn gemm_rm_matches_a_naive_product_for_every_transpose() {
