@@ -1079,6 +1079,28 @@ fn register_blas(ssyrk: usize, sgemm: usize, sgemv: usize, ilp64: bool) -> PyRes
     Ok(())
 }
 
+/// Run the autoencoder trainer's products on the Fortran `sgemm` at this address (32- or 64-bit
+/// integers), or on faer (None). Private, like `register_blas`.
+#[pyfunction]
+#[pyo3(signature = (sgemm=None))]
+fn register_dense_sgemm(sgemm: Option<usize>) -> PyResult<()> {
+    if sgemm == Some(0) {
+        return Err(pyo3::exceptions::PyValueError::new_err(
+            "the sgemm address is null",
+        ));
+    }
+    // SAFETY: the package passes the sgemm of a loaded, never-unloaded BLAS, after checking a
+    // small product against numpy (see actbridge._blas).
+    unsafe { crate::fit::gemm::register_dense_sgemm(sgemm.map(|a| a as *const std::ffi::c_void)) };
+    Ok(())
+}
+
+/// "blas" or "faer": what the autoencoder trainer's products run on.
+#[pyfunction]
+fn dense_gemm_backend() -> &'static str {
+    crate::fit::gemm::dense_backend()
+}
+
 /// Go back to faer's GEMM for the affine fit.
 #[pyfunction]
 fn unregister_blas() {
@@ -1103,6 +1125,8 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(pyo3::wrap_pyfunction!(register_blas, m)?)?;
     m.add_function(pyo3::wrap_pyfunction!(unregister_blas, m)?)?;
     m.add_function(pyo3::wrap_pyfunction!(gemm_backend, m)?)?;
+    m.add_function(pyo3::wrap_pyfunction!(register_dense_sgemm, m)?)?;
+    m.add_function(pyo3::wrap_pyfunction!(dense_gemm_backend, m)?)?;
     m.add_function(pyo3::wrap_pyfunction!(autoencoder_loss_and_grad, m)?)?;
     m.add_function(pyo3::wrap_pyfunction!(train_autoencoder, m)?)?;
     m.add_class::<PyStoreWriter>()?;

@@ -139,10 +139,13 @@ def test_bad_autoencoder_input(nonlinear_store):
         ab.AutoencoderMap.from_state_dict({"weight": np.zeros((2, 2))})
 
 
-def test_rust_gradients_match_torch_autograd():
-    from actbridge import _native
+@pytest.mark.parametrize("products", ["torch-sgemm", "faer"])
+def test_rust_gradients_match_torch_autograd(products):
+    from actbridge import _blas, _native
     from actbridge.autoencoder import torch_module
 
+    _native.register_dense_sgemm(_blas.torch_sgemm() if products == "torch-sgemm" else None)
+    assert _native.dense_gemm_backend() == ("blas" if products == "torch-sgemm" else "faer")
     torch.manual_seed(0)
     d_s, h, d_t, n = 24, 17, 13, 64
     mod = torch_module(d_s, h, d_t)
@@ -183,6 +186,23 @@ def test_rust_and_torch_trainers_agree_from_the_same_init(nonlinear_store, clip)
         assert a["val_mse"] == pytest.approx(b["val_mse"], rel=0.02)
         assert a["lr"] == pytest.approx(b["lr"])
     assert rust.history[-1]["val_mse"] < rust.history[0]["val_mse"]
+
+
+def test_rust_trainer_on_torch_sgemm_equals_the_trainer_on_faer(nonlinear_store, monkeypatch):
+    """With torch imported the trainer's products run on torch's sgemm (MKL on x86) and its
+    elementwise passes serially; ACTBRIDGE_GEMM=faer keeps everything on faer and rayon."""
+    from actbridge import _blas, _native
+
+    assert _blas.torch_sgemm() is not None  # the x86-64 Linux torch wheels export MKL's sgemm_
+    kw = dict(rows=slice(0, 4000), val_rows=slice(4000, 5000), epochs=2, batch_size=250, seed=3)
+    mkl = ab.AutoencoderMap.fit(nonlinear_store, progress=False, backend="rust", **kw)
+    assert _native.dense_gemm_backend() == "blas"
+    monkeypatch.setenv("ACTBRIDGE_GEMM", "faer")
+    faer = ab.AutoencoderMap.fit(nonlinear_store, progress=False, backend="rust", **kw)
+    assert _native.dense_gemm_backend() == "faer"
+    for a, b in zip(mkl.history, faer.history, strict=True):
+        assert a["val_mse"] == pytest.approx(b["val_mse"], rel=1e-4)
+    np.testing.assert_allclose(mkl.w2, faer.w2, atol=1e-4)
 
 
 def test_rust_trainer_is_deterministic_and_honours_plateau_and_early_stop(nonlinear_store):

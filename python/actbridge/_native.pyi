@@ -23,6 +23,8 @@ __all__ = [
     "register_blas",
     "unregister_blas",
     "gemm_backend",
+    "register_dense_sgemm",
+    "dense_gemm_backend",
     "autoencoder_loss_and_grad",
     "train_autoencoder",
 ]
@@ -32,6 +34,8 @@ DEFAULT_PAGE_BUDGET: int
 def register_blas(ssyrk: int, sgemm: int, sgemv: int, ilp64: bool) -> None: ...  # routine addresses
 def unregister_blas() -> None: ...
 def gemm_backend() -> str: ...
+def register_dense_sgemm(sgemm: int | None = None) -> None: ...  # a routine address
+def dense_gemm_backend() -> str: ...
 def autoencoder_loss_and_grad(
     dims: tuple[int, int, int],
     params: list[npt.NDArray[np.float32]],

@@ -130,8 +130,10 @@ def _summary(history: list[dict[str, float]]) -> dict[str, float]:
 def train_rust(cls: Any, data: Sites, cfg: TrainSettings) -> Any:
     """Train with the Rust CPU trainer (GIL released; no Python in the inner loop)."""
     from actbridge import _native
+    from actbridge._blas import dense_sgemm
     from actbridge.maps import ProgressBar
 
+    _native.register_dense_sgemm(dense_sgemm())
     train_ids = row_indices(data.rows, len(data.store))
     val_ids = None if cfg.val_rows is None else row_indices(cfg.val_rows, len(data.store))
     tensors = None

@@ -16,6 +16,19 @@ use super::{FitError, FitResult};
 use crate::store::reader::{ActivationStore, RowIds};
 use crate::store::sampler::{epoch_order, Shuffle};
 
+/// `$par.for_each($body)` when the products run on faer (rayon's pool, idle between them), else
+/// `$serial.for_each($body)`: an external BLAS keeps its own threads spinning between calls, and
+/// rayon's would only compete with them for the cores. Both iterators yield the same items.
+macro_rules! for_each {
+    ($par:expr, $serial:expr, $body:expr) => {
+        if super::gemm::dense_backend() == "faer" {
+            $par.for_each($body)
+        } else {
+            $serial.for_each($body)
+        }
+    };
+}
+
 /// Rows per validation forward pass.
 const EVAL_ROWS: usize = 8192;
 
@@ -130,16 +143,17 @@ impl AeParams {
             d_t,
             false,
         );
-        work.dhid
-            .par_chunks_mut(h)
-            .zip(work.hid.par_chunks(h))
-            .for_each(|(dh, hv)| {
+        for_each!(
+            work.dhid.par_chunks_mut(h).zip(work.hid.par_chunks(h)),
+            work.dhid.chunks_mut(h).zip(work.hid.chunks(h)),
+            |(dh, hv)| {
                 dh.iter_mut().zip(hv).for_each(|(d, &v)| {
                     if v <= 0.0 {
                         *d = 0.0;
                     }
                 })
-            });
+            }
+        );
         gemm_rm(
             &work.dhid,
             true,
@@ -190,7 +204,8 @@ impl Standardize {
     }
 
     fn apply(v: &mut [f32], mean: &[f32], std: &[f32]) {
-        v.par_chunks_mut(mean.len()).for_each(|row| {
+        let w = mean.len();
+        for_each!(v.par_chunks_mut(w), v.chunks_mut(w), |row| {
             row.iter_mut()
                 .zip(mean.iter().zip(std))
                 .for_each(|(x, (&m, &s))| *x = (*x - m) / s)
@@ -255,7 +270,8 @@ pub struct Work {
 
 /// `m += b` per row, then ReLU if asked (one fused pass).
 fn bias_relu(m: &mut [f32], bias: &[f32], relu: bool) {
-    m.par_chunks_mut(bias.len()).for_each(|row| {
+    let w = bias.len();
+    for_each!(m.par_chunks_mut(w), m.chunks_mut(w), |row| {
         row.iter_mut().zip(bias).for_each(|(v, &b)| {
             let s = *v + b;
             *v = if relu { s.max(0.0) } else { s };
@@ -309,16 +325,22 @@ impl AdamW {
             .zip(ms)
             .zip(vs)
         {
-            p.par_iter_mut()
-                .zip(g.par_iter())
-                .zip(m.par_iter_mut())
-                .zip(v.par_iter_mut())
-                .for_each(|(((p, &g), m), v)| {
+            for_each!(
+                p.par_iter_mut()
+                    .zip(g.par_iter())
+                    .zip(m.par_iter_mut())
+                    .zip(v.par_iter_mut()),
+                p.iter_mut()
+                    .zip(g.iter())
+                    .zip(m.iter_mut())
+                    .zip(v.iter_mut()),
+                |(((p, &g), m), v)| {
                     *p *= decay;
                     *m += (1.0 - b1) * (g - *m);
                     *v = b2 * *v + (1.0 - b2) * g * g;
                     *p -= step * *m / (v.sqrt() / bc2_sqrt + eps);
-                });
+                }
+            );
         }
     }
 }

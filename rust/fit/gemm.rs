@@ -128,122 +128,81 @@ fn int<I: TryFrom<usize>>(v: usize) -> I {
         .expect("chunk dimensions fit in the BLAS integer")
 }
 
-/// Fortran `ssyrk` calls for either integer width: `(uplo, trans, n, k, a, lda, c, ldc)`.
+/// A Fortran `ssyrk` call, `c = a aᵀ` (lower, no transpose) for either integer width.
 ///
 /// # Safety
 /// The pointers must cover the matrices the dimensions describe.
-#[allow(clippy::too_many_arguments)]
-unsafe fn ssyrk(
-    b: Blas,
-    uplo: &std::ffi::CStr,
-    trans: &std::ffi::CStr,
-    n: usize,
-    k: usize,
+unsafe fn ssyrk<I: TryFrom<usize>>(
+    f: Ssyrk<I>,
+    (n, k): (usize, usize),
     a: *const f32,
     lda: usize,
     c: *mut f32,
     ldc: usize,
 ) {
     let (alpha, beta) = (1.0f32, 0.0f32);
-    let (u, t) = (uplo.as_ptr(), trans.as_ptr());
-    match b {
-        Blas::Lp64(f, _, _) => unsafe {
-            f(
-                u,
-                t,
-                &int(n),
-                &int(k),
-                &alpha,
-                a,
-                &int(lda),
-                &beta,
-                c,
-                &int(ldc),
-            )
-        },
-        Blas::Ilp64(f, _, _) => unsafe {
-            f(
-                u,
-                t,
-                &int(n),
-                &int(k),
-                &alpha,
-                a,
-                &int(lda),
-                &beta,
-                c,
-                &int(ldc),
-            )
-        },
+    // SAFETY: per this function's contract.
+    unsafe {
+        f(
+            c"L".as_ptr(),
+            c"N".as_ptr(),
+            &int(n),
+            &int(k),
+            &alpha,
+            a,
+            &int(lda),
+            &beta,
+            c,
+            &int(ldc),
+        )
     }
 }
 
-/// Fortran `sgemm`: `c = op(a) op(b)` (+ `c` when `accumulate`).
+/// A Fortran `sgemm` call, `c = op(a) op(b)` (+ `c` when `accumulate`), for either width.
 ///
 /// # Safety
 /// The pointers must cover the matrices the dimensions describe.
 #[allow(clippy::too_many_arguments)]
-unsafe fn sgemm(
-    b: Blas,
-    ta: &std::ffi::CStr,
-    tb: &std::ffi::CStr,
+unsafe fn sgemm<I: TryFrom<usize>>(
+    f: Sgemm<I>,
+    (ta, tb): (&std::ffi::CStr, &std::ffi::CStr),
     (m, n, k): (usize, usize, usize),
-    a: *const f32,
-    lda: usize,
-    bm: *const f32,
-    ldb: usize,
-    c: *mut f32,
-    ldc: usize,
+    (a, lda): (*const f32, usize),
+    (b, ldb): (*const f32, usize),
+    (c, ldc): (*mut f32, usize),
     accumulate: bool,
 ) {
     let (alpha, beta) = (1.0f32, if accumulate { 1.0f32 } else { 0.0 });
-    let (ta, tb) = (ta.as_ptr(), tb.as_ptr());
-    match b {
-        Blas::Lp64(_, f, _) => unsafe {
-            f(
-                ta,
-                tb,
-                &int(m),
-                &int(n),
-                &int(k),
-                &alpha,
-                a,
-                &int(lda),
-                bm,
-                &int(ldb),
-                &beta,
-                c,
-                &int(ldc),
-            )
-        },
-        Blas::Ilp64(_, f, _) => unsafe {
-            f(
-                ta,
-                tb,
-                &int(m),
-                &int(n),
-                &int(k),
-                &alpha,
-                a,
-                &int(lda),
-                bm,
-                &int(ldb),
-                &beta,
-                c,
-                &int(ldc),
-            )
-        },
+    // SAFETY: per this function's contract.
+    unsafe {
+        f(
+            ta.as_ptr(),
+            tb.as_ptr(),
+            &int(m),
+            &int(n),
+            &int(k),
+            &alpha,
+            a,
+            &int(lda),
+            b,
+            &int(ldb),
+            &beta,
+            c,
+            &int(ldc),
+        )
     }
 }
 
 /// `out` (column-major `(d, d)`, lower triangle written) = Xᵀ X for row-major `x` `(m, d)`.
 pub fn syrk_lower(x: &[f32], m: usize, d: usize, out: &mut [f32]) {
     debug_assert!(x.len() == m * d && out.len() == d * d);
-    if let Some(b) = blas() {
-        // SAFETY: registered routines are valid BLAS (see `register_blas`); the pointers cover
-        // x (d x m, lda = d) and out (d x d, ldc = d) exactly.
-        unsafe { ssyrk(b, c"L", c"N", d, m, x.as_ptr(), d, out.as_mut_ptr(), d) };
-        return;
+    let (a, c) = (x.as_ptr(), out.as_mut_ptr());
+    // SAFETY: registered routines are valid BLAS (see `register_blas`); the pointers cover
+    // x (d x m, lda = d) and out (d x d, ldc = d) exactly.
+    match blas() {
+        Some(Blas::Lp64(f, _, _)) => return unsafe { ssyrk(f, (d, m), a, d, c, d) },
+        Some(Blas::Ilp64(f, _, _)) => return unsafe { ssyrk(f, (d, m), a, d, c, d) },
+        None => {}
     }
     let xr = MatRef::from_row_major_slice(x, m, d);
     tri_matmul(
@@ -262,24 +221,19 @@ pub fn syrk_lower(x: &[f32], m: usize, d: usize, out: &mut [f32]) {
 /// `out` (column-major `(d_s, d_t)`) = Xᵀ Y for row-major `x` `(m, d_s)`, `y` `(m, d_t)`.
 pub fn gemm_tn(x: &[f32], y: &[f32], m: usize, d_s: usize, d_t: usize, out: &mut [f32]) {
     debug_assert!(x.len() == m * d_s && y.len() == m * d_t && out.len() == d_s * d_t);
-    if let Some(b) = blas() {
-        // SAFETY: as above; x is (d_s x m, lda = d_s), y is (d_t x m, ldb = d_t), out (d_s x d_t).
-        unsafe {
-            sgemm(
-                b,
-                c"N",
-                c"T",
-                (d_s, d_t, m),
-                x.as_ptr(),
-                d_s,
-                y.as_ptr(),
-                d_t,
-                out.as_mut_ptr(),
-                d_s,
-                false,
-            )
-        };
-        return;
+    let (nt, a, b, c) = (
+        (c"N", c"T"),
+        (x.as_ptr(), d_s),
+        (y.as_ptr(), d_t),
+        (out.as_mut_ptr(), d_s),
+    );
+    // SAFETY: as above; x is (d_s x m, lda = d_s), y is (d_t x m, ldb = d_t), out (d_s x d_t).
+    match blas() {
+        Some(Blas::Lp64(_, f, _)) => return unsafe { sgemm(f, nt, (d_s, d_t, m), a, b, c, false) },
+        Some(Blas::Ilp64(_, f, _)) => {
+            return unsafe { sgemm(f, nt, (d_s, d_t, m), a, b, c, false) }
+        }
+        None => {}
     }
     let xr = MatRef::from_row_major_slice(x, m, d_s);
     let yr = MatRef::from_row_major_slice(y, m, d_t);
@@ -316,6 +270,34 @@ pub fn column_sums(x: &[f32], m: usize, d: usize, ones: &mut Vec<f32>, out: &mut
     true
 }
 
+/// The `sgemm` for the autoencoder's products (None: faer), held apart from the affine fit's
+/// BLAS: the fastest one here is often another library's (torch's MKL), and two BLAS thread
+/// pools interleaved within one fit slow each other down.
+static DENSE_SGEMM: RwLock<Option<Sgemm<i64>>> = RwLock::new(None);
+
+/// Use this Fortran `sgemm` for [`gemm_rm`] from now on (None: faer). It is called with 64-bit
+/// integers whose values fit in 31 bits, so on little-endian machines a 32-bit-integer routine
+/// reads the same values from their low halves.
+///
+/// # Safety
+/// `sgemm` must be a valid Fortran-ABI `sgemm` (32- or 64-bit integers; little-endian if 32)
+/// that stays loaded for the life of the process and is safe to call from any thread.
+pub unsafe fn register_dense_sgemm(sgemm: Option<*const c_void>) {
+    // SAFETY: the caller guarantees the routine.
+    let f = sgemm.map(|p| unsafe { std::mem::transmute::<*const c_void, Sgemm<i64>>(p) });
+    if let Ok(mut g) = DENSE_SGEMM.write() {
+        *g = f;
+    }
+}
+
+/// "blas" when [`gemm_rm`] runs on a registered `sgemm`, else "faer".
+pub fn dense_backend() -> &'static str {
+    match DENSE_SGEMM.read().ok().and_then(|g| *g) {
+        Some(_) => "blas",
+        None => "faer",
+    }
+}
+
 /// `c (m, n) = op(a) · op(b)` (+ `c` if `accumulate`) for row-major matrices, where `op(a)` is
 /// `(m, k)`: `a` is stored `(m, k)`, or `(k, m)` when `trans_a`; likewise `b` is `(k, n)` or
 /// `(n, k)` when `trans_b`. Always on faer: for the autoencoder's mid-sized products (batch ×
@@ -334,6 +316,31 @@ pub fn gemm_rm(
     accumulate: bool,
 ) {
     debug_assert!(a.len() == m * k && b.len() == k * n && c.len() == m * n);
+    if let Some(f) = DENSE_SGEMM.read().ok().and_then(|g| *g) {
+        let too_big = [m, n, k].iter().any(|&v| v > i32::MAX as usize);
+        if !too_big {
+            // Row-major C (m, n) is column-major Cᵀ (n, m) = op(B)ᵀ op(A)ᵀ: swap the operands.
+            let lda = if trans_b { k } else { n };
+            let ldb = if trans_a { m } else { k };
+            let ta = if trans_b { c"T" } else { c"N" };
+            let tb = if trans_a { c"T" } else { c"N" };
+            // SAFETY: a registered sgemm is valid (see `register_dense_sgemm`); b is the
+            // column-major (n x k) op-matrix with the leading dimension above, a likewise
+            // (k x m), c is (n x m) with ldc = n; every integer is below 2^31.
+            unsafe {
+                sgemm(
+                    f,
+                    (ta, tb),
+                    (n, m, k),
+                    (b.as_ptr(), lda),
+                    (a.as_ptr(), ldb),
+                    (c.as_mut_ptr(), n),
+                    accumulate,
+                )
+            };
+            return;
+        }
+    }
     let ar = if trans_a {
         MatRef::from_row_major_slice(a, k, m).transpose()
     } else {
