@@ -15,9 +15,8 @@ from __future__ import annotations
 import ctypes
 import glob
 import os
-from dataclasses import dataclass
-
 import sys
+from dataclasses import dataclass
 
 import numpy as np
 
