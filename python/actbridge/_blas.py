@@ -120,7 +120,7 @@ def torch_sgemm() -> int | None:
     :func:`sgemm_works`; None otherwise (torch is never imported here). Found once."""
     global _torch_sgemm
     torch = sys.modules.get("torch")
-    if _torch_sgemm is not None or torch is None:
+    if _torch_sgemm is not None or torch is None or torch.__file__ is None:
         return _torch_sgemm
     for path in sorted(glob.glob(os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.*"))):
         try:
