@@ -263,6 +263,14 @@ def test_finite_values_too_large_for_float32_products_are_a_clear_error():
     x[500] = 3e19  # finite, but its square overflows float32
     with pytest.raises(ab.MapError, match="overflow float32.*rescale"):
         ab.AffineMap.fit(x, y)
+    stats = ab.AffineStats(4, 2).update(x[:400], y[:400])
+    before = stats._stats.to_arrays()
+    with pytest.raises(ab.MapError, match="overflow"):
+        stats.update(x[400:], y[400:])  # one chunk: rejected whole
+    after = stats._stats.to_arrays()
+    assert before.keys() == after.keys()
+    for k in before:
+        np.testing.assert_array_equal(before[k], after[k])
 
 
 def test_singular_system_warns_and_reports_its_ridge():

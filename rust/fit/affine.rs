@@ -221,15 +221,8 @@ impl AffineStats {
                 return Err(non_finite("target", i / d_t));
             }
         };
-        if first {
-            self.pilot_x = px;
-            self.pilot_y = py;
-        }
         let xc: &[f32] = if x_shifted { &work.x } else { x };
         let yc: &[f32] = if y_shifted { &work.y } else { y };
-        add(&mut self.sx, &sx);
-        add(&mut self.sy, &sy);
-        add(&mut self.syy, &syy);
         work.xx.resize(d_s * d_s, 0.0);
         work.xy.resize(d_s * d_t, 0.0);
         gemm::syrk_lower(xc, m, d_s, &mut work.xx);
@@ -244,6 +237,14 @@ impl AffineStats {
                  rescale the activations before fitting",
             ));
         }
+        // Nothing of the chunk is kept until here.
+        if first {
+            self.pilot_x = px;
+            self.pilot_y = py;
+        }
+        add(&mut self.sx, &sx);
+        add(&mut self.sy, &sy);
+        add(&mut self.syy, &syy);
         for j in 0..d_s {
             let src = &work.xx[j * d_s + j..(j + 1) * d_s];
             let dst = self.sxx.as_mut().col_mut(j).subrows_mut(j, d_s - j);
