@@ -282,11 +282,15 @@ impl AffineStats {
             )));
         }
         let n = ids.len();
+        // One pair of chunk buffers for the whole pass (fresh ones would fault in every chunk).
+        let (mut x, mut y) = (Vec::<f32>::new(), Vec::<f32>::new());
         for start in (0..n).step_by(CHUNK_ROWS) {
             let end = (start + CHUNK_ROWS).min(n);
             let sub = ids.sub(start, end);
-            let x = store.gather_site::<f32>(source, &sub);
-            let y = store.gather_site::<f32>(target, &sub);
+            x.resize((end - start) * self.d_s, 0.0);
+            y.resize((end - start) * self.d_t, 0.0);
+            store.gather_site_into(source, &sub, &mut x);
+            store.gather_site_into(target, &sub, &mut y);
             self.update(&x, &y, end - start).map_err(|e| match e {
                 FitError::NonFinite { which, row } => FitError::NonFinite {
                     which,
