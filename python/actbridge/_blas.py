@@ -75,6 +75,11 @@ def scipy_blas() -> Blas | None:
     return Blas(ssyrk, sgemm, sgemv, False, "scipy (cython_blas)")
 
 
+def faer_forced() -> bool:
+    """Whether ``ACTBRIDGE_GEMM=faer`` asks for faer's products everywhere."""
+    return os.environ.get("ACTBRIDGE_GEMM", "").lower() == "faer"
+
+
 def find_blas() -> Blas | None:
     """numpy's bundled OpenBLAS, else scipy's BLAS, else None."""
     return numpy_openblas() or scipy_blas()
@@ -136,6 +141,4 @@ def torch_sgemm() -> int | None:
 def dense_sgemm() -> int | None:
     """The ``sgemm`` for the autoencoder trainer: torch's (see :func:`torch_sgemm`), or None for
     faer, always None when ``ACTBRIDGE_GEMM=faer`` is set."""
-    if os.environ.get("ACTBRIDGE_GEMM", "").lower() == "faer":
-        return None
-    return torch_sgemm()
+    return None if faer_forced() else torch_sgemm()

@@ -23,7 +23,7 @@ import numpy.typing as npt
 
 from actbridge import _native
 from actbridge._arrays import is_torch_tensor, row_selection, selection_size
-from actbridge._blas import find_blas
+from actbridge._blas import faer_forced, find_blas
 from actbridge._native import MapError
 from actbridge.store import ActivationStore, PathLike
 
@@ -68,7 +68,7 @@ def blas_source() -> str | None:
 
 
 _blas_source: str | None = None
-use_fast_blas(os.environ.get("ACTBRIDGE_GEMM", "").lower() != "faer")
+use_fast_blas(not faer_forced())
 
 
 class MapWarning(UserWarning):

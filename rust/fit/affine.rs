@@ -461,7 +461,7 @@ impl AffineStats {
         };
         let metrics = self.metrics(&w_t, waw.as_ref(), &b, &yy, ridge_used);
         let weight = (0..d_t)
-            .flat_map(|j| w_t.col(j).iter().map(|&v| v as f32).collect::<Vec<_>>())
+            .flat_map(|j| w_t.col(j).iter().map(|&v| v as f32))
             .collect();
         Ok(AffineFit {
             weight,

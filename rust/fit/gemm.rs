@@ -300,9 +300,8 @@ pub fn dense_backend() -> &'static str {
 
 /// `c (m, n) = op(a) · op(b)` (+ `c` if `accumulate`) for row-major matrices, where `op(a)` is
 /// `(m, k)`: `a` is stored `(m, k)`, or `(k, m)` when `trans_a`; likewise `b` is `(k, n)` or
-/// `(n, k)` when `trans_b`. Always on faer: for the autoencoder's mid-sized products (batch ×
-/// a few hundred to a few thousand) it beats an external BLAS whose threads compete with
-/// rayon's.
+/// `(n, k)` when `trans_b`. On the `sgemm` registered with [`register_dense_sgemm`] (dimensions
+/// below 2^31), else on faer.
 #[allow(clippy::too_many_arguments)]
 pub fn gemm_rm(
     a: &[f32],
