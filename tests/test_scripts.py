@@ -100,9 +100,14 @@ def test_demo_smoke_writes_a_report_and_reuses_its_cache(tmp_path):
     assert {"value", "ci95"} <= set(data["maps"]["affine"]["substitution"]["ce_recovered"])
     assert ab.load_map(tmp_path / "d" / "affine").d_target == 48
     rows = len(ab.ActivationStore(tmp_path / "d" / "pairs"))
-    r = subprocess.run(demo, capture_output=True, text=True, cwd=tmp_path, timeout=600)
+    # Again without --quiet: every long step shows a bar with counts (the store is reused).
+    loud = [arg for arg in demo if arg != "--quiet"]
+    r = subprocess.run(loud, capture_output=True, text=True, cwd=tmp_path, timeout=600)
     assert r.returncode == 0, r.stderr
     assert len(ab.ActivationStore(tmp_path / "d" / "pairs")) == rows  # the finished store is reused
+    batches = -(-6 // 8) * 2  # the mean pass and the substitution pass over 6 texts, batches of 8
+    assert "substitution eval: 100%" in r.stderr and f"{batches}/{batches}" in r.stderr
+    assert "steered generations: 100%" in r.stderr and "9/9" in r.stderr
 
 
 def test_collect_benchmark_smoke(tmp_path):

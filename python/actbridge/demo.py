@@ -151,7 +151,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for name, m in maps.items():
         q: dict[str, Any] = {"rows": ab.evaluate_map(m, store, rows=val, ci=True)}
         q["substitution"] = ab.evaluate_substitution(
-            (m_t, tok_t, l_t), (m_s, tok_s, l_s), m, held_texts, batch_size=8, progress=False
+            (m_t, tok_t, l_t), (m_s, tok_s, l_s), m, held_texts, batch_size=8, progress=not args.quiet
         )
         quality[name] = q
     timings["evaluate maps"] = time.perf_counter() - t0
@@ -171,7 +171,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prompts = NEUTRAL_PROMPTS
     steering: dict[str, Any] = {}
     cos = {k: v.cosine(native) for k, v in vectors.items()}
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+    # One bar over the generation runs: unsteered, then each vector with +alpha and -alpha.
+    bar = tqdm(
+        total=1 + 2 * len(vectors),
+        desc="steered generations",
+        unit="run",
+        disable=args.quiet,
+        dynamic_ncols=True,
+        mininterval=1.0,
+    )
     base = generate(m_t, tok_t, prompts, args.new_tokens)
+    bar.update(1)
     steering["unsteered"] = {"completions": base, "sentiment": [sentiment(c) for c in base]}
     for name, v in vectors.items():
         # Each vector is scaled to the native vector's norm, so alpha means the same for all.
@@ -179,11 +191,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for sign, label in ((1.0, "+"), (-1.0, "-")):
             with ab.steer(m_t, scaled, alpha=sign * args.alpha, positions="all"):
                 outs = generate(m_t, tok_t, prompts, args.new_tokens)
+            bar.update(1)
             steering[f"{name} {label}"] = {
                 "completions": outs,
                 "sentiment": [sentiment(c) for c in outs],
                 "cosine_to_native": cos[name],
             }
+    bar.close()
     timings["steer"] = time.perf_counter() - t0
 
     report = {
@@ -299,16 +313,21 @@ def _plots(r: dict[str, Any], out: Path) -> None:
         fig.savefig(out / "autoencoder_training.png", dpi=120)
         plt.close(fig)
     names = list(r["steering"]["results"])
-    means = [float(np.mean(r["steering"]["results"][n]["sentiment"])) for n in names]
+    # The same means and 95% bootstrap intervals as the report's table.
+    stats = [mean_ci(r["steering"]["results"][n]["sentiment"]) for n in names]
+    means = [s["value"] for s in stats]
+    err = np.array([[s["value"] - s["ci95"][0], s["ci95"][1] - s["value"]] for s in stats]).T
     fig, ax = plt.subplots(figsize=(7, 3.5))
     ax.barh(
         names,
         means,
+        xerr=np.clip(err, 0.0, None),
+        capsize=3,
         color=[
             "grey" if "unsteered" in n else ("tab:green" if n.endswith("+") else "tab:red") for n in names
         ],
     )
-    ax.set_xlabel("mean sentiment score of completions")
+    ax.set_xlabel("mean sentiment score of completions (95% bootstrap CI)")
     ax.set_title("steering the target with native, mapped and noise vectors")
     fig.tight_layout()
     fig.savefig(out / "steering.png", dpi=120)

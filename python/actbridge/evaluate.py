@@ -169,6 +169,9 @@ def evaluate_substitution(
         ]
 
     batches = [docs[k : k + batch_size] for k in range(0, len(docs), batch_size)]
+    # One bar over every batch pass: the mean pass (when the mean is computed here), then the
+    # substitution pass (source + three target passes per batch).
+    bar = _progress_bar(len(batches) * (2 if mean is None else 1), progress)
     if mean is None:
         total: Any = 0.0
         count = 0
@@ -178,6 +181,7 @@ def evaluate_substitution(
             s = h[real].double().sum(0)
             total = total + s
             count += int(real.sum())
+            bar.update(1)
         mean = (total / count).float()
     mean_t = torch.as_tensor(mean, dtype=torch.float32)
     cols: dict[str, list[float]] = {
@@ -186,7 +190,7 @@ def evaluate_substitution(
     map_module: dict[tuple[Any, Any], Any] = {}
     from actbridge.steer import _torch_map
 
-    for batch in _progress_batches(batches, progress):
+    for batch in batches:
         enc_t, enc_s = encode(tok_t, batch), encode(tok_s, batch)
         ids_t, mask_t, st_t = pad_batch([e[0] for e in enc_t], tok_t)
         inputs_t = model_inputs(m_t, ids_t.to(dev_t), mask_t.to(dev_t))
@@ -224,6 +228,8 @@ def evaluate_substitution(
             cols["ce_abl"].append(float(-la.gather(-1, nxt).sum()))
             cols["kl"].append(float((lc.exp() * (lc - ls)).sum()))
             cols["tokens"].append(float(n - 1))
+        bar.update(1)
+    bar.close()
     per_doc = {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
 
     def per_token(name: str) -> Any:
@@ -249,7 +255,7 @@ def evaluate_substitution(
     return out
 
 
-def _progress_batches(batches: list[Any], enabled: bool) -> Any:
+def _progress_bar(total: int, enabled: bool) -> Any:
     from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
-    return tqdm(batches, disable=not enabled, desc="substitution eval", unit="batch", mininterval=1.0)
+    return tqdm(total=total, disable=not enabled, desc="substitution eval", unit="batch", mininterval=1.0)

@@ -152,6 +152,34 @@ def pad_batch(
     return torch.from_numpy(ids), torch.from_numpy(mask), starts
 
 
+#: The keyword a model's ``forward`` takes its KV cache under: ``past_key_values`` up to
+#: transformers 5.23, ``cache`` from 5.24 on (the old name is still accepted there, with a
+#: FutureWarning, until 5.40).
+CACHE_KEYWORDS = ("cache", "past_key_values")
+
+
+def cache_keyword(model: Any) -> str:
+    """The keyword ``model.forward`` takes a KV cache under (see :data:`CACHE_KEYWORDS`)."""
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    for name in CACHE_KEYWORDS:
+        if name in params:
+            return name
+    raise HookError(
+        f"{type(model).__name__}.forward takes no KV cache (none of {', '.join(CACHE_KEYWORDS)}); "
+        "generation-time interventions that run a second model need one"
+    )
+
+
+def passed_cache(kwargs: dict[str, Any]) -> Any:
+    """The KV cache among a model call's keyword arguments, under either name (or None)."""
+    for name in CACHE_KEYWORDS:
+        if kwargs.get(name) is not None:
+            return kwargs[name]
+    return None
+
+
 def model_inputs(model: Any, input_ids: Any, mask: Any) -> dict[str, Any]:
     """Keyword arguments for a padded forward pass (position ids from the mask when the model
     takes them, so left padding does not shift positions)."""

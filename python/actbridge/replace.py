@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from actbridge.hooks import forward_to_layers, layer_indices
+from actbridge.hooks import cache_keyword, forward_to_layers, layer_indices
 from actbridge.steer import Intervention, SteerError, _torch_map
 
 
@@ -61,7 +61,7 @@ class substitute(Intervention):  # noqa: N801 - used like a function in `with`
                 from transformers import DynamicCache
 
                 self._cache = DynamicCache(config=self.source.config)
-            kwargs["past_key_values"] = self._cache
+            kwargs[cache_keyword(self.source)] = self._cache
         calls.paused = True  # the source may be the target itself (e.g. identity checks)
         try:
             with torch.no_grad():  # not inference_mode: the target's pass may track gradients

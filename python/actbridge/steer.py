@@ -34,6 +34,7 @@ from actbridge.hooks import (
     decoder_blocks,
     forward_padded,
     layer_indices,
+    passed_cache,
 )
 from actbridge.texts import Document, documents, render
 
@@ -76,7 +77,7 @@ class _Calls:
         ids = kwargs.get("input_ids", args[0] if args else None)
         given: Any = ids if ids is not None else kwargs.get("inputs_embeds")
         seq = given.shape[1]
-        past = kwargs.get("past_key_values")
+        past = passed_cache(kwargs)
         cached = 0
         if past is not None and hasattr(past, "get_seq_length"):
             cached = int(past.get_seq_length())

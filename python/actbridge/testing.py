@@ -45,7 +45,14 @@ def tiny_tokenizer(kind: str = "bpe", padding_side: str = "right") -> Any:
             ),
         )
         specials = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
-    tok = PreTrainedTokenizerFast(tokenizer_object=tk, padding_side=padding_side, **specials)  # type: ignore[no-untyped-call]
+    # Causal LM tokenizers return no token_type_ids (transformers < 5 would add them by default,
+    # and generate() rejects them for decoder-only models).
+    tok = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+        tokenizer_object=tk,
+        padding_side=padding_side,
+        model_input_names=["input_ids", "attention_mask"],
+        **specials,
+    )
     tok.chat_template = (
         "{% for m in messages %}<s>{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
         "{% if add_generation_prompt %}<s>assistant:{% endif %}"
