@@ -332,3 +332,29 @@ def test_random_like_and_cosine():
     want = float(v.vector @ a.vector / (np.linalg.norm(v.vector) * np.linalg.norm(a.vector)))
     assert v.cosine(a) == pytest.approx(want, abs=1e-6) and v.cosine(v) == pytest.approx(1.0)
     assert v.cosine(ab.SteeringVector(np.zeros(32, np.float32), 2)) == 0.0
+
+
+def test_the_kv_cache_is_found_under_either_keyword():
+    """transformers 5.24 renamed forward's ``past_key_values`` to ``cache``: interventions read
+    a call's cache under either name and hand a model its cache under the name it takes."""
+    from actbridge.hooks import HookError, cache_keyword, passed_cache
+
+    class Old(torch.nn.Module):
+        def forward(self, input_ids=None, past_key_values=None):
+            return input_ids
+
+    class New(torch.nn.Module):
+        def forward(self, input_ids=None, cache=None, **kwargs):
+            return input_ids
+
+    class NoCache(torch.nn.Module):
+        def forward(self, input_ids=None):
+            return input_ids
+
+    assert cache_keyword(Old()) == "past_key_values" and cache_keyword(New()) == "cache"
+    with pytest.raises(HookError, match="takes no KV cache"):
+        cache_keyword(NoCache())
+    marker = object()
+    assert passed_cache({"cache": marker}) is marker
+    assert passed_cache({"past_key_values": marker, "cache": None}) is marker
+    assert passed_cache({"input_ids": 1}) is None
