@@ -107,10 +107,16 @@ def test_demo_smoke_writes_a_report_and_reuses_its_cache(tmp_path):
     assert len(ab.ActivationStore(tmp_path / "d" / "pairs")) == rows  # the finished store is reused
     batches = -(-6 // 8) * 2  # the mean pass and the substitution pass over 6 texts, batches of 8
     assert "substitution eval: 100%" in r.stderr and f"{batches}/{batches}" in r.stderr
-    assert "steered generations: 100%" in r.stderr and "9/9" in r.stderr
+    assert "sweep generations: 100%" in r.stderr and "72/72" in r.stderr  # 9 conditions x 8 prompts
 
 
 def test_collect_benchmark_smoke(tmp_path):
     out = run(str(ROOT / "benches" / "bench_collect.py"), "--smoke", "--repeats", "1", cwd=tmp_path)
     assert "| tiny-llama | 1,2 |" in out and "overhead" in out
     assert "| tiny-llama -> tiny-gemma3 |" in out
+
+
+def test_sweep_benchmark_smoke(tmp_path):
+    bench = str(ROOT / "benches" / "bench_sweep.py")
+    out = run(bench, "--smoke", "--prompts", "6", "--new-tokens", "4", cwd=tmp_path)
+    assert "| tiny-llama |" in out and "96/96 (100.0%)" in out and "GiB |" in out

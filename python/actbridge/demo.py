@@ -27,7 +27,7 @@ import numpy as np
 
 import actbridge as ab
 from actbridge.collect import model_name
-from actbridge.generation import generate, mean_ci
+from actbridge.generation import mean_ci
 
 #: Contrast statements for the sentiment direction (written for this project).
 POSITIVE = [
@@ -171,33 +171,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     prompts = NEUTRAL_PROMPTS
     steering: dict[str, Any] = {}
     cos = {k: v.cosine(native) for k, v in vectors.items()}
-    from tqdm.auto import tqdm  # type: ignore[import-untyped]
-
-    # One bar over the generation runs: unsteered, then each vector with +alpha and -alpha.
-    bar = tqdm(
-        total=1 + 2 * len(vectors),
-        desc="steered generations",
-        unit="run",
-        disable=args.quiet,
-        dynamic_ncols=True,
-        mininterval=1.0,
-    )
-    base = generate(m_t, tok_t, prompts, args.new_tokens)
-    bar.update(1)
-    steering["unsteered"] = {"completions": base, "sentiment": [sentiment(c) for c in base]}
+    # Every condition (unsteered, each vector with +alpha and -alpha) in one batched pass; each
+    # vector is scaled to the native vector's norm, so alpha means the same for all.
+    conditions = [ab.rowwise.UNSTEERED]
     for name, v in vectors.items():
-        # Each vector is scaled to the native vector's norm, so alpha means the same for all.
         scaled = ab.SteeringVector(v.vector / max(v.norm, 1e-12) * native.norm, l_t)
         for sign, label in ((1.0, "+"), (-1.0, "-")):
-            with ab.steer(m_t, scaled, alpha=sign * args.alpha, positions="all"):
-                outs = generate(m_t, tok_t, prompts, args.new_tokens)
-            bar.update(1)
-            steering[f"{name} {label}"] = {
-                "completions": outs,
-                "sentiment": [sentiment(c) for c in outs],
-                "cosine_to_native": cos[name],
-            }
-    bar.close()
+            conditions.append(ab.rowwise.Condition(scaled, sign * args.alpha, "all", label=f"{name} {label}"))
+    outs = ab.rowwise.generate_conditions(
+        m_t, tok_t, conditions, prompts, args.new_tokens, progress=not args.quiet
+    )
+    for cond, completions in zip(conditions, outs, strict=True):
+        entry: dict[str, Any] = {"completions": completions, "sentiment": [sentiment(c) for c in completions]}
+        if cond.steers:
+            entry["cosine_to_native"] = cos[cond.label.rsplit(" ", 1)[0]]
+        steering[cond.label] = entry
     timings["steer"] = time.perf_counter() - t0
 
     report = {

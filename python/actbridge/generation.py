@@ -15,6 +15,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from actbridge.tasks.scoring import rate
 
@@ -56,40 +57,54 @@ def mean_ci(values: Sequence[float], seed: int = 0, n_boot: int = 1000) -> dict[
     }
 
 
+def encode_prompts(tokenizer: Any, prompts: Sequence[Any]) -> list[npt.NDArray[np.int64]]:
+    """Token ids of each prompt as :func:`generate` feeds it: strings as they are, chat
+    conversations rendered with the template's generation prompt."""
+    from actbridge.texts import render
+
+    out = []
+    for p in prompts:
+        text, special = render(p, tokenizer, generation_prompt=True)
+        out.append(np.asarray(tokenizer(text, add_special_tokens=special)["input_ids"], dtype=np.int64))
+    return out
+
+
+def generate_batch(
+    model: Any, tokenizer: Any, ids_list: Sequence[npt.NDArray[np.int64]], max_new_tokens: int
+) -> list[str]:
+    """Greedy completions of one left-padded batch of token id arrays (one ``generate()``
+    call); the prompt is not included."""
+    import torch
+
+    from actbridge.hooks import pad_batch
+
+    old = tokenizer.padding_side
+    tokenizer.padding_side = "left"
+    try:
+        ids, mask, _ = pad_batch(ids_list, tokenizer)
+    finally:
+        tokenizer.padding_side = old
+    device = next(model.parameters()).device
+    with torch.inference_mode():
+        gen = model.generate(
+            input_ids=ids.to(device),
+            attention_mask=mask.to(device),
+            max_new_tokens=max_new_tokens,
+            do_sample=False,
+            pad_token_id=tokenizer.pad_token_id,
+        )
+    return [tokenizer.decode(x[ids.shape[1] :], skip_special_tokens=True) for x in gen]
+
+
 def generate(
     model: Any, tokenizer: Any, prompts: Sequence[Any], max_new_tokens: int = 32, batch_size: int = 8
 ) -> list[str]:
     """Greedy completions of prompts (strings, or chat conversations rendered with the
     template's generation prompt), in left-padded batches; the prompt is not included."""
-    import torch
-
-    from actbridge.hooks import pad_batch
-    from actbridge.texts import render
-
-    old = tokenizer.padding_side
-    tokenizer.padding_side = "left"
-    device = next(model.parameters()).device
+    ids = encode_prompts(tokenizer, prompts)
     out: list[str] = []
-    try:
-        for k in range(0, len(prompts), batch_size):
-            ids_list = []
-            for p in prompts[k : k + batch_size]:
-                text, special = render(p, tokenizer, generation_prompt=True)
-                ids_list.append(
-                    np.asarray(tokenizer(text, add_special_tokens=special)["input_ids"], dtype=np.int64)
-                )
-            ids, mask, _ = pad_batch(ids_list, tokenizer)
-            with torch.inference_mode():
-                gen = model.generate(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    max_new_tokens=max_new_tokens,
-                    do_sample=False,
-                    pad_token_id=tokenizer.pad_token_id,
-                )
-            out += [tokenizer.decode(x[ids.shape[1] :], skip_special_tokens=True) for x in gen]
-    finally:
-        tokenizer.padding_side = old
+    for k in range(0, len(ids), batch_size):
+        out += generate_batch(model, tokenizer, ids[k : k + batch_size], max_new_tokens)
     return out
 
 

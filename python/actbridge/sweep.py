@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from actbridge.generation import generate, similarity
-from actbridge.steer import SteeringVector, steer
+from actbridge.generation import similarity
+from actbridge.steer import SteeringVector
 from actbridge.tasks.scoring import rate
 
 
@@ -33,7 +33,8 @@ def layer_sweep(
 ) -> dict[str, Any]:
     """For each layer: v = mean(h⁺) − mean(h⁻) over the contrast prompts; steer ``prompts`` with
     ``−α·v`` (pushing away from the "positive" behaviour) and with a noise vector of the same
-    norm; ``behaviour(completion)`` says whether the behaviour shows.
+    norm; ``behaviour(completion)`` says whether the behaviour shows. All the cells (and the
+    unsteered baseline) run as one batched sweep (:func:`actbridge.rowwise.generate_conditions`).
 
     Returns ``{"baseline": rate, "rows": [{"layer", "alpha", "native": rate, "noise": rate,
     "success": rate, "noise_success": rate}]}``, where success is the fraction of prompts that
@@ -44,37 +45,42 @@ def layer_sweep(
     ``"similarity"`` and ``"noise_similarity"``: ROUGE-L of the steered completions against them,
     which tells a real answer from text the vector merely broke.
     """
+    from actbridge.rowwise import UNSTEERED, Condition, generate_conditions
     from actbridge.tasks.scoring import steering_success
 
-    base = [behaviour(c) for c in generate(model, tokenizer, prompts, max_new_tokens)]
     rng = np.random.default_rng(seed)
-    rows = []
+    cells = []  # (vector, noise vector, alpha) per row of the result, layer-major
     for layer in layers:
         v = SteeringVector.from_contrast(
             model, tokenizer, pos_prompts, neg_prompts, layer, positions=positions, trigger=trigger
         )
         noise_v = v.random_like(rng)
-        for alpha in alphas:
-            with steer(model, v, alpha=-alpha, positions=steer_positions):
-                native_text = generate(model, tokenizer, prompts, max_new_tokens)
-            with steer(model, noise_v, alpha=-alpha, positions=steer_positions):
-                noisy_text = generate(model, tokenizer, prompts, max_new_tokens)
-            native, noisy = [behaviour(c) for c in native_text], [behaviour(c) for c in noisy_text]
-            s = steering_success(base, native, noisy)
-            row = {
-                "layer": v.layer,
-                "alpha": float(alpha),
-                "norm": v.norm,
-                "native": rate(native),
-                "noise": rate(noisy),
-                "success": s["success"],
-                "noise_success": s["noise"],
-                "examples": native_text[:2],
-            }
-            if references is not None:
-                row["similarity"] = similarity(native_text, references, seed=seed)["rouge_l"]
-                row["noise_similarity"] = similarity(noisy_text, references, seed=seed)["rouge_l"]
-            rows.append(row)
+        cells += [(v, noise_v, float(alpha)) for alpha in alphas]
+    # Every cell's native and noise runs, and the unsteered baseline, in one batched pass.
+    conditions = [UNSTEERED]
+    for v, noise_v, alpha in cells:
+        conditions += [Condition(v, -alpha, steer_positions), Condition(noise_v, -alpha, steer_positions)]
+    texts = generate_conditions(model, tokenizer, conditions, prompts, max_new_tokens)
+    base = [behaviour(c) for c in texts[0]]
+    rows = []
+    for k, (v, _, alpha) in enumerate(cells):
+        native_text, noisy_text = texts[1 + 2 * k], texts[2 + 2 * k]
+        native, noisy = [behaviour(c) for c in native_text], [behaviour(c) for c in noisy_text]
+        s = steering_success(base, native, noisy)
+        row = {
+            "layer": v.layer,
+            "alpha": alpha,
+            "norm": v.norm,
+            "native": rate(native),
+            "noise": rate(noisy),
+            "success": s["success"],
+            "noise_success": s["noise"],
+            "examples": native_text[:2],
+        }
+        if references is not None:
+            row["similarity"] = similarity(native_text, references, seed=seed)["rouge_l"]
+            row["noise_similarity"] = similarity(noisy_text, references, seed=seed)["rouge_l"]
+        rows.append(row)
     return {"baseline": rate(base), "rows": rows}
 
 

@@ -1,0 +1,281 @@
+"""Per-row interventions: every row of a batch gets its own steering vector, strength, positions
+and layer (and/or a direction to ablate), so a whole sweep (vectors × α × layers × prompts)
+runs as a few large batched ``generate()`` calls instead of one call per cell.
+
+- :class:`Condition`: what to do to one row (``Condition()`` leaves it unsteered);
+- :class:`steer_rows`: the intervention context for one batch, ``conditions[i]`` for row ``i``,
+  in plain forward passes and inside ``generate()`` (KV cache, left padding) like
+  :class:`actbridge.steer` and :class:`actbridge.ablate`;
+- :func:`generate_conditions`: greedy completions of every prompt under every condition, in
+  batches sized to a memory budget, returned per condition in order.
+
+Rows whose condition has no vector (or ``alpha == 0``) and no ablation are not touched: they are
+exactly what the model computes without hooks for that batch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from actbridge.hooks import decoder_blocks, layer_indices
+from actbridge.steer import _POSITIONS, Intervention, Positions, SteerError, SteeringVector, _as_vector
+
+
+@dataclass(frozen=True)
+class Condition:
+    """One row's intervention: add ``alpha · vector`` after block ``layer`` (default: the
+    vector's own layer) at ``positions`` (as for :class:`actbridge.steer`), and/or project
+    ``ablate`` out after each block in ``ablate_layers`` (default: the direction's layer), as
+    :class:`actbridge.ablate` does. ``label`` is free text for reports."""
+
+    vector: SteeringVector | Any = None
+    alpha: float = 1.0
+    positions: Positions = "all"
+    layer: int | None = None
+    ablate: SteeringVector | Any = None
+    ablate_layers: int | Sequence[int] | None = None
+    label: str = ""
+
+    @property
+    def steers(self) -> bool:
+        """Whether this condition adds anything (a vector with ``alpha != 0``)."""
+        return self.vector is not None and float(self.alpha) != 0.0
+
+
+UNSTEERED = Condition(label="unsteered")
+
+
+@dataclass
+class _Plan:
+    """What one layer does to the batch: steered rows (grouped by positions) with their
+    ``alpha · v`` rows, and ablated rows with their unit directions."""
+
+    steer_rows: list[int]
+    deltas: npt.NDArray[np.float32]  # (len(steer_rows), d)
+    groups: list[tuple[Positions, list[int]]]  # positions -> indices into steer_rows
+    ablate_rows: list[int]
+    units: npt.NDArray[np.float32]  # (len(ablate_rows), d)
+
+
+class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
+    """Row ``i`` of every batch passed to ``model`` gets ``conditions[i]`` (``None`` or
+    :data:`UNSTEERED`: nothing). The batch must have exactly ``len(conditions)`` rows (a
+    :class:`SteerError` says so otherwise, e.g. under beam search, which multiplies rows).
+
+    Equivalent, row by row, to running each condition alone with :class:`actbridge.steer` /
+    :class:`actbridge.ablate` on the same batch shape: the steered rows' additions are the same
+    floats; ablation sums its dot products in another order (differences ~1e-7 relative).
+    """
+
+    def __init__(self, model: Any, conditions: Sequence[Condition | None]) -> None:
+        if len(conditions) == 0:
+            raise SteerError("steer_rows needs one condition per batch row; got none")
+        conds = [c if c is not None else UNSTEERED for c in conditions]
+        for i, c in enumerate(conds):
+            if not isinstance(c, Condition):
+                raise SteerError(f"conditions[{i}] is a {type(c).__name__}, not an actbridge Condition")
+        d = int(model.get_input_embeddings().embedding_dim)
+        per_layer: dict[int, dict[str, list[Any]]] = {}
+
+        def at(layer: int) -> dict[str, list[Any]]:
+            return per_layer.setdefault(layer, {"steer": [], "ablate": []})
+
+        for i, c in enumerate(conds):
+            if c.steers:
+                vec, vec_layer = _as_vector(c.vector)
+                layer = c.layer if c.layer is not None else vec_layer
+                if layer is None:
+                    raise SteerError(f"conditions[{i}]: pass layer=... (a raw tensor carries no layer)")
+                _check(vec, d, i)
+                if not (isinstance(c.positions, str) and c.positions in _POSITIONS) and not callable(
+                    c.positions
+                ):
+                    raise SteerError(
+                        f"conditions[{i}]: positions must be one of {_POSITIONS} or a callable, "
+                        f"not {c.positions!r}"
+                    )
+                (layer,) = layer_indices(model, [layer])
+                at(layer)["steer"].append((i, vec * np.float32(c.alpha), c.positions))
+            if c.ablate is not None:
+                vec, vec_layer = _as_vector(c.ablate)
+                chosen = c.ablate_layers if c.ablate_layers is not None else vec_layer
+                if chosen is None:
+                    raise SteerError(
+                        f"conditions[{i}]: pass ablate_layers=... (a raw tensor carries no layer)"
+                    )
+                _check(vec, d, i)
+                norm = float(np.linalg.norm(vec))
+                if norm == 0:
+                    raise SteerError(f"conditions[{i}]: cannot ablate a zero direction")
+                for layer in layer_indices(model, chosen):
+                    at(layer)["ablate"].append((i, vec / norm))
+        layers = sorted(per_layer) or [0]  # nothing to do: a hook that passes every row through
+        super().__init__(model, layers)
+        self.conditions = conds
+        self._plans: dict[int, _Plan] = {}
+        for layer, todo in per_layer.items():
+            steer_idx = [i for i, _, _ in todo["steer"]]
+            groups: dict[Any, tuple[Positions, list[int]]] = {}
+            for k, (_, _, pos) in enumerate(todo["steer"]):
+                key = pos if isinstance(pos, str) else id(pos)
+                groups.setdefault(key, (pos, []))[1].append(k)
+            self._plans[layer] = _Plan(
+                steer_idx,
+                np.stack([v for _, v, _ in todo["steer"]]) if steer_idx else np.zeros((0, d), np.float32),
+                list(groups.values()),
+                [i for i, _ in todo["ablate"]],
+                np.stack([u for _, u in todo["ablate"]]) if todo["ablate"] else np.zeros((0, d), np.float32),
+            )
+        self._cast: dict[tuple[int, Any, Any], tuple[Any, ...]] = {}
+
+    def _tensors(self, layer: int, h: Any) -> tuple[Any, ...]:
+        """(steer row index, (rows, 1, d) deltas in h's dtype, ablate row index, (rows, d) f32
+        units) on h's device, cached."""
+        import torch
+
+        key = (layer, h.device, h.dtype)
+        if key not in self._cast:
+            plan = self._plans[layer]
+            self._cast[key] = (
+                torch.as_tensor(plan.steer_rows, dtype=torch.long, device=h.device),
+                torch.as_tensor(plan.deltas, device=h.device, dtype=h.dtype).unsqueeze(1),
+                torch.as_tensor(plan.ablate_rows, dtype=torch.long, device=h.device),
+                torch.as_tensor(plan.units, device=h.device, dtype=torch.float32),
+            )
+        return self._cast[key]
+
+    def edit(self, layer: int, h: Any) -> Any:
+        import torch
+
+        if h.shape[0] != len(self.conditions):
+            raise SteerError(
+                f"this batch has {h.shape[0]} rows but steer_rows was given {len(self.conditions)} "
+                "conditions (one per row); beam search and num_return_sequences multiply rows"
+            )
+        plan = self._plans.get(layer)
+        if plan is None:
+            return h
+        steer_idx, deltas, ablate_idx, units = self._tensors(layer, h)
+        out = h
+        if plan.steer_rows:
+            # (rows, seq, 1) weights: where each steered row acts in this call.
+            where = h.new_zeros(len(plan.steer_rows), h.shape[1], 1)
+            for positions, members in plan.groups:
+                chosen = self.calls.select(positions, h)
+                idx = torch.as_tensor(members, dtype=torch.long, device=h.device)
+                rows = steer_idx[idx]
+                where[idx] = 1.0 if chosen is None else chosen[rows]
+            out = out.index_copy(0, steer_idx, out[steer_idx] + where * deltas)
+        if plan.ablate_rows:
+            hf = out[ablate_idx].float()
+            proj = torch.einsum("bsd,bd->bs", hf, units).unsqueeze(-1)
+            out = out.index_copy(0, ablate_idx, (hf - proj * units.unsqueeze(1)).to(h.dtype))
+        return out
+
+
+def _check(vec: npt.NDArray[np.float32], d: int, i: int) -> None:
+    if vec.shape[0] != d:
+        raise SteerError(
+            f"conditions[{i}]: the vector has {vec.shape[0]} dimensions, the model's d_model is {d}"
+        )
+    if not np.isfinite(vec).all():
+        raise SteerError(f"conditions[{i}]: the vector holds NaN or infinite values")
+
+
+def rows_per_batch(model: Any, tokens_per_row: int, memory_budget: float) -> int:
+    """How many generation rows fit in ``memory_budget`` bytes: the KV cache of ``tokens_per_row``
+    tokens per row (keys and values of every layer, in the model's dtype) plus the prefill's
+    widest activations (the MLP's hidden width) and one row of logits, per row. At least 1."""
+    import torch
+
+    cfg = model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    layers = int(getattr(cfg, "num_hidden_layers", len(decoder_blocks(model))))
+    d = int(model.get_input_embeddings().embedding_dim)
+    heads = int(getattr(cfg, "num_attention_heads", 1) or 1)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", heads) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or d // heads)
+    hidden = int(getattr(cfg, "intermediate_size", 4 * d) or 4 * d)
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    width = torch.finfo(next(model.parameters()).dtype).bits // 8
+    kv = 2 * layers * kv_heads * head_dim * tokens_per_row * width
+    prefill = tokens_per_row * (3 * d + 2 * hidden) * width
+    per_row = kv + prefill + 4 * vocab
+    return max(1, int(memory_budget // per_row))
+
+
+def generate_conditions(
+    model: Any,
+    tokenizer: Any,
+    conditions: Sequence[Condition | None],
+    prompts: Sequence[Any],
+    max_new_tokens: int = 32,
+    *,
+    batch_rows: int | None = None,
+    memory_budget: float = 2 * 2**30,
+    progress: bool = False,
+) -> list[list[str]]:
+    """Greedy completions of every prompt under every condition: ``out[c][p]`` is prompt ``p``
+    under ``conditions[c]``, as :func:`actbridge.generation.generate` would give with
+    ``with steer(...)`` for that condition alone (up to the float noise of other batch shapes:
+    ties in the logits can flip a token).
+
+    All (condition, prompt) rows are run in batches of ``batch_rows`` rows (default: as many as
+    ``memory_budget`` bytes hold, see :func:`rows_per_batch`, at most 256), rows of similar
+    prompt length together, left-padded, one :class:`steer_rows` context per batch.
+    """
+    from tqdm.auto import tqdm  # type: ignore[import-untyped]
+
+    from actbridge.generation import encode_prompts, generate_batch
+
+    conds = [c if c is not None else UNSTEERED for c in conditions]
+    if not conds or not prompts:
+        return [[] for _ in conds]
+    if batch_rows is not None and batch_rows < 1:
+        raise SteerError(f"batch_rows must be >= 1, got {batch_rows}")
+    if not memory_budget > 0:
+        raise SteerError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+    ids = encode_prompts(tokenizer, prompts)
+    longest = max(len(x) for x in ids) + max_new_tokens
+    size = batch_rows or min(256, rows_per_batch(model, longest, memory_budget))
+    # Rows sorted by prompt length (stable: condition-major within a length), so a batch pads little.
+    rows = sorted(
+        ((c, p) for c in range(len(conds)) for p in range(len(ids))), key=lambda cp: len(ids[cp[1]])
+    )
+    out: list[list[str]] = [[""] * len(ids) for _ in conds]
+    bar = tqdm(total=len(rows), desc="sweep generations", unit="row", disable=not progress, mininterval=1.0)
+    for k in range(0, len(rows), size):
+        chunk = rows[k : k + size]
+        with steer_rows(model, [conds[c] for c, _ in chunk]):
+            texts = generate_batch(model, tokenizer, [ids[p] for _, p in chunk], max_new_tokens)
+        for (c, p), text in zip(chunk, texts, strict=True):
+            out[c][p] = text
+        bar.update(len(chunk))
+    bar.close()
+    return out
+
+
+def grid(
+    vectors: dict[str, SteeringVector | Any],
+    alphas: Sequence[float],
+    *,
+    positions: Positions = "all",
+    layers: Sequence[int | None] = (None,),
+) -> list[Condition]:
+    """The conditions of a vectors × α × layers sweep (vector-major, then α, then layer), each
+    labelled ``"name α=... [layer=...]"``."""
+    out = []
+    for name, vec in vectors.items():
+        for alpha in alphas:
+            for layer in layers:
+                tag = f"{name} α={alpha:g}" + (f" layer={layer}" if layer is not None else "")
+                out.append(Condition(vec, float(alpha), positions, layer, label=tag))
+    return out
+
+
+__all__ = ["UNSTEERED", "Condition", "generate_conditions", "grid", "rows_per_batch", "steer_rows"]
