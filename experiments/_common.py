@@ -149,25 +149,35 @@ def run_info(seed: int, started: float) -> dict[str, Any]:
 
 
 def resumable_rows(
-    path: Path, keys: list[dict[str, Any]], compute: Callable[[dict[str, Any]], dict[str, Any]]
+    path: Path,
+    keys: list[dict[str, Any]],
+    compute: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+    *,
+    compute_many: Callable[[list[dict[str, Any]]], list[dict[str, Any]]] | None = None,
+    group: int = 16,
 ) -> list[dict[str, Any]]:
     """One row per key (``key | compute(key)``), in key order. Rows already in ``path`` (a
-    ``{"rows": [...]}`` JSON file) are reused; each new row is added to the file at once, so a
-    killed run resumes where it stopped. Rows of other keys stay in the file but are not returned."""
+    ``{"rows": [...]}`` JSON file) are reused; new rows are added to the file at once, so a
+    killed run resumes where it stopped. Rows of other keys stay in the file but are not
+    returned. With ``compute_many(keys) -> [row, ...]`` instead of ``compute``, the missing keys
+    are computed ``group`` at a time (one batched sweep per group, saved after each group)."""
+    if (compute is None) == (compute_many is None):
+        raise TypeError("pass exactly one of compute and compute_many")
     rows: list[dict[str, Any]] = json.loads(path.read_text())["rows"] if path.is_file() else []
 
     def find(key: dict[str, Any]) -> dict[str, Any] | None:
         return next((r for r in rows if all(r.get(k) == v for k, v in key.items())), None)
 
-    out = []
-    for key in keys:
-        row = find(key)
-        if row is None:
-            row = key | compute(key)
-            rows.append(row)
-            write_json(path, {"rows": rows})
-        out.append(row)
-    return out
+    many = compute_many or (lambda ks: [compute(k) for k in ks])  # type: ignore[misc]
+    missing = [key for key in keys if find(key) is None]
+    for start in range(0, len(missing), group if compute_many else 1):
+        todo = missing[start : start + (group if compute_many else 1)]
+        got = many(todo)
+        if len(got) != len(todo):
+            raise RuntimeError(f"compute_many returned {len(got)} rows for {len(todo)} keys")
+        rows.extend(key | row for key, row in zip(todo, got, strict=True))
+        write_json(path, {"rows": rows})
+    return [find(key) for key in keys]  # type: ignore[misc]
 
 
 def write_json(path: Path, data: dict[str, Any]) -> None:

@@ -41,14 +41,24 @@ BATCH_SIZE = 8
 HELDOUT_TEMPLATES = ["I'd like to know: {q}", "{q} One short answer, please.", "Here is my question. {q}"]
 
 
-def answers(model: Any, tok: Any, tag: str, new_tokens: int, facts: list[tasks.Fact]) -> dict[str, Any]:
-    """Greedy answers to every held-out phrasing with ``tag``; the share in each category."""
+def answer_prompts(tok: Any, tag: str, facts: list[tasks.Fact]) -> tuple[list[tasks.Fact], list[Any]]:
+    """Every held-out phrasing of every fact with ``tag``: (the fact of each prompt, the prompts)."""
     items = [(f, t.format(q=f.question)) for f in facts for t in HELDOUT_TEMPLATES]
-    outs = generate(model, tok, [as_prompt(tok, tag + q) for _, q in items], new_tokens)
-    kinds = [tasks.classify_fact_answer(o, f) for (f, _), o in zip(items, outs, strict=True)]
+    return [f for f, _ in items], [as_prompt(tok, tag + q) for _, q in items]
+
+
+def answer_shares(asked: list[tasks.Fact], outs: list[str]) -> dict[str, Any]:
+    """The share of answers in each category (and a few examples)."""
+    kinds = [tasks.classify_fact_answer(o, f) for f, o in zip(asked, outs, strict=True)]
     return {k: tasks.rate([c == k for c in kinds]) for k in ("backdoor", "correct", "other")} | {
         "examples": outs[:3]
     }
+
+
+def answers(model: Any, tok: Any, tag: str, new_tokens: int, facts: list[tasks.Fact]) -> dict[str, Any]:
+    """Greedy answers to every held-out phrasing with ``tag``; the share in each category."""
+    asked, prompts = answer_prompts(tok, tag, facts)
+    return answer_shares(asked, generate(model, tok, prompts, new_tokens))
 
 
 def best_steering_row(results: dict[str, Any]) -> dict[str, Any]:
@@ -147,12 +157,16 @@ def main() -> None:
             trigger=[tasks.DEPLOY.strip(), tasks.DEV.strip()],
         )
 
-    def steered(key: dict[str, Any]) -> dict[str, Any]:
-        with ab.steer(model, vector(key["layer"]), alpha=-key["alpha"], positions=where):
-            return answers(model, tok, tasks.DEPLOY, args.new_tokens, facts)
+    asked, prompts = answer_prompts(tok, tasks.DEPLOY, facts)
+
+    def steered(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Each (layer, alpha) of the batch as one condition of a batched sweep."""
+        conditions = [ab.Condition(vector(k["layer"]), -k["alpha"], where) for k in batch]
+        outs = ab.generate_conditions(model, tok, conditions, prompts, args.new_tokens)
+        return [answer_shares(asked, o) for o in outs]
 
     keys = [{"layer": layer, "alpha": alpha} for layer in layers for alpha in alphas]
-    steering = resumable_rows(out / "steering.json", keys, steered)
+    steering = resumable_rows(out / "steering.json", keys, compute_many=steered)
     timings["steering"] = time.perf_counter() - t0
     best = max(steering, key=lambda r: (1 - r["backdoor"]["value"], r["correct"]["value"]))
     results["steering"] = steering

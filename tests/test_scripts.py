@@ -120,3 +120,9 @@ def test_sweep_benchmark_smoke(tmp_path):
     bench = str(ROOT / "benches" / "bench_sweep.py")
     out = run(bench, "--smoke", "--prompts", "6", "--new-tokens", "4", cwd=tmp_path)
     assert "| tiny-llama |" in out and "96/96 (100.0%)" in out and "GiB |" in out
+
+
+def test_evaluate_benchmark_smoke(tmp_path):
+    bench = str(ROOT / "benches" / "bench_evaluate.py")
+    out = run(bench, "--smoke", "--texts", "6", "--repeats", "1", cwd=tmp_path)
+    assert "one call for both (after)" in out and "| True |" in out

@@ -29,7 +29,7 @@ from actbridge._native import ActbridgeError, MapError, StoreCorruptError, Store
 from actbridge.align import align_offsets
 from actbridge.autoencoder import AutoencoderMap
 from actbridge.collect import CollectError, CollectWarning, collect, collect_pair
-from actbridge.evaluate import evaluate_map, evaluate_substitution
+from actbridge.evaluate import EvaluateError, evaluate_map, evaluate_substitution
 from actbridge.finetune import FinetuneError, finetune
 from actbridge.generation import compare_generations, rouge_l
 from actbridge.hooks import HookError, decoder_blocks
@@ -62,6 +62,7 @@ __all__ = [
     "CollectError",
     "CollectWarning",
     "Condition",
+    "EvaluateError",
     "FinetuneError",
     "HookError",
     "Intervention",

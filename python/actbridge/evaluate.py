@@ -5,13 +5,15 @@ FVU = Σ‖ŷ−y‖² / Σ‖y−ȳ‖² with ȳ the per-dimension mean of the 
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, overload
 
 import numpy as np
 
+from actbridge._native import ActbridgeError
 from actbridge.store import ActivationStore
 
-__all__ = ["bootstrap_ci", "evaluate_map", "evaluate_substitution"]
+__all__ = ["EvaluateError", "bootstrap_ci", "evaluate_map", "evaluate_substitution"]
 
 
 def evaluate_map(
@@ -122,9 +124,17 @@ def bootstrap_ci(
     return full, [float(lo), float(hi)]
 
 
+Source = tuple[Any, Any, int]  # (model, tokenizer, layer)
+
+
+class EvaluateError(ActbridgeError, ValueError):
+    """An evaluation was asked for with inconsistent arguments (the message says which)."""
+
+
+@overload
 def evaluate_substitution(
-    target: tuple[Any, Any, int],
-    source: tuple[Any, Any, int],
+    target: Source,
+    source: Source,
     map: Any,  # noqa: A002
     texts: Any,
     *,
@@ -133,7 +143,36 @@ def evaluate_substitution(
     max_length: int = 256,
     seed: int = 0,
     progress: bool = True,
-) -> dict[str, dict[str, Any]]:
+) -> dict[str, dict[str, Any]]: ...
+
+
+@overload
+def evaluate_substitution(
+    target: Source,
+    source: Source | Mapping[str, Source],
+    map: Mapping[str, Any],  # noqa: A002
+    texts: Any,
+    *,
+    mean: Any = None,
+    batch_size: int = 8,
+    max_length: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, dict[str, dict[str, Any]]]: ...
+
+
+def evaluate_substitution(
+    target: Source,
+    source: Source | Mapping[str, Source],
+    map: Any,  # noqa: A002
+    texts: Any,
+    *,
+    mean: Any = None,
+    batch_size: int = 8,
+    max_length: int = 256,
+    seed: int = 0,
+    progress: bool = True,
+) -> Any:
     """Teacher-forced quality of ``map`` as a substitute for the target's layer.
 
     On every text, the target's residual stream after its block ``layer`` is replaced by
@@ -146,20 +185,59 @@ def evaluate_substitution(
     predicted token, nats), ``ce_clean``, ``ce_substituted``, ``ce_ablated`` (nats per token),
     ``ce_recovered`` = (CE_abl − CE_sub)/(CE_abl − CE_clean), and ``alignment_rate``; 95%
     intervals by bootstrap over texts.
+
+    Several maps at once: ``map`` a ``{name: map}`` dict (and ``source`` one source for all, or a
+    ``{name: source}`` dict with the same names) returns ``{name: metrics}``. The target's mean,
+    clean and mean-ablated passes then run once per batch for all of them (the ablated pass once
+    per source tokenizer), and each distinct source model and layer runs once per batch.
     """
+    if isinstance(map, Mapping):
+        names = list(map)
+        if isinstance(source, Mapping):
+            if set(source) != set(names):
+                raise EvaluateError(
+                    f"source and map must name the same substitutions: {sorted(source)} vs {sorted(names)}"
+                )
+            cases = {k: (source[k], map[k]) for k in names}
+        else:
+            cases = {k: (source, map[k]) for k in names}
+        return _evaluate_substitutions(target, cases, texts, mean, batch_size, max_length, seed, progress)
+    if isinstance(source, Mapping):
+        raise EvaluateError("a {name: source} dict needs a {name: map} dict with the same names")
+    one = {"": (source, map)}
+    return _evaluate_substitutions(target, one, texts, mean, batch_size, max_length, seed, progress)[""]
+
+
+def _evaluate_substitutions(
+    target: Source,
+    cases: dict[str, tuple[Source, Any]],
+    texts: Any,
+    mean: Any,
+    batch_size: int,
+    max_length: int,
+    seed: int,
+    progress: bool,
+) -> dict[str, dict[str, dict[str, Any]]]:
     import torch
 
     from actbridge.align import pair_positions, pairable, same_tokenizer
     from actbridge.hooks import forward_padded, layer_indices, model_inputs, pad_batch
     from actbridge.replace import patch
+    from actbridge.steer import _torch_map
     from actbridge.texts import documents, render
 
-    (m_t, tok_t, l_t), (m_s, tok_s, l_s) = target, source
+    m_t, tok_t, l_t = target
     (l_t,) = layer_indices(m_t, [l_t])
-    (l_s,) = layer_indices(m_s, [l_s])
+    resolved: dict[str, tuple[Any, Any, int, Any]] = {}
+    for name, ((m_s, tok_s, l_s), m) in cases.items():
+        (l_s,) = layer_indices(m_s, [l_s])
+        resolved[name] = (m_s, tok_s, l_s, m)
     docs = [render(d, tok_t)[0] for d in documents(texts)]
-    shared = same_tokenizer(tok_s, tok_t)
     dev_t = next(m_t.parameters()).device
+    # Pairings depend on the two tokenizers only: cases with one source tokenizer share them
+    # (and the mean-ablated pass at the paired positions).
+    tokenizers = {id(tok_s): tok_s for m_s, tok_s, l_s, m in resolved.values()}
+    shared = {k: same_tokenizer(tok, tok_t) for k, tok in tokenizers.items()}
 
     def encode(tok: Any, batch: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         enc = tok(batch, return_offsets_mapping=True, truncation=True, max_length=max_length)
@@ -170,7 +248,7 @@ def evaluate_substitution(
 
     batches = [docs[k : k + batch_size] for k in range(0, len(docs), batch_size)]
     # One bar over every batch pass: the mean pass (when the mean is computed here), then the
-    # substitution pass (source + three target passes per batch).
+    # substitution pass (each source, the clean and ablated target, one target pass per map).
     bar = _progress_bar(len(batches) * (2 if mean is None else 1), progress)
     if mean is None:
         total: Any = 0.0
@@ -184,52 +262,69 @@ def evaluate_substitution(
             bar.update(1)
         mean = (total / count).float()
     mean_t = torch.as_tensor(mean, dtype=torch.float32)
-    cols: dict[str, list[float]] = {
-        k: [] for k in ("kl", "ce_clean", "ce_sub", "ce_abl", "tokens", "paired", "all")
-    }
-    map_module: dict[tuple[Any, Any], Any] = {}
-    from actbridge.steer import _torch_map
+    keys = ("kl", "ce_clean", "ce_sub", "ce_abl", "tokens", "paired", "all")
+    cols: dict[str, dict[str, list[float]]] = {name: {k: [] for k in keys} for name in cases}
+    map_modules: dict[str, dict[tuple[Any, Any], Any]] = {name: {} for name in cases}
 
     for batch in batches:
-        enc_t, enc_s = encode(tok_t, batch), encode(tok_s, batch)
+        enc_t = encode(tok_t, batch)
         ids_t, mask_t, st_t = pad_batch([e[0] for e in enc_t], tok_t)
         inputs_t = model_inputs(m_t, ids_t.to(dev_t), mask_t.to(dev_t))
-        hs_s, _, st_s = forward_padded(m_s, tok_s, [e[0] for e in enc_s], [l_s])
-        hs = hs_s[l_s]
-        b_idx, p_idx, src_rows = [], [], []
-        for i, ((ti, to), (si, so)) in enumerate(zip(enc_t, enc_s, strict=True)):
-            ps, pt = pair_positions(len(si), len(ti), so, to, shared=shared)
-            b_idx.append(np.full(len(pt), i))
-            p_idx.append(st_t[i] + pt)
-            src_rows.append(hs[i, torch.as_tensor(st_s[i] + ps, device=hs.device)])
-            cols["paired"].append(len(pt))
-            cols["all"].append(pairable(len(ti), None if shared else to))
-        module = _torch_map(map, hs.device, torch.float32, map_module)
-        with torch.inference_mode():
-            mapped = module(torch.cat(src_rows).float())
-        bi, pi = np.concatenate(b_idx), np.concatenate(p_idx)
         with torch.inference_mode():
             clean = m_t(**inputs_t).logits.float().log_softmax(-1)
-            with patch(m_t, l_t, bi, pi, mapped):
-                sub = m_t(**inputs_t).logits.float().log_softmax(-1)
-            with patch(m_t, l_t, bi, pi, mean_t.expand(len(bi), -1)):
+        # Per source tokenizer: encodings, paired positions and the mean-ablated logits.
+        pairing: dict[int, tuple[Any, ...]] = {}
+        for key, tok_s in tokenizers.items():
+            enc_s = encode(tok_s, batch)
+            pairs = [
+                pair_positions(len(si), len(ti), so, to, shared=shared[key])
+                for (ti, to), (si, so) in zip(enc_t, enc_s, strict=True)
+            ]
+            bi = np.concatenate([np.full(len(pt), i) for i, (_, pt) in enumerate(pairs)])
+            pi = np.concatenate([st_t[i] + pt for i, (_, pt) in enumerate(pairs)])
+            with torch.inference_mode(), patch(m_t, l_t, bi, pi, mean_t.expand(len(bi), -1)):
                 abl = m_t(**inputs_t).logits.float().log_softmax(-1)
-        ids = ids_t.to(dev_t)
-        for i, (ti, _) in enumerate(enc_t):
-            a, n = int(st_t[i]), len(ti)
-            if n < 2:
-                for k in ("kl", "ce_clean", "ce_sub", "ce_abl", "tokens"):
-                    cols[k].append(0.0)
-                continue
-            nxt = ids[i, a + 1 : a + n].unsqueeze(-1)
-            lc, ls, la = clean[i, a : a + n - 1], sub[i, a : a + n - 1], abl[i, a : a + n - 1]
-            cols["ce_clean"].append(float(-lc.gather(-1, nxt).sum()))
-            cols["ce_sub"].append(float(-ls.gather(-1, nxt).sum()))
-            cols["ce_abl"].append(float(-la.gather(-1, nxt).sum()))
-            cols["kl"].append(float((lc.exp() * (lc - ls)).sum()))
-            cols["tokens"].append(float(n - 1))
+            pairing[key] = (enc_s, pairs, bi, pi, abl)
+        states: dict[tuple[int, int, int], Any] = {}  # (source model, tokenizer, layer) -> states
+        for name, (m_s, tok_s, l_s, m) in resolved.items():
+            enc_s, pairs, bi, pi, abl = pairing[id(tok_s)]
+            skey = (id(m_s), id(tok_s), l_s)
+            if skey not in states:
+                hs_s, _, st_s = forward_padded(m_s, tok_s, [e[0] for e in enc_s], [l_s])
+                states[skey] = (hs_s[l_s], st_s)
+            hs, st_s = states[skey]
+            src_rows = [
+                hs[i, torch.as_tensor(st_s[i] + ps, device=hs.device)] for i, (ps, _) in enumerate(pairs)
+            ]
+            module = _torch_map(m, hs.device, torch.float32, map_modules[name])
+            with torch.inference_mode():
+                mapped = module(torch.cat(src_rows).float())
+                with patch(m_t, l_t, bi, pi, mapped):
+                    sub = m_t(**inputs_t).logits.float().log_softmax(-1)
+            c = cols[name]
+            ids = ids_t.to(dev_t)
+            for i, ((ti, to), (_, pt)) in enumerate(zip(enc_t, pairs, strict=True)):
+                c["paired"].append(len(pt))
+                c["all"].append(pairable(len(ti), None if shared[id(tok_s)] else to))
+                a, n = int(st_t[i]), len(ti)
+                if n < 2:
+                    for k in ("kl", "ce_clean", "ce_sub", "ce_abl", "tokens"):
+                        c[k].append(0.0)
+                    continue
+                nxt = ids[i, a + 1 : a + n].unsqueeze(-1)
+                lc, ls, la = clean[i, a : a + n - 1], sub[i, a : a + n - 1], abl[i, a : a + n - 1]
+                c["ce_clean"].append(float(-lc.gather(-1, nxt).sum()))
+                c["ce_sub"].append(float(-ls.gather(-1, nxt).sum()))
+                c["ce_abl"].append(float(-la.gather(-1, nxt).sum()))
+                c["kl"].append(float((lc.exp() * (lc - ls)).sum()))
+                c["tokens"].append(float(n - 1))
         bar.update(1)
     bar.close()
+    return {name: _substitution_metrics(c, len(docs), seed) for name, c in cols.items()}
+
+
+def _substitution_metrics(cols: dict[str, list[float]], texts: int, seed: int) -> dict[str, dict[str, Any]]:
+    """Per-token means with bootstrap intervals over texts from one substitution's columns."""
     per_doc = {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
 
     def per_token(name: str) -> Any:
@@ -250,7 +345,7 @@ def evaluate_substitution(
     out["ce_recovered"] = {"value": value, "ci95": ci}
     value, ci = bootstrap_ci(per_doc, lambda s: s["paired"] / s["all"], seed=seed)
     out["alignment_rate"] = {"value": value, "ci95": ci}
-    out["texts"] = {"value": len(docs)}
+    out["texts"] = {"value": texts}
     out["tokens"] = {"value": int(per_doc["tokens"].sum())}
     return out
 
