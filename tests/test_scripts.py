@@ -107,7 +107,8 @@ def test_demo_smoke_writes_a_report_and_reuses_its_cache(tmp_path):
     assert len(ab.ActivationStore(tmp_path / "d" / "pairs")) == rows  # the finished store is reused
     batches = -(-6 // 8) * 2  # the mean pass and the substitution pass over 6 texts, batches of 8
     assert "substitution eval: 100%" in r.stderr and f"{batches}/{batches}" in r.stderr
-    assert "sweep generations: 100%" in r.stderr and "72/72" in r.stderr  # 9 conditions x 8 prompts
+    # 9 conditions x 8 prompts x 6 new tokens, counted token by token
+    assert "sweep generations: 100%" in r.stderr and "432/432" in r.stderr
 
 
 def test_collect_benchmark_smoke(tmp_path):

@@ -248,14 +248,35 @@ def generate_conditions(
         ((c, p) for c in range(len(conds)) for p in range(len(ids))), key=lambda cp: len(ids[cp[1]])
     )
     out: list[list[str]] = [[""] * len(ids) for _ in conds]
-    bar = tqdm(total=len(rows), desc="sweep generations", unit="row", disable=not progress, mininterval=1.0)
+    # Counted in generated tokens (one per row per decode step), so a sweep of one large batch
+    # still moves and shows an ETA.
+    bar = tqdm(
+        total=len(rows) * max_new_tokens,
+        desc="sweep generations",
+        unit="tok",
+        unit_scale=True,
+        disable=not progress,
+        mininterval=1.0,
+    )
+    def counter(rows_in_batch: int, until: int) -> Any:
+        def tick(*_: Any) -> None:  # one forward call = one new token per row
+            if bar.n < until:
+                bar.update(min(rows_in_batch, until - bar.n))
+
+        return tick
+
     for k in range(0, len(rows), size):
         chunk = rows[k : k + size]
-        with steer_rows(model, [conds[c] for c, _ in chunk]):
-            texts = generate_batch(model, tokenizer, [ids[p] for _, p in chunk], max_new_tokens)
+        done = bar.n
+        tick = model.register_forward_hook(counter(len(chunk), done + len(chunk) * max_new_tokens))
+        try:
+            with steer_rows(model, [conds[c] for c, _ in chunk]):
+                texts = generate_batch(model, tokenizer, [ids[p] for _, p in chunk], max_new_tokens)
+        finally:
+            tick.remove()
+        bar.update(done + len(chunk) * max_new_tokens - bar.n)  # rows that stopped early
         for (c, p), text in zip(chunk, texts, strict=True):
             out[c][p] = text
-        bar.update(len(chunk))
     bar.close()
     return out
 
