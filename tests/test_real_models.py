@@ -111,3 +111,28 @@ def test_smollm2_to_gemma_pairs_align_by_characters(tmp_path, smol, gemma):
         for site, hs, pos in (("source", hs_s, sp[rows]), ("target", hs_t, tp[rows])):
             want = hs[pos].float().numpy()
             np.testing.assert_allclose(store.read(site, rows), want, atol=1e-2 * np.abs(want).max(), rtol=0)
+
+
+def test_a_sweep_in_one_batched_pass_generates_what_cell_by_cell_runs_do(smol):
+    """SmolLM2: 2 vectors x 2 alphas (+ unsteered) over 8 prompts, once cell by cell (one
+    `with ab.steer` block and one generate() per cell) and once as one batched sweep: greedy
+    completions agree row for row (other batch shapes could flip a token only at a tie in the
+    logits; none was seen in 768 rows of benches/bench_sweep.py)."""
+    model, tok = smol
+    pos = ["I love this, it is wonderful.", "What a delightful, happy day."]
+    neg = ["I hate this, it is awful.", "What a miserable, gloomy day."]
+    v = ab.SteeringVector.from_contrast(model, tok, pos, neg, 12, positions="all")
+    noise = v.random_like(np.random.default_rng(0))
+    prompts = [" ".join(t.split()[:6]) for t in ab.load_corpus()[:8]]
+    conds = [ab.rowwise.UNSTEERED] + ab.rowwise.grid({"v": v, "noise": noise}, [-6.0, 6.0])
+    cells = []
+    for c in conds:
+        if c.steers:
+            with ab.steer(model, c.vector, alpha=c.alpha, positions=c.positions):
+                cells.append(ab.generation.generate(model, tok, prompts, 12))
+        else:
+            cells.append(ab.generation.generate(model, tok, prompts, 12))
+    swept = ab.generate_conditions(model, tok, conds, prompts, 12)
+    same = sum(a == b for cell, row in zip(cells, swept, strict=True) for a, b in zip(cell, row, strict=True))
+    assert same >= 0.99 * len(conds) * len(prompts), same
+    assert swept[1] != swept[0]  # the vector does steer
