@@ -170,8 +170,9 @@ def resumable_rows(
 
     many = compute_many or (lambda ks: [compute(k) for k in ks])  # type: ignore[misc]
     missing = [key for key in keys if find(key) is None]
-    for start in range(0, len(missing), group if compute_many else 1):
-        todo = missing[start : start + (group if compute_many else 1)]
+    step = group if compute_many else 1
+    for start in range(0, len(missing), step):
+        todo = missing[start : start + step]
         got = many(todo)
         if len(got) != len(todo):
             raise RuntimeError(f"compute_many returned {len(got)} rows for {len(todo)} keys")

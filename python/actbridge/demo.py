@@ -175,17 +175,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     # Every condition (unsteered, each vector with +alpha and -alpha) in one batched pass; each
     # vector is scaled to the native vector's norm, so alpha means the same for all.
     conditions = [ab.rowwise.UNSTEERED]
+    vector_of: list[str | None] = [None]  # the vector each condition steers with
     for name, v in vectors.items():
         scaled = ab.SteeringVector(v.vector / max(v.norm, 1e-12) * native.norm, l_t)
         for sign, label in ((1.0, "+"), (-1.0, "-")):
             conditions.append(ab.rowwise.Condition(scaled, sign * args.alpha, "all", label=f"{name} {label}"))
+            vector_of.append(name)
     outs = ab.rowwise.generate_conditions(
         m_t, tok_t, conditions, prompts, args.new_tokens, progress=not args.quiet
     )
-    for cond, completions in zip(conditions, outs, strict=True):
+    for cond, steered_by, completions in zip(conditions, vector_of, outs, strict=True):
         entry: dict[str, Any] = {"completions": completions, "sentiment": [sentiment(c) for c in completions]}
-        if cond.steers:
-            entry["cosine_to_native"] = cos[cond.label.rsplit(" ", 1)[0]]
+        if steered_by is not None:
+            entry["cosine_to_native"] = cos[steered_by]
         steering[cond.label] = entry
     timings["steer"] = time.perf_counter() - t0
 

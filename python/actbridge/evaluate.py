@@ -269,7 +269,8 @@ def _evaluate_substitutions(
     for batch in batches:
         enc_t = encode(tok_t, batch)
         ids_t, mask_t, st_t = pad_batch([e[0] for e in enc_t], tok_t)
-        inputs_t = model_inputs(m_t, ids_t.to(dev_t), mask_t.to(dev_t))
+        ids = ids_t.to(dev_t)
+        inputs_t = model_inputs(m_t, ids, mask_t.to(dev_t))
         with torch.inference_mode():
             clean = m_t(**inputs_t).logits.float().log_softmax(-1)
         # Per source tokenizer: encodings, paired positions and the mean-ablated logits.
@@ -302,7 +303,6 @@ def _evaluate_substitutions(
                 with patch(m_t, l_t, bi, pi, mapped):
                     sub = m_t(**inputs_t).logits.float().log_softmax(-1)
             c = cols[name]
-            ids = ids_t.to(dev_t)
             for i, ((ti, to), (_, pt)) in enumerate(zip(enc_t, pairs, strict=True)):
                 c["paired"].append(len(pt))
                 c["all"].append(pairable(len(ti), None if shared[id(tok_s)] else to))

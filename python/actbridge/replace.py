@@ -37,6 +37,7 @@ class substitute(Intervention):  # noqa: N801 - used like a function in `with`
         self.map = map
         self._modules: dict[tuple[Any, Any], Any] = {}
         self._cache: Any = None
+        self._cache_keyword: str | None = None  # looked up at the first cached call
 
     def _source_states(self) -> Any:
         """The source model's block output for the target's current call."""
@@ -61,7 +62,9 @@ class substitute(Intervention):  # noqa: N801 - used like a function in `with`
                 from transformers import DynamicCache
 
                 self._cache = DynamicCache(config=self.source.config)
-            kwargs[cache_keyword(self.source)] = self._cache
+            if self._cache_keyword is None:
+                self._cache_keyword = cache_keyword(self.source)
+            kwargs[self._cache_keyword] = self._cache
         calls.paused = True  # the source may be the target itself (e.g. identity checks)
         try:
             with torch.no_grad():  # not inference_mode: the target's pass may track gradients
