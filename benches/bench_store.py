@@ -4,7 +4,12 @@ Writes a store of N rows x D bfloat16 (default 1,000,000 x 1024, ~2 GB) and the 
 float16 ``.npy`` file, then measures side by side (median of --repeats runs):
 
 - shuffled batches: ``store.batches(shuffle=True)`` vs ``np.memmap`` fancy indexing
-  ``mm[idx].astype(float32)`` with the same shuffled indices;
+  ``mm[idx].astype(float32)`` with the same shuffled indices, and vs the machine's ``memcpy``
+  (``np.copyto`` of 256 MiB into a warm buffer), all in interleaved rounds. Memory traffic is
+  bytes read plus bytes written: 2 + 4 per element for a bf16 -> f32 batch, 4 + 4 for memcpy.
+  The shuffled gather runs at every vector level this CPU has (``ACTBRIDGE_SIMD`` =
+  ``avx512``, ``avx2``, ``portable``; one worker process per level), so an AVX-512 machine
+  also measures the AVX2 + F16C path that machines without AVX-512 take;
 - block-shuffled batches (the mode for stores larger than RAM);
 - sequential read: ``store.read(slice)`` vs ``mm[slice].astype(float32)``;
 - append: ``StoreWriter.append`` of float32 rows (converted to bf16, checksummed, fsynced) vs
@@ -18,16 +23,73 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import multiprocessing as mp
 import os
 import shutil
+import statistics
 import sys
+import time
 from pathlib import Path
 
 import actbridge as ab
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from timing import median_time  # noqa: E402
+from timing import interleaved_times, median_ratio, median_time  # noqa: E402
+
+LEVELS = ("avx512", "avx2", "portable")
+
+
+def level_worker(conn, store_path: str, perm: np.ndarray, bs: int, n_batches: int, d: int) -> None:
+    """Serve timed shuffled epochs at this process's ``ACTBRIDGE_SIMD`` level."""
+    store = ab.ActivationStore(store_path)
+    active = ab.simd_levels().active
+
+    def epoch() -> None:
+        it = store.batches("x", batch_size=bs, shuffle=True, seed=1, rows=perm)
+        for b in itertools.islice(it, n_batches):
+            assert b["x"].shape == (bs, d)
+
+    epoch()  # warm: maps the pages, starts rayon
+    conn.send(active)
+    while conn.recv():
+        t0 = time.perf_counter()
+        epoch()
+        conn.send(time.perf_counter() - t0)
+
+
+def start_level_workers(levels, store_path, perm, bs, n_batches, d):
+    """One worker per level, spawned with ``ACTBRIDGE_SIMD`` set; returns ``{level: conn}``."""
+    ctx = mp.get_context("spawn")
+    workers = {}
+    for level in levels:
+        parent, child = ctx.Pipe()
+        old = os.environ.get("ACTBRIDGE_SIMD")
+        os.environ["ACTBRIDGE_SIMD"] = level
+        try:
+            proc = ctx.Process(target=level_worker, args=(child, str(store_path), perm, bs, n_batches, d))
+            proc.start()
+            child.close()  # so a worker that dies unblocks recv() with EOFError
+        finally:
+            if old is None:
+                os.environ.pop("ACTBRIDGE_SIMD", None)
+            else:
+                os.environ["ACTBRIDGE_SIMD"] = old
+        active = parent.recv()
+        if active == level:  # a level above the CPU's runs as a lower one: skip it
+            workers[level] = (parent, proc)
+        else:
+            parent.send(False)
+            proc.join()
+    return workers
+
+
+def remote(conn):
+    def run() -> float:
+        conn.send(True)
+        return conn.recv()
+
+    return run
 
 
 def bench_append(store_path: Path, npy_path: Path, chunk: np.ndarray, n: int, repeats: int):
@@ -66,6 +128,8 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=5)
     p.add_argument("--dir", default="bench-data")
     p.add_argument("--keep", action="store_true", help="keep the data directory afterwards")
+    p.add_argument("--levels", default=",".join(LEVELS), help="vector levels to time the shuffled gather at")
+    p.add_argument("--memcpy-mib", type=int, default=256, help="size of the memcpy reference")
     args = p.parse_args()
     n, d, bs = args.rows, args.dim, args.batch
     root = Path(args.dir)
@@ -97,11 +161,6 @@ def main() -> None:
     rows_timed = n_batches * bs
     perm = np.random.default_rng(1).permutation(n)[:rows_timed]
 
-    def ours_shuffled() -> None:
-        it = store.batches("x", batch_size=bs, shuffle=True, seed=1, rows=perm)
-        for b in itertools.islice(it, n_batches):
-            assert b["x"].shape == (bs, d)
-
     def ours_block() -> None:
         it = store.batches("x", batch_size=bs, shuffle="block", seed=1)
         for b in itertools.islice(it, n_batches):
@@ -112,9 +171,54 @@ def main() -> None:
             b = mm[perm[i * bs : (i + 1) * bs]].astype(np.float32)
             assert b.shape == (bs, d)
 
-    t_ours = median_time(ours_shuffled, args.repeats)
+    copy_src = np.random.default_rng(2).standard_normal(args.memcpy_mib << 18, dtype=np.float32)
+    copy_dst = np.empty_like(copy_src)
+    copy_dst[:] = copy_src
+
+    def memcpy() -> None:
+        np.copyto(copy_dst, copy_src)
+
+    workers = start_level_workers(args.levels.split(","), store_path, perm, bs, n_batches, d)
+    fns = {"numpy": numpy_shuffled, "memcpy": memcpy}
+    fns.update({f"level {k}": remote(conn) for k, (conn, _) in workers.items()})
+    # Each remote call returns the worker's own timing; the parent's covers the pipe too.
+    remote_times: dict[str, list[float]] = {k: [] for k in fns if k.startswith("level")}
+    wrapped = {}
+    for k, f in fns.items():
+        if k in remote_times:
+            wrapped[k] = lambda f=f, k=k: remote_times[k].append(f())
+        else:
+            wrapped[k] = f
+    times = interleaved_times(wrapped, args.repeats)
+    for k in remote_times:
+        times[k] = remote_times[k]
+    for conn, proc in workers.values():
+        conn.send(False)
+        proc.join()
+    memcpy_traffic = 2 * copy_src.nbytes / statistics.median(times["memcpy"])
+    t_np = statistics.median(times["numpy"])
+    elems = rows_timed * d
+    print(
+        f"# memcpy (np.copyto, {args.memcpy_mib} MiB, warm destination): "
+        f"{memcpy_traffic / 1e9:.1f} GB/s read + written"
+    )
+    print("| shuffled bf16 -> f32 batches | M rows/s | GB/s in | traffic GB/s | % of memcpy | vs np.memmap |")
+    print("|---|---|---|---|---|---|")
+    print(
+        f"| np.memmap f16 fancy idx + astype | {rows_timed / t_np / 1e6:.2f} | {2 * elems / t_np / 1e9:.2f} "
+        f"| {6 * elems / t_np / 1e9:.1f} | {6 * elems / t_np / memcpy_traffic:.0%} | 1.00x |"
+    )
+    for k in remote_times:
+        t = statistics.median(times[k])
+        print(
+            f"| actbridge, ACTBRIDGE_SIMD={k.split()[1]} | {rows_timed / t / 1e6:.2f} "
+            f"| {2 * elems / t / 1e9:.2f} "
+            f"| {6 * elems / t / 1e9:.1f} | {6 * elems / t / memcpy_traffic:.0%} "
+            f"| {median_ratio(times['numpy'], times[k]):.2f}x |"
+        )
+    print()
+    t_ours = statistics.median(times[next(iter(remote_times))]) if remote_times else float("nan")
     t_block = median_time(ours_block, args.repeats)
-    t_np = median_time(numpy_shuffled, args.repeats)
 
     # -- sequential ---------------------------------------------------------------------------
     seq_rows = min(n, 262144)
@@ -143,7 +247,7 @@ def main() -> None:
         "| reference        | GB/s*      | speed-up |"
     )
     print("|---|---|---|---|---|---|---|")
-    line("shuffled batches", rows_timed, t_ours, t_np, "np.memmap f16 fancy idx + astype")
+    line("shuffled (default level)", rows_timed, t_ours, t_np, "np.memmap f16 fancy idx + astype")
     line("block-shuffled batches", rows_timed, t_block, t_np, "np.memmap f16 fancy idx + astype")
     line("sequential read", seq_rows, t_seq, t_np_seq, "np.memmap f16 slice + astype")
     line("append (f32 in, fsync)", n, t_store_w, t_npy_cw, "np.save(x.astype(f16)) + fsync")

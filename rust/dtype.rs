@@ -3,12 +3,11 @@
 //! Stored site dtypes are float32, float16 and bfloat16; columns are int64. Reads convert to
 //! float32, float64, float16 or bfloat16. float32 -> bfloat16 rounds to nearest, ties to even,
 //! and keeps NaN a (quiet) NaN, exactly like `torch.Tensor.to(torch.bfloat16)`. The bfloat16
-//! loops are compiled for AVX-512 and AVX2 and chosen at run time (the wheel runs on any x86-64);
-//! float16 uses `half`'s F16C paths, also dispatched at run time.
+//! loops are compiled for AVX-512 and AVX2 and chosen at run time by [`crate::simd`] (the wheel
+//! runs on any x86-64); float16 uses `half`'s F16C paths, which `half` detects by itself.
 
 use half::slice::HalfFloatSliceExt;
 use half::{bf16, f16};
-use multiversion::multiversion;
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Result, StoreError};
@@ -238,16 +237,17 @@ pub fn f64_to_f32_round_odd(x: f64) -> f32 {
     f32::from_bits(bits | 1)
 }
 
+crate::simd::dispatch! {
 /// bfloat16 bits -> float32: the 16 bits become the high half.
-#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
 pub fn bf16_to_f32(src: &[u16], dst: &mut [f32]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         *d = f32::from_bits((s as u32) << 16);
     }
 }
+}
 
+crate::simd::dispatch! {
 /// float32 -> bfloat16 bits, round to nearest even; NaN stays a quiet NaN with its sign.
-#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2"))]
 pub fn f32_to_bf16(src: &[f32], dst: &mut [u16]) {
     for (d, &s) in dst.iter_mut().zip(src) {
         let b = s.to_bits();
@@ -259,6 +259,7 @@ pub fn f32_to_bf16(src: &[f32], dst: &mut [u16]) {
             rounded as u16
         };
     }
+}
 }
 
 /// `convert` split across rayon threads in runs of 64 Ki elements.

@@ -4,7 +4,9 @@
 pub mod dtype;
 pub mod error;
 pub mod fit;
+pub mod simd;
 pub mod store;
+pub mod stream;
 
 #[cfg(feature = "python")]
 mod python;

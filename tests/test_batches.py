@@ -120,3 +120,103 @@ def test_exit_with_an_unfinished_iterator_is_clean(store):
     )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and r.stderr == "", r.stderr
+
+
+@pytest.mark.parametrize("prefetch", [0, 1, 3])
+def test_batches_held_by_the_user_are_never_overwritten(store, prefetch):
+    """The batch thread recycles arrays nobody references; every kind of holder (the dict, an
+    array, a view, a torch tensor sharing its memory) keeps its batch intact."""
+    torch = pytest.importorskip("torch")
+    s, x = store
+    kept = []
+    for k, b in enumerate(s.batches(["x", "token_id"], batch_size=16, seed=5, prefetch=prefetch)):
+        ids = b["token_id"].copy()
+        holders = [
+            (lambda h: h["x"], b, slice(None)),
+            (np.asarray, b["x"], slice(None)),
+            (np.asarray, b["x"][2:], slice(2, None)),
+            (lambda t: t.numpy(), torch.from_numpy(b["x"]), slice(None)),
+        ]
+        kept.append((ids, *holders[k % 4]))
+        del b, holders  # only the kept holder refers to this batch now
+    assert len(kept) == -(-N // 16)
+    for ids, as_array, holder, rows in kept:
+        np.testing.assert_array_equal(as_array(holder), x[ids][rows])
+
+
+def test_released_batches_are_recycled_without_changing_what_is_seen(store):
+    """Dropping each batch lets the thread reuse its memory: the data pointers repeat, and
+    every batch still holds exactly its rows."""
+    s, x = store
+    pointers = set()
+    for b in s.batches(["x", "token_id"], batch_size=32, seed=1, prefetch=1):
+        np.testing.assert_array_equal(b["x"], x[b["token_id"]])
+        pointers.add(b["x"].ctypes.data)
+    assert len(pointers) < -(-N // 32)  # fewer distinct buffers than batches
+
+
+def test_every_vector_level_gathers_the_same_bits(tmp_path):
+    """ACTBRIDGE_SIMD caps the kernels (the AVX2 paths run on an AVX-512 machine, the portable
+    ones on any): batches and reads are bit-identical at every level, for each stored dtype."""
+    import os
+    import subprocess
+    import sys
+
+    rng = np.random.default_rng(2)
+    x = rng.standard_normal((3000, 1024)).astype(np.float32) * 10.0
+    x[0, :8] = [np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-40, 6e4, -7e4]
+    path = tmp_path / "s"
+    dtypes = {"b": "bfloat16", "h": "float16", "f": "float32"}
+    with ab.StoreWriter(path, sites={k: 1024 for k in dtypes}, dtype=dtypes, shard_rows=1100) as w:
+        w.append(b=x, h=np.clip(x, -6e4, 6e4), f=x)
+    code = (
+        "import sys, numpy as np, actbridge as ab\n"
+        f"s = ab.ActivationStore({str(path)!r})\n"
+        "out = {}\n"
+        "for k in 'bhf':\n"
+        "    out[k + '_batches'] = np.concatenate([b[k] for b in s.batches(k, batch_size=2048, seed=3)])\n"
+        "    out[k + '_read'] = s.read(k, np.random.default_rng(4).permutation(3000))\n"
+        "np.savez(sys.argv[1], level=ab.simd_levels().active, **out)\n"
+    )
+    results = {}
+    for level in ("avx512", "avx2", "portable"):
+        out = tmp_path / f"{level}.npz"
+        env = dict(os.environ, ACTBRIDGE_SIMD=level)
+        subprocess.run([sys.executable, "-c", code, str(out)], check=True, env=env, timeout=120)
+        with np.load(out) as f:
+            results[level] = {k: f[k] for k in f.files}
+    ran = {str(r["level"]) for r in results.values()}
+    # Levels above this CPU's run as its own; the portable one always runs.
+    assert "portable" in ran
+    assert len(ran) == {"portable": 1, "avx2": 2, "avx512": 3}[ab.simd_levels().detected]
+    ref = results["portable"]
+    for level, got in results.items():
+        for k in ref:
+            if k != "level":
+                assert got[k].tobytes() == ref[k].tobytes(), (level, k)
+    # and the values are the stored ones
+    np.testing.assert_array_equal(ref["f_read"], x[np.random.default_rng(4).permutation(3000)])
+
+
+def test_recycling_survives_weak_references_and_in_place_reshapes(store):
+    """An array revived through a weak reference keeps its rows, and one reshaped or resized in
+    place before it was dropped is not handed out again with the wrong shape."""
+    import weakref
+
+    s, x = store
+    revived = []
+    for k, b in enumerate(s.batches(["x", "token_id"], batch_size=16, seed=2, prefetch=1)):
+        assert b["x"].shape == (min(16, N - 16 * k), 6)
+        np.testing.assert_array_equal(b["x"], x[b["token_id"]])
+        if k % 3 == 0:
+            revived.append((b["token_id"].copy(), weakref.ref(b["x"])))
+        elif k % 3 == 1:
+            b["x"].shape = (-1,)
+        else:
+            arr = b.pop("x")
+            arr.resize((4, 6), refcheck=False)
+            del arr
+    for ids, ref in revived:
+        arr = ref()
+        if arr is not None:  # still alive: only weakly referenced, never overwritten
+            np.testing.assert_array_equal(arr, x[ids])

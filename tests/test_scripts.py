@@ -38,12 +38,21 @@ def test_store_benchmark_smoke(tmp_path):
         "4",
         "--repeats",
         "1",
+        "--memcpy-mib",
+        "16",
         "--dir",
         str(tmp_path / "b"),
         cwd=tmp_path,
     )
-    for op in ["shuffled batches", "block-shuffled batches", "sequential read", "append"]:
+    for op in [
+        "shuffled (default level)",
+        "actbridge, ACTBRIDGE_SIMD=portable",
+        "block-shuffled batches",
+        "sequential read",
+        "append",
+    ]:
         assert f"| {op}" in out
+    assert "# memcpy" in out
     assert not (tmp_path / "b").exists()  # cleaned up
 
 

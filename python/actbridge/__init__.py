@@ -49,6 +49,7 @@ from actbridge.steer import (
 )
 from actbridge.store import ActivationStore, StoreWriter
 from actbridge.texts import TextsError, load_corpus
+from actbridge.versions import SimdLevels, simd_levels
 
 __version__ = "0.1.0"
 
@@ -58,6 +59,7 @@ __all__ = [
     "ActivationStore",
     "AffineMap",
     "AffineStats",
+    "SimdLevels",
     "AutoencoderMap",
     "CollectError",
     "CollectWarning",
@@ -94,6 +96,7 @@ __all__ = [
     "mean_ablate",
     "patch",
     "rouge_l",
+    "simd_levels",
     "steer",
     "steer_rows",
     "substitute",

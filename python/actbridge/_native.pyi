@@ -21,6 +21,7 @@ __all__ = [
     "BatchIter",
     "DEFAULT_PAGE_BUDGET",
     "register_blas",
+    "simd_levels",
     "unregister_blas",
     "gemm_backend",
     "register_dense_sgemm",
@@ -31,6 +32,7 @@ __all__ = [
 
 DEFAULT_PAGE_BUDGET: int
 
+def simd_levels() -> tuple[str, str, str | None]: ...  # (detected, active, ACTBRIDGE_SIMD)
 def register_blas(ssyrk: int, sgemm: int, sgemv: int, ilp64: bool) -> None: ...  # routine addresses
 def unregister_blas() -> None: ...
 def gemm_backend() -> str: ...

@@ -344,8 +344,10 @@ class ActivationStore:
         ``block_rows`` consecutive rows in random order, rows shuffled within windows of
         ``window_blocks`` blocks, so reads stay local). ``seed`` and ``epoch`` select the
         permutation. Batches are gathered in parallel in Rust, ``prefetch`` ahead on a
-        background thread; every array is new and owned by numpy. ``len()`` of the iterator
-        is the number of batches left.
+        background thread; every array is owned by numpy and yours to keep or modify (the thread
+        recycles the memory of batches once nothing references them any more, weakly or
+        strongly, so a training loop does not page-fault fresh memory per batch). ``len()`` of
+        the iterator is the number of batches left.
         """
         if isinstance(names, str):
             names = [names]

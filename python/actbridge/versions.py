@@ -14,6 +14,7 @@ import platform
 import re
 import sys
 from importlib import metadata
+from typing import NamedTuple
 
 #: The oldest release of each dependency that actbridge supports (distribution names): the
 #: lower bounds of ``pyproject.toml`` (a test keeps the two equal). transformers 4.56 is the
@@ -57,16 +58,44 @@ def installed() -> dict[str, str | None]:
     return out
 
 
+class SimdLevels(NamedTuple):
+    """The x86 vector extensions the Rust kernels use: ``"avx512"``, ``"avx2"`` or
+    ``"portable"``. ``active`` is ``detected`` capped by the ``ACTBRIDGE_SIMD`` environment
+    variable (read once, at the first kernel call; ``requested`` is its raw value, None when
+    unset). Every level computes bit-identical results; the cap exists to measure and test, on
+    an AVX-512 machine, the AVX2 paths that machines without AVX-512 take."""
+
+    detected: str
+    active: str
+    requested: str | None
+
+    @property
+    def requested_is_valid(self) -> bool:
+        return self.requested is None or self.requested in ("avx512", "avx2", "portable")
+
+
+def simd_levels() -> SimdLevels:
+    """The vector level this CPU supports, the one in use, and what ``ACTBRIDGE_SIMD`` asks."""
+    from actbridge import _native
+
+    return SimdLevels(*_native.simd_levels())
+
+
 def report() -> str:
     """A plain-text table: Python, platform, actbridge, and each dependency (installed, oldest)."""
     try:
         own = metadata.version("actbridge")
     except metadata.PackageNotFoundError:
         own = "not installed"
+    simd = simd_levels()
+    cap = "unset" if simd.requested is None else repr(simd.requested)
+    if not simd.requested_is_valid:
+        cap += " (not a level: ignored)"
     lines = [
         f"python        {platform.python_version()} ({platform.python_implementation()})",
         f"platform      {platform.platform()}",
         f"actbridge     {own}",
+        f"simd          {simd.active} (this CPU: {simd.detected}; ACTBRIDGE_SIMD {cap})",
         f"{'package':<16}{'installed':<14}oldest supported",
     ]
     for name, version in installed().items():

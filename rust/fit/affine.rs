@@ -15,7 +15,6 @@
 use faer::linalg::matmul::matmul;
 use faer::linalg::solvers::Solve;
 use faer::{Accum, Mat, Par, Side};
-use multiversion::multiversion;
 use rayon::prelude::*;
 
 use super::{gemm, FitError, FitResult};
@@ -758,9 +757,9 @@ fn shift_and_sum(
     Ok((sum, sq, shift))
 }
 
+crate::simd::dispatch! {
 /// `sum += src - p`, and when given, `sq += (src - p)²` and `dst = src - p` (all length `d`,
 /// or empty for "not wanted"), in f32.
-#[multiversion(targets("x86_64+avx512f+avx512bw", "x86_64+avx2+fma"))]
 fn shift_row(src: &[f32], p: &[f32], dst: &mut [f32], sum: &mut [f32], sq: &mut [f32]) {
     // Equal lengths up front, so the loops carry no bounds checks and vectorise.
     let n = sum.len();
@@ -797,6 +796,7 @@ fn shift_row(src: &[f32], p: &[f32], dst: &mut [f32], sum: &mut [f32], sq: &mut 
             }
         }
     }
+}
 }
 
 /// Relative size below which a Cholesky pivot counts as zero (f32 data carry ~7 digits).

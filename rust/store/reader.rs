@@ -15,8 +15,9 @@ use rayon::prelude::*;
 
 use super::manifest::{Manifest, ShardEntry, SiteSpec, MANIFEST};
 use super::shard::{self, ShardLayout};
-use crate::dtype::{convert, Float, Floats};
+use crate::dtype::{convert, Float, Floats, FloatsMut};
 use crate::error::{IoContext, Result, StoreError};
+use crate::stream::{widen_to_f32_streaming, STREAM_MIN_BYTES};
 
 /// `[dir]` for a single store; else the `part-*` subdirectories holding a manifest, in
 /// natural order (part-2 before part-10).
@@ -553,10 +554,14 @@ impl ActivationStore {
             return;
         }
         let prefetch = |shard: &MappedShard, local: u64| shard.prefetch_site_row(spec, site, local);
+        // A large float32 output is written with streaming stores (no read-for-ownership of
+        // lines about to be overwritten whole); a small one stays in cache for its reader.
+        let stream = std::mem::size_of_val(out) >= STREAM_MIN_BYTES;
         let runs = self.par_runs(ids, dim, out, prefetch, |shard, local, len, dst| {
-            match shard.site_rows(spec, site, local, len) {
-                Some(src) => convert(src, D::wrap_mut(dst)),
-                None => dst.fill(D::default()), // unreachable: ranges are validated at open
+            match (shard.site_rows(spec, site, local, len), D::wrap_mut(dst)) {
+                (Some(src), FloatsMut::F32(d)) if stream => widen_to_f32_streaming(src, d),
+                (Some(src), d) => convert(src, d),
+                (None, _) => dst.fill(D::default()), // unreachable: ranges are validated at open
             }
         });
         self.account(ids.len() as u64 * spec.dim * spec.dtype.size() as u64, runs);
