@@ -53,7 +53,7 @@ class RefusalPrompt:
 
 @cache
 def _all_prompts() -> tuple[RefusalPrompt, ...]:
-    data = resources.files("actbridge").joinpath("data", "refusal.jsonl").read_text(encoding="utf-8")
+    data = resources.files("actbridge").joinpath("data/refusal.jsonl").read_text(encoding="utf-8")
     return tuple(RefusalPrompt(**json.loads(line)) for line in data.splitlines() if line.strip())
 
 
