@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import importlib.util
 
-import numpy as np
-
 import actbridge as ab
+import numpy as np
 import pytest
 from actbridge import models
 from conftest import tiny_model, tiny_tokenizer
@@ -75,7 +74,13 @@ def _fake_parts(root, payload: bytes, count: int, part_bytes: int, module: str =
         (pkg / "__init__.py").write_text("")
         (pkg / "data" / f"part{k:02d}.bin").write_bytes(payload[(k - 1) * part_bytes : k * part_bytes])
     return GGUFParts(
-        module.replace("_", "-"), module, "1.0", count, part_bytes, len(payload), hashlib.sha256(payload).hexdigest()
+        module.replace("_", "-"),
+        module,
+        "1.0",
+        count,
+        part_bytes,
+        len(payload),
+        hashlib.sha256(payload).hexdigest(),
     )
 
 
