@@ -147,3 +147,21 @@ def test_the_readme_results_block_is_rewritten_in_place(tmp_path):
         )
         == []
     )
+
+
+def test_refusal_transfer_smoke_runs_every_step_and_resumes(tmp_path):
+    """Both pairs end to end on tiny models; a second run reuses every cached step."""
+    out = run("refusal_transfer.py", "--smoke", cwd=tmp_path)
+    assert "## qwen" in out and "## cross" in out and "scorings agree" in out
+    d = tmp_path / "experiments-out" / "tiny-refusal-transfer"
+    result = json.loads((d / "results.json").read_text())
+    for pair in ("qwen", "cross"):
+        r = result["pairs"][pair]
+        assert {row["vector"] for row in r["ablation"]} >= {"unsteered", "native", "noise seed0"}
+        assert any(v.startswith("mapped affine") for v in r["vectors"])
+        assert all(0 <= row["refusal"]["value"] <= 1 for row in r["ablation"] + r["addition"])
+        assert len(r["cost"]) == len(r["ablation"])
+    assert result["splits"]["test"]["harmful"] > 0
+    before = (d / "qwen" / "target" / "addition_rows.json").stat().st_mtime_ns
+    run("refusal_transfer.py", "--smoke", "--pairs", "qwen", cwd=tmp_path)
+    assert (d / "qwen" / "target" / "addition_rows.json").stat().st_mtime_ns == before  # resumed from cache
