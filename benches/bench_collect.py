@@ -4,9 +4,11 @@ Both sides run the same model on the same padded batches of the bundled corpus; 
 calls the model's decoder stack with its block list cut after the last collected layer (no
 hooks, no LM head, nothing copied or written). Also reports paired collection
 SmolLM2-135M-Instruct -> Gemma-3-270m (tokens/s counts both models' tokens) and the alignment
-rate. Medians of --repeats runs, one process.
+rate. With ``--qwen`` also the Qwen2.5-Coder-1.5B-Instruct (``--qwen-texts`` texts, layers
+``--qwen-layers``) and the paired Qwen 0.5B -> 1.5B collection. ``ab.collect`` and the bare pass
+alternate round by round; the overhead is the median of the per-round ratios.
 
-    python benches/bench_collect.py [--repeats 3] [--batch-size 8] [--device cpu]
+    python benches/bench_collect.py [--repeats 3] [--batch-size 8] [--device cpu] [--qwen]
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 
 import actbridge as ab  # noqa: E402
-from timing import median_time  # noqa: E402
+from timing import interleaved_times, median_ratio, median_time  # noqa: E402
 
 
 def bare_forward(model, tok, texts, layer: int, batch_size: int, max_length: int, device) -> int:
@@ -64,6 +66,9 @@ def main() -> None:
     p.add_argument("--max-length", type=int, default=512)
     p.add_argument("--layers", default="6,13")
     p.add_argument("--device", default=None)
+    p.add_argument("--qwen", action="store_true", help="add the Qwen2.5-Coder-1.5B and the 0.5B -> 1.5B pair")
+    p.add_argument("--qwen-texts", type=int, default=48)
+    p.add_argument("--qwen-layers", default="10,20")
     p.add_argument("--smoke", action="store_true", help="tiny random models (for the test suite)")
     args = p.parse_args()
     import torch
@@ -137,6 +142,90 @@ def main() -> None:
     print("|---|---|---|---|---|")
     print(
         f"| {names[0]} -> {names[1]} | {layers[-1]} -> {layers[0]} | {pair_tokens / t_pair:,.0f} "
+        f"| {len(store):,} | {store.metadata['alignment_rate']:.1%} |"
+    )
+
+    if args.qwen or args.smoke:
+        qwen_rows(args, device)
+
+
+def qwen_rows(args: argparse.Namespace, device) -> None:
+    """The overhead row for the Qwen2.5-Coder-1.5B and the paired 0.5B -> 1.5B collection."""
+    texts = ab.load_corpus()[: args.qwen_texts]
+    layers = [int(v) for v in args.qwen_layers.split(",")]
+    if args.smoke:
+        from actbridge.testing import tiny_model, tiny_tokenizer
+
+        tok = tiny_tokenizer("bpe")
+        m_t, m_s = (
+            tiny_model("llama", vocab=len(tok), layers=4, d=48),
+            tiny_model("llama", vocab=len(tok), layers=3),
+        )
+        tok_s, tok_t, texts, layers = tok, tok, texts[:8], [1, 2]
+        names = ("tiny-llama-3", "tiny-llama-4")
+    else:
+        del device
+        m_s, tok_s = ab.load_model("qwen2.5-coder-0.5b-instruct", device=args.device, progress=False)
+        m_t, tok_t = ab.load_model("qwen2.5-coder-1.5b-instruct", device=args.device, progress=False)
+        names = ("Qwen2.5-Coder-0.5B", "Qwen2.5-Coder-1.5B")
+    device = next(m_t.parameters()).device
+    root = Path(tempfile.mkdtemp(prefix="bench-collect-qwen-"))
+    counter = {"n": 0}
+
+    def ours() -> None:
+        counter["n"] += 1
+        ab.collect(
+            m_t,
+            tok_t,
+            texts,
+            layers,
+            root / f"c{counter['n']}",
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            skip_bos=False,
+            progress=False,
+        )
+
+    def bare() -> None:
+        bare_forward(m_t, tok_t, texts, max(layers), args.batch_size, args.max_length, device)
+
+    def pair() -> None:
+        counter["n"] += 1
+        ab.collect_pair(
+            (m_s, tok_s, layers[0]),
+            (m_t, tok_t, layers[-1]),
+            texts,
+            root / f"p{counter['n']}",
+            batch_size=args.batch_size,
+            max_length=args.max_length,
+            progress=False,
+        )
+
+    try:
+        tokens = bare_forward(m_t, tok_t, texts, max(layers), args.batch_size, args.max_length, device)
+        times = interleaved_times({"ours": ours, "bare": bare}, args.repeats)
+        t_pair = median_time(pair, args.repeats)
+        store = ab.ActivationStore(root / f"p{counter['n']}")
+    finally:
+        shutil.rmtree(root, ignore_errors=True)
+    t_ours, t_bare = (
+        sorted(times["ours"])[len(times["ours"]) // 2],
+        sorted(times["bare"])[len(times["bare"]) // 2],
+    )
+    overhead = median_ratio(times["ours"], times["bare"]) - 1
+    print(
+        f"\n# {names[1]}: {len(texts)} texts, {tokens:,} tokens, median of {args.repeats} interleaved rounds"
+    )
+    print("| model | layers | ab.collect tok/s | bare forward to layer tok/s | overhead |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| {names[1]} | {','.join(map(str, layers))} | {tokens / t_ours:,.0f} | {tokens / t_bare:,.0f} "
+        f"| {100 * overhead:+.1f}% |"
+    )
+    print("\n| pair | layers | tok/s (both models) | rows | alignment rate |")
+    print("|---|---|---|---|---|")
+    print(
+        f"| {names[0]} -> {names[1]} | {layers[0]} -> {layers[-1]} | {2 * tokens / t_pair:,.0f} "
         f"| {len(store):,} | {store.metadata['alignment_rate']:.1%} |"
     )
 

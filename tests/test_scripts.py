@@ -124,6 +124,13 @@ def test_collect_benchmark_smoke(tmp_path):
     out = run(str(ROOT / "benches" / "bench_collect.py"), "--smoke", "--repeats", "1", cwd=tmp_path)
     assert "| tiny-llama | 1,2 |" in out and "overhead" in out
     assert "| tiny-llama -> tiny-gemma3 |" in out
+    assert "| tiny-llama-4 | 1,2 |" in out and "| tiny-llama-3 -> tiny-llama-4 | 1 -> 2 |" in out
+
+
+def test_hooks_benchmark_smoke(tmp_path):
+    out = run(str(ROOT / "benches" / "bench_hooks.py"), "--smoke", cwd=tmp_path)
+    for label in ("| plain |", "| steer α=0 |", "| steer |", "| ablate (all layers) |"):
+        assert label in out
 
 
 def test_sweep_benchmark_smoke(tmp_path):
