@@ -482,7 +482,95 @@ def main() -> None:
         del m_s
     result["run"] = run_info(args.seeds[0], started)
     write_json(out / "results.json", result)
+    plot(result, out / "refusal_transfer.png")
     report(result)
+
+
+def spread(mean: list[float], vals: list[list[float]]) -> list[list[float]]:
+    """Error bars from each mean down to the lowest and up to the highest of its values."""
+    return [
+        [m - min(v) for m, v in zip(mean, vals, strict=True)],
+        [max(v) - m for m, v in zip(mean, vals, strict=True)],
+    ]
+
+
+def plot(result: dict[str, Any], path: Path) -> None:
+    """The target's layer sweep, then per pair: refusal on harmless prompts against α (addition)
+    and on harmful prompts under ablation, per vector kind (mean over seeds, bars: range)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    pairs = list(result["pairs"].items())
+    fig, axes = plt.subplots(1, 1 + 2 * len(pairs), figsize=(4.2 * (1 + 2 * len(pairs)), 3.6))
+    ts = result["target_sweep"]
+    layers = [int(k) for k in ts["layers"]]
+    ax = axes[0]
+    ax.plot(layers, [ts["layers"][str(k)]["ablate"] for k in layers], "o-", label="ablation (harmful)")
+    ax.plot(layers, [ts["layers"][str(k)]["add"] for k in layers], "s-", label="addition (harmless)")
+    ax.axhline(ts["baseline"]["harmful"], color="C0", ls=":", lw=1)
+    ax.axhline(ts["baseline"]["harmless"], color="C1", ls=":", lw=1)
+    ax.axvline(ts["chosen_layer"], color="grey", lw=0.8)
+    ax.set(xlabel="layer", ylabel="mean refusal score", title="target layer sweep")
+    ax.legend(fontsize=7)
+
+    def group(name: str) -> str:
+        return name.rsplit(" seed", 1)[0]
+
+    for k, (pair, r) in enumerate(pairs):
+        ax_add, ax_abl = axes[1 + 2 * k], axes[2 + 2 * k]
+        kinds = sorted(
+            {group(v) for v in r["vectors"]},
+            key=["native", "mapped affine", "mapped autoencoder", "noise"].index,
+        )
+        alphas = sorted({row["alpha"] for row in r["addition"] if row["vector"] != "unsteered"})
+        for kind in kinds:
+            vals = [
+                [
+                    row["refusal"]["value"]
+                    for row in r["addition"]
+                    if group(row["vector"]) == kind and row["alpha"] == a
+                ]
+                for a in alphas
+            ]
+            mean = [float(np.mean(v)) for v in vals]
+            ax_add.errorbar(
+                alphas,
+                mean,
+                yerr=spread(mean, vals),
+                marker="o",
+                capsize=2,
+                label=kind,
+                ls="--" if kind == "noise" else "-",
+            )
+        base = next(row for row in r["addition"] if row["vector"] == "unsteered")["refusal"]["value"]
+        ax_add.axhline(base, color="grey", ls=":", lw=1)
+        ax_add.set(xlabel="α", ylim=(-0.02, 1.02), title=f"{pair}: addition, harmless prompts")
+        ax_add.legend(fontsize=7)
+        names = ["unsteered", *kinds]
+        vals = [
+            [
+                row["refusal"]["value"]
+                for row in r["ablation"]
+                if (group(row["vector"]) if row["vector"] != "unsteered" else "unsteered") == n
+            ]
+            for n in names
+        ]
+        mean = [float(np.mean(v)) for v in vals]
+        ax_abl.bar(
+            range(len(names)),
+            mean,
+            yerr=spread(mean, vals),
+            capsize=3,
+            color=["grey"] + [f"C{i}" for i in range(len(kinds))],
+        )
+        ax_abl.set_xticks(range(len(names)), names, rotation=30, ha="right", fontsize=7)
+        ax_abl.set(ylim=(0, 1.02), title=f"{pair}: ablation, harmful prompts")
+    axes[1].set_ylabel("refusal rate")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 def report(result: dict[str, Any]) -> None:

@@ -381,6 +381,122 @@ def exp6(dirs: dict[str, Path]) -> list[str]:
     return [*lines, "", run_line(res), ""]
 
 
+def seed_spread(values: list[float]) -> str:
+    """``mean ± sd (min–max)`` over seeds (one value: itself)."""
+    import statistics
+
+    if len(values) == 1:
+        return f"{values[0]:.2f}"
+    sd = statistics.stdev(values)
+    return f"{statistics.mean(values):.2f} ± {sd:.2f} ({min(values):.2f}–{max(values):.2f})"
+
+
+def vector_group(name: str) -> str:
+    """``"mapped affine seed1"`` -> ``"mapped affine"``; ``"noise seed0"`` -> ``"noise"``."""
+    return name.rsplit(" seed", 1)[0]
+
+
+def exp7(dirs: dict[str, Path], docs: Path) -> list[str]:
+    """Refusal transfer: Qwen2.5-Coder 0.5B -> 1.5B and SmolLM2 -> the 1.5B."""
+    res = load(dirs["refusal"] / "results.json")
+    head = ["## 7. Refusal transfer", "", "Script: `experiments/refusal_transfer.py`.", ""]
+    if res is None:
+        return [*head, MISSING, ""]
+    sp, ts = res["splits"], res["target_sweep"]
+    lines = [
+        *head,
+        f"Prompts (`ab.tasks.refusal`, disjoint by topic): {sp['directions']['harmful']} + "
+        f"{sp['directions']['harmless']} to compute directions, {sp['select']['harmful']} + "
+        f"{sp['select']['harmless']} to pick layers, {sp['test']['harmful']} + {sp['test']['harmless']} "
+        "held out for every rate below. Directions: mean(harmful) − mean(harmless) at the "
+        "post-instruction tokens. Refusal rate: greedy answers with a refusal phrase (Wilson 95% CI); "
+        "score: log-odds of refusal-opening tokens at the first answer position.",
+        "",
+        f"**Target layer sweep** ({ts['model']}; select prompts; mean refusal score, unsteered: harmful "
+        f"{ts['baseline']['harmful']:+.2f}, harmless {ts['baseline']['harmless']:+.2f}). Chosen layer "
+        f"**{ts['chosen_layer']}**: {ts['rule']}.",
+        "",
+        "| layer | ablation (harmful) | addition α=1 (harmless) |",
+        "|---|---|---|",
+    ]
+    for layer, row in ts["layers"].items():
+        mark = " **(chosen)**" if int(layer) == ts["chosen_layer"] else ""
+        lines.append(f"| {layer}{mark} | {row['ablate']:+.2f} | {row['add']:+.2f} |")
+    lines += figure(
+        dirs["refusal"] / "refusal_transfer.png", docs, "refusal_transfer.png", "refusal transfer"
+    )
+    for pair, r in res["pairs"].items():
+        title = (
+            "Qwen2.5-Coder 0.5B → 1.5B"
+            if pair == "qwen"
+            else "cross-family: SmolLM2-135M → Qwen2.5-Coder-1.5B"
+        )
+        ss = r["source_sweep"]
+        lines += [
+            "",
+            f"### {title}",
+            "",
+            f"Source layer {r['layers']['source']} ({ss['rule']}; ablation score there "
+            f"{ss['layers'][str(r['layers']['source'])]['ablate']:+.2f} vs {ss['baseline']['harmful']:+.2f} "
+            f"unsteered) → target layer {r['layers']['target']}. Paired rows: {r['store']['rows']:,} "
+            f"from {r['store']['texts']} texts (alignment {r['store']['alignment_rate']:.1%}).",
+            "",
+            "| map | held-out FVU | KL (nats/token) | CE recovered |",
+            "|---|---|---|---|",
+        ]
+        for kind in ("affine", "autoencoder"):
+            qs = [q for name, q in r["maps"].items() if name.startswith(kind)]
+            lines.append(
+                f"| {kind} ({len(qs)} seeds) | {seed_spread([q['rows']['fvu'] for q in qs])} "
+                f"| {seed_spread([q['substitution']['kl']['value'] for q in qs])} "
+                f"| {seed_spread([q['substitution']['ce_recovered']['value'] for q in qs])} |"
+            )
+        alphas = sorted({row["alpha"] for row in r["addition"] if row["vector"] != "unsteered"})
+        add = {(row["vector"], row["alpha"]): row for row in r["addition"]}
+        cost = {row["vector"]: row for row in r["cost"]}
+        score = {(row["kind"], row["vector"]): row for row in r["scores"]}
+        lines += [
+            "",
+            f"Refusal in the target, n = {r['n']['harmful']} harmful / {r['n']['harmless']} harmless test "
+            f"prompts per cell (cost: CE on benign corpus text, ROUGE-L of {r['n']['cost_prompts']} harmless "
+            "answers vs unsteered, both under ablation):",
+            "",
+            "| vector | cosine to native | ablation: refusal on harmful | score | "
+            + " | ".join(f"addition α={a:g}: refusal on harmless" for a in alphas)
+            + " | CE | ROUGE-L |",
+            "|---" * (6 + len(alphas)) + "|",
+        ]
+        unsteered_add = add[("unsteered", 0.0)]["refusal"]
+        for row in r["ablation"]:
+            v = row["vector"]
+            cos = r["vectors"][v]["cosine_to_native"] if v in r["vectors"] else float("nan")
+            cells = [pct(add[(v, a)]["refusal"]) if (v, a) in add else pct(unsteered_add) for a in alphas]
+            sc = score.get(("ablate", v))
+            lines.append(
+                f"| {v} | {'' if v == 'unsteered' else f'{cos:.2f}'} | {pct(row['refusal'])} "
+                f"| {sc['mean_score']:+.2f} | "
+                + " | ".join(cells)
+                + f" | {cost[v]['ce']:.3f} | {cost[v]['rouge_l_vs_unsteered']['value']:.2f} |"
+            )
+        groups: dict[str, list[float]] = {}
+        for row in r["ablation"]:
+            groups.setdefault(vector_group(row["vector"]), []).append(row["refusal"]["value"])
+        lines += [
+            "",
+            "Ablation refusal rate over seeds: "
+            + "; ".join(f"{g} {seed_spread(v)}" for g, v in groups.items() if len(v) > 1)
+            + f". The two scorings agree on {r['agreement']['rate']:.1%} of "
+            f"{r['agreement']['total']} answers (refusal phrase vs score > 0).",
+        ]
+        lines += ["", "Examples (first test prompt):", ""]
+        for row in r["ablation"][:2]:
+            lines.append(f"- ablation, {row['vector']}: {escape(row['examples'][0][:160])!r}")
+        lines.append("")
+        timing = ", ".join(f"{k} {v / 60:.1f} min" for k, v in r["timings_s"].items())
+        lines.append(f"Wall time: {timing}.")
+    return [*lines, "", run_line(res), ""]
+
+
 def overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two 95% intervals overlap (a loose "no clear difference")."""
     return bool(a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1])
@@ -607,6 +723,7 @@ def main() -> None:
         "mapped": root / ("tiny-mapped-steering" if args.smoke else "mapped-steering"),
         "switch": root / ("tiny-safety-switch" if args.smoke else "safety-switch"),
         "facts": root / ("tiny-facts" if args.smoke else f"{SOURCE}-facts"),
+        "refusal": root / ("tiny-refusal-transfer" if args.smoke else "refusal-transfer"),
     }
     lines = [
         "# Reproducing arXiv 2503.04429 on two small models",
@@ -620,6 +737,7 @@ def main() -> None:
         *exp34(dirs, docs),
         *exp5(dirs, docs),
         *exp6(dirs),
+        *exp7(dirs, docs),
         *comparison(dirs),
     ]
     (docs / "results.md").write_text("\n".join(lines))
