@@ -59,6 +59,49 @@ def bare_forward(model, tok, texts, layer: int, batch_size: int, max_length: int
     return tokens
 
 
+class Collections:
+    """``ab.collect`` / ``ab.collect_pair`` runs, each into a fresh folder under one temporary root."""
+
+    def __init__(self, args: argparse.Namespace, prefix: str) -> None:
+        self.args, self.root, self.n = args, Path(tempfile.mkdtemp(prefix=prefix)), 0
+
+    def _next(self, kind: str) -> Path:
+        self.n += 1
+        return self.root / f"{kind}{self.n}"
+
+    def collect(self, model, tok, texts, layers) -> None:
+        a = self.args
+        ab.collect(
+            model,
+            tok,
+            texts,
+            layers,
+            self._next("c"),
+            batch_size=a.batch_size,
+            max_length=a.max_length,
+            skip_bos=False,
+            progress=False,
+        )
+
+    def pair(self, source, target, texts) -> None:
+        a = self.args
+        ab.collect_pair(
+            source,
+            target,
+            texts,
+            self._next("p"),
+            batch_size=a.batch_size,
+            max_length=a.max_length,
+            progress=False,
+        )
+
+    def last_pair(self) -> ab.ActivationStore:
+        return ab.ActivationStore(self.root / f"p{self.n}")
+
+    def cleanup(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=3)
@@ -86,34 +129,13 @@ def main() -> None:
         m_t, tok_t = ab.load_model("gemma-3-270m", device=args.device)
         names = ("SmolLM2-135M", "Gemma-3-270m")
     device = next(m_s.parameters()).device
-    root = Path(tempfile.mkdtemp(prefix="bench-collect-"))
-    counter = {"n": 0}
+    runs = Collections(args, "bench-collect-")
 
     def ours() -> None:
-        counter["n"] += 1
-        ab.collect(
-            m_s,
-            tok_s,
-            texts,
-            layers,
-            root / f"c{counter['n']}",
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            skip_bos=False,
-            progress=False,
-        )
+        runs.collect(m_s, tok_s, texts, layers)
 
     def pair() -> None:
-        counter["n"] += 1
-        ab.collect_pair(
-            (m_s, tok_s, layers[-1]),
-            (m_t, tok_t, layers[0]),
-            texts,
-            root / f"p{counter['n']}",
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            progress=False,
-        )
+        runs.pair((m_s, tok_s, layers[-1]), (m_t, tok_t, layers[0]), texts)
 
     try:
         tokens = bare_forward(m_s, tok_s, texts, max(layers), args.batch_size, args.max_length, device)
@@ -124,10 +146,10 @@ def main() -> None:
         )
         t_ours = median_time(ours, args.repeats)
         t_pair = median_time(pair, args.repeats)
-        store = ab.ActivationStore(root / f"p{counter['n']}")
+        store = runs.last_pair()
         pair_tokens = sum(len(tok_s(t)["input_ids"]) + len(tok_t(t)["input_ids"]) for t in texts)
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        runs.cleanup()
     print(
         f"# {len(texts)} texts, {tokens:,} tokens, batch {args.batch_size}, {device}, "
         f"torch threads {torch.get_num_threads()}, median of {args.repeats}"
@@ -169,45 +191,24 @@ def qwen_rows(args: argparse.Namespace, device) -> None:
         m_t, tok_t = ab.load_model("qwen2.5-coder-1.5b-instruct", device=args.device, progress=False)
         names = ("Qwen2.5-Coder-0.5B", "Qwen2.5-Coder-1.5B")
     device = next(m_t.parameters()).device
-    root = Path(tempfile.mkdtemp(prefix="bench-collect-qwen-"))
-    counter = {"n": 0}
+    runs = Collections(args, "bench-collect-qwen-")
 
     def ours() -> None:
-        counter["n"] += 1
-        ab.collect(
-            m_t,
-            tok_t,
-            texts,
-            layers,
-            root / f"c{counter['n']}",
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            skip_bos=False,
-            progress=False,
-        )
+        runs.collect(m_t, tok_t, texts, layers)
 
     def bare() -> None:
         bare_forward(m_t, tok_t, texts, max(layers), args.batch_size, args.max_length, device)
 
     def pair() -> None:
-        counter["n"] += 1
-        ab.collect_pair(
-            (m_s, tok_s, layers[0]),
-            (m_t, tok_t, layers[-1]),
-            texts,
-            root / f"p{counter['n']}",
-            batch_size=args.batch_size,
-            max_length=args.max_length,
-            progress=False,
-        )
+        runs.pair((m_s, tok_s, layers[0]), (m_t, tok_t, layers[-1]), texts)
 
     try:
         tokens = bare_forward(m_t, tok_t, texts, max(layers), args.batch_size, args.max_length, device)
         times = interleaved_times({"ours": ours, "bare": bare}, args.repeats)
         t_pair = median_time(pair, args.repeats)
-        store = ab.ActivationStore(root / f"p{counter['n']}")
+        store = runs.last_pair()
     finally:
-        shutil.rmtree(root, ignore_errors=True)
+        runs.cleanup()
     t_ours, t_bare = (
         sorted(times["ours"])[len(times["ours"]) // 2],
         sorted(times["bare"])[len(times["bare"]) // 2],

@@ -25,6 +25,28 @@ def stored(x: np.ndarray, dtype: str) -> np.ndarray:
     return bf16_round(x.astype(np.float32))
 
 
+def assert_rows_equal_hidden_states(store, model, tok, docs, layers, *, site="layer{}", pos_column="pos"):
+    """Each document's stored rows equal a plain forward pass's hidden states after each block
+    in ``layers`` (site names from ``site``), at the positions the store recorded; returns the
+    positions of every document."""
+    import torch
+
+    positions = []
+    for d, text in enumerate(docs):
+        ids = tok(text, return_tensors="pt")["input_ids"]
+        with torch.inference_mode():
+            hs = model(input_ids=ids, output_hidden_states=True).hidden_states
+        rows = np.flatnonzero(store.column("doc") == d)
+        pos = store.column(pos_column, rows)
+        assert len(rows) > 0 and pos.max() < ids.shape[1]
+        for layer in layers:
+            want = hs[layer + 1][0, pos].numpy()
+            got = store.read(site.format(layer), rows)
+            np.testing.assert_allclose(got, want, atol=2e-4 * np.abs(want).max(), rtol=0)
+        positions.append((pos, ids.shape[1]))
+    return positions
+
+
 def _bf16_round_f64(x: np.ndarray) -> np.ndarray:
     """float64 -> nearest bfloat16 (ties to even), without a float32 detour."""
     m, e = np.frexp(x)  # x = m * 2**e, 0.5 <= |m| < 1

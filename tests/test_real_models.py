@@ -11,6 +11,7 @@ import re
 import actbridge as ab
 import numpy as np
 import pytest
+from conftest import assert_rows_equal_hidden_states
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.real
@@ -66,17 +67,8 @@ def test_smollm2_rows_equal_hidden_states(tmp_path, smol, side):
         )
     finally:
         tok.padding_side = old
-    for d, text in enumerate(docs):
-        ids = tok(text, return_tensors="pt")["input_ids"]
-        with torch.inference_mode():
-            hs = model(input_ids=ids, output_hidden_states=True).hidden_states
-        rows = np.flatnonzero(store.column("doc") == d)
-        np.testing.assert_array_equal(store.column("pos", rows), np.arange(1, ids.shape[1]))
-        for layer in (6, 13):
-            want = hs[layer + 1][0, 1:].numpy()
-            got = store.read(f"layer{layer}", rows)
-            scale = np.abs(want).max()
-            np.testing.assert_allclose(got, want, atol=2e-4 * scale, rtol=0)
+    for pos, n_tokens in assert_rows_equal_hidden_states(store, model, tok, docs, [6, 13]):
+        np.testing.assert_array_equal(pos, np.arange(1, n_tokens))
 
 
 def word_ends(text: str) -> set[int]:

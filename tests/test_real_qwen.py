@@ -9,9 +9,9 @@ cached safetensors. The 1.5B target is in ``test_real_qwen_large.py`` (opt-in: `
 from __future__ import annotations
 
 import actbridge as ab
-import numpy as np
 import pytest
 from actbridge.tasks import refusal
+from conftest import assert_rows_equal_hidden_states
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.real
@@ -68,14 +68,5 @@ def test_collected_rows_equal_hidden_states(tmp_path, qwen, side):
         )
     finally:
         tok.padding_side = old
-    for d, text in enumerate(docs):
-        ids = tok(text, return_tensors="pt")["input_ids"]
-        with torch.inference_mode():
-            hs = model(input_ids=ids, output_hidden_states=True).hidden_states
-        rows = np.flatnonzero(store.column("doc") == d)
-        pos = store.column("pos", rows)
-        assert len(rows) > 0 and pos.max() == ids.shape[1] - 1
-        for layer in (5, 12):
-            want = hs[layer + 1][0, pos].numpy()
-            got = store.read(f"layer{layer}", rows)
-            np.testing.assert_allclose(got, want, atol=2e-4 * np.abs(want).max(), rtol=0)
+    for pos, n_tokens in assert_rows_equal_hidden_states(store, model, tok, docs, [5, 12]):
+        assert pos.max() == n_tokens - 1

@@ -8,6 +8,7 @@ import actbridge as ab
 import numpy as np
 import pytest
 from actbridge.tasks import refusal
+from conftest import assert_rows_equal_hidden_states
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.large
@@ -45,14 +46,6 @@ def test_paired_rows_equal_both_models_hidden_states(tmp_path, pair):
         (m_s, tok_s, 8), (m_t, tok_t, 14), docs, tmp_path / "p", dtype="float32", progress=False
     )
     assert store.metadata["alignment_rate"] == 1.0
-    for d, text in enumerate(docs):
-        ids = tok_t(text, return_tensors="pt")["input_ids"]
-        rows = np.flatnonzero(store.column("doc") == d)
-        pos = store.column("target_pos", rows)
-        np.testing.assert_array_equal(pos, store.column("source_pos", rows))
-        for model, layer, site in ((m_s, 8, "source"), (m_t, 14, "target")):
-            with torch.inference_mode():
-                want = (
-                    model(input_ids=ids, output_hidden_states=True).hidden_states[layer + 1][0, pos].numpy()
-                )
-            np.testing.assert_allclose(store.read(site, rows), want, atol=2e-4 * np.abs(want).max(), rtol=0)
+    np.testing.assert_array_equal(store.column("source_pos"), store.column("target_pos"))
+    assert_rows_equal_hidden_states(store, m_s, tok_s, docs, [8], site="source", pos_column="source_pos")
+    assert_rows_equal_hidden_states(store, m_t, tok_t, docs, [14], site="target", pos_column="target_pos")
