@@ -13,7 +13,7 @@ from actbridge import versions
 
 ROOT = Path(__file__).resolve().parents[1]
 REQ = ROOT / "requirements"
-LOCKS = ("core", "demo", "models", "test", "test-models", "min")
+LOCKS = ("core", "demo", "models", "test", "test-models", "qwen-1.5b", "min")
 
 tomllib = pytest.importorskip("tomllib") if sys.version_info >= (3, 11) else None
 
@@ -66,7 +66,7 @@ def test_the_subset_locks_pin_the_same_versions_as_the_test_lock():
 
 
 def test_each_lock_holds_what_its_in_file_asks_for():
-    for name in ("core", "demo", "test", "models", "test-models", "min"):
+    for name in ("core", "demo", "test", "models", "test-models", "qwen-1.5b", "min"):
         asked = set()
         for line in (REQ / f"{name}.in").read_text().splitlines():
             line = line.split("#", 1)[0].strip()
@@ -119,3 +119,58 @@ def test_versions_report_and_the_min_check(capsys):
     assert versions.main(["--check-min"]) == (0 if at_min else 1)
     if not at_min:
         assert "not the oldest supported releases" in capsys.readouterr().err
+
+
+def test_the_qwen_part_locks_pin_every_part_the_models_assemble():
+    from actbridge.models import EMBEDDED
+
+    for name, lock in (
+        ("qwen2.5-coder-0.5b-instruct", "test-models"),
+        ("qwen2.5-coder-1.5b-instruct", "qwen-1.5b"),
+    ):
+        parts = EMBEDDED[name].parts
+        assert parts is not None
+        pins = {pkg: v for (pkg, _), v in lock_pins(lock).items()}
+        for k in range(1, parts.count + 1):
+            assert pins.get(norm(f"{parts.dist}{k}")) == parts.version, f"{lock}.lock: part {k} of {name}"
+
+
+def test_the_vector_level_is_reported_and_a_bad_cap_is_ignored():
+    import os
+    import subprocess
+    import sys
+
+    import actbridge as ab
+
+    levels = ab.simd_levels()
+    order = ["portable", "avx2", "avx512"]
+    assert levels.detected in order and order.index(levels.active) <= order.index(levels.detected)
+    code = (
+        "import actbridge as ab\n"
+        "v = ab.simd_levels()\n"
+        "print(v.active, v.detected, v.requested, v.requested_is_valid)"
+    )
+    for cap, want in (("portable", "portable"), ("AVX2", "avx2"), ("sse9", None)):
+        out = subprocess.run(
+            [sys.executable, "-c", code],
+            env=dict(os.environ, ACTBRIDGE_SIMD=cap),
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+        active, detected, requested, valid = out
+        if want is None:
+            assert active == detected and requested == "sse9" and valid == "False"
+        else:
+            assert (
+                active == (want if order.index(want) <= order.index(detected) else detected)
+                and valid == "True"
+            )
+    report = subprocess.run(
+        [sys.executable, "-m", "actbridge.versions"],
+        env=dict(os.environ, ACTBRIDGE_SIMD="sse9"),
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    assert "ACTBRIDGE_SIMD 'sse9' (not a level: ignored)" in report
