@@ -115,12 +115,32 @@ def test_corrupted_capabilities_experiment_smoke(workdir):
         assert total == res["n"] == 6  # every answer falls in exactly one category
 
 
+def test_refusal_transfer_smoke_runs_every_step_and_resumes(workdir):
+    """Both pairs end to end on tiny models; a second run reuses every cached step."""
+    out = run("refusal_transfer.py", "--smoke", cwd=workdir)
+    assert "## qwen" in out and "## cross" in out and "scorings agree" in out
+    d = workdir / "experiments-out" / "tiny-refusal-transfer"
+    result = json.loads((d / "results.json").read_text())
+    for pair in ("qwen", "cross"):
+        r = result["pairs"][pair]
+        assert {row["vector"] for row in r["ablation"]} >= {"unsteered", "native", "noise seed0"}
+        assert any(v.startswith("mapped affine") for v in r["vectors"])
+        assert all(0 <= row["refusal"]["value"] <= 1 for row in r["ablation"] + r["addition"])
+        assert len(r["cost"]) == len(r["ablation"])
+    assert result["splits"]["test"]["harmful"] > 0
+    before = (d / "qwen" / "target" / "addition_rows.json").stat().st_mtime_ns
+    run("refusal_transfer.py", "--smoke", "--pairs", "qwen", cwd=workdir)
+    assert (d / "qwen" / "target" / "addition_rows.json").stat().st_mtime_ns == before  # resumed from cache
+
+
 def test_results_page_from_smoke_runs(workdir):
     """Runs last in this module: the page is written from the smoke runs' results files."""
     out = run("write_results.py", "--smoke", cwd=workdir)
     page = (workdir / "experiments-out" / "tiny-docs" / "results.md").read_text()
     assert "wrote" in out and "## 6. Corrupted capabilities" in page and "not run yet" not in page
     assert "![mapped steering](mapped_steering.png)" in page
+    assert "## 7. Refusal transfer" in page and "### Qwen2.5-Coder 0.5B → 1.5B" in page
+    assert (workdir / "experiments-out" / "tiny-docs" / "refusal_transfer.png").is_file()
     assert (workdir / "experiments-out" / "tiny-docs" / "safety_switch.png").is_file()
 
 
@@ -147,21 +167,3 @@ def test_the_readme_results_block_is_rewritten_in_place(tmp_path):
         )
         == []
     )
-
-
-def test_refusal_transfer_smoke_runs_every_step_and_resumes(tmp_path):
-    """Both pairs end to end on tiny models; a second run reuses every cached step."""
-    out = run("refusal_transfer.py", "--smoke", cwd=tmp_path)
-    assert "## qwen" in out and "## cross" in out and "scorings agree" in out
-    d = tmp_path / "experiments-out" / "tiny-refusal-transfer"
-    result = json.loads((d / "results.json").read_text())
-    for pair in ("qwen", "cross"):
-        r = result["pairs"][pair]
-        assert {row["vector"] for row in r["ablation"]} >= {"unsteered", "native", "noise seed0"}
-        assert any(v.startswith("mapped affine") for v in r["vectors"])
-        assert all(0 <= row["refusal"]["value"] <= 1 for row in r["ablation"] + r["addition"])
-        assert len(r["cost"]) == len(r["ablation"])
-    assert result["splits"]["test"]["harmful"] > 0
-    before = (d / "qwen" / "target" / "addition_rows.json").stat().st_mtime_ns
-    run("refusal_transfer.py", "--smoke", "--pairs", "qwen", cwd=tmp_path)
-    assert (d / "qwen" / "target" / "addition_rows.json").stat().st_mtime_ns == before  # resumed from cache
