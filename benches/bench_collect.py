@@ -6,7 +6,7 @@ hooks, no LM head, nothing copied or written). Also reports paired collection
 SmolLM2-135M-Instruct -> Gemma-3-270m (tokens/s counts both models' tokens) and the alignment
 rate. With ``--qwen`` also the Qwen2.5-Coder-1.5B-Instruct (``--qwen-texts`` texts, layers
 ``--qwen-layers``) and the paired Qwen 0.5B -> 1.5B collection. ``ab.collect`` and the bare pass
-alternate round by round; the overhead is the median of the per-round ratios.
+alternate round by round (for both models); the overhead is the median of the per-round ratios.
 
     python benches/bench_collect.py [--repeats 3] [--batch-size 8] [--device cpu] [--qwen]
 """
@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import shutil
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -128,50 +129,20 @@ def main() -> None:
         m_s, tok_s = ab.load_model("smollm2-135m-instruct", device=args.device)
         m_t, tok_t = ab.load_model("gemma-3-270m", device=args.device)
         names = ("SmolLM2-135M", "Gemma-3-270m")
-    device = next(m_s.parameters()).device
-    runs = Collections(args, "bench-collect-")
-
-    def ours() -> None:
-        runs.collect(m_s, tok_s, texts, layers)
-
-    def pair() -> None:
-        runs.pair((m_s, tok_s, layers[-1]), (m_t, tok_t, layers[0]), texts)
-
-    try:
-        tokens = bare_forward(m_s, tok_s, texts, max(layers), args.batch_size, args.max_length, device)
-        bare_forward(m_s, tok_s, texts[:16], max(layers), args.batch_size, args.max_length, device)  # warm
-        t_bare = median_time(
-            lambda: bare_forward(m_s, tok_s, texts, max(layers), args.batch_size, args.max_length, device),
-            args.repeats,
-        )
-        t_ours = median_time(ours, args.repeats)
-        t_pair = median_time(pair, args.repeats)
-        store = runs.last_pair()
-        pair_tokens = sum(len(tok_s(t)["input_ids"]) + len(tok_t(t)["input_ids"]) for t in texts)
-    finally:
-        runs.cleanup()
-    print(
-        f"# {len(texts)} texts, {tokens:,} tokens, batch {args.batch_size}, {device}, "
-        f"torch threads {torch.get_num_threads()}, median of {args.repeats}"
+    print(f"# batch {args.batch_size}, torch threads {torch.get_num_threads()}, median of {args.repeats}")
+    bench_rows(
+        args,
+        (m_s, tok_s, names[0]),
+        texts,
+        layers,
+        (m_s, tok_s, layers[-1], names[0]),
+        (m_t, tok_t, layers[0], names[1]),
     )
-    print("| model | layers | ab.collect tok/s | bare forward to layer tok/s | overhead |")
-    print("|---|---|---|---|---|")
-    print(
-        f"| {names[0]} | {','.join(map(str, layers))} | {tokens / t_ours:,.0f} | {tokens / t_bare:,.0f} "
-        f"| {100 * (t_ours / t_bare - 1):+.1f}% |"
-    )
-    print("\n| pair | layers | tok/s (both models) | rows | alignment rate |")
-    print("|---|---|---|---|---|")
-    print(
-        f"| {names[0]} -> {names[1]} | {layers[-1]} -> {layers[0]} | {pair_tokens / t_pair:,.0f} "
-        f"| {len(store):,} | {store.metadata['alignment_rate']:.1%} |"
-    )
-
     if args.qwen or args.smoke:
-        qwen_rows(args, device)
+        qwen_rows(args)
 
 
-def qwen_rows(args: argparse.Namespace, device) -> None:
+def qwen_rows(args: argparse.Namespace) -> None:
     """The overhead row for the Qwen2.5-Coder-1.5B and the paired 0.5B -> 1.5B collection."""
     texts = ab.load_corpus()[: args.qwen_texts]
     layers = [int(v) for v in args.qwen_layers.split(",")]
@@ -186,47 +157,54 @@ def qwen_rows(args: argparse.Namespace, device) -> None:
         tok_s, tok_t, texts, layers = tok, tok, texts[:8], [1, 2]
         names = ("tiny-llama-3", "tiny-llama-4")
     else:
-        del device
         m_s, tok_s = ab.load_model("qwen2.5-coder-0.5b-instruct", device=args.device, progress=False)
         m_t, tok_t = ab.load_model("qwen2.5-coder-1.5b-instruct", device=args.device, progress=False)
         names = ("Qwen2.5-Coder-0.5B", "Qwen2.5-Coder-1.5B")
-    device = next(m_t.parameters()).device
-    runs = Collections(args, "bench-collect-qwen-")
+    bench_rows(
+        args,
+        (m_t, tok_t, names[1]),
+        texts,
+        layers,
+        (m_s, tok_s, layers[0], names[0]),
+        (m_t, tok_t, layers[-1], names[1]),
+    )
 
-    def ours() -> None:
-        runs.collect(m_t, tok_t, texts, layers)
+
+def bench_rows(args: argparse.Namespace, collected, texts, layers, source, target) -> None:
+    """Print ``ab.collect`` of ``collected = (model, tok, name)`` at ``layers`` against the bare
+    forward (alternating rounds; overhead = median of per-round ratios), then the paired
+    collection ``source`` -> ``target`` (each ``(model, tok, layer, name)``)."""
+    model, tok, name = collected
+    (m_s, tok_s, l_s, n_s), (m_t, tok_t, l_t, n_t) = source, target
+    device = next(model.parameters()).device
+    runs = Collections(args, "bench-collect-")
 
     def bare() -> None:
-        bare_forward(m_t, tok_t, texts, max(layers), args.batch_size, args.max_length, device)
-
-    def pair() -> None:
-        runs.pair((m_s, tok_s, layers[0]), (m_t, tok_t, layers[-1]), texts)
+        bare_forward(model, tok, texts, max(layers), args.batch_size, args.max_length, device)
 
     try:
-        tokens = bare_forward(m_t, tok_t, texts, max(layers), args.batch_size, args.max_length, device)
-        times = interleaved_times({"ours": ours, "bare": bare}, args.repeats)
-        t_pair = median_time(pair, args.repeats)
+        tokens = bare_forward(model, tok, texts, max(layers), args.batch_size, args.max_length, device)
+        times = interleaved_times(
+            {"ours": lambda: runs.collect(model, tok, texts, layers), "bare": bare}, args.repeats
+        )
+        t_pair = median_time(lambda: runs.pair((m_s, tok_s, l_s), (m_t, tok_t, l_t), texts), args.repeats)
         store = runs.last_pair()
+        pair_tokens = sum(len(tok_s(t)["input_ids"]) + len(tok_t(t)["input_ids"]) for t in texts)
     finally:
         runs.cleanup()
-    t_ours, t_bare = (
-        sorted(times["ours"])[len(times["ours"]) // 2],
-        sorted(times["bare"])[len(times["bare"]) // 2],
-    )
+    t_ours, t_bare = statistics.median(times["ours"]), statistics.median(times["bare"])
     overhead = median_ratio(times["ours"], times["bare"]) - 1
-    print(
-        f"\n# {names[1]}: {len(texts)} texts, {tokens:,} tokens, median of {args.repeats} interleaved rounds"
-    )
+    print(f"\n# {name}: {len(texts)} texts, {tokens:,} tokens, {device}")
     print("| model | layers | ab.collect tok/s | bare forward to layer tok/s | overhead |")
     print("|---|---|---|---|---|")
     print(
-        f"| {names[1]} | {','.join(map(str, layers))} | {tokens / t_ours:,.0f} | {tokens / t_bare:,.0f} "
+        f"| {name} | {','.join(map(str, layers))} | {tokens / t_ours:,.0f} | {tokens / t_bare:,.0f} "
         f"| {100 * overhead:+.1f}% |"
     )
     print("\n| pair | layers | tok/s (both models) | rows | alignment rate |")
     print("|---|---|---|---|---|")
     print(
-        f"| {names[0]} -> {names[1]} | {layers[0]} -> {layers[-1]} | {2 * tokens / t_pair:,.0f} "
+        f"| {n_s} -> {n_t} | {l_s} -> {l_t} | {pair_tokens / t_pair:,.0f} "
         f"| {len(store):,} | {store.metadata['alignment_rate']:.1%} |"
     )
 

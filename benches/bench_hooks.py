@@ -23,6 +23,7 @@ import actbridge as ab  # noqa: E402
 import numpy as np  # noqa: E402
 from actbridge.generation import encode_prompts, generate_batch  # noqa: E402
 from actbridge.tasks import refusal  # noqa: E402
+from actbridge.texts import as_chat  # noqa: E402
 from timing import interleaved_times, median_ratio  # noqa: E402
 
 
@@ -49,7 +50,7 @@ def main() -> None:
     n_layers = len(ab.decoder_blocks(model))
     layer = args.layer if args.layer is not None else n_layers // 2
     texts = refusal.instructions("eval", False)[: args.prompts]
-    ids = encode_prompts(tok, [[{"role": "user", "content": t}] for t in texts])
+    ids = encode_prompts(tok, [as_chat(t) for t in texts])
     d = model.get_input_embeddings().embedding_dim
     rng = np.random.default_rng(0)
     direction = ab.SteeringVector(rng.standard_normal(d).astype(np.float32), layer)

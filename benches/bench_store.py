@@ -28,7 +28,6 @@ import os
 import shutil
 import statistics
 import sys
-import time
 from pathlib import Path
 
 import actbridge as ab
@@ -41,7 +40,8 @@ LEVELS = ("avx512", "avx2", "portable")
 
 
 def level_worker(conn, store_path: str, perm: np.ndarray, bs: int, n_batches: int, d: int) -> None:
-    """Serve timed shuffled epochs at this process's ``ACTBRIDGE_SIMD`` level."""
+    """Run one shuffled epoch at this process's ``ACTBRIDGE_SIMD`` level per request (the parent
+    times the round trip; the pipe adds microseconds to seconds-long epochs)."""
     store = ab.ActivationStore(store_path)
     active = ab.simd_levels().active
 
@@ -53,9 +53,8 @@ def level_worker(conn, store_path: str, perm: np.ndarray, bs: int, n_batches: in
     epoch()  # warm: maps the pages, starts rayon
     conn.send(active)
     while conn.recv():
-        t0 = time.perf_counter()
         epoch()
-        conn.send(time.perf_counter() - t0)
+        conn.send(True)
 
 
 def start_level_workers(levels, store_path, perm, bs, n_batches, d):
@@ -85,9 +84,9 @@ def start_level_workers(levels, store_path, perm, bs, n_batches, d):
 
 
 def remote(conn):
-    def run() -> float:
+    def run() -> None:
         conn.send(True)
-        return conn.recv()
+        conn.recv()
 
     return run
 
@@ -181,17 +180,8 @@ def main() -> None:
     workers = start_level_workers(args.levels.split(","), store_path, perm, bs, n_batches, d)
     fns = {"numpy": numpy_shuffled, "memcpy": memcpy}
     fns.update({f"level {k}": remote(conn) for k, (conn, _) in workers.items()})
-    # Each remote call returns the worker's own timing; the parent's covers the pipe too.
-    remote_times: dict[str, list[float]] = {k: [] for k in fns if k.startswith("level")}
-    wrapped = {}
-    for k, f in fns.items():
-        if k in remote_times:
-            wrapped[k] = lambda f=f, k=k: remote_times[k].append(f())
-        else:
-            wrapped[k] = f
-    times = interleaved_times(wrapped, args.repeats)
-    for k in remote_times:
-        times[k] = remote_times[k]
+    times = interleaved_times(fns, args.repeats)
+    levels = [k for k in fns if k.startswith("level")]
     for conn, proc in workers.values():
         conn.send(False)
         proc.join()
@@ -208,7 +198,7 @@ def main() -> None:
         f"| np.memmap f16 fancy idx + astype | {rows_timed / t_np / 1e6:.2f} | {2 * elems / t_np / 1e9:.2f} "
         f"| {6 * elems / t_np / 1e9:.1f} | {6 * elems / t_np / memcpy_traffic:.0%} | 1.00x |"
     )
-    for k in remote_times:
+    for k in levels:
         t = statistics.median(times[k])
         print(
             f"| actbridge, ACTBRIDGE_SIMD={k.split()[1]} | {rows_timed / t / 1e6:.2f} "
@@ -217,7 +207,7 @@ def main() -> None:
             f"| {median_ratio(times['numpy'], times[k]):.2f}x |"
         )
     print()
-    t_ours = statistics.median(times[next(iter(remote_times))]) if remote_times else float("nan")
+    t_ours = statistics.median(times[levels[0]]) if levels else float("nan")
     t_block = median_time(ours_block, args.repeats)
 
     # -- sequential ---------------------------------------------------------------------------

@@ -48,6 +48,7 @@ from _common import OUT, fit_autoencoder, resumable_rows, run_info, write_json
 from actbridge.generation import similarity
 from actbridge.hooks import decoder_blocks
 from actbridge.tasks import refusal
+from actbridge.texts import as_chat, render
 
 QWEN_S, QWEN_T, SMOL = "qwen2.5-coder-0.5b-instruct", "qwen2.5-coder-1.5b-instruct", "smollm2-135m-instruct"
 SENTINEL = "\x00SENTINEL\x00"
@@ -74,11 +75,7 @@ def splits(select_topics: int) -> dict[str, dict[bool, list[str]]]:
 
 def chat(tok: Any, text: str) -> str:
     """``text`` as a one-turn user conversation rendered with the generation prompt."""
-    return str(
-        tok.apply_chat_template(
-            [{"role": "user", "content": text}], tokenize=False, add_generation_prompt=True
-        )
-    )
+    return render(as_chat(text), tok, generation_prompt=True)[0]
 
 
 def suffix_length(tok: Any) -> int:
@@ -242,8 +239,8 @@ def target_conditions(
     """Refusal rates (greedy answers) and mean scores under ablation and addition of each vector."""
     all_layers = list(range(len(decoder_blocks(m_t))))
     test_h, test_b = p["test"][True], p["test"][False]
-    prompts_h = [[{"role": "user", "content": t}] for t in test_h]
-    prompts_b = [[{"role": "user", "content": t}] for t in test_b]
+    prompts_h = [as_chat(t) for t in test_h]
+    prompts_b = [as_chat(t) for t in test_b]
     cost_b = prompts_b[: args.cost_prompts]
 
     def condition(key: dict[str, Any]) -> ab.Condition:

@@ -641,11 +641,10 @@ struct BatchPool {
     cap: usize,
 }
 
-/// An array the batch thread made: its data pointer, element count and shape when made.
+/// An array the batch thread made: its data pointer and shape when made.
 struct Pooled {
     array: Py<PyAny>,
     data: usize,
-    len: usize,
     shape: Vec<usize>,
 }
 
@@ -698,7 +697,7 @@ impl BatchPool {
             return OutArray {
                 array: p.array.clone_ref(py),
                 data: p.data,
-                len: p.len,
+                len: p.shape.iter().product(),
                 field,
                 dtype,
             };
@@ -715,7 +714,6 @@ impl BatchPool {
         arrays.push(Pooled {
             array: out.array.clone_ref(py),
             data: out.data,
-            len: out.len,
             shape,
         });
         out

@@ -9,7 +9,7 @@
 use half::{bf16, f16};
 
 use crate::dtype::{convert, Floats};
-use crate::simd::{active, Level};
+use crate::simd::{active, detected, Level};
 
 /// Outputs at least this large are written with streaming stores by callers that know the
 /// whole output's size (smaller ones stay in cache for the reader that comes next).
@@ -18,6 +18,11 @@ pub const STREAM_MIN_BYTES: usize = 4 << 20;
 /// `dst = float32(src)`, with streaming stores where the level has them. Pairs other than
 /// {bf16, f16, f32} -> f32 are not handled here: callers use `convert`.
 pub fn widen_to_f32_streaming(src: Floats<'_>, dst: &mut [f32]) {
+    widen_at(active(), src, dst)
+}
+
+/// [`widen_to_f32_streaming`] at `level`, capped by what the CPU supports.
+fn widen_at(level: Level, src: Floats<'_>, dst: &mut [f32]) {
     assert_eq!(
         src.len(),
         dst.len(),
@@ -25,9 +30,9 @@ pub fn widen_to_f32_streaming(src: Floats<'_>, dst: &mut [f32]) {
     );
     #[cfg(target_arch = "x86_64")]
     {
-        // SAFETY: each kernel needs only the features of the level `active()` returned, which
-        // never exceeds what the CPU supports; lengths are equal (checked above).
-        match (active(), src) {
+        // SAFETY: each kernel needs only the features of its level, which is capped at
+        // `detected()`; lengths are equal (checked above).
+        match (level.min(detected()), src) {
             (Level::Avx512, Floats::BF16(s)) => return unsafe { x86::bf16_avx512(s, dst) },
             (Level::Avx512, Floats::F16(s)) => return unsafe { x86::f16_avx512(s, dst) },
             (Level::Avx512, Floats::F32(s)) => return unsafe { x86::f32_avx512(s, dst) },
@@ -37,6 +42,8 @@ pub fn widen_to_f32_streaming(src: Floats<'_>, dst: &mut [f32]) {
             _ => {}
         }
     }
+    #[cfg(not(target_arch = "x86_64"))]
+    let _ = level; // only x86 has vector kernels
     convert(src, crate::dtype::FloatsMut::F32(dst));
 }
 
@@ -161,13 +168,12 @@ mod x86 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::simd::detected;
     use rand::{Rng, SeedableRng};
 
-    /// Every kernel the CPU can run, at every alignment and length around the vector widths,
-    /// against `convert` (NaN payloads included: bit-for-bit).
+    /// Every level the CPU can run (and the dispatched one), at every alignment and length
+    /// around the vector widths, against `convert` (NaN payloads included: bit-for-bit).
     #[test]
-    fn every_kernel_matches_convert_bit_for_bit() {
+    fn every_level_matches_convert_bit_for_bit() {
         let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(3);
         let bits: Vec<u16> = (0..4096).map(|_| rng.random()).collect();
         let f32s: Vec<f32> = (0..4096).map(|_| f32::from_bits(rng.random())).collect();
@@ -175,6 +181,10 @@ mod tests {
         let hf: Vec<f16> = bits.iter().map(|&b| f16::from_bits(b)).collect();
         let mut out = vec![0f32; 4096 + 32];
         let mut want = vec![0f32; 4096];
+        let levels: Vec<Level> = [Level::Portable, Level::Avx2, Level::Avx512]
+            .into_iter()
+            .filter(|&l| l <= detected())
+            .collect();
         for offset in 0..17 {
             for n in [0, 1, 7, 8, 9, 15, 16, 17, 31, 33, 100, 1000, 4000] {
                 for src in [
@@ -184,70 +194,23 @@ mod tests {
                 ] {
                     convert(src, crate::dtype::FloatsMut::F32(&mut want[..n]));
                     let dst = &mut out[offset..offset + n];
-                    #[cfg(target_arch = "x86_64")]
-                    {
-                        type K<'a> = Vec<(&'static str, Level, Box<dyn Fn(&mut [f32]) + 'a>)>;
-                        let kernels: K = match src {
-                            Floats::BF16(s) => vec![
-                                (
-                                    "bf16 avx512",
-                                    Level::Avx512,
-                                    Box::new(move |d: &mut [f32]| unsafe {
-                                        x86::bf16_avx512(s, d)
-                                    }),
-                                ),
-                                (
-                                    "bf16 avx2",
-                                    Level::Avx2,
-                                    Box::new(move |d: &mut [f32]| unsafe { x86::bf16_avx2(s, d) }),
-                                ),
-                            ],
-                            Floats::F16(s) => vec![
-                                (
-                                    "f16 avx512",
-                                    Level::Avx512,
-                                    Box::new(move |d: &mut [f32]| unsafe { x86::f16_avx512(s, d) }),
-                                ),
-                                (
-                                    "f16 avx2",
-                                    Level::Avx2,
-                                    Box::new(move |d: &mut [f32]| unsafe { x86::f16_avx2(s, d) }),
-                                ),
-                            ],
-                            Floats::F32(s) => vec![
-                                (
-                                    "f32 avx512",
-                                    Level::Avx512,
-                                    Box::new(move |d: &mut [f32]| unsafe { x86::f32_avx512(s, d) }),
-                                ),
-                                (
-                                    "f32 avx2",
-                                    Level::Avx2,
-                                    Box::new(move |d: &mut [f32]| unsafe { x86::f32_avx2(s, d) }),
-                                ),
-                            ],
-                            Floats::F64(_) => unreachable!(),
-                        };
-                        for (name, level, run) in kernels {
-                            if level > detected() {
-                                continue;
-                            }
-                            dst.fill(-7.0);
-                            run(dst);
-                            let same = dst
-                                .iter()
-                                .zip(&want[..n])
-                                .all(|(a, b)| a.to_bits() == b.to_bits());
-                            assert!(same, "{name}: offset {offset}, n {n}");
+                    for level in levels.iter().copied().map(Some).chain([None]) {
+                        dst.fill(-7.0);
+                        match level {
+                            Some(l) => widen_at(l, src, dst),
+                            None => widen_to_f32_streaming(src, dst),
                         }
+                        let same = dst
+                            .iter()
+                            .zip(&want[..n])
+                            .all(|(a, b)| a.to_bits() == b.to_bits());
+                        let kind = match src {
+                            Floats::BF16(_) => "bf16",
+                            Floats::F16(_) => "f16",
+                            _ => "f32",
+                        };
+                        assert!(same, "{level:?} {kind}: offset {offset}, n {n}");
                     }
-                    dst.fill(-7.0);
-                    widen_to_f32_streaming(src, dst);
-                    let same = dst
-                        .iter()
-                        .zip(&want[..n])
-                        .all(|(a, b)| a.to_bits() == b.to_bits());
-                    assert!(same, "dispatched: offset {offset}, n {n}");
                 }
             }
         }

@@ -82,7 +82,7 @@ def _words(text: str) -> set[str]:
     return set(re.findall(r"[a-z']+", text.lower()))
 
 
-def similarity(a: str, b: str) -> float:
+def word_overlap(a: str, b: str) -> float:
     """Jaccard similarity of the two texts' word sets (0 = no word shared, 1 = same words)."""
     wa, wb = _words(a), _words(b)
     return len(wa & wb) / max(1, len(wa | wb))
@@ -111,7 +111,7 @@ def check_disjoint(
     if not shared:
         for pa in la:
             for pb in lb:
-                s = similarity(text(pa), text(pb))
+                s = word_overlap(text(pa), text(pb))
                 if s > max_similarity:
                     problems.append(f"near-duplicates ({s:.2f}): {text(pa)!r} and {text(pb)!r}")
                     break
@@ -183,25 +183,20 @@ def refusal_score(
     import torch
 
     from actbridge.generation import encode_prompts
-    from actbridge.hooks import pad_batch
+    from actbridge.hooks import model_inputs, pad_batch
+    from actbridge.texts import as_chat
 
     ids_r = torch.tensor(list(token_ids) if token_ids is not None else refusal_token_ids(tokenizer))
     device = next(model.parameters()).device
     out = np.empty(len(instructions), dtype=np.float64)
-    convs = [[{"role": "user", "content": t}] for t in instructions]
-    encoded = encode_prompts(tokenizer, convs)
+    encoded = encode_prompts(tokenizer, [as_chat(t) for t in instructions])
     old = tokenizer.padding_side
     tokenizer.padding_side = "left"
     try:
         for start in range(0, len(encoded), batch_size):
             ids, mask, _ = pad_batch(encoded[start : start + batch_size], tokenizer)
-            positions = (mask.cumsum(-1) - 1).clamp(min=0)  # as generate() numbers left-padded rows
             with torch.inference_mode():
-                logits = model(
-                    input_ids=ids.to(device),
-                    attention_mask=mask.to(device),
-                    position_ids=positions.to(device),
-                ).logits[:, -1]
+                logits = model(**model_inputs(model, ids.to(device), mask.to(device))).logits[:, -1]
             logp = torch.log_softmax(logits.double(), dim=-1).cpu()
             p_ref = torch.logsumexp(logp[:, ids_r], dim=-1)  # log p
             # log(1 - p) computed stably: log1p(-exp(log p)), clamped away from p = 1.
