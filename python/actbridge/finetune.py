@@ -223,7 +223,7 @@ def _attach_lora(model: Any, lora: LoraConfig) -> Any:
     conv1d = getattr(getattr(model, "config", None), "model_type", None) == "gpt2"
     cfg = peft.LoraConfig(
         r=lora.rank,
-        lora_alpha=lora.alpha,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # annotated int; the scale is alpha / r
         lora_dropout=lora.dropout,
         target_modules=targets,
         bias="none",
@@ -313,7 +313,7 @@ def finetune(
                 summed, n = answer_loss(model, ids, labels, mask)
                 loss = summed / max(n, 1)
                 opt.zero_grad(set_to_none=True)
-                loss.backward()  # type: ignore[no-untyped-call]
+                loss.backward()
                 if grad_clip:
                     torch.nn.utils.clip_grad_norm_(params, grad_clip)
                 opt.step()
