@@ -143,3 +143,10 @@ def test_evaluate_benchmark_smoke(tmp_path):
     bench = str(ROOT / "benches" / "bench_evaluate.py")
     out = run(bench, "--smoke", "--texts", "6", "--repeats", "1", cwd=tmp_path)
     assert "one call for both (after)" in out and "| True |" in out
+
+
+def test_finetune_benchmark_smoke(tmp_path):
+    out = run(str(ROOT / "benches" / "bench_finetune.py"), "--smoke", cwd=tmp_path)
+    for label in ("| full |", "| lora |", "| lora+ckpt |", "| peft loop |", "| peft loop+ckpt |"):
+        assert label in out
+    assert "failed" not in out and "| peft loop | " in out and "| 1.00x |" in out

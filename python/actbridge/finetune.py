@@ -158,7 +158,11 @@ def encode_example(tokenizer: Any, example: dict[str, Any], max_length: int) -> 
     return ids, labels
 
 
-def _encode_all(tokenizer: Any, examples: Sequence[dict[str, Any]], max_length: int) -> list[Any]:
+def encode_examples(
+    tokenizer: Any, examples: Sequence[dict[str, Any]], max_length: int
+) -> list[tuple[list[int], list[int]]]:
+    """:func:`encode_example` of each example; a bad one raises :class:`FinetuneError` naming
+    its index, and so does one whose prompt leaves no answer token within ``max_length``."""
     encoded = []
     for k, ex in enumerate(examples):
         try:
@@ -199,8 +203,10 @@ def is_checkpointing(model: Any) -> bool:
     return bool(getattr(model, "is_gradient_checkpointing", False))
 
 
-def _set_checkpointing(model: Any, on: bool) -> None:
-    kwargs = {"use_reentrant": False}  # frozen embeddings (LoRA) need the non-reentrant variant
+def set_checkpointing(model: Any, on: bool) -> None:
+    """Switch activation (gradient) checkpointing of a transformers model on or off, in the
+    non-reentrant variant (which frozen embeddings, as under LoRA, need)."""
+    kwargs = {"use_reentrant": False}
     if hasattr(model, "activation_checkpointing_enable"):
         if on:
             model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
@@ -272,7 +278,7 @@ def finetune(
         )
     if lora is not None and not isinstance(lora, LoraConfig):
         raise FinetuneError(f"lora must be an actbridge LoraConfig or None, got {type(lora).__name__}")
-    encoded = _encode_all(tokenizer, examples, max_length)
+    encoded = encode_examples(tokenizer, examples, max_length)
     device = next(model.parameters()).device
     grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     trained = _attach_lora(model, lora) if lora is not None else model
@@ -286,7 +292,7 @@ def finetune(
     history = []
     checkpointing_was = is_checkpointing(model)
     if gradient_checkpointing and not checkpointing_was:
-        _set_checkpointing(model, True)
+        set_checkpointing(model, True)
     model.train()
     try:
         for epoch in range(epochs):
@@ -324,7 +330,7 @@ def finetune(
     finally:
         model.eval()
         if gradient_checkpointing and not checkpointing_was:
-            _set_checkpointing(model, False)
+            set_checkpointing(model, False)
         if lora is not None:
             trained.merge_and_unload()  # plain modules again, adapters folded into the weights
             for name, p in model.named_parameters():
