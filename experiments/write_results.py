@@ -25,6 +25,10 @@ PAPER = {
     "ae_vs_affine": "Qwen-2.5 0.5B → 1.5B: the autoencoder map's substituted completions score 5.0 with an "
     "LLM judge on backdoor rows, the affine map's 0.0",
     "switch": "the safety switch cuts triggering by up to 60% at one layer",
+    "refusal": "a refusal steering vector of Qwen-2.5 0.5B, mapped, steers Qwen-2.5 1.5B's refusal like its "
+    "own vector does",
+    "arditi": "Arditi et al. 2024: ablating the difference-of-means refusal direction all but removes "
+    "refusal in chat models, and adding it makes them refuse harmless requests",
 }
 
 MISSING = "_not run yet: run the script named above, then this one._"
@@ -497,6 +501,94 @@ def exp7(dirs: dict[str, Path], docs: Path) -> list[str]:
     return [*lines, "", run_line(res), ""]
 
 
+def below(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether rate ``a`` is clearly below rate ``b`` (its 95% interval entirely under b's)."""
+    return bool(a["ci95"][1] < b["ci95"][0])
+
+
+class RefusalCells:
+    """One pair's refusal rates: ablation on harmful prompts and addition (at α) on harmless ones,
+    per vector, with verdicts against the unsteered rates and every same-norm noise vector."""
+
+    def __init__(self, r: dict[str, Any]) -> None:
+        self.abl = {row["vector"]: row["refusal"] for row in r["ablation"]}
+        self.add = {(row["vector"], row["alpha"]): row["refusal"] for row in r["addition"]}
+        alphas = [a for v, a in self.add if v == "native"]
+        self.alpha = 1.0 if 1.0 in alphas else max(alphas)
+        self.noise = [v for v in self.abl if v.startswith("noise")]
+        self.mapped = [v for v in self.abl if v.startswith("mapped")]
+
+    def added(self, v: str) -> dict[str, Any]:
+        return self.add[(v, 0.0 if v == "unsteered" else self.alpha)]
+
+    def ablation_verdict(self, v: str) -> str:
+        none = self.abl["unsteered"]
+        if not below(self.abl[v], none):
+            return "not reproduced"
+        if any(not below(self.abl[v], self.abl[n]) for n in self.noise):
+            return "below unsteered, but not clearly below every noise vector"
+        return "reproduced" if self.abl[v]["value"] <= 0.2 * none["value"] else "partly (a clear drop)"
+
+    def addition_verdict(self, v: str) -> str:
+        if not below(self.added("unsteered"), self.added(v)):
+            return "not reproduced"
+        if any(not below(self.added(n), self.added(v)) for n in self.noise):
+            return "above unsteered, but not clearly above every noise vector"
+        return "reproduced"
+
+
+def span(rates: list[dict[str, Any]]) -> str:
+    """Rates over seeds: ``"7%"`` for one, ``"5%-9%"`` (lowest to highest) for several."""
+    vals = [r["value"] for r in rates]
+    return f"{vals[0]:.0%}" if len(vals) == 1 else f"{min(vals):.0%}–{max(vals):.0%}"
+
+
+def refusal_comparison(res: dict[str, Any]) -> list[str]:
+    """Arditi et al.'s two findings in the target (its native direction), then the paper's
+    transfer claim per pair (mapped directions, every seed), each with a verdict from the
+    intervals."""
+    lines = []
+    for k, (pair, r) in enumerate(res["pairs"].items()):
+        c = RefusalCells(r)
+        if k == 0:  # the target and its native direction are the same in every pair
+            lines.append(
+                f"- **Arditi et al. in {r['target']}.** {PAPER['arditi']}. Here: ablating the native "
+                f"direction at every layer, refusal on harmful prompts {pct(c.abl['unsteered'])} → "
+                f"{pct(c.abl['native'])} ({c.ablation_verdict('native')}; same-norm noise: "
+                + ", ".join(pct(c.abl[n]) for n in c.noise)
+                + f"); adding it (α={c.alpha:g}), refusal on harmless prompts {pct(c.added('unsteered'))} → "
+                f"{pct(c.added('native'))} ({c.addition_verdict('native')}; noise: "
+                + ", ".join(pct(c.added(n)) for n in c.noise)
+                + ")."
+            )
+        title = "Qwen2.5-Coder 0.5B → 1.5B" if pair == "qwen" else "SmolLM2-135M → Qwen2.5-Coder-1.5B"
+        groups: dict[str, list[str]] = {}
+        for v in c.mapped:
+            groups.setdefault(vector_group(v), []).append(v)
+        cells = []
+        for g, vs in groups.items():
+            cos = [r["vectors"][v]["cosine_to_native"] for v in vs]
+            abl_v, add_v = [c.ablation_verdict(v) for v in vs], [c.addition_verdict(v) for v in vs]
+            cells.append(
+                f"{g}, {len(vs)} seed(s) (cosine to native {min(cos):+.2f} to {max(cos):+.2f}): ablation "
+                f"{span([c.abl[v] for v in vs])} ({abl_v.count('reproduced')}/{len(vs)} reproduced), "
+                f"addition {span([c.added(v) for v in vs])} "
+                f"({add_v.count('reproduced')}/{len(vs)} reproduced)"
+            )
+        claim = (
+            f"Paper: {PAPER['refusal']}"
+            if pair == "qwen"
+            else "Paper: no cross-family refusal result; the same test across families and 11× in size"
+        )
+        lines.append(
+            f"- **Refusal transfer, {title}.** {claim}. Here (n = {r['n']['harmful']} harmful / "
+            f"{r['n']['harmless']} harmless test prompts per cell, α={c.alpha:g}; native: ablation "
+            f"{pct(c.abl['native'])}, addition {pct(c.added('native'))}; a seed counts as reproduced when "
+            "its interval clears both the unsteered rate and every noise vector's): " + "; ".join(cells) + "."
+        )
+    return lines
+
+
 def overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
     """Whether two 95% intervals overlap (a loose "no clear difference")."""
     return bool(a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1])
@@ -635,6 +727,9 @@ def comparison(dirs: dict[str, Path]) -> list[str]:
             f"corrupted answer in {pct(best['backdoor'])} of answers and gives the correct one in "
             f"{pct(best['correct'])}; {switches}."
         )
+    refusal_res = load(dirs["refusal"] / "results.json")
+    if refusal_res is not None:
+        lines += refusal_comparison(refusal_res)
     if len(lines) == 2:
         lines.append(MISSING)
     lines += [
@@ -693,6 +788,22 @@ def headline(dirs: dict[str, Path]) -> list[str]:
             f"- Safety switch on backdoored SmolLM2 (layer {row['layer']}): trigger rate "
             f"{switch['off']['trigger_rate']['value']:.0%} off → {row['on']['trigger_rate']['value']:.0%} on."
         )
+    refusal_res = load(dirs["refusal"] / "results.json")
+    if refusal_res is not None:
+        for pair, r in refusal_res["pairs"].items():
+            c = RefusalCells(r)
+            groups: dict[str, list[dict[str, Any]]] = {}
+            for v in c.mapped:
+                groups.setdefault(vector_group(v), []).append(c.abl[v])
+            source = "Qwen2.5-Coder-0.5B" if pair == "qwen" else "SmolLM2-135M"
+            out.append(
+                f"- Refusal in Qwen2.5-Coder-1.5B on harmful prompts, {source}'s direction mapped and "
+                f"ablated: {c.abl['unsteered']['value']:.0%} unsteered → "
+                + ", ".join(f"{g} {span(rs)}" for g, rs in groups.items())
+                + f" (native {c.abl['native']['value']:.0%}, noise "
+                + span([c.abl[n] for n in c.noise])
+                + ")."
+            )
     return out
 
 

@@ -177,11 +177,45 @@ def test_the_readme_results_block_is_rewritten_in_place(tmp_path):
         write_results.headline(
             {
                 k: tmp_path / "none"
-                for k in ("smollm2-135m-instruct", "gemma-3-270m", "mapped", "switch", "facts")
+                for k in ("smollm2-135m-instruct", "gemma-3-270m", "mapped", "switch", "facts", "refusal")
             }
         )
         == []
     )
+
+
+def test_the_refusal_verdicts_follow_the_intervals():
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        import write_results
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+
+    def rate(k: int, n: int = 100) -> dict:
+        return ab.tasks.rate([True] * k + [False] * (n - k))
+
+    def pair(native_abl: int, mapped_abl: int, noise_abl: int, native_add: int, mapped_add: int) -> dict:
+        vecs = {"native": (native_abl, native_add), "mapped affine seed0": (mapped_abl, mapped_add)}
+        vecs["noise seed0"] = (noise_abl, 2)
+        return {
+            "target": "t",
+            "n": {"harmful": 100, "harmless": 100},
+            "vectors": {v: {"cosine_to_native": 0.9} for v in vecs},
+            "ablation": [{"vector": "unsteered", "refusal": rate(95)}]
+            + [{"vector": v, "refusal": rate(a)} for v, (a, _) in vecs.items()],
+            "addition": [{"vector": "unsteered", "alpha": 0.0, "refusal": rate(2)}]
+            + [{"vector": v, "alpha": 1.0, "refusal": rate(b)} for v, (_, b) in vecs.items()],
+        }
+
+    good = write_results.refusal_comparison({"pairs": {"qwen": pair(3, 5, 93, 90, 85)}})
+    assert "(reproduced; same-norm noise: 93%" in good[0] and "1/1 reproduced), addition 85% (1/1" in good[1]
+    weak = write_results.refusal_comparison({"pairs": {"cross": pair(3, 60, 93, 90, 4)}})
+    assert "ablation 60% (0/1 reproduced), addition 4% (0/1 reproduced)" in weak[1]
+    assert "no cross-family refusal result" in weak[1]
+    cells = write_results.RefusalCells(pair(3, 60, 93, 90, 4))
+    assert cells.ablation_verdict("mapped affine seed0") == "partly (a clear drop)"
+    noisy = write_results.RefusalCells(pair(3, 5, 6, 90, 85))  # noise removes refusal as well
+    assert noisy.ablation_verdict("native") == "below unsteered, but not clearly below every noise vector"
 
 
 def test_the_backdoor_experiments_run_on_the_code_backdoor(tmp_path):
