@@ -65,6 +65,29 @@ fn err(e: CoreError) -> PyErr {
     }
 }
 
+/// The most batches a batch thread gathers ahead (each is a whole batch in memory).
+const MAX_PREFETCH: usize = 1024;
+
+/// Run `f` without the GIL. A panic inside it (a bug in actbridge) becomes an
+/// `ActbridgeError` that names it, never pyo3's `PanicException` (a `BaseException`, which
+/// `except Exception` does not catch).
+fn guarded<T: Send>(py: Python<'_>, f: impl FnOnce() -> T + Send) -> PyResult<T> {
+    py.detach(|| std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)))
+        .map_err(|payload| panic_error(payload.as_ref()))
+}
+
+/// The message of a caught panic, as an `ActbridgeError`.
+fn panic_error(payload: &(dyn std::any::Any + Send)) -> PyErr {
+    let msg = payload
+        .downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| payload.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into());
+    ActbridgeError::new_err(format!(
+        "internal error in actbridge's native code (a bug; please report it with this message): {msg}"
+    ))
+}
+
 fn invalid(msg: impl Into<String>) -> PyErr {
     StoreError::new_err(msg.into())
 }
@@ -304,9 +327,10 @@ impl PyStoreWriter {
             shard_bytes,
             queue,
         };
-        let inner = py
-            .detach(|| store::StoreWriter::open(&path, sites, columns, metadata, mode, opts))
-            .map_err(err)?;
+        let inner = guarded(py, || {
+            store::StoreWriter::open(&path, sites, columns, metadata, mode, opts)
+        })?
+        .map_err(err)?;
         Ok(PyStoreWriter { inner })
     }
 
@@ -351,18 +375,17 @@ impl PyStoreWriter {
             return Err(invalid("append needs at least one site array"));
         }
         let inner = &mut self.inner;
-        py.detach(|| inner.append(&inputs, &cols, check_finite))
-            .map_err(err)
+        guarded(py, || inner.append(&inputs, &cols, check_finite))?.map_err(err)
     }
 
     fn flush(&mut self, py: Python<'_>) -> PyResult<u64> {
         let inner = &mut self.inner;
-        py.detach(|| inner.flush()).map_err(err)
+        guarded(py, || inner.flush())?.map_err(err)
     }
 
     fn close(&mut self, py: Python<'_>) -> PyResult<u64> {
         let inner = &mut self.inner;
-        py.detach(|| inner.close()).map_err(err)
+        guarded(py, || inner.close())?.map_err(err)
     }
 
     fn update_metadata(&mut self, metadata_json: &str) -> PyResult<()> {
@@ -417,12 +440,11 @@ impl PyStore {
     #[pyo3(signature = (paths, page_budget=None))]
     fn new(py: Python<'_>, paths: Vec<PathBuf>, page_budget: Option<u64>) -> PyResult<Self> {
         let page_budget = page_budget.unwrap_or_else(default_page_budget);
-        let inner = py
-            .detach(|| match paths.as_slice() {
-                [one] => store::ActivationStore::open(one, page_budget),
-                many => store::ActivationStore::open_list(many, page_budget),
-            })
-            .map_err(err)?;
+        let inner = guarded(py, || match paths.as_slice() {
+            [one] => store::ActivationStore::open(one, page_budget),
+            many => store::ActivationStore::open_list(many, page_budget),
+        })?
+        .map_err(err)?;
         Ok(PyStore {
             inner: Arc::new(inner),
         })
@@ -430,7 +452,7 @@ impl PyStore {
 
     /// A new handle that also sees rows committed since this one was opened.
     fn refreshed(&self, py: Python<'_>) -> PyResult<Self> {
-        let inner = py.detach(|| self.inner.refreshed()).map_err(err)?;
+        let inner = guarded(py, || self.inner.refreshed())?.map_err(err)?;
         Ok(PyStore {
             inner: Arc::new(inner),
         })
@@ -495,7 +517,7 @@ impl PyStore {
         with_rows(&rows, |r| {
             let ids = store.resolve(&r).map_err(err)?;
             let out = OutArray::new(py, store, f, ids.len(), dtype);
-            py.detach(|| out.fill(store, &ids));
+            guarded(py, || out.fill(store, &ids))?;
             Ok(out.array)
         })
     }
@@ -511,7 +533,7 @@ impl PyStore {
         let store = &self.inner;
         let s = with_rows(&rows, |r| {
             let ids = store.resolve(&r).map_err(err)?;
-            Ok(py.detach(|| store::stats::site_stats(store, site, &ids)))
+            guarded(py, || store::stats::site_stats(store, site, &ids))
         })?;
         let s =
             s.ok_or_else(|| invalid("stats of zero rows are undefined; select at least one row"))?;
@@ -519,7 +541,7 @@ impl PyStore {
     }
 
     fn verify(&self, py: Python<'_>) -> PyResult<()> {
-        py.detach(|| self.inner.verify()).map_err(err)
+        guarded(py, || self.inner.verify())?.map_err(err)
     }
 
     fn release_pages(&self, py: Python<'_>) {
@@ -547,6 +569,16 @@ impl PyStore {
         if batch_size == 0 {
             return Err(invalid("batch_size must be positive"));
         }
+        if prefetch > MAX_PREFETCH {
+            return Err(invalid(format!(
+                "prefetch must be in [0, {MAX_PREFETCH}] (batches gathered ahead), got {prefetch}"
+            )));
+        }
+        if block_rows == 0 || window_blocks == 0 {
+            return Err(invalid("block_rows and window_blocks must be positive"));
+        }
+        // a shard truncated since the store was opened would end the process with SIGBUS
+        self.inner.check_unchanged().map_err(err)?;
         if names.is_empty() {
             return Err(invalid("name at least one site or column to batch"));
         }
@@ -571,13 +603,13 @@ impl PyStore {
         let store = self.inner.clone();
         let order = with_rows(&rows, |r| {
             let ids = store.resolve(&r).map_err(err)?;
-            Ok(py.detach(|| {
+            guarded(py, || {
                 let base: Vec<u64> = match ids {
                     RowIds::Range(a, b) => (a..b).collect(),
                     RowIds::List(v) => v.into_owned(),
                 };
                 store::sampler::epoch_order(base, shuffle, seed, epoch)
-            }))
+            })
         })?;
         let n_batches = if drop_last {
             order.len() / batch_size
@@ -589,6 +621,8 @@ impl PyStore {
         let cancelled = Arc::new(AtomicBool::new(false));
         let stop = cancelled.clone();
         let pool_size = prefetch.max(1) + 2;
+        let failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
+        let failed = failure.clone();
         let producer = move || {
             // Arrays this thread made, per field, recycled once Python has let go of them all,
             // so batches are written into memory that is already mapped (a fresh 16 MiB array
@@ -618,6 +652,14 @@ impl PyStore {
             }
             Python::attach(|_| drop(pool));
         };
+        let producer = move || {
+            if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(producer)) {
+                let msg = Python::attach(|py| panic_error(payload.as_ref()).value(py).to_string());
+                if let Ok(mut f) = failed.lock() {
+                    *f = Some(msg);
+                }
+            }
+        };
         std::thread::Builder::new()
             .name("actbridge-batches".into())
             .spawn(producer)
@@ -627,6 +669,7 @@ impl PyStore {
             names: out_names,
             remaining: n_batches,
             cancelled,
+            failure,
         })
     }
 }
@@ -728,6 +771,8 @@ struct BatchIter {
     remaining: usize,
     /// Set when the iterator is dropped, so the producer stops before it next takes the GIL.
     cancelled: Arc<AtomicBool>,
+    /// Why the producer stopped early (a panic), reported by `__next__` instead of an early end.
+    failure: Arc<Mutex<Option<String>>>,
 }
 
 impl Drop for BatchIter {
@@ -763,8 +808,15 @@ impl BatchIter {
                 if let Ok(mut r) = self.rx.lock() {
                     *r = None;
                 }
-                self.remaining = 0;
-                Ok(None)
+                let left = std::mem::take(&mut self.remaining);
+                let why = self.failure.lock().ok().and_then(|mut f| f.take());
+                match (left, why) {
+                    (_, Some(msg)) => Err(ActbridgeError::new_err(msg)),
+                    (0, None) => Ok(None),
+                    (k, None) => Err(ActbridgeError::new_err(format!(
+                        "the batch thread stopped with {k} batches of the epoch left"
+                    ))),
+                }
             }
         }
     }
@@ -817,7 +869,7 @@ impl PyAffineStats {
             .as_slice()
             .map_err(|_| invalid("y must be C-contiguous"))?;
         let inner = &mut self.inner;
-        py.detach(|| inner.update(xs, ys, n)).map_err(fit_err)
+        guarded(py, || inner.update(xs, ys, n))?.map_err(fit_err)
     }
 
     /// Stream `rows` of two sites of a store; `progress(rows_done)` after each chunk.
@@ -840,7 +892,7 @@ impl PyAffineStats {
         let mut callback_error: Option<PyErr> = None;
         let result = with_rows(&rows, |r| {
             let ids = st.resolve(&r).map_err(err)?;
-            Ok(py.detach(|| {
+            guarded(py, || {
                 inner.update_from_store(st, s, t, &ids, |done| match &progress {
                     None => true,
                     Some(cb) => Python::attach(|py| match cb.call1(py, (done,)) {
@@ -851,7 +903,7 @@ impl PyAffineStats {
                         }
                     }),
                 })
-            }))
+            })
         })?;
         if let Some(e) = callback_error {
             return Err(e);
@@ -1027,7 +1079,9 @@ fn autoencoder_loss_and_grad(
         y.as_slice().map_err(|_| invalid("y must be contiguous"))?,
     );
     let mut grad = AeParams::zeros(d_s, h, d_t);
-    let loss = py.detach(|| p.loss_and_grad(xs, ys, rows, &mut grad, &mut Work::default()));
+    let loss = guarded(py, || {
+        p.loss_and_grad(xs, ys, rows, &mut grad, &mut Work::default())
+    })?;
     let (a, b, c, d) = ae_tuple(py, grad);
     Ok((loss, a, b, c, d))
 }
@@ -1105,7 +1159,7 @@ fn train_autoencoder<'py>(
     };
     let mut callback_error: Option<PyErr> = None;
     let mut last_report = std::time::Instant::now();
-    let history = py.detach(|| {
+    let history = guarded(py, || {
         autoencoder::train(
             &mut params,
             st,
@@ -1130,7 +1184,7 @@ fn train_autoencoder<'py>(
                 })
             },
         )
-    });
+    })?;
     if let Some(e) = callback_error {
         return Err(e);
     }

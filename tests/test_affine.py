@@ -199,6 +199,10 @@ def test_load_map_faults(tmp_path):
     bad = json.loads(config)
     bad["source_dim"] = 7
     (tmp_path / "m" / "config.json").write_text(json.dumps(bad))
+    with pytest.raises(ab.MapCorruptError, match="checksum"):
+        ab.load_map(tmp_path / "m")
+    del bad["integrity"]  # as a map saved before checksums: the shape check must catch it
+    (tmp_path / "m" / "config.json").write_text(json.dumps(bad))
     with pytest.raises(ab.MapError, match="config says 7 -> 4"):
         ab.load_map(tmp_path / "m")
     (tmp_path / "m" / "config.json").write_text("{not json")

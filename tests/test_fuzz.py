@@ -84,6 +84,7 @@ def test_mutated_manifests(good_store):
     ]
     for edit in edits:
         d = json.loads(good)
+        d.pop("checksum")  # as a manifest from before checksums: the structure checks must catch it
         edit(d)
         path.write_text(json.dumps(d))
         with pytest.raises(ab.StoreError):

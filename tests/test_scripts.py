@@ -150,3 +150,13 @@ def test_finetune_benchmark_smoke(tmp_path):
     for label in ("| full |", "| lora |", "| lora+ckpt |", "| peft loop |", "| peft loop+ckpt |"):
         assert label in out
     assert "failed" not in out and "| peft loop | " in out and "| 1.00x |" in out
+
+
+def test_attack_campaign_smoke_finds_nothing(tmp_path):
+    out = run(str(ROOT / "benches" / "attack.py"), "--scale", "0.1", cwd=tmp_path)
+    table = [line for line in out.splitlines() if line.startswith("| ") and "tried" not in line]
+    rows = [line.split("|")[2:-1] for line in table]
+    assert len(rows) == 9, out
+    for tried, typed, unchanged, silent, untyped, crash in rows:
+        assert int(tried) == int(typed) + int(unchanged), out  # every attempt typed or harmless
+        assert int(silent) == int(untyped) == int(crash) == 0, out

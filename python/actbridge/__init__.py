@@ -41,7 +41,7 @@ from actbridge.finetune import (
 )
 from actbridge.generation import compare_generations, rouge_l
 from actbridge.hooks import HookError, decoder_blocks
-from actbridge.maps import AffineMap, AffineStats, MapWarning, load_map
+from actbridge.maps import AffineMap, AffineStats, MapCorruptError, MapWarning, load_map
 from actbridge.models import EMBEDDED, ModelError, load_model
 from actbridge.replace import SafetySwitch, mean_ablate, patch, substitute
 from actbridge.rowwise import Condition, generate_conditions, steer_rows
@@ -49,6 +49,7 @@ from actbridge.steer import (
     Intervention,
     SteerError,
     SteeringVector,
+    VectorCorruptError,
     ablate,
     at_tokens,
     contrast_directions,
@@ -56,7 +57,7 @@ from actbridge.steer import (
     transfer_vector,
     trigger_tokens,
 )
-from actbridge.store import ActivationStore, StoreWriter
+from actbridge.store import ActivationStore, StoreArgumentError, StoreWriter
 from actbridge.texts import TextsError, load_corpus
 from actbridge.versions import SimdLevels, simd_levels
 
@@ -80,16 +81,19 @@ __all__ = [
     "OutputExistsError",
     "HookError",
     "Intervention",
+    "MapCorruptError",
     "MapError",
     "MapWarning",
     "ModelError",
     "SafetySwitch",
     "SteerError",
     "SteeringVector",
+    "StoreArgumentError",
     "StoreCorruptError",
     "StoreError",
     "StoreWriter",
     "TextsError",
+    "VectorCorruptError",
     "__version__",
     "ablate",
     "align_offsets",

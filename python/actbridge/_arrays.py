@@ -13,6 +13,24 @@ import numpy.typing as npt
 
 from actbridge._native import StoreError
 
+
+class StoreArgumentError(StoreError, ValueError):
+    """A store argument out of its allowed range (the message names the range)."""
+
+
+def checked_int(
+    name: str, value: Any, lo: int, hi: int, *, error: type[Exception] = StoreArgumentError
+) -> int:
+    """``value`` as a Python int in ``[lo, hi]``; anything else (a bool, a float, a string, a
+    number out of range) raises ``error`` naming the allowed range."""
+    if isinstance(value, bool) or not isinstance(value, (int, np.integer)):
+        raise error(f"{name} must be an integer in [{lo}, {hi}], got {value!r}")
+    v = int(value)
+    if not lo <= v <= hi:
+        raise error(f"{name} must be in [{lo}, {hi}], got {v}")
+    return v
+
+
 #: Float dtypes the native layer reads directly, by numpy dtype name.
 _HOST_FLOATS = {"float32", "float64", "float16"}
 
@@ -89,7 +107,12 @@ def row_selection(rows: Any, n: int) -> tuple[int, int] | npt.NDArray[np.int64] 
     if rows is None:
         return None
     if isinstance(rows, slice):
-        start, stop, step = rows.indices(n)
+        if rows.step == 0:
+            raise StoreArgumentError("a rows slice's step cannot be zero")
+        try:
+            start, stop, step = rows.indices(n)
+        except TypeError as e:
+            raise StoreArgumentError(f"rows slice bounds must be integers or None: {e}") from None
         if step == 1:
             return (start, max(start, stop))
         return np.arange(start, stop, step, dtype=np.int64)
@@ -106,6 +129,13 @@ def row_selection(rows: Any, n: int) -> tuple[int, int] | npt.NDArray[np.int64] 
         raise StoreError(
             f"rows must be None, a slice, an int, a 1-D integer array or a boolean mask; "
             f"got {arr.dtype} array of shape {arr.shape}"
+        )
+    # range-check in the array's own dtype: a uint64 beyond int64 must not wrap to a negative
+    lo, hi = int(arr.min()), int(arr.max())
+    if lo < -n or hi >= n:
+        bad = lo if lo < -n else hi
+        raise StoreArgumentError(
+            f"row index {bad} is out of range for a store of {n} rows (valid: -{n} to {n - 1})"
         )
     return np.ascontiguousarray(arr, dtype=np.int64)
 

@@ -21,15 +21,22 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from actbridge import _native
+from actbridge import _native, integrity
 from actbridge._arrays import is_torch_tensor, row_selection, selection_size
 from actbridge._blas import faer_forced, find_blas
 from actbridge._native import MapError
 from actbridge.store import ActivationStore, PathLike
 
+
+class MapCorruptError(MapError):
+    """A saved map whose files do not match the checksums its config.json records (a flipped
+    byte, a truncation, an edited file)."""
+
+
 __all__ = [
     "AffineMap",
     "AffineStats",
+    "MapCorruptError",
     "MapError",
     "MapWarning",
     "blas_source",
@@ -396,7 +403,11 @@ def save_map(m: Any, path: PathLike, extra: Mapping[str, Any] | None = None) -> 
     tmp = d / (WEIGHTS + ".tmp")
     save_file(m.tensors(), os.fspath(tmp), metadata={"format": MAP_FORMAT, "kind": m.kind})
     os.replace(tmp, d / WEIGHTS)
-    (d / CONFIG).write_text(json.dumps(config, indent=2, default=_jsonable))
+    plain = json.loads(json.dumps(config, default=_jsonable))  # what a reader will see
+    sealed = integrity.seal(plain, d, [WEIGHTS])
+    tmp_config = d / (CONFIG + ".tmp")
+    tmp_config.write_text(json.dumps(sealed, indent=2))
+    os.replace(tmp_config, d / CONFIG)
 
 
 def _jsonable(o: Any) -> Any:
@@ -416,19 +427,15 @@ def load_map(path: PathLike) -> Any:
     from actbridge.autoencoder import AutoencoderMap
 
     d = Path(path)
-    try:
-        config = json.loads((d / CONFIG).read_text())
-    except FileNotFoundError as e:
-        raise MapError(f"no map at {d}: {CONFIG} is missing") from e
-    except (OSError, ValueError) as e:
-        raise MapError(f"{d / CONFIG} is not valid JSON: {e}") from e
-    if not isinstance(config, dict):
-        raise MapError(f"{d / CONFIG} must hold a JSON object")
+    if not (d / CONFIG).exists():
+        raise MapError(f"no map at {d}: {CONFIG} is missing")
+    config = integrity.read_config(d / CONFIG, MapCorruptError)
     if config.get("format") != MAP_FORMAT:
         if {"source_dim", "target_dim"} <= config.keys() and (d / "pytorch_model.bin").exists():
             return _load_paper_mapper(d, config)
         raise MapError(f"{d} is not an actbridge map (config format {config.get('format')!r})")
     kind = config.get("kind")
+    integrity.check(config, d, MapCorruptError)
     tensors = _load_tensors(d / WEIGHTS)
     meta = {
         "config": {

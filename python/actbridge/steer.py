@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from actbridge import integrity
 from actbridge._native import ActbridgeError
 from actbridge.hooks import (
     block_output,
@@ -42,8 +43,32 @@ Positions = str | Callable[[Any, Any], Any]
 _POSITIONS = ("all", "last", "prompt", "generated")
 
 
-class SteerError(ActbridgeError):
+def _read_vector(path: Path) -> npt.NDArray[np.float32]:
+    """The one tensor ``vector`` of a vector file as float32; anything else is a
+    :class:`VectorCorruptError` (other tensors, a dtype but float16/bfloat16/float32)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        if list(f.keys()) != ["vector"]:
+            raise VectorCorruptError(f"{path} must hold one tensor named 'vector', has {list(f.keys())}")
+        dtype = f.get_slice("vector").get_dtype()
+        if dtype not in ("F16", "BF16", "F32"):
+            raise VectorCorruptError(
+                f"{path} holds {dtype}; steering vectors are float16, bfloat16 or float32"
+            )
+        if dtype != "BF16":
+            return np.asarray(f.get_tensor("vector"), dtype=np.float32)
+    with safe_open(str(path), framework="pt") as f:  # numpy has no bfloat16
+        return f.get_tensor("vector").float().numpy()  # type: ignore[no-any-return]
+
+
+class SteerError(ActbridgeError, ValueError):
     """An intervention was asked for something it cannot do (the message says what to change)."""
+
+
+class VectorCorruptError(SteerError):
+    """A saved steering vector whose files do not match their checksums, or hold a dtype,
+    shape or values (NaN, inf) that no steering vector has."""
 
 
 # --- what the model is being called with --------------------------------------------------------
@@ -206,7 +231,17 @@ class SteeringVector:
     info: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.vector = np.asarray(self.vector, dtype=np.float32).reshape(-1)
+        v = np.asarray(self.vector, dtype=np.float32)
+        if v.ndim == 2 and v.shape[0] == 1:  # a (1, d) mean taken with keepdim
+            v = v[0]
+        if v.ndim != 1 or v.shape[0] == 0:
+            raise SteerError(f"a steering vector is one (d,) direction, got shape {v.shape}")
+        if not np.isfinite(v).all():
+            raise SteerError("the steering vector holds NaN or infinite values")
+        if isinstance(self.layer, bool) or not isinstance(self.layer, (int, np.integer)):
+            # Negative counts from the end, as everywhere (checked against the model when applied).
+            raise SteerError(f"layer must be an integer block index, got {self.layer!r}")
+        self.vector, self.layer = v, int(self.layer)
 
     @property
     def norm(self) -> float:
@@ -234,7 +269,8 @@ class SteeringVector:
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        save_file({"vector": self.vector}, str(out / "vector.safetensors"))
+        save_file({"vector": self.vector}, str(out / "vector.safetensors.tmp"))
+        os.replace(out / "vector.safetensors.tmp", out / "vector.safetensors")
         meta = {
             "kind": "steering_vector",
             "layer": self.layer,
@@ -244,20 +280,39 @@ class SteeringVector:
             "dim": int(self.vector.shape[0]),
             "info": self.info,
         }
-        (out / "config.json").write_text(json.dumps(meta, indent=2))
+        sealed = integrity.seal(json.loads(json.dumps(meta, default=str)), out, ["vector.safetensors"])
+        (out / "config.json.tmp").write_text(json.dumps(sealed, indent=2))
+        os.replace(out / "config.json.tmp", out / "config.json")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SteeringVector:
-        from safetensors.numpy import load_file
-
+        """A vector saved by :meth:`save`. Checksums (when recorded), dtype (float16, bfloat16
+        or float32), shape and finiteness are checked: :class:`VectorCorruptError` otherwise."""
         src = Path(path)
+        if not (src / "config.json").exists():
+            raise SteerError(f"{src} is not a saved steering vector (config.json is missing)")
+        meta = integrity.read_config(src / "config.json", VectorCorruptError)
+        if meta.get("kind") != "steering_vector":
+            raise SteerError(f"{src} is not a saved steering vector (kind {meta.get('kind')!r})")
+        integrity.check(meta, src, VectorCorruptError)
         try:
-            meta = json.loads((src / "config.json").read_text())
-            vec = load_file(str(src / "vector.safetensors"))["vector"]
-        except (OSError, ValueError, KeyError) as e:
-            raise SteerError(f"{src} is not a saved steering vector ({e})") from e
-        if meta.get("kind") != "steering_vector" or vec.shape != (meta.get("dim"),):
-            raise SteerError(f"{src}: config.json does not describe vector.safetensors (shape {vec.shape})")
+            vec = _read_vector(src / "vector.safetensors")
+        except SteerError:
+            raise
+        except Exception as e:  # safetensors' own errors: a damaged or foreign file
+            raise VectorCorruptError(
+                f"{src}/vector.safetensors is damaged or not a safetensors file ({e})"
+            ) from e
+        if vec.shape != (meta.get("dim"),):
+            raise VectorCorruptError(
+                f"{src}: config.json says dim {meta.get('dim')}, the file holds {vec.shape}"
+            )
+        if not np.isfinite(vec).all():
+            raise VectorCorruptError(f"{src}/vector.safetensors holds NaN or infinite values")
+        if not isinstance(meta.get("layer"), int) or isinstance(meta.get("layer"), bool):
+            raise VectorCorruptError(
+                f"{src}: config.json's layer must be an integer, got {meta.get('layer')!r}"
+            )
         return cls(
             vec,
             int(meta["layer"]),

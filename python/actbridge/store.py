@@ -26,14 +26,28 @@ import numpy as np
 import numpy.typing as npt
 
 from actbridge import _native
-from actbridge._arrays import float_rows, int_column, row_indices, row_selection
+from actbridge._arrays import (
+    StoreArgumentError,
+    checked_int,
+    float_rows,
+    int_column,
+    row_indices,
+    row_selection,
+)
 from actbridge._native import StoreError
 
-__all__ = ["ActivationStore", "StoreWriter"]
+__all__ = ["ActivationStore", "StoreArgumentError", "StoreWriter"]
 
 PathLike = str | os.PathLike[str]
 #: Default shard size; shards are sized to about this many bytes unless ``shard_rows`` is set.
 SHARD_BYTES = 256 * 2**20
+#: Bounds of the size and count arguments (a value outside raises StoreArgumentError).
+MAX_SHARD_ROWS = 2**40
+MAX_SHARD_BYTES = 2**40
+MAX_QUEUE = 64
+MAX_PREFETCH = 1024
+MAX_BATCH = 2**31
+U64_MAX = 2**64 - 1
 
 
 def _json(value: Any) -> str:
@@ -100,10 +114,19 @@ class StoreWriter:
             if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
                 raise StoreError(f"site {name!r} has width {dim!r}; widths are positive integers")
             spec.append((name, int(dim), dtypes.get(name, "bfloat16")))
-        if shard_rows is not None and shard_rows <= 0:
-            raise StoreError("shard_rows must be a positive integer (or None to size shards by bytes)")
+        if shard_rows is not None:
+            shard_rows = checked_int(
+                "shard_rows (or None to size shards by bytes)", shard_rows, 1, MAX_SHARD_ROWS
+            )
+        shard_bytes = checked_int("shard_bytes", shard_bytes, 1, MAX_SHARD_BYTES)
+        queue = checked_int("queue", queue, 1, MAX_QUEUE)
         self.path = os.fspath(path)
         if part is not None:
+            part = str(part)
+            if not part or part in (".", "..") or any(c in part for c in "/\\\0") or part != part.strip():
+                raise StoreArgumentError(
+                    f"part must be a plain name such as 0 or 'rank3' (no path separators), got {part!r}"
+                )
             if os.path.exists(os.path.join(self.path, "manifest.json")):
                 raise StoreError(f"{self.path} is a single store; parts go in a directory of their own")
             self.path = os.path.join(self.path, f"part-{part}")
@@ -191,6 +214,13 @@ class ActivationStore:
     ``len(store)`` is the number of rows committed when it was opened; :meth:`refresh` picks
     up rows committed since (a store can be read while it is being written). Structure is
     validated at open (:class:`StoreCorruptError` on damage); :meth:`verify` re-hashes all data.
+    Only regular files inside the store directory are opened (a symlinked or special manifest
+    or shard is :class:`StoreCorruptError`); the directory itself may be a symlink.
+
+    A shard truncated by another program while it is mapped would end the process with SIGBUS
+    at the next read of it (mmap's nature); :meth:`batches` (before each epoch),
+    :meth:`refresh` and :meth:`verify` check every shard's size first and raise
+    :class:`StoreCorruptError` instead.
 
     Args:
         path: store directory (a single store, or a directory of ``part-*`` stores), or a list
@@ -202,7 +232,9 @@ class ActivationStore:
     """
 
     def __init__(self, path: PathLike | Sequence[PathLike], *, page_budget: int | None = None) -> None:
-        budget = None if page_budget is None else int(page_budget)
+        budget = (
+            None if page_budget is None else checked_int("page_budget (bytes)", page_budget, 1, 2**63 - 1)
+        )
         paths = [path] if isinstance(path, (str, os.PathLike)) else list(path)
         self._store = _native.ActivationStore([os.fspath(p) for p in paths], budget)
         self._load_schema()
@@ -292,6 +324,11 @@ class ActivationStore:
 
     def _read(self, name: str, rows: Any, dtype: str) -> Any:
         if isinstance(rows, (int, np.integer)) and not isinstance(rows, bool):
+            n = len(self)
+            if not -n <= int(rows) < n:
+                raise StoreArgumentError(
+                    f"row index {int(rows)} is out of range for a store of {n} rows (valid: -{n} to {n - 1})"
+                )
             return self._store.read(name, np.array([rows], dtype=np.int64), dtype)[0]
         return self._store.read(name, row_selection(rows, len(self)), dtype)
 
@@ -354,20 +391,18 @@ class ActivationStore:
         mode = {True: "global", False: "none", "global": "global", "none": "none", "block": "block"}
         if not isinstance(shuffle, (bool, str)) or shuffle not in mode:
             raise StoreError(f'shuffle must be True, False or "block", not {shuffle!r}')
-        if batch_size <= 0:
-            raise StoreError("batch_size must be positive")
         return self._store.batches(
             list(names),
-            int(batch_size),
+            checked_int("batch_size", batch_size, 1, MAX_BATCH),
             mode[shuffle],
-            int(seed),
-            int(epoch),
+            checked_int("seed", seed, 0, U64_MAX),
+            checked_int("epoch", epoch, 0, U64_MAX),
             row_selection(rows, len(self)),
             bool(drop_last),
             dtype,
-            int(block_rows),
-            int(window_blocks),
-            int(prefetch),
+            checked_int("block_rows", block_rows, 1, MAX_BATCH),
+            checked_int("window_blocks", window_blocks, 1, 2**20),
+            checked_int("prefetch", prefetch, 0, MAX_PREFETCH),
         )
 
     def split(

@@ -15,8 +15,19 @@ pub const VERSION: u32 = 1;
 /// Widest site accepted; anything wider is taken as a garbled header, not a real model.
 pub const MAX_DIM: u64 = 1 << 20;
 
+/// The key of the manifest's own checksum.
+pub const CHECKSUM: &str = "checksum";
+
+/// xxh3-64 (16 hex digits) of `value`'s compact JSON; serde_json's maps keep keys sorted, so
+/// the text is canonical.
+fn canonical_checksum(value: &serde_json::Value) -> String {
+    let text = serde_json::to_vec(value).unwrap_or_default();
+    format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&text))
+}
+
 /// One activation block per row: `dim` floats of `dtype`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct SiteSpec {
     pub name: String,
     pub dim: u64,
@@ -25,6 +36,7 @@ pub struct SiteSpec {
 
 /// One integer per row (token_id, doc, pos, ...).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ColumnSpec {
     pub name: String,
     pub dtype: DType,
@@ -32,6 +44,7 @@ pub struct ColumnSpec {
 
 /// A committed, immutable shard file.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct ShardEntry {
     pub file: String,
     pub rows: u64,
@@ -41,6 +54,7 @@ pub struct ShardEntry {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub format: String,
     pub version: u32,
@@ -189,29 +203,56 @@ impl Manifest {
     /// Read and check `dir/manifest.json`.
     pub fn load(dir: &Path) -> Result<Manifest> {
         let path = dir.join(MANIFEST);
-        let bytes = match fs::read(&path) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::NotFound(dir.to_path_buf()))
-            }
-            Err(e) => return Err(StoreError::Io { path, source: e }),
+        let Some(bytes) = super::files::read_capped(&path, super::files::MAX_MANIFEST_BYTES)?
+        else {
+            return Err(StoreError::NotFound(dir.to_path_buf()));
         };
         Self::parse(&bytes).map_err(|detail| StoreError::corrupt(&path, detail))
     }
 
-    /// Parse and check manifest bytes.
+    /// Parse and check manifest bytes. A manifest written with a `checksum` (every one this
+    /// version publishes) must match it: the xxh3 of its canonical JSON (sorted keys, compact)
+    /// without that key. One without (written before checksums) is accepted; unknown keys are
+    /// refused, so a damaged key name cannot turn the check off.
     pub fn parse(bytes: &[u8]) -> std::result::Result<Manifest, String> {
-        let m: Manifest =
+        let mut value: serde_json::Value =
             serde_json::from_slice(bytes).map_err(|e| format!("not a valid manifest: {e}"))?;
+        if let Some(obj) = value.as_object_mut() {
+            match obj.remove(CHECKSUM) {
+                None => {}
+                Some(serde_json::Value::String(want)) => {
+                    let have = canonical_checksum(&value);
+                    if want != have {
+                        return Err(format!(
+                            "the manifest does not match its checksum ({want} recorded, {have} \
+                             computed): it was edited or damaged"
+                        ));
+                    }
+                }
+                Some(_) => return Err(format!("{CHECKSUM:?} must be a string")),
+            }
+        }
+        let m: Manifest =
+            serde_json::from_value(value).map_err(|e| format!("not a valid manifest: {e}"))?;
         m.check()?;
         Ok(m)
+    }
+
+    /// The manifest as JSON bytes with its checksum.
+    pub fn to_bytes(&self) -> Result<Vec<u8>> {
+        let mut value =
+            serde_json::to_value(self).map_err(|e| StoreError::invalid(e.to_string()))?;
+        let sum = canonical_checksum(&value);
+        if let Some(obj) = value.as_object_mut() {
+            obj.insert(CHECKSUM.into(), serde_json::Value::String(sum));
+        }
+        serde_json::to_vec_pretty(&value).map_err(|e| StoreError::invalid(e.to_string()))
     }
 
     /// Publish atomically: temp file, fsync, rename over manifest.json, fsync the directory.
     pub fn publish(&self, dir: &Path) -> Result<()> {
         let tmp = dir.join(".tmp-manifest.json");
-        let bytes =
-            serde_json::to_vec_pretty(self).map_err(|e| StoreError::invalid(e.to_string()))?;
+        let bytes = self.to_bytes()?;
         {
             let mut f = fs::File::create(&tmp).at(&tmp)?;
             f.write_all(&bytes).at(&tmp)?;

@@ -5,6 +5,7 @@
 //! - [`reader::ActivationStore`] maps committed shards read-only and gathers rows in parallel.
 //! - [`sampler`] builds seeded epoch orders; [`stats`] streams per-dimension statistics.
 
+pub mod files;
 pub mod manifest;
 pub mod reader;
 pub mod sampler;
@@ -17,5 +18,7 @@ pub use reader::{ActivationStore, Rows};
 pub use sampler::Shuffle;
 pub use writer::{Mode, StoreWriter, WriterOptions};
 
+#[cfg(test)]
+mod fuzz;
 #[cfg(test)]
 mod tests;

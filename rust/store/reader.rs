@@ -13,6 +13,7 @@ use std::sync::Arc;
 use memmap2::{Mmap, UncheckedAdvice};
 use rayon::prelude::*;
 
+use super::files::open_regular;
 use super::manifest::{Manifest, ShardEntry, SiteSpec, MANIFEST};
 use super::shard::{self, ShardLayout};
 use crate::dtype::{convert, Float, Floats, FloatsMut};
@@ -28,14 +29,26 @@ fn discover_parts(dir: &Path) -> Result<Vec<PathBuf>> {
     let Ok(entries) = std::fs::read_dir(dir) else {
         return Err(StoreError::NotFound(dir.to_path_buf()));
     };
-    let mut parts: Vec<(String, PathBuf)> = entries
-        .filter_map(|e| e.ok())
-        .filter_map(|e| {
-            let name = e.file_name().to_str()?.to_string();
-            (name.starts_with("part-") && e.path().join(MANIFEST).is_file())
-                .then(|| (name, e.path()))
-        })
-        .collect();
+    let mut parts: Vec<(String, PathBuf)> = Vec::new();
+    for e in entries.filter_map(|e| e.ok()) {
+        let Some(name) = e.file_name().to_str().map(str::to_string) else {
+            continue;
+        };
+        if !name.starts_with("part-") {
+            continue;
+        }
+        // a part is a directory of the store itself: a symlinked part would pull rows in from
+        // elsewhere (file_type() does not follow links)
+        if e.file_type().map(|t| t.is_symlink()).unwrap_or(false) {
+            return Err(StoreError::corrupt(
+                e.path(),
+                "a symbolic link: a store's parts are directories inside it",
+            ));
+        }
+        if e.path().join(MANIFEST).is_file() {
+            parts.push((name, e.path()));
+        }
+    }
     if parts.is_empty() {
         return Err(StoreError::NotFound(dir.to_path_buf()));
     }
@@ -152,6 +165,8 @@ pub struct MappedShard {
     first_row: u64,
     map: Mmap,
     layout: ShardLayout,
+    /// The open file behind `map` (an `fstat` of it tells whether it shrank since it was mapped).
+    file: File,
 }
 
 impl MappedShard {
@@ -165,15 +180,11 @@ impl MappedShard {
         schema: &Manifest,
     ) -> Result<MappedShard> {
         let path = dir.join(&entry.file);
-        let file = match File::open(&path) {
-            Ok(f) => f,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                return Err(StoreError::corrupt(
-                    &path,
-                    "listed in the manifest but missing",
-                ))
-            }
-            Err(e) => return Err(StoreError::Io { path, source: e }),
+        let Some(file) = open_regular(&path)? else {
+            return Err(StoreError::corrupt(
+                &path,
+                "listed in the manifest but missing",
+            ));
         };
         let len = file.metadata().at(&path)?.len();
         if len != entry.bytes {
@@ -204,7 +215,25 @@ impl MappedShard {
             first_row,
             map,
             layout,
+            file,
         })
+    }
+
+    /// An error when the file behind the mapping is no longer as long as when it was mapped
+    /// (reading a truncated mapping would end the process with SIGBUS).
+    fn check_unchanged(&self) -> Result<()> {
+        let len = self.file.metadata().at(&self.path)?.len();
+        if len < self.map.len() as u64 {
+            return Err(StoreError::corrupt(
+                &self.path,
+                format!(
+                    "shrank to {len} bytes since the store was opened (it had {}): shards must not \
+                     be modified; reopen the store after restoring it",
+                    self.map.len()
+                ),
+            ));
+        }
+        Ok(())
     }
 
     fn site_rows(
@@ -376,7 +405,15 @@ impl ActivationStore {
 
     /// A new view including rows (and parts) committed since this one was opened; shards
     /// already mapped are shared.
+    /// An error ([`StoreError::Corrupt`]) when any mapped shard file shrank since it was
+    /// mapped: reading it would end the process with SIGBUS. One `fstat` per shard; batches
+    /// check before each epoch and `refreshed` before reusing a mapping.
+    pub fn check_unchanged(&self) -> Result<()> {
+        self.shards.iter().try_for_each(|s| s.check_unchanged())
+    }
+
     pub fn refreshed(&self) -> Result<ActivationStore> {
+        self.check_unchanged()?;
         let parts = if self.listed {
             self.parts.clone()
         } else {
@@ -681,7 +718,11 @@ impl ActivationStore {
 /// Hash a shard by reading the file (not the mapping, so a file shortened on disk is reported
 /// rather than faulting). A matching checksum means the bytes are the ones written and parsed.
 fn verify_shard(path: &Path, entry: &ShardEntry) -> std::result::Result<(), String> {
-    let mut f = File::open(path).map_err(|e| e.to_string())?;
+    let mut f = match open_regular(path) {
+        Ok(Some(f)) => f,
+        Ok(None) => return Err("missing".into()),
+        Err(e) => return Err(e.to_string()),
+    };
     let len = f.metadata().map_err(|e| e.to_string())?.len();
     if len != entry.bytes {
         return Err(format!(

@@ -16,6 +16,12 @@ use super::shard::{self, TensorBytes};
 use crate::dtype::{par_convert, DType, Floats, FloatsMut};
 use crate::error::{IoContext, Result, StoreError};
 
+/// The largest shard (rows x bytes per row) and row count a writer accepts.
+pub const MAX_SHARD_BYTES: u64 = 1 << 40;
+pub const MAX_SHARD_ROWS: u64 = 1 << 40;
+/// The most sealed shards that may wait for the disk (each is a whole shard in memory).
+pub const MAX_QUEUE: usize = 64;
+
 /// "x": create a new store (the path must not exist, or be an empty directory);
 /// "a": append to an existing store (created if absent).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -70,12 +76,23 @@ enum SiteBuf {
 }
 
 impl SiteBuf {
-    fn zeroed(dtype: DType, len: usize) -> SiteBuf {
-        match dtype {
-            DType::Float32 => SiteBuf::F32(bytemuck::zeroed_vec(len)),
-            DType::Float16 => SiteBuf::F16(bytemuck::zeroed_vec(len)),
-            _ => SiteBuf::BF16(bytemuck::zeroed_vec(len)),
-        }
+    /// A zeroed buffer of `len` floats, or an error (never an abort) when the allocation fails.
+    fn zeroed(dtype: DType, len: usize) -> Result<SiteBuf> {
+        let fail = |_| {
+            StoreError::invalid(format!(
+                "cannot allocate a shard buffer of {len} {} values: lower shard_rows or shard_bytes",
+                dtype.name()
+            ))
+        };
+        Ok(match dtype {
+            DType::Float32 => {
+                SiteBuf::F32(bytemuck::allocation::try_zeroed_vec(len).map_err(fail)?)
+            }
+            DType::Float16 => {
+                SiteBuf::F16(bytemuck::allocation::try_zeroed_vec(len).map_err(fail)?)
+            }
+            _ => SiteBuf::BF16(bytemuck::allocation::try_zeroed_vec(len).map_err(fail)?),
+        })
     }
     fn range_mut(&mut self, start: usize, end: usize) -> FloatsMut<'_> {
         match self {
@@ -203,6 +220,33 @@ impl StoreWriter {
             return Err(StoreError::invalid(
                 "shard_rows and shard_bytes must be positive",
             ));
+        }
+        if opts.shard_rows.unwrap_or(1) > MAX_SHARD_ROWS || opts.shard_bytes > MAX_SHARD_BYTES {
+            return Err(StoreError::invalid(format!(
+                "shard_rows must be in [1, {MAX_SHARD_ROWS}] and shard_bytes in [1, {MAX_SHARD_BYTES}]"
+            )));
+        }
+        let site_bytes = sites.iter().try_fold(0u64, |acc, s| {
+            s.dim
+                .checked_mul(s.dtype.size() as u64)
+                .and_then(|b| acc.checked_add(b))
+        });
+        let shard_fits = site_bytes.is_some_and(|row| {
+            row.checked_mul(opts.shard_rows.unwrap_or(1))
+                .is_some_and(|b| b <= MAX_SHARD_BYTES)
+        });
+        if !shard_fits {
+            return Err(StoreError::invalid(format!(
+                "a shard of {} rows of these sites would exceed {MAX_SHARD_BYTES} bytes: lower \
+                 shard_rows (or leave it unset to size shards by shard_bytes) or the site widths",
+                opts.shard_rows.unwrap_or(1)
+            )));
+        }
+        if !(1..=MAX_QUEUE).contains(&opts.queue) {
+            return Err(StoreError::invalid(format!(
+                "queue must be in [1, {MAX_QUEUE}] (sealed shards waiting for the disk), got {}",
+                opts.queue
+            )));
         }
         let exists = dir.exists();
         let has_manifest = dir.join(MANIFEST).exists();
@@ -414,7 +458,7 @@ impl StoreWriter {
             let buf = match self.buf.as_mut() {
                 Some(b) => b,
                 None => {
-                    let b = self.new_buffer();
+                    let b = self.new_buffer()?;
                     self.buf.insert(b)
                 }
             };
@@ -532,41 +576,61 @@ impl StoreWriter {
         Ok(n)
     }
 
-    fn new_buffer(&self) -> ShardBuffer {
+    fn new_buffer(&self) -> Result<ShardBuffer> {
         let column_specs = self.columns.clone().unwrap_or_default();
         if let Some(mut b) = self.recycled.lock().ok().and_then(|r| r.try_recv().ok()) {
             if b.column_specs == column_specs {
                 b.first_row = self.rows;
                 b.rows = 0;
                 b.columns.iter_mut().for_each(Vec::clear);
-                return b;
+                return Ok(b);
             }
         }
+        let too_big = || {
+            StoreError::invalid(format!(
+                "a shard of {:?} rows of this store's sites would exceed {MAX_SHARD_BYTES} bytes: \
+                 lower shard_rows (or leave it unset to size shards by shard_bytes)",
+                self.opts.shard_rows
+            ))
+        };
         let row_bytes: u64 = self
             .sites
             .iter()
-            .map(|s| s.dim * s.dtype.size() as u64)
-            .sum::<u64>()
-            + 8 * column_specs.len() as u64;
+            .try_fold(8 * column_specs.len() as u64, |acc, s| {
+                s.dim
+                    .checked_mul(s.dtype.size() as u64)
+                    .and_then(|b| acc.checked_add(b))
+            })
+            .ok_or_else(too_big)?;
         let capacity = self
             .opts
             .shard_rows
-            .unwrap_or((self.opts.shard_bytes / row_bytes).max(1)) as usize;
-        ShardBuffer {
+            .unwrap_or((self.opts.shard_bytes / row_bytes.max(1)).max(1));
+        if capacity
+            .checked_mul(row_bytes)
+            .is_none_or(|b| b > MAX_SHARD_BYTES)
+        {
+            return Err(too_big());
+        }
+        let capacity = usize::try_from(capacity).map_err(|_| too_big())?;
+        let mut sites = Vec::with_capacity(self.sites.len());
+        for s in &self.sites {
+            sites.push(SiteBuf::zeroed(s.dtype, capacity * s.dim as usize)?);
+        }
+        let mut columns = Vec::with_capacity(column_specs.len());
+        for _ in &column_specs {
+            let mut v: Vec<i64> = Vec::new();
+            v.try_reserve_exact(capacity).map_err(|_| too_big())?;
+            columns.push(v);
+        }
+        Ok(ShardBuffer {
             first_row: self.rows,
             rows: 0,
             capacity,
-            sites: self
-                .sites
-                .iter()
-                .map(|s| SiteBuf::zeroed(s.dtype, capacity * s.dim as usize))
-                .collect(),
-            columns: column_specs
-                .iter()
-                .map(|_| Vec::with_capacity(capacity))
-                .collect(),
+            sites,
+            columns,
             column_specs,
-        }
+        })
     }
 
     fn seal(&mut self) -> Result<()> {
