@@ -19,6 +19,10 @@ from actbridge import tasks
 
 HERE = Path(__file__).resolve().parent
 OUT = Path("experiments-out")
+#: Runs longer than a working session keep their step files here, in the repository: the small
+#: ones (directions, mapped vectors, per-condition rows, results) are committed, so a run resumes
+#: on another machine; each run's .gitignore leaves out what is large and rebuildable.
+RUNS = HERE / "runs"
 SOURCE = "smollm2-135m-instruct"
 TARGET = "gemma-3-270m"
 

@@ -27,7 +27,11 @@ topic, into ``select`` (the first --select-topics topics: layer selection) and `
    scores, and the two scorings' agreement.
 
 Every step is cached under --out and resumes after an interruption (each finished condition is
-saved at once); ``--pairs qwen`` runs the Qwen pair, ``--pairs cross`` the SmolLM2 source.
+saved at once). The default --out is ``experiments/runs/refusal-transfer``, in the repository:
+the run takes longer than a working session, so its small step files (directions, sweeps, the
+mapped vectors and map quality, per-condition rows) are committed and it resumes on any machine;
+the paired store and the maps themselves are ignored (only their products are needed again).
+``--pairs qwen`` runs the Qwen pair, ``--pairs cross`` the SmolLM2 source.
 
     python experiments/refusal_transfer.py                 # both pairs (hours on 2 CPUs)
     python experiments/refusal_transfer.py --pairs qwen
@@ -44,7 +48,7 @@ from typing import Any
 
 import actbridge as ab
 import numpy as np
-from _common import OUT, fit_autoencoder, resumable_rows, run_info, write_json
+from _common import OUT, RUNS, fit_autoencoder, resumable_rows, run_info, write_json
 from actbridge.generation import similarity
 from actbridge.hooks import decoder_blocks
 from actbridge.tasks import refusal
@@ -346,6 +350,11 @@ def corpus_ce(model: Any, tok: Any, n: int, ablate_dir: ab.SteeringVector | None
 # -- a pair ---------------------------------------------------------------------------------------
 
 
+def slug(name: str) -> str:
+    """A vector's name as a directory name: "mapped affine seed0" -> "mapped-affine-seed0"."""
+    return name.replace(" ", "-")
+
+
 def run_pair(
     name: str,
     source: tuple[str, Any, Any],
@@ -358,42 +367,64 @@ def run_pair(
     """Steps 1 (source), 2 and 3 for one source → target pair."""
     s_name, m_s, tok_s = source
     t_name, m_t, tok_t = target
-    timings: dict[str, float] = {}
+    timing_path = out / "timings.json"
+    timings: dict[str, float] = json.loads(timing_path.read_text()) if timing_path.is_file() else {}
+
+    def add_time(step: str, since: float) -> None:
+        """Wall seconds per step, summed over every run that worked on it (a resumed step too)."""
+        timings[step] = round(timings.get(step, 0.0) + time.perf_counter() - since, 1)
+        write_json(timing_path, timings)
+
     t0 = time.perf_counter()
     sdirs = model_directions(s_name, m_s, tok_s, p, args, out / "source")
-    timings["source directions + sweep"] = time.perf_counter() - t0
+    add_time("source directions + sweep", t0)
     l_s, l_t = sdirs["sweep"]["chosen_layer"], tdirs["sweep"]["chosen_layer"]
     t0 = time.perf_counter()
-    corpus = ab.load_corpus()[: 12 if args.smoke else None]
-    prompt_texts = p["directions"][True] + p["directions"][False]
-    # Plain strings: the maps see the chat-rendered prompts in the target's template (the Qwen
-    # pair shares it; across families the characters still pair by offsets).
-    texts = corpus + [chat(tok_t, t) for t in prompt_texts]
-    rng = np.random.default_rng(1234)
-    test_docs = sorted(
-        rng.choice(len(corpus), size=max(2, min(args.eval_texts, len(corpus) // 5)), replace=False).tolist()
-    )
-    fitted = fit_maps(((m_s, tok_s, l_s), (m_t, tok_t, l_t)), texts, test_docs, args, out / "maps")
-    timings["collect + fit + evaluate maps"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
     native = ab.SteeringVector(tdirs["directions"][l_t], l_t, t_name, "post_instruction")
-    harm_s = [chat(tok_s, t) for t in p["directions"][True]]
-    safe_s = [chat(tok_s, t) for t in p["directions"][False]]
-    vectors: dict[str, ab.SteeringVector] = {"native": native}
-    for (kind, seed), m in fitted["maps"].items():
-        vectors[f"mapped {kind} seed{seed}"] = ab.transfer_vector(
-            (harm_s, safe_s), m, m_s, tok_s, l_s, positions=post_instruction(tok_s), target_layer=l_t
+    mapped_names = [f"mapped {kind} seed{seed}" for seed in args.seeds for kind in ("affine", "autoencoder")]
+    saved = out / "maps" / "quality.json"
+    vector_dir = out / "vectors"
+    if saved.is_file() and all((vector_dir / slug(n) / "config.json").is_file() for n in mapped_names):
+        # The maps' products are kept (small, committed with the run); the maps and the paired
+        # store are not needed again.
+        fitted = json.loads(saved.read_text())
+        vectors = {"native": native} | {n: ab.SteeringVector.load(vector_dir / slug(n)) for n in mapped_names}
+    else:
+        corpus = ab.load_corpus()[: 12 if args.smoke else None]
+        prompt_texts = p["directions"][True] + p["directions"][False]
+        # Plain strings: the maps see the chat-rendered prompts in the target's template (the Qwen
+        # pair shares it; across families the characters still pair by offsets).
+        texts = corpus + [chat(tok_t, t) for t in prompt_texts]
+        rng = np.random.default_rng(1234)
+        test_docs = sorted(
+            rng.choice(
+                len(corpus), size=max(2, min(args.eval_texts, len(corpus) // 5)), replace=False
+            ).tolist()
         )
+        maps = fit_maps(((m_s, tok_s, l_s), (m_t, tok_t, l_t)), texts, test_docs, args, out / "maps")
+        harm_s = [chat(tok_s, t) for t in p["directions"][True]]
+        safe_s = [chat(tok_s, t) for t in p["directions"][False]]
+        vectors = {"native": native}
+        for (kind, seed), m in maps.pop("maps").items():
+            v = ab.transfer_vector(
+                (harm_s, safe_s), m, m_s, tok_s, l_s, positions=post_instruction(tok_s), target_layer=l_t
+            )
+            v.save(vector_dir / slug(f"mapped {kind} seed{seed}"))
+            vectors[f"mapped {kind} seed{seed}"] = v
+        fitted = maps
+        write_json(saved, fitted)
+    add_time("collect + fit + evaluate maps", t0)
+    t0 = time.perf_counter()
     for seed in args.seeds:
         vectors[f"noise seed{seed}"] = native.random_like(np.random.default_rng(seed))
     results = target_conditions(m_t, tok_t, vectors, p, args, out / "target")
-    timings["target conditions"] = time.perf_counter() - t0
+    add_time("target conditions", t0)
     return {
         "source": s_name,
         "target": t_name,
         "layers": {"source": l_s, "target": l_t},
         "source_sweep": sdirs["sweep"],
-        "maps": fitted["quality"],
+        "maps": fitted["quality"],  # per map: held-out rows (FVU ...) and substitution
         "store": fitted["store"],
         "vectors": {k: {"norm": v.norm, "cosine_to_native": v.cosine(native)} for k, v in vectors.items()},
         **results,
@@ -404,7 +435,11 @@ def run_pair(
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--pairs", default="qwen,cross", help="qwen (0.5B -> 1.5B) and/or cross (SmolLM2 -> 1.5B)")
-    p.add_argument("--out", default=str(OUT / "refusal-transfer"))
+    p.add_argument(
+        "--out",
+        default=str(RUNS / "refusal-transfer"),
+        help="step files; the default is committed (experiments/runs/), so the run resumes anywhere",
+    )
     p.add_argument("--seeds", default="0,1,2")
     p.add_argument("--alphas", default="0.5,1,1.5,2")
     p.add_argument("--select-topics", type=int, default=4)

@@ -15,7 +15,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from _common import OUT, SOURCE, TARGET, backdoor_dir, read_rows
+from _common import OUT, RUNS, SOURCE, TARGET, backdoor_dir, read_rows
 from corrupted_capabilities import best_steering_row, condition_table
 
 #: The paper's figures (arXiv 2503.04429), quoted for comparison.
@@ -834,7 +834,7 @@ def main() -> None:
         "mapped": root / ("tiny-mapped-steering" if args.smoke else "mapped-steering"),
         "switch": root / ("tiny-safety-switch" if args.smoke else "safety-switch"),
         "facts": root / ("tiny-facts" if args.smoke else f"{SOURCE}-facts"),
-        "refusal": root / ("tiny-refusal-transfer" if args.smoke else "refusal-transfer"),
+        "refusal": root / "tiny-refusal-transfer" if args.smoke else RUNS / "refusal-transfer",
     }
     lines = [
         "# Reproducing arXiv 2503.04429 on two small models",

@@ -4,6 +4,7 @@ tiny sizes), in one working directory so later experiments reuse the tiny backdo
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -146,6 +147,17 @@ def test_refusal_transfer_smoke_runs_every_step_and_resumes(workdir):
     before = (d / "qwen" / "target" / "addition_rows.json").stat().st_mtime_ns
     run("refusal_transfer.py", "--smoke", "--pairs", "qwen", cwd=workdir)
     assert (d / "qwen" / "target" / "addition_rows.json").stat().st_mtime_ns == before  # resumed from cache
+    # As on another machine with only the committed step files: no paired store, no map weights.
+    first = json.loads((d / "results.json").read_text())["pairs"]["qwen"]
+    for sub in (d / "qwen" / "maps").iterdir():
+        if sub.is_dir():
+            shutil.rmtree(sub)
+    run("refusal_transfer.py", "--smoke", "--pairs", "qwen", cwd=workdir)
+    again = json.loads((d / "results.json").read_text())["pairs"]["qwen"]
+    assert not (d / "qwen" / "maps" / "pairs").exists()  # nothing was collected or fitted again
+    assert {k: v for k, v in again.items() if k != "timings_s"} == {
+        k: v for k, v in first.items() if k != "timings_s"
+    }
 
 
 def test_results_page_from_smoke_runs(workdir):
