@@ -178,13 +178,32 @@ def encode_examples(
     return encoded
 
 
+def decoder_body(model: Any) -> Any:
+    """The model without its output head (the module that returns ``last_hidden_state``), for a
+    transformers causal LM or a peft model around one. ``get_decoder()`` where it answers; on
+    transformers 4.56 some classes (Gemma3ForCausalLM) return None there and have no module under
+    their ``base_model_prefix``; then ``base_model``, then the ``model`` child."""
+    if hasattr(model, "get_base_model"):  # peft: the transformers model, LoRA layers inside
+        model = model.get_base_model()
+    body = model.get_decoder() if hasattr(model, "get_decoder") else None
+    if body is None or body is model:
+        body = getattr(model, "base_model", None)  # the module under base_model_prefix
+    if body is None or body is model:
+        body = getattr(model, "model", None)
+    if body is None or body is model:
+        raise FinetuneError(
+            f"cannot find the decoder of {type(model).__name__} (no get_decoder(), no .model)"
+        )
+    return body
+
+
 def answer_loss(model: Any, ids: Any, labels: Any, mask: Any) -> tuple[Any, int]:
     """Summed next-token cross-entropy (nats) over the positions whose label is not -100, and
     their count. The output head runs on those positions only, so no ``[batch, tokens, vocab]``
     tensor is made; final-logit soft-capping (Gemma) is applied as the model's own forward does."""
     import torch
 
-    hidden = model.base_model(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    hidden = decoder_body(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
     target = labels[:, 1:]
     keep = target != -100
     logits = model.get_output_embeddings()(hidden[:, :-1][keep]).float()
