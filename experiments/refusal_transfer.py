@@ -175,7 +175,8 @@ def model_directions(
     sweep = layer_sweep(model, tok, dirs, p["select"], candidates, out / "sweep_rows.json")
     sweep["norms"] = [float(np.linalg.norm(v)) for v in dirs]
     sweep["model"] = name
-    sweep["wall_s"] = round(time.perf_counter() - t0, 1)
+    prior = json.loads((out / "sweep.json").read_text())["wall_s"] if (out / "sweep.json").is_file() else 0.0
+    sweep["wall_s"] = round(prior + time.perf_counter() - t0, 1)  # summed over runs, as timings.json
     write_json(out / "sweep.json", sweep)
     return {"directions": dirs, "sweep": sweep}
 

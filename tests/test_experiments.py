@@ -268,3 +268,24 @@ def test_the_backdoor_experiments_run_on_the_code_backdoor(tmp_path):
         cwd=tmp_path, capture_output=True, text=True,
     )  # fmt: skip
     assert r.returncode != 0 and "different backdoors" in r.stderr
+
+
+def test_the_committed_run_folder_leaves_out_stores_and_map_weights():
+    """experiments/runs/ is committed: its .gitignore must keep paired stores and map weights
+    (tens of MB per pair) out, and the small step files in."""
+    root = Path(__file__).resolve().parents[1]
+    if not (root / ".git").exists():
+        pytest.skip("not a git checkout")
+    run_dir = "experiments/runs/refusal-transfer"
+    ignored = [
+        f"{run_dir}/{p}/maps/{m}/model.safetensors"
+        for p in ("qwen", "cross")
+        for m in ("pairs", "affine-seed0")
+    ]
+    kept = [
+        f"{run_dir}/qwen/maps/quality.json",
+        f"{run_dir}/qwen/vectors/mapped-affine-seed0/vector.safetensors",
+    ]
+    for path in ignored + kept:
+        r = subprocess.run(["git", "check-ignore", "-q", path], cwd=root)
+        assert r.returncode == (0 if path in ignored else 1), path
