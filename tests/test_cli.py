@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import actbridge as ab
+import numpy as np
 import pytest
 from actbridge.cli import main
 from actbridge.testing import tiny_model, tiny_tokenizer
@@ -91,6 +92,24 @@ def test_collect_fit_eval_vector_steer_info_verify(tmp_path, capsys, model_dirs)
         str(tmp_path / "vec"),
     )
     assert got["mapped"] and ab.SteeringVector.load(tmp_path / "vec").vector.shape == (24,)
+    # the saved vector is the mapped contrast, the same as the library call gives
+    model_a, tok_a = ab.load_model(a)
+    want = ab.transfer_vector(
+        (["I love this.", "What a lovely day."], ["I hate this.", "What an awful day."]),
+        ab.load_map(tmp_path / "affine"),
+        model_a,
+        tok_a,
+        2,
+        target_layer=1,
+    )
+    saved = ab.SteeringVector.load(tmp_path / "vec")
+    assert saved.layer == 1
+    np.testing.assert_allclose(saved.vector, want.vector, rtol=1e-5, atol=1e-6)
+    with pytest.raises(SystemExit, match="--target-layer"):
+        main(
+            ["vector", "--model", a, "--layer", "2", "--pos", str(pos), "--neg", str(neg)]
+            + ["--map", str(tmp_path / "affine"), "--out", str(tmp_path / "vec2")]
+        )
     got = run_json(
         capsys,
         "steer",

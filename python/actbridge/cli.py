@@ -143,13 +143,13 @@ def cmd_eval(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_vector(a: argparse.Namespace) -> dict[str, Any]:
+    if a.map and a.target_layer is None:
+        raise SystemExit("--map needs --target-layer: the block of the target model the vector is for")
     model, tok = ab.load_model(a.model, device=a.device)
-    v = ab.SteeringVector.from_contrast(
-        model, tok, _texts(a.pos), _texts(a.neg), a.layer, positions=a.positions, trigger=a.trigger
-    )
-    if a.map:
+    pos, neg = _texts(a.pos), _texts(a.neg)
+    if a.map:  # the contrast's means go through the map (an autoencoder is not linear)
         v = ab.transfer_vector(
-            (_texts(a.pos), _texts(a.neg)),
+            (pos, neg),
             ab.load_map(a.map),
             model,
             tok,
@@ -157,6 +157,10 @@ def cmd_vector(a: argparse.Namespace) -> dict[str, Any]:
             positions=a.positions,
             trigger=a.trigger,
             target_layer=a.target_layer,
+        )
+    else:
+        v = ab.SteeringVector.from_contrast(
+            model, tok, pos, neg, a.layer, positions=a.positions, trigger=a.trigger
         )
     v.save(a.out)
     return {"vector": a.out, "norm": v.norm, "layer": v.layer, "mapped": bool(a.map)}
@@ -314,7 +318,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--positions", default="last", choices=["last", "all", "trigger"])
     q.add_argument("--trigger", action="append", help="trigger string (with --positions trigger)")
     q.add_argument("--map", help="a saved map: save the mapped vector instead")
-    q.add_argument("--target-layer", type=int)
+    q.add_argument("--target-layer", type=int, help="with --map: the target block the vector is for")
     q.add_argument("--out", required=True)
     q.add_argument("--device")
 
