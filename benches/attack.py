@@ -32,7 +32,11 @@ from typing import Any
 
 import numpy as np
 
-DIM = 24
+# The crash tests' writer: appends known rows until killed, printing each flushed count.
+CRASH_WRITER = Path(__file__).resolve().parents[1] / "tests" / "crash_writer.py"
+sys.path.insert(0, str(CRASH_WRITER.parent))
+from crash_writer import expected_rows  # noqa: E402
+
 CAMPAIGNS = {  # name: attempts at --scale 1
     "writer SIGKILLs": 66,
     "shard byte flips": 300,
@@ -95,11 +99,6 @@ BAD_ARGUMENTS = [
 
 
 # -- fixtures ------------------------------------------------------------------------------------
-
-
-def expected_rows(start: int, stop: int) -> np.ndarray:
-    r = np.arange(start, stop)[:, None]
-    return (((7 * r + np.arange(DIM)[None, :]) % 256) - 128).astype(np.float32)
 
 
 def fixtures(root: Path) -> None:
@@ -288,21 +287,6 @@ def child(campaign: str, start: int, stop: int, root: Path, seed: int) -> None:
     shutil.rmtree(work, ignore_errors=True)
 
 
-def writer_child(path: str, seed: int) -> None:
-    import actbridge as ab
-
-    rng = np.random.default_rng(seed)
-    w = ab.StoreWriter(path, sites={"x": DIM}, shard_rows=int(rng.integers(5, 60)), mode="a")
-    row = w.rows
-    print(f"start {row}", flush=True)
-    while True:
-        n = int(rng.integers(1, 80))
-        w.append(x=expected_rows(row, row + n), token_id=np.arange(row, row + n))
-        row += n
-        if rng.random() < 0.3:
-            print(f"committed {w.flush()}", flush=True)
-
-
 # -- the parent ----------------------------------------------------------------------------------
 
 
@@ -361,7 +345,7 @@ def run_kills(n: int, work: Path, seed: int) -> dict[str, int]:
     previous = 0
     for k in range(n):
         proc = subprocess.Popen(
-            [sys.executable, __file__, "--writer", str(path), str(k)],
+            [sys.executable, str(CRASH_WRITER), str(path), str(k)],
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
@@ -395,14 +379,10 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--timeout", type=float, default=20.0, help="seconds before an attempt counts as a hang")
     p.add_argument("--child", nargs=5, help=argparse.SUPPRESS)
-    p.add_argument("--writer", nargs=2, help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
         campaign, start, stop, root, seed = args.child
         child(campaign, int(start), int(stop), Path(root), int(seed))
-        return
-    if args.writer:
-        writer_child(args.writer[0], int(args.writer[1]))
         return
     import actbridge as ab
 
