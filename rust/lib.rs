@@ -1,4 +1,5 @@
-//! actbridge's Rust core: the memory-mapped activation store (and, in later work, map fitting).
+//! actbridge's Rust core: the memory-mapped activation store (`store`), the affine and autoencoder
+//! map fitting (`fit`), and the SIMD conversion kernels they share (`dtype`, `simd`, `stream`).
 //! Nothing here knows about Python; `python.rs` (feature "python") is the only binding file.
 
 pub mod dtype;
