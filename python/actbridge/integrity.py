@@ -48,6 +48,15 @@ def seal(config: dict[str, Any], directory: Path, files: list[str]) -> dict[str,
     return out
 
 
+def write_config(directory: Path, config: Mapping[str, Any], files: list[str], default: Any = None) -> None:
+    """``directory/config.json``: ``config`` as a reader will see it (``default`` converts what
+    JSON cannot hold) and sealed over ``files``, written atomically (temp file, rename)."""
+    plain = json.loads(json.dumps(config, default=default))
+    tmp = directory / "config.json.tmp"
+    tmp.write_text(json.dumps(seal(plain, directory, files), indent=2))
+    os.replace(tmp, directory / "config.json")
+
+
 def read_config(path: Path, error: type[Exception]) -> dict[str, Any]:
     """A config.json as a dict; a missing, oversized, non-JSON, too deeply nested or
     non-object file raises ``error`` saying which."""

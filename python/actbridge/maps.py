@@ -11,7 +11,6 @@ On disk a map is a directory: ``config.json`` (kind, widths, method, provenance,
 
 from __future__ import annotations
 
-import json
 import os
 import warnings
 from collections.abc import Mapping
@@ -403,11 +402,7 @@ def save_map(m: Any, path: PathLike, extra: Mapping[str, Any] | None = None) -> 
     tmp = d / (WEIGHTS + ".tmp")
     save_file(m.tensors(), os.fspath(tmp), metadata={"format": MAP_FORMAT, "kind": m.kind})
     os.replace(tmp, d / WEIGHTS)
-    plain = json.loads(json.dumps(config, default=_jsonable))  # what a reader will see
-    sealed = integrity.seal(plain, d, [WEIGHTS])
-    tmp_config = d / (CONFIG + ".tmp")
-    tmp_config.write_text(json.dumps(sealed, indent=2))
-    os.replace(tmp_config, d / CONFIG)
+    integrity.write_config(d, config, [WEIGHTS], default=_jsonable)
 
 
 def _jsonable(o: Any) -> Any:

@@ -280,9 +280,7 @@ class SteeringVector:
             "dim": int(self.vector.shape[0]),
             "info": self.info,
         }
-        sealed = integrity.seal(json.loads(json.dumps(meta, default=str)), out, ["vector.safetensors"])
-        (out / "config.json.tmp").write_text(json.dumps(sealed, indent=2))
-        os.replace(out / "config.json.tmp", out / "config.json")
+        integrity.write_config(out, meta, ["vector.safetensors"], default=str)
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> SteeringVector:
