@@ -1,6 +1,6 @@
 //! actbridge's Rust core: the memory-mapped activation store (`store`), the affine and autoencoder
 //! map fitting (`fit`), and the SIMD conversion kernels they share (`dtype`, `simd`, `stream`).
-//! Nothing here knows about Python; `python.rs` (feature "python") is the only binding file.
+//! Nothing here knows about Python; `python/` (feature "python") is the only binding code.
 
 pub mod dtype;
 pub mod error;

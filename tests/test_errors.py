@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 import actbridge as ab
 import numpy as np
 import pytest
@@ -81,8 +79,9 @@ def test_bad_writer_arguments(store_path, kwargs, needle):
 def test_existing_path_with_mode_x(store_path):
     with ab.StoreWriter(store_path, sites={"a": 2}) as w:
         w.append(a=np.ones((1, 2)))
-    with pytest.raises(ab.StoreError, match="already exists"):
+    with pytest.raises(ab.StoreError, match="already exists") as caught:
         ab.StoreWriter(store_path, sites={"a": 2})
+    assert isinstance(caught.value, FileExistsError) and type(caught.value) is ab.StoreExistsError
     # A non-store directory is refused in "a" mode too, and nothing in it is touched.
     other = store_path.parent / "notastore"
     other.mkdir()
@@ -117,8 +116,11 @@ def test_closed_writer_refuses_appends(store_path):
 
 
 def test_reader_errors(store_path):
-    with pytest.raises(ab.StoreError, match="no store"):
+    with pytest.raises(ab.StoreError, match="no store") as caught:
         ab.ActivationStore(store_path)
+    assert isinstance(caught.value, FileNotFoundError) and type(caught.value) is ab.StoreNotFoundError
+    with pytest.raises(FileNotFoundError):
+        ab.ActivationStore(store_path / "deeper" / "still")
     with ab.StoreWriter(store_path, sites={"a": 2}, shard_rows=4) as w:
         w.append(a=np.ones((10, 2)), doc=np.arange(10))
     s = ab.ActivationStore(store_path)
@@ -138,58 +140,90 @@ def test_reader_errors(store_path):
         (lambda: s.split(1.5), "fraction"),
         (lambda: s.stats("a", rows=[]), "zero rows"),
     ]:
-        with pytest.raises(ab.StoreError, match=needle):
+        with pytest.raises(ab.StoreError, match=needle) as caught:
             call()
+        # every one is a bad argument, so it is also a ValueError (and not a corrupt store)
+        assert isinstance(caught.value, ValueError), (needle, type(caught.value))
+        assert not isinstance(caught.value, ab.StoreCorruptError)
 
 
 def test_errors_form_one_hierarchy():
     assert issubclass(ab.StoreCorruptError, ab.StoreError)
     assert issubclass(ab.StoreError, ab.ActbridgeError)
     assert issubclass(ab.ActbridgeError, Exception)
+    kinds = {
+        ab.StoreArgumentError: (ab.StoreError, ValueError),
+        ab.StoreNotFoundError: (ab.StoreError, FileNotFoundError),
+        ab.StoreExistsError: (ab.StoreError, FileExistsError),
+        ab.MapArgumentError: (ab.MapError, ValueError),
+        ab.MapCorruptError: (ab.MapError,),
+        ab.InterventionError: (ab.ActbridgeError, ValueError),
+        ab.VectorCorruptError: (ab.InterventionError,),
+        ab.EvaluateError: (ab.ActbridgeError, ValueError),
+        ab.LoraTargetError: (ab.FinetuneError, ValueError),
+        ab.OutputExistsError: (ab.FinetuneError, FileExistsError),
+        ab.TaskError: (ab.ActbridgeError, ValueError),
+        ab.RefusalSplitError: (ab.TaskError,),
+        ab.UnknownBackdoorError: (ab.TaskError, KeyError),
+    }
+    for cls, bases in kinds.items():
+        assert all(issubclass(cls, b) for b in bases), cls
+    assert ab.SteerError is ab.InterventionError  # the old name stays
 
 
-def test_damaged_manifest_and_shards(store_path):
-    with ab.StoreWriter(store_path, sites={"a": 8}, shard_rows=16) as w:
-        w.append(a=np.random.default_rng(0).standard_normal((40, 8)), doc=np.arange(40))
-    shard = store_path / "shard-000001.safetensors"
-    good = shard.read_bytes()
-    manifest = (store_path / "manifest.json").read_bytes()
+def test_every_exception_and_warning_lives_in_the_errors_module():
+    """One place to import from: every exception or warning class the package defines is in
+    ``actbridge.errors`` (and re-exported at the top level under the same name)."""
+    import importlib
+    import inspect
+    import pkgutil
 
-    shard.write_bytes(good[: len(good) // 2])
-    with pytest.raises(ab.StoreCorruptError, match="truncated"):
-        ab.ActivationStore(store_path)
+    import actbridge.errors as errors
 
-    bad = bytearray(good)
-    bad[-5] ^= 0x40  # data flip: structure intact, the checksum catches it
-    shard.write_bytes(bytes(bad))
-    store = ab.ActivationStore(store_path)
-    with pytest.raises(ab.StoreCorruptError, match="shard-000001"):
-        store.verify()
-
-    bad = bytearray(good)
-    bad[:8] = (len(good) * 4).to_bytes(8, "little")  # header length points past the file
-    shard.write_bytes(bytes(bad))
-    with pytest.raises(ab.StoreCorruptError):
-        ab.ActivationStore(store_path)
-    shard.write_bytes(good)
-
-    doc = json.loads(manifest)
-    doc["shards"][0]["rows"] = 10**15  # absurd shape
-    doc["rows"] = sum(s["rows"] for s in doc["shards"])
-    (store_path / "manifest.json").write_text(json.dumps(doc))
-    with pytest.raises(ab.StoreCorruptError):
-        ab.ActivationStore(store_path)
-
-    (store_path / "manifest.json").write_bytes(manifest[:-20])
-    with pytest.raises(ab.StoreCorruptError, match="manifest"):
-        ab.ActivationStore(store_path)
-    (store_path / "manifest.json").write_bytes(manifest)
-    ab.ActivationStore(store_path).verify()
+    assert set(errors.__all__) == {
+        n for n, c in vars(errors).items() if inspect.isclass(c) and issubclass(c, (Exception, Warning))
+    }
+    for name in errors.__all__:
+        cls = getattr(errors, name)
+        assert getattr(ab, name) is cls and getattr(ab.errors, name) is cls
+        assert cls.__module__ == "actbridge.errors", (name, cls.__module__)
+        assert cls.__doc__ and cls.__doc__.strip(), name
+    for info in pkgutil.walk_packages(ab.__path__, "actbridge."):
+        if info.name == "actbridge.errors" or info.name.endswith(("_native", "__main__", ".demo")):
+            continue
+        module = importlib.import_module(info.name)
+        for name, obj in vars(module).items():
+            if inspect.isclass(obj) and issubclass(obj, (Exception, Warning)) and obj.__module__ == info.name:
+                assert name.startswith("_"), f"{info.name}.{name} should live in actbridge.errors"
 
 
-def test_context_manager_commits_and_keeps_the_original_exception(store_path):
-    with pytest.raises(KeyError):
-        with ab.StoreWriter(store_path, sites={"a": 2}) as w:
-            w.append(a=np.ones((3, 2)))
-            raise KeyError("boom")
-    assert len(ab.ActivationStore(store_path)) == 3
+def test_library_code_raises_no_bare_builtin_errors():
+    """Bad input raises an actbridge class (which may also be a ValueError), never a bare
+    ``ValueError`` / ``TypeError`` / ``SystemExit``: callers can always catch by origin. The CLI
+    (an application) is the one place that exits."""
+    import ast
+    from pathlib import Path
+
+    root = Path(ab.__file__).parent
+    bare = {"ValueError", "TypeError", "KeyError", "RuntimeError", "SystemExit", "Exception"}
+    found = []
+    for path in sorted(root.rglob("*.py")):
+        if path.name in ("cli.py", "demo.py", "__main__.py"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Raise) and node.exc is not None:
+                exc = node.exc.func if isinstance(node.exc, ast.Call) else node.exc
+                if isinstance(exc, ast.Name) and exc.id in bare:
+                    found.append(f"{path.relative_to(root)}:{node.lineno} raises {exc.id}")
+    assert not found, found
+
+
+def test_interventions_raise_intervention_error_for_substitution_too():
+    pytest.importorskip("torch")
+    from actbridge.testing import tiny_model
+
+    target, source = tiny_model(d=32, layers=2), tiny_model(d=16, layers=2, seed=1)
+    m = ab.AffineMap(np.zeros((5, 5), np.float32), np.zeros(5, np.float32))
+    with pytest.raises(ab.InterventionError, match="the map is 5 -> 5") as caught:
+        ab.substitute(target, 1, source, 0, m)
+    assert isinstance(caught.value, ValueError) and isinstance(caught.value, ab.SteerError)

@@ -25,31 +25,48 @@ The pipeline is store -> collect -> maps -> steer -> evaluate. Available now:
   them and :func:`save_finetuned` to keep the result.
 """
 
-from actbridge import rowwise, tasks
-from actbridge._native import ActbridgeError, MapError, StoreCorruptError, StoreError
+from actbridge import errors, rowwise, tasks
 from actbridge.align import align_offsets
 from actbridge.autoencoder import AutoencoderMap
-from actbridge.collect import CollectError, CollectWarning, collect, collect_pair
-from actbridge.evaluate import EvaluateError, evaluate_map, evaluate_substitution
-from actbridge.finetune import (
+from actbridge.collect import collect, collect_pair
+from actbridge.errors import (
+    ActbridgeError,
+    CollectError,
+    CollectWarning,
+    EvaluateError,
     FinetuneError,
-    LoraConfig,
+    HookError,
+    InterventionError,
     LoraTargetError,
+    MapArgumentError,
+    MapCorruptError,
+    MapError,
+    MapWarning,
+    ModelError,
     OutputExistsError,
-    finetune,
-    save_finetuned,
+    RefusalSplitError,
+    SteerError,
+    StoreArgumentError,
+    StoreCorruptError,
+    StoreError,
+    StoreExistsError,
+    StoreNotFoundError,
+    TaskError,
+    TextsError,
+    UnknownBackdoorError,
+    VectorCorruptError,
 )
+from actbridge.evaluate import evaluate_map, evaluate_substitution
+from actbridge.finetune import LoraConfig, finetune, save_finetuned
 from actbridge.generation import compare_generations, rouge_l
-from actbridge.hooks import HookError, decoder_blocks
-from actbridge.maps import AffineMap, AffineStats, MapCorruptError, MapWarning, load_map
-from actbridge.models import EMBEDDED, ModelError, load_model
+from actbridge.hooks import decoder_blocks
+from actbridge.maps import AffineMap, AffineStats, load_map
+from actbridge.models import EMBEDDED, load_model
 from actbridge.replace import SafetySwitch, mean_ablate, patch, substitute
 from actbridge.rowwise import Condition, generate_conditions, steer_rows
 from actbridge.steer import (
     Intervention,
-    SteerError,
     SteeringVector,
-    VectorCorruptError,
     ablate,
     at_tokens,
     contrast_directions,
@@ -57,42 +74,49 @@ from actbridge.steer import (
     transfer_vector,
     trigger_tokens,
 )
-from actbridge.store import ActivationStore, StoreArgumentError, StoreWriter
-from actbridge.texts import TextsError, load_corpus
+from actbridge.store import ActivationStore, StoreWriter
+from actbridge.texts import load_corpus
 from actbridge.versions import SimdLevels, simd_levels
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "EMBEDDED",
     "ActbridgeError",
     "ActivationStore",
     "AffineMap",
     "AffineStats",
-    "SimdLevels",
     "AutoencoderMap",
     "CollectError",
     "CollectWarning",
     "Condition",
+    "EMBEDDED",
     "EvaluateError",
     "FinetuneError",
-    "LoraConfig",
-    "LoraTargetError",
-    "OutputExistsError",
     "HookError",
     "Intervention",
+    "InterventionError",
+    "LoraConfig",
+    "LoraTargetError",
+    "MapArgumentError",
     "MapCorruptError",
     "MapError",
     "MapWarning",
     "ModelError",
+    "OutputExistsError",
+    "RefusalSplitError",
     "SafetySwitch",
+    "SimdLevels",
     "SteerError",
     "SteeringVector",
     "StoreArgumentError",
     "StoreCorruptError",
     "StoreError",
+    "StoreExistsError",
+    "StoreNotFoundError",
     "StoreWriter",
+    "TaskError",
     "TextsError",
+    "UnknownBackdoorError",
     "VectorCorruptError",
     "__version__",
     "ablate",
@@ -103,10 +127,10 @@ __all__ = [
     "compare_generations",
     "contrast_directions",
     "decoder_blocks",
+    "errors",
     "evaluate_map",
     "evaluate_substitution",
     "finetune",
-    "save_finetuned",
     "generate_conditions",
     "load_corpus",
     "load_map",
@@ -114,11 +138,12 @@ __all__ = [
     "mean_ablate",
     "patch",
     "rouge_l",
+    "rowwise",
+    "save_finetuned",
     "simd_levels",
     "steer",
     "steer_rows",
     "substitute",
-    "rowwise",
     "tasks",
     "transfer_vector",
     "trigger_tokens",

@@ -11,11 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from actbridge._native import StoreError
-
-
-class StoreArgumentError(StoreError, ValueError):
-    """A store argument out of its allowed range (the message names the range)."""
+from actbridge.errors import StoreArgumentError
 
 
 def checked_int(
@@ -56,7 +52,7 @@ def float_rows(name: str, x: Any) -> tuple[npt.NDArray[Any], str]:
         if t.dtype == torch.bfloat16:
             return t.contiguous().view(torch.int16).numpy().view(np.uint16), "bfloat16"
         if t.dtype not in (torch.float16, torch.float32, torch.float64):
-            raise StoreError(
+            raise StoreArgumentError(
                 f"site {name!r} is a {t.dtype} tensor; pass floating activations "
                 "(float16, bfloat16, float32 or float64)"
             )
@@ -67,7 +63,7 @@ def float_rows(name: str, x: Any) -> tuple[npt.NDArray[Any], str]:
     if kind == "bfloat16":  # ml_dtypes' bfloat16
         return np.ascontiguousarray(arr).view(np.uint16), "bfloat16"
     if kind not in _HOST_FLOATS:
-        raise StoreError(
+        raise StoreArgumentError(
             f"site {name!r} has dtype {arr.dtype}; pass floating activations "
             "(float16, bfloat16, float32 or float64)"
         )
@@ -76,7 +72,7 @@ def float_rows(name: str, x: Any) -> tuple[npt.NDArray[Any], str]:
 
 def _check_2d(name: str, shape: tuple[int, ...]) -> None:
     if len(shape) != 2:
-        raise StoreError(
+        raise StoreArgumentError(
             f"site {name!r} must be 2-D (rows, dim), got shape {shape}; "
             "flatten batch and sequence first, e.g. x.reshape(-1, x.shape[-1])"
         )
@@ -90,11 +86,13 @@ def int_column(name: str, x: Any, rows: int) -> npt.NDArray[np.int64]:
         return np.full(rows, int(x), dtype=np.int64)
     arr = np.asarray(x)
     if arr.dtype.kind not in "iu":
-        raise StoreError(f"column {name!r} has dtype {arr.dtype}; columns hold integers (token ids, indices)")
+        raise StoreArgumentError(
+            f"column {name!r} has dtype {arr.dtype}; columns hold integers (token ids, indices)"
+        )
     if arr.ndim != 1:
-        raise StoreError(f"column {name!r} must be 1-D (rows,), got shape {arr.shape}")
+        raise StoreArgumentError(f"column {name!r} must be 1-D (rows,), got shape {arr.shape}")
     if arr.dtype.kind == "u" and arr.size and arr.max() > np.iinfo(np.int64).max:
-        raise StoreError(f"column {name!r} has values beyond the int64 range")
+        raise StoreArgumentError(f"column {name!r} has values beyond the int64 range")
     return np.ascontiguousarray(arr, dtype=np.int64)
 
 
@@ -121,12 +119,12 @@ def row_selection(rows: Any, n: int) -> tuple[int, int] | npt.NDArray[np.int64] 
     arr = np.asarray(rows)
     if arr.dtype == np.bool_:
         if arr.shape != (n,):
-            raise StoreError(f"a boolean row mask must have shape ({n},), got {arr.shape}")
+            raise StoreArgumentError(f"a boolean row mask must have shape ({n},), got {arr.shape}")
         return np.flatnonzero(arr).astype(np.int64)
     if arr.size == 0:
         return np.zeros(0, dtype=np.int64)
     if arr.dtype.kind not in "iu" or arr.ndim != 1:
-        raise StoreError(
+        raise StoreArgumentError(
             f"rows must be None, a slice, an int, a 1-D integer array or a boolean mask; "
             f"got {arr.dtype} array of shape {arr.shape}"
         )

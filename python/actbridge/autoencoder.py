@@ -16,7 +16,7 @@ import numpy as np
 import numpy.typing as npt
 
 from actbridge._arrays import is_torch_tensor
-from actbridge._native import MapError
+from actbridge.errors import MapError
 from actbridge.store import ActivationStore, PathLike
 
 __all__ = ["AutoencoderMap", "default_hidden"]

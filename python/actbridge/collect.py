@@ -29,22 +29,14 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from actbridge._native import ActbridgeError
 from actbridge.align import pair_positions, pairable, same_tokenizer
+from actbridge.errors import CollectError, CollectWarning
 from actbridge.hooks import forward_padded, layer_indices
 from actbridge.store import SHARD_BYTES, ActivationStore, StoreWriter
 from actbridge.texts import Document, documents, render
 
 #: Metadata keys that must match for ``mode="a"`` to continue a store.
 _RESUME_KEYS = ("kind", "layers", "skip_bos", "max_length", "same_start", "models")
-
-
-class CollectError(ActbridgeError):
-    """Collection cannot run as asked (the message says how to fix it)."""
-
-
-class CollectWarning(UserWarning):
-    """Collection ran but changed the input (e.g. truncated long texts)."""
 
 
 def model_name(model: Any) -> str:

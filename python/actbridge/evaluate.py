@@ -10,7 +10,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from actbridge._native import ActbridgeError
+from actbridge.errors import EvaluateError
 from actbridge.store import ActivationStore
 
 __all__ = ["EvaluateError", "bootstrap_ci", "evaluate_map", "evaluate_substitution"]
@@ -125,10 +125,6 @@ def bootstrap_ci(
 
 
 Source = tuple[Any, Any, int]  # (model, tokenizer, layer)
-
-
-class EvaluateError(ActbridgeError, ValueError):
-    """An evaluation was asked for with inconsistent arguments (the message says which)."""
 
 
 @overload

@@ -26,20 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from actbridge._native import ActbridgeError
-
-
-class FinetuneError(ActbridgeError):
-    """Examples or settings the fine-tuning helper cannot use."""
-
-
-class LoraTargetError(FinetuneError, ValueError):
-    """LoRA target modules that the model does not have (the message lists the ones it has)."""
-
-
-class OutputExistsError(FinetuneError, FileExistsError):
-    """A save into a directory that already holds files (pass ``overwrite=True`` or a new path)."""
-
+from actbridge.errors import FinetuneError, LoraTargetError, OutputExistsError
 
 #: LoRA target modules per ``config.model_type``: every linear layer of attention and MLP.
 DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from actbridge.errors import EvaluateError
 from actbridge.tasks.scoring import rate
 
 _WORD = re.compile(r"[a-z0-9]+")
@@ -184,7 +185,7 @@ def similarity(
     (texts → ``(n, k)`` embeddings, e.g. :func:`minilm_embedder`), mean cosine of the
     embeddings; each ``{"value", "ci95", "n"}`` with a 95% bootstrap interval over the pairs."""
     if len(candidates) != len(references):
-        raise ValueError(f"{len(candidates)} candidates for {len(references)} references")
+        raise EvaluateError(f"{len(candidates)} candidates for {len(references)} references")
     out = {"rouge_l": mean_ci([rouge_l(c, r) for c, r in zip(candidates, references, strict=True)], seed)}
     if embed is not None:
         e, r = _unit(embed(list(candidates))), _unit(embed(list(references)))

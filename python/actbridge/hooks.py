@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from actbridge._native import ActbridgeError
+from actbridge.errors import HookError
 
 #: Where common architectures keep their block list (Llama, Mistral, Qwen2/3, Gemma 1-3, Phi,
 #: OLMo: ``model.layers``; Gemma 3 multimodal: ``model.language_model.layers``; GPT-2, GPT-J,
@@ -30,10 +30,6 @@ BLOCK_PATHS = (
     "model.decoder.layers",
     "transformer.blocks",
 )
-
-
-class HookError(ActbridgeError):
-    """A model's blocks could not be found or a layer index is out of range."""
 
 
 def decoder_blocks(model: Any) -> Any:

@@ -23,14 +23,8 @@ import numpy.typing as npt
 from actbridge import _native, integrity
 from actbridge._arrays import is_torch_tensor, row_selection, selection_size
 from actbridge._blas import faer_forced, find_blas
-from actbridge._native import MapError
+from actbridge.errors import MapCorruptError, MapError, MapWarning
 from actbridge.store import ActivationStore, PathLike
-
-
-class MapCorruptError(MapError):
-    """A saved map whose files do not match the checksums its config.json records (a flipped
-    byte, a truncation, an edited file)."""
-
 
 __all__ = [
     "AffineMap",
@@ -75,10 +69,6 @@ def blas_source() -> str | None:
 
 _blas_source: str | None = None
 use_fast_blas(not faer_forced())
-
-
-class MapWarning(UserWarning):
-    """A fit succeeded but needed help (e.g. an automatic ridge for a singular system)."""
 
 
 def _float32_rows(name: str, x: Any) -> npt.NDArray[np.float32]:

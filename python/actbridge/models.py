@@ -39,11 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from actbridge._native import ActbridgeError
-
-
-class ModelError(ActbridgeError):
-    """A model could not be found or loaded (the message says which package or path to fix)."""
+from actbridge.errors import ModelError
 
 
 @dataclass(frozen=True)

@@ -16,8 +16,9 @@ from typing import Any
 
 import numpy as np
 
+from actbridge.errors import InterventionError
 from actbridge.hooks import cache_keyword, forward_to_layers, layer_indices
-from actbridge.steer import Intervention, SteerError, _torch_map
+from actbridge.steer import Intervention, _torch_map
 
 
 class substitute(Intervention):  # noqa: N801 - used like a function in `with`
@@ -33,7 +34,9 @@ class substitute(Intervention):  # noqa: N801 - used like a function in `with`
         d_s = int(source_model.get_input_embeddings().embedding_dim)
         d_t = int(target_model.get_input_embeddings().embedding_dim)
         if (map.d_source, map.d_target) != (d_s, d_t):
-            raise SteerError(f"the map is {map.d_source} -> {map.d_target}, the models are {d_s} -> {d_t}")
+            raise InterventionError(
+                f"the map is {map.d_source} -> {map.d_target}, the models are {d_s} -> {d_t}"
+            )
         self.map = map
         self._modules: dict[tuple[Any, Any], Any] = {}
         self._cache: Any = None
@@ -45,7 +48,9 @@ class substitute(Intervention):  # noqa: N801 - used like a function in `with`
 
         calls = self.calls
         if calls.input_ids is None:
-            raise SteerError("substitution needs input_ids (inputs_embeds cannot be fed to the source model)")
+            raise InterventionError(
+                "substitution needs input_ids (inputs_embeds cannot be fed to the source model)"
+            )
         device = next(self.source.parameters()).device
         kwargs: dict[str, Any] = {"input_ids": calls.input_ids.to(device)}
         if calls.full_mask is not None:
@@ -58,7 +63,9 @@ class substitute(Intervention):  # noqa: N801 - used like a function in `with`
         if calls.cached_call:  # generation: the source keeps a KV cache of its own
             if self._cache is None:
                 if not calls.prefill:
-                    raise SteerError("a decode step arrived without its prefill; start a new generate()")
+                    raise InterventionError(
+                        "a decode step arrived without its prefill; start a new generate()"
+                    )
                 from transformers import DynamicCache
 
                 self._cache = DynamicCache(config=self.source.config)
@@ -77,7 +84,7 @@ class substitute(Intervention):  # noqa: N801 - used like a function in `with`
         module = _torch_map(self.map, h.device, h.dtype, self._modules)
         out = module(hs.to(device=h.device, dtype=h.dtype))
         if out.shape != h.shape:
-            raise SteerError(
+            raise InterventionError(
                 f"source states {tuple(hs.shape)} do not line up with target states {tuple(h.shape)}"
             )
         return out
@@ -95,11 +102,11 @@ class patch(Intervention):  # noqa: N801
         self.position = torch.as_tensor(position, dtype=torch.long)
         self.values = values
         if self.values.shape[0] != len(self.batch_index) or len(self.batch_index) != len(self.position):
-            raise SteerError("patch needs as many values as (batch_index, position) pairs")
+            raise InterventionError("patch needs as many values as (batch_index, position) pairs")
 
     def edit(self, layer: int, h: Any) -> Any:
         if not self.calls.prefill:
-            raise SteerError("patch is for teacher-forced passes; it cannot follow generation steps")
+            raise InterventionError("patch is for teacher-forced passes; it cannot follow generation steps")
         out = h.clone()
         b, p = self.batch_index.to(h.device), self.position.to(h.device)
         out[b, p] = self.values.to(device=h.device, dtype=h.dtype)
@@ -114,7 +121,7 @@ class mean_ablate(Intervention):  # noqa: N801
         vec = np.asarray(mean.detach().float().cpu() if hasattr(mean, "detach") else mean, dtype=np.float32)
         d = int(model.get_input_embeddings().embedding_dim)
         if vec.shape != (d,):
-            raise SteerError(f"the mean has shape {vec.shape}, the model's residual stream is ({d},)")
+            raise InterventionError(f"the mean has shape {vec.shape}, the model's residual stream is ({d},)")
         self.mean = vec
 
     def edit(self, layer: int, h: Any) -> Any:
@@ -135,7 +142,7 @@ class SafetySwitch(Intervention):
         super().__init__(model, [layer])
         d = int(model.get_input_embeddings().embedding_dim)
         if (map.d_source, map.d_target) != (d, d):
-            raise SteerError(
+            raise InterventionError(
                 f"a safety switch maps the model's own space ({d} -> {d}); this map is "
                 f"{map.d_source} -> {map.d_target}"
             )

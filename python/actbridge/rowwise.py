@@ -22,8 +22,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from actbridge.errors import InterventionError
 from actbridge.hooks import decoder_blocks, layer_indices
-from actbridge.steer import _POSITIONS, Intervention, Positions, SteerError, SteeringVector, _as_vector
+from actbridge.steer import _POSITIONS, Intervention, Positions, SteeringVector, _as_vector
 
 
 @dataclass(frozen=True)
@@ -65,7 +66,7 @@ class _Plan:
 class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
     """Row ``i`` of every batch passed to ``model`` gets ``conditions[i]`` (``None`` or
     :data:`UNSTEERED`: nothing). The batch must have exactly ``len(conditions)`` rows (a
-    :class:`SteerError` says so otherwise, e.g. under beam search, which multiplies rows).
+    :class:`InterventionError` says so otherwise, e.g. under beam search, which multiplies rows).
 
     Equivalent, row by row, to running each condition alone with :class:`actbridge.steer` /
     :class:`actbridge.ablate` on the same batch shape: the steered rows' additions are the same
@@ -74,11 +75,13 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
 
     def __init__(self, model: Any, conditions: Sequence[Condition | None]) -> None:
         if len(conditions) == 0:
-            raise SteerError("steer_rows needs one condition per batch row; got none")
+            raise InterventionError("steer_rows needs one condition per batch row; got none")
         conds = [c if c is not None else UNSTEERED for c in conditions]
         for i, c in enumerate(conds):
             if not isinstance(c, Condition):
-                raise SteerError(f"conditions[{i}] is a {type(c).__name__}, not an actbridge Condition")
+                raise InterventionError(
+                    f"conditions[{i}] is a {type(c).__name__}, not an actbridge Condition"
+                )
         d = int(model.get_input_embeddings().embedding_dim)
         per_layer: dict[int, dict[str, list[Any]]] = {}
 
@@ -90,12 +93,14 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
                 vec, vec_layer = _as_vector(c.vector)
                 layer = c.layer if c.layer is not None else vec_layer
                 if layer is None:
-                    raise SteerError(f"conditions[{i}]: pass layer=... (a raw tensor carries no layer)")
+                    raise InterventionError(
+                        f"conditions[{i}]: pass layer=... (a raw tensor carries no layer)"
+                    )
                 _check(vec, d, i)
                 if not (isinstance(c.positions, str) and c.positions in _POSITIONS) and not callable(
                     c.positions
                 ):
-                    raise SteerError(
+                    raise InterventionError(
                         f"conditions[{i}]: positions must be one of {_POSITIONS} or a callable, "
                         f"not {c.positions!r}"
                     )
@@ -105,13 +110,13 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
                 vec, vec_layer = _as_vector(c.ablate)
                 chosen = c.ablate_layers if c.ablate_layers is not None else vec_layer
                 if chosen is None:
-                    raise SteerError(
+                    raise InterventionError(
                         f"conditions[{i}]: pass ablate_layers=... (a raw tensor carries no layer)"
                     )
                 _check(vec, d, i)
                 norm = float(np.linalg.norm(vec))
                 if norm == 0:
-                    raise SteerError(f"conditions[{i}]: cannot ablate a zero direction")
+                    raise InterventionError(f"conditions[{i}]: cannot ablate a zero direction")
                 for layer in layer_indices(model, chosen):
                     at(layer)["ablate"].append((i, vec / norm))
         layers = sorted(per_layer) or [0]  # nothing to do: a hook that passes every row through
@@ -153,7 +158,7 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
         import torch
 
         if h.shape[0] != len(self.conditions):
-            raise SteerError(
+            raise InterventionError(
                 f"this batch has {h.shape[0]} rows but steer_rows was given {len(self.conditions)} "
                 "conditions (one per row); beam search and num_return_sequences multiply rows"
             )
@@ -180,11 +185,11 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
 
 def _check(vec: npt.NDArray[np.float32], d: int, i: int) -> None:
     if vec.shape[0] != d:
-        raise SteerError(
+        raise InterventionError(
             f"conditions[{i}]: the vector has {vec.shape[0]} dimensions, the model's d_model is {d}"
         )
     if not np.isfinite(vec).all():
-        raise SteerError(f"conditions[{i}]: the vector holds NaN or infinite values")
+        raise InterventionError(f"conditions[{i}]: the vector holds NaN or infinite values")
 
 
 def rows_per_batch(model: Any, tokens_per_row: int, memory_budget: float) -> int:
@@ -237,9 +242,9 @@ def generate_conditions(
     if not conds or not prompts:
         return [[] for _ in conds]
     if batch_rows is not None and batch_rows < 1:
-        raise SteerError(f"batch_rows must be >= 1, got {batch_rows}")
+        raise InterventionError(f"batch_rows must be >= 1, got {batch_rows}")
     if not memory_budget > 0:
-        raise SteerError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
+        raise InterventionError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
     ids = encode_prompts(tokenizer, prompts)
     longest = max(len(x) for x in ids) + max_new_tokens
     size = batch_rows or min(256, rows_per_batch(model, longest, memory_budget))

@@ -29,14 +29,8 @@ import numpy as np
 import numpy.typing as npt
 
 from actbridge import integrity
-from actbridge._native import ActbridgeError
-from actbridge.hooks import (
-    block_output,
-    decoder_blocks,
-    forward_padded,
-    layer_indices,
-    passed_cache,
-)
+from actbridge.errors import InterventionError, VectorCorruptError
+from actbridge.hooks import block_output, decoder_blocks, forward_padded, layer_indices, passed_cache
 from actbridge.texts import Document, documents, render
 
 Positions = str | Callable[[Any, Any], Any]
@@ -60,15 +54,6 @@ def _read_vector(path: Path) -> npt.NDArray[np.float32]:
             return np.asarray(f.get_tensor("vector"), dtype=np.float32)
     with safe_open(str(path), framework="pt") as f:  # numpy has no bfloat16
         return f.get_tensor("vector").float().numpy()  # type: ignore[no-any-return]
-
-
-class SteerError(ActbridgeError, ValueError):
-    """An intervention was asked for something it cannot do (the message says what to change)."""
-
-
-class VectorCorruptError(SteerError):
-    """A saved steering vector whose files do not match their checksums, or hold a dtype,
-    shape or values (NaN, inf) that no steering vector has."""
 
 
 # --- what the model is being called with --------------------------------------------------------
@@ -124,7 +109,7 @@ class _Calls:
         if callable(positions):
             chosen = torch.as_tensor(positions(self.input_ids, real), device=h.device).bool()
             if chosen.shape != (batch, seq):
-                raise SteerError(
+                raise InterventionError(
                     f"positions callable returned shape {tuple(chosen.shape)}, expected {(batch, seq)}"
                 )
         elif positions == "all":
@@ -141,7 +126,7 @@ class _Calls:
                 return h.new_zeros(batch, seq, 1)
             chosen = real
         else:
-            raise SteerError(f"positions must be one of {_POSITIONS} or a callable, not {positions!r}")
+            raise InterventionError(f"positions must be one of {_POSITIONS} or a callable, not {positions!r}")
         if chosen is None:
             return None
         if real is not None:
@@ -235,12 +220,12 @@ class SteeringVector:
         if v.ndim == 2 and v.shape[0] == 1:  # a (1, d) mean taken with keepdim
             v = v[0]
         if v.ndim != 1 or v.shape[0] == 0:
-            raise SteerError(f"a steering vector is one (d,) direction, got shape {v.shape}")
+            raise InterventionError(f"a steering vector is one (d,) direction, got shape {v.shape}")
         if not np.isfinite(v).all():
-            raise SteerError("the steering vector holds NaN or infinite values")
+            raise InterventionError("the steering vector holds NaN or infinite values")
         if isinstance(self.layer, bool) or not isinstance(self.layer, (int, np.integer)):
             # Negative counts from the end, as everywhere (checked against the model when applied).
-            raise SteerError(f"layer must be an integer block index, got {self.layer!r}")
+            raise InterventionError(f"layer must be an integer block index, got {self.layer!r}")
         self.vector, self.layer = v, int(self.layer)
 
     @property
@@ -250,7 +235,7 @@ class SteeringVector:
     def unit(self) -> npt.NDArray[np.float32]:
         n = self.norm
         if n == 0:
-            raise SteerError("the steering vector is zero; it has no direction")
+            raise InterventionError("the steering vector is zero; it has no direction")
         return self.vector / n
 
     def random_like(self, rng: np.random.Generator) -> SteeringVector:
@@ -288,14 +273,14 @@ class SteeringVector:
         or float32), shape and finiteness are checked: :class:`VectorCorruptError` otherwise."""
         src = Path(path)
         if not (src / "config.json").exists():
-            raise SteerError(f"{src} is not a saved steering vector (config.json is missing)")
+            raise InterventionError(f"{src} is not a saved steering vector (config.json is missing)")
         meta = integrity.read_config(src / "config.json", VectorCorruptError)
         if meta.get("kind") != "steering_vector":
-            raise SteerError(f"{src} is not a saved steering vector (kind {meta.get('kind')!r})")
+            raise InterventionError(f"{src} is not a saved steering vector (kind {meta.get('kind')!r})")
         integrity.check(meta, src, VectorCorruptError)
         try:
             vec = _read_vector(src / "vector.safetensors")
-        except SteerError:
+        except InterventionError:
             raise
         except Exception as e:  # safetensors' own errors: a damaged or foreign file
             raise VectorCorruptError(
@@ -391,7 +376,7 @@ def _selected(
         spans = [(m, m + len(t)) for t in trigger for m in _find_all(text, t)]
         keep = [i for i, (a, b) in enumerate(offsets) if b > a and any(a < e and b > s for s, e in spans)]
         return np.asarray(keep, dtype=np.int64)
-    raise SteerError(f"positions must be 'last', 'all', 'trigger' or a callable, not {positions!r}")
+    raise InterventionError(f"positions must be 'last', 'all', 'trigger' or a callable, not {positions!r}")
 
 
 def _find_all(text: str, sub: str) -> list[int]:
@@ -414,7 +399,7 @@ def trigger_tokens(tokenizer: Any, prompt: Document, trigger: str) -> list[int]:
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     sel = _selected(text, ids, np.asarray(enc["offset_mapping"]).reshape(-1, 2), "trigger", [trigger])
     if len(sel) == 0:
-        raise SteerError(f"{trigger!r} does not occur in the prompt {text[:80]!r}")
+        raise InterventionError(f"{trigger!r} does not occur in the prompt {text[:80]!r}")
     first = [int(sel[0])]
     for i in sel[1:]:  # the first contiguous run of covering tokens
         if int(i) != first[-1] + 1:
@@ -429,13 +414,13 @@ def at_tokens(*sequences: Sequence[int]) -> Callable[[Any, Any], Any]:
     :func:`trigger_tokens`). Decode steps see one token at a time, so only prompts are steered."""
     seqs = [list(map(int, q)) for q in sequences]
     if not seqs or any(len(q) == 0 for q in seqs):
-        raise SteerError("at_tokens needs one or more non-empty token-id sequences")
+        raise InterventionError("at_tokens needs one or more non-empty token-id sequences")
 
     def positions(input_ids: Any, mask: Any) -> Any:
         import torch
 
         if input_ids is None:
-            raise SteerError("at_tokens needs input_ids (the model was called with inputs_embeds)")
+            raise InterventionError("at_tokens needs input_ids (the model was called with inputs_embeds)")
         chosen = torch.zeros(input_ids.shape, dtype=torch.bool, device=input_ids.device)
         for q in seqs:
             k = len(q)
@@ -464,11 +449,11 @@ class steer(Intervention):  # noqa: N801 - used like a function: `with ab.steer(
     ) -> None:
         vec, vec_layer = _as_vector(vector)
         if layer is None and vec_layer is None:
-            raise SteerError("pass layer=... (a raw tensor carries no layer)")
+            raise InterventionError("pass layer=... (a raw tensor carries no layer)")
         super().__init__(model, [layer if layer is not None else vec_layer])  # type: ignore[list-item]
         _check_width(model, vec)
         if not (isinstance(positions, str) and positions in _POSITIONS) and not callable(positions):
-            raise SteerError(f"positions must be one of {_POSITIONS} or a callable, not {positions!r}")
+            raise InterventionError(f"positions must be one of {_POSITIONS} or a callable, not {positions!r}")
         self.vector, self.alpha, self.positions = vec, float(alpha), positions
         self._cast: dict[tuple[Any, Any], Any] = {}
 
@@ -494,13 +479,13 @@ class ablate(Intervention):  # noqa: N801
     ) -> None:
         vec, vec_layer = _as_vector(direction)
         if layers is None and vec_layer is None:
-            raise SteerError("pass layers=... (a raw tensor carries no layer)")
+            raise InterventionError("pass layers=... (a raw tensor carries no layer)")
         chosen: int | Sequence[int] = layers if layers is not None else int(vec_layer)  # type: ignore[arg-type]
         super().__init__(model, chosen)
         _check_width(model, vec)
         norm = float(np.linalg.norm(vec))
         if norm == 0:
-            raise SteerError("cannot ablate a zero direction")
+            raise InterventionError("cannot ablate a zero direction")
         self.unit = vec / norm
         self._cast: dict[tuple[Any, Any], Any] = {}
 
@@ -522,14 +507,14 @@ def _as_vector(v: Any) -> tuple[npt.NDArray[np.float32], int | None]:
         v = v.detach().float().cpu().numpy()
     arr = np.asarray(v, dtype=np.float32)
     if arr.ndim != 1:
-        raise SteerError(f"a steering vector is 1-D (d,), got shape {arr.shape}")
+        raise InterventionError(f"a steering vector is 1-D (d,), got shape {arr.shape}")
     return arr, None
 
 
 def _check_width(model: Any, vec: npt.NDArray[np.float32]) -> None:
     d = int(model.get_input_embeddings().embedding_dim)
     if vec.shape[0] != d:
-        raise SteerError(
+        raise InterventionError(
             f"the vector has {vec.shape[0]} dimensions but {type(model).__name__} has d_model={d}"
         )
 
@@ -571,12 +556,14 @@ def transfer_vector(
     if isinstance(vector_or_prompts, SteeringVector):
         v = vector_or_prompts
         if not hasattr(map, "weight"):
-            raise SteerError(
+            raise InterventionError(
                 "only an affine map carries a vector by itself (W·v); for an autoencoder pass the "
                 "contrast prompts and the source model: transfer_vector((pos, neg), map, model, tok, layer)"
             )
         if v.vector.shape[0] != map.weight.shape[1]:
-            raise SteerError(f"the vector has {v.vector.shape[0]} dims, the map takes {map.weight.shape[1]}")
+            raise InterventionError(
+                f"the vector has {v.vector.shape[0]} dims, the map takes {map.weight.shape[1]}"
+            )
         mapped = (map.weight.astype(np.float64) @ v.vector.astype(np.float64)).astype(np.float32)
         return SteeringVector(
             mapped,
@@ -588,7 +575,7 @@ def transfer_vector(
         )
     pos, neg = vector_or_prompts
     if source_model is None or source_tokenizer is None or layer is None:
-        raise SteerError("mapping prompts needs source_model, source_tokenizer and layer")
+        raise InterventionError("mapping prompts needs source_model, source_tokenizer and layer")
     (layer,) = layer_indices(source_model, [layer])
     cache: dict[tuple[Any, Any], Any] = {}
 
@@ -635,7 +622,7 @@ def _activations_at(
 
     triggers = [trigger] if isinstance(trigger, str) else list(trigger or [])
     if positions == "trigger" and not triggers:
-        raise SteerError('positions="trigger" needs trigger="..." (the trigger string(s) to look for)')
+        raise InterventionError('positions="trigger" needs trigger="..." (the trigger string(s) to look for)')
     offsets = positions == "trigger" or callable(positions)
     docs: list[Document] = documents(prompts)
     rows: dict[int, list[Any]] = {layer: [] for layer in layers}
@@ -652,7 +639,9 @@ def _activations_at(
         for i, (text, x, off) in enumerate(zip(texts, ids_list, offs, strict=True)):
             sel = _selected(text, x, off, positions, triggers)
             if len(sel) == 0:
-                raise SteerError(f"no positions selected in prompt {text[:60]!r} (positions={positions!r})")
+                raise InterventionError(
+                    f"no positions selected in prompt {text[:60]!r} (positions={positions!r})"
+                )
             picks.append((i, int(starts[i]) + torch.as_tensor(sel, device=hs[layers[0]].device)))
         for layer in layers:
             batch_rows = torch.cat([hs[layer][i, at] for i, at in picks])

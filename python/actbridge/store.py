@@ -26,15 +26,8 @@ import numpy as np
 import numpy.typing as npt
 
 from actbridge import _native
-from actbridge._arrays import (
-    StoreArgumentError,
-    checked_int,
-    float_rows,
-    int_column,
-    row_indices,
-    row_selection,
-)
-from actbridge._native import StoreError
+from actbridge._arrays import checked_int, float_rows, int_column, row_indices, row_selection
+from actbridge.errors import StoreArgumentError, StoreError
 
 __all__ = ["ActivationStore", "StoreArgumentError", "StoreWriter"]
 
@@ -58,7 +51,7 @@ def _json(value: Any) -> str:
             return o.tolist()
         if isinstance(o, os.PathLike):
             return os.fspath(o)
-        raise StoreError(f"metadata value {o!r} of type {type(o).__name__} is not JSON-serialisable")
+        raise StoreArgumentError(f"metadata value {o!r} of type {type(o).__name__} is not JSON-serialisable")
 
     return json.dumps(value, default=default)
 
@@ -104,15 +97,19 @@ class StoreWriter:
         part: int | str | None = None,
     ) -> None:
         if not isinstance(sites, Mapping) or not sites:
-            raise StoreError('sites must be a non-empty mapping of name -> width, e.g. {"source": 576}')
+            raise StoreArgumentError(
+                'sites must be a non-empty mapping of name -> width, e.g. {"source": 576}'
+            )
         dtypes = dict(dtype) if isinstance(dtype, Mapping) else {name: dtype for name in sites}
         unknown = set(dtypes) - set(sites)
         if unknown:
-            raise StoreError(f"dtype given for unknown sites {sorted(unknown)}; sites are {list(sites)}")
+            raise StoreArgumentError(
+                f"dtype given for unknown sites {sorted(unknown)}; sites are {list(sites)}"
+            )
         spec = []
         for name, dim in sites.items():
             if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim <= 0:
-                raise StoreError(f"site {name!r} has width {dim!r}; widths are positive integers")
+                raise StoreArgumentError(f"site {name!r} has width {dim!r}; widths are positive integers")
             spec.append((name, int(dim), dtypes.get(name, "bfloat16")))
         if shard_rows is not None:
             shard_rows = checked_int(
@@ -128,7 +125,9 @@ class StoreWriter:
                     f"part must be a plain name such as 0 or 'rank3' (no path separators), got {part!r}"
                 )
             if os.path.exists(os.path.join(self.path, "manifest.json")):
-                raise StoreError(f"{self.path} is a single store; parts go in a directory of their own")
+                raise StoreArgumentError(
+                    f"{self.path} is a single store; parts go in a directory of their own"
+                )
             self.path = os.path.join(self.path, f"part-{part}")
         self.check_finite = check_finite
         self._writer = _native.StoreWriter(
@@ -154,7 +153,7 @@ class StoreWriter:
                 arr, kind = float_rows(name, value)
                 sites.append((name, arr, kind))
         if not sites:
-            raise StoreError(f"append needs every site {self._site_names}; got {sorted(arrays)}")
+            raise StoreArgumentError(f"append needs every site {self._site_names}; got {sorted(arrays)}")
         n = sites[0][1].shape[0]
         for name, value in arrays.items():
             if name not in self._site_names:
@@ -311,7 +310,7 @@ class ActivationStore:
         boolean mask. ``dtype``: "float32", "float64" or "float16" (bfloat16: :meth:`read_torch`).
         """
         if dtype == "bfloat16":
-            raise StoreError(
+            raise StoreArgumentError(
                 'numpy has no bfloat16: read dtype="float32", or read_torch(..., torch.bfloat16)'
             )
         self._check_site(site)
@@ -320,7 +319,9 @@ class ActivationStore:
     def _check_site(self, site: str) -> None:
         if site not in self._sites:
             hint = " (it is a column: use store.column)" if site in self.columns else ""
-            raise StoreError(f"unknown site {site!r}{hint}; this store's sites are {list(self._sites)}")
+            raise StoreArgumentError(
+                f"unknown site {site!r}{hint}; this store's sites are {list(self._sites)}"
+            )
 
     def _read(self, name: str, rows: Any, dtype: str) -> Any:
         if isinstance(rows, (int, np.integer)) and not isinstance(rows, bool):
@@ -345,7 +346,9 @@ class ActivationStore:
             torch.bfloat16: "bfloat16",
         }
         if dtype not in names:
-            raise StoreError(f"unsupported dtype {dtype}; use torch.float32, float64, float16 or bfloat16")
+            raise StoreArgumentError(
+                f"unsupported dtype {dtype}; use torch.float32, float64, float16 or bfloat16"
+            )
         self._check_site(site)
         arr = self._read(site, rows, names[dtype])
         t = torch.from_numpy(arr)
@@ -356,7 +359,7 @@ class ActivationStore:
     def column(self, name: str, rows: Any = None) -> npt.NDArray[np.int64]:
         """Values of an int64 column for ``rows`` (same selections as :meth:`read`)."""
         if name not in self.columns:
-            raise StoreError(f"unknown column {name!r}; this store's columns are {self.columns}")
+            raise StoreArgumentError(f"unknown column {name!r}; this store's columns are {self.columns}")
         return self._read(name, rows, "float32")  # type: ignore[no-any-return]
 
     def batches(
@@ -390,7 +393,7 @@ class ActivationStore:
             names = [names]
         mode = {True: "global", False: "none", "global": "global", "none": "none", "block": "block"}
         if not isinstance(shuffle, (bool, str)) or shuffle not in mode:
-            raise StoreError(f'shuffle must be True, False or "block", not {shuffle!r}')
+            raise StoreArgumentError(f'shuffle must be True, False or "block", not {shuffle!r}')
         return self._store.batches(
             list(names),
             checked_int("batch_size", batch_size, 1, MAX_BATCH),
@@ -414,7 +417,7 @@ class ActivationStore:
         ``rows`` restricts the split to a subset.
         """
         if not 0.0 <= fraction < 1.0:
-            raise StoreError(f"fraction must be in [0, 1), got {fraction}")
+            raise StoreArgumentError(f"fraction must be in [0, 1), got {fraction}")
         base = row_indices(rows, len(self))
         rng = np.random.default_rng(seed)
         if by is None:

@@ -12,13 +12,9 @@ from collections.abc import Iterable, Sequence
 from importlib import resources
 from typing import Any
 
-from actbridge._native import ActbridgeError
+from actbridge.errors import TextsError
 
 Document = str | list[dict[str, str]]
-
-
-class TextsError(ActbridgeError):
-    """Texts that cannot be collected on (empty, malformed, or of an unknown kind)."""
 
 
 def load_corpus(kinds: Iterable[str] | None = None) -> list[str]:

