@@ -134,7 +134,7 @@ def test_collect_fit_eval_vector_steer_info_verify(tmp_path, capsys, model_dirs)
     assert run_json(capsys, "verify", pairs)["verified"] is True
     # errors are one line on stderr with exit status 2
     assert main(["info", str(tmp_path / "missing")]) == 2
-    assert "StoreError" in capsys.readouterr().err
+    assert "StoreNotFoundError: no store at" in capsys.readouterr().err
     assert main(["fit", "affine", "--store", pairs, "--out", str(tmp_path / "x"), "--source", "nope"]) == 2
 
 
