@@ -26,8 +26,9 @@ The hierarchy lets callers catch by origin or by kind::
         ├── RefusalSplitError           prompt sets that overlap
         └── UnknownBackdoorError        also a KeyError
 
-The store and map classes are made by the native module (``actbridge._native``), which maps
-every core error onto them in one place; the rest are defined here.
+``ActbridgeError``, the ``Store*`` classes, ``MapError`` and ``MapArgumentError`` are made by the
+native module (``actbridge._native``), which maps every core error onto them in one place; the
+rest (``MapCorruptError`` included) are defined here.
 """
 
 from __future__ import annotations

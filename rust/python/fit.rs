@@ -11,6 +11,21 @@ use crate::fit::autoencoder::{self, AeParams, TrainConfig, Work};
 use crate::store::reader::RowIds;
 use crate::store::Rows;
 
+/// Call a progress callback (taking the GIL). An exception it raises is kept in `failed`, to
+/// be raised once the core has returned, and `false` tells the core to stop.
+fn report_progress<A>(cb: &Py<PyAny>, args: A, failed: &mut Option<PyErr>) -> bool
+where
+    A: for<'py> pyo3::call::PyCallArgs<'py>,
+{
+    Python::attach(|py| match cb.call1(py, args) {
+        Ok(_) => true,
+        Err(e) => {
+            *failed = Some(e);
+            false
+        }
+    })
+}
+
 #[pyclass(module = "actbridge._native", name = "AffineStats")]
 pub(super) struct PyAffineStats {
     inner: AffineStats,
@@ -84,13 +99,7 @@ impl PyAffineStats {
             guarded(py, || {
                 inner.update_from_store(st, s, t, &ids, |done| match &progress {
                     None => true,
-                    Some(cb) => Python::attach(|py| match cb.call1(py, (done,)) {
-                        Ok(_) => true,
-                        Err(e) => {
-                            callback_error = Some(e);
-                            false
-                        }
-                    }),
+                    Some(cb) => report_progress(cb, (done,), &mut callback_error),
                 })
             })
         })?;
@@ -374,13 +383,7 @@ pub(super) fn train_autoencoder<'py>(
                     return true; // report at most ten times a second
                 }
                 last_report = std::time::Instant::now();
-                Python::attach(|py| match cb.call1(py, (done, total)) {
-                    Ok(_) => true,
-                    Err(e) => {
-                        callback_error = Some(e);
-                        false
-                    }
-                })
+                report_progress(cb, (done, total), &mut callback_error)
             },
         )
     })?;
