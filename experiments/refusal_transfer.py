@@ -49,8 +49,9 @@ from typing import Any
 import actbridge as ab
 import numpy as np
 from _common import OUT, RUNS, fit_autoencoder, resumable_rows, run_info, write_json
+from actbridge.collect import model_name
 from actbridge.generation import similarity
-from actbridge.hooks import decoder_blocks
+from actbridge.hooks import decoder_blocks, forward_to_layers
 from actbridge.tasks import refusal
 from actbridge.texts import as_chat, render
 
@@ -329,6 +330,88 @@ def target_conditions(
     }
 
 
+# -- 3b. controls for ablation ------------------------------------------------------------------
+
+
+def orthogonal_part(v: ab.SteeringVector, native: ab.SteeringVector) -> ab.SteeringVector:
+    """``v`` minus its component along the native direction (same layer): what ablating ``v``
+    removes besides the native direction."""
+    n = native.vector / np.linalg.norm(native.vector)
+    rest = v.vector - float(v.vector @ n) * n
+    return ab.SteeringVector(rest.astype(np.float32), v.layer, v.model, "orthogonal to native")
+
+
+def top_pc_directions(
+    model: Any, tok: Any, layer: int, n_texts: int, k: int, seeds: list[int], path: Path
+) -> dict[str, ab.SteeringVector]:
+    """Per seed, a random unit direction in the span of the top ``k`` principal components of the
+    target's residual stream after block ``layer`` on the first ``n_texts`` corpus texts (≤ 256
+    tokens each), scaled to the native direction's norm by the caller if needed. The PCs are
+    cached in ``path`` (safetensors)."""
+    import torch
+    from safetensors.numpy import load_file, save_file
+
+    if path.is_file():
+        pcs = load_file(str(path))["pcs"]
+    else:
+        rows = []
+        with torch.inference_mode():
+            for text in ab.load_corpus()[:n_texts]:
+                ids = tok(text, return_tensors="pt")["input_ids"][:, :256]
+                got = forward_to_layers(model, [layer], input_ids=ids)
+                rows.append(got[layer][0, 1:].float().numpy())  # the first token's row is an outlier
+        x = np.concatenate(rows).astype(np.float64)
+        x -= x.mean(axis=0)
+        _, _, vt = np.linalg.svd(x, full_matrices=False)
+        pcs = vt[:k].astype(np.float32)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_file({"pcs": pcs}, str(path))
+    out = {}
+    for seed in seeds:
+        c = np.random.default_rng(10_000 + seed).standard_normal(pcs.shape[0])
+        v = (c / np.linalg.norm(c)) @ pcs
+        out[f"top-PC random seed{seed}"] = ab.SteeringVector(
+            (v / np.linalg.norm(v)).astype(np.float32), layer, model_name(model), f"top-{k} PC span"
+        )
+    return out
+
+
+def ablation_controls(
+    m_t: Any, tok_t: Any, controls: dict[str, ab.SteeringVector], p: dict[str, Any], args: Any, path: Path
+) -> list[dict[str, Any]]:
+    """Refusal rate (greedy) and mean refusal score on the test harmful prompts with each control
+    direction ablated at every layer; one resumable row per control."""
+    all_layers = list(range(len(decoder_blocks(m_t))))
+    test_h = p["test"][True]
+    prompts_h = [as_chat(t) for t in test_h]
+
+    def run(batch: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        conds = [
+            ab.Condition(ablate=controls[k["vector"]], ablate_layers=all_layers, label=k["vector"])
+            for k in batch
+        ]
+        answers = ab.generate_conditions(
+            m_t, tok_t, conds, prompts_h, args.new_tokens, progress=not args.smoke
+        )
+        rows = []
+        for key, outs in zip(batch, answers, strict=True):
+            with ab.ablate(m_t, controls[key["vector"]], layers=all_layers):
+                s = refusal.refusal_score(m_t, tok_t, test_h)
+            flags = [refusal.is_refusal(a) for a in outs]
+            rows.append(
+                {
+                    "refusal": ab.tasks.rate(flags),
+                    "flags": flags,
+                    "mean_score": float(np.mean(s)),
+                    "examples": outs[:3],
+                }
+            )
+        return rows
+
+    keys = [{"kind": "ablate", "vector": n} for n in controls]
+    return resumable_rows(path, keys, compute_many=run, group=args.group)
+
+
 def corpus_ce(model: Any, tok: Any, n: int, ablate_dir: ab.SteeringVector | None) -> float:
     """Mean next-token cross-entropy (nats) on the first ``n`` corpus texts, optionally with
     ``ablate_dir`` projected out at every layer."""
@@ -361,11 +444,14 @@ def run_pair(
     source: tuple[str, Any, Any],
     target: tuple[str, Any, Any],
     tdirs: dict[str, Any],
+    pc_controls: dict[str, ab.SteeringVector],
     p: dict[str, Any],
     args: Any,
     out: Path,
 ) -> dict[str, Any]:
-    """Steps 1 (source), 2 and 3 for one source → target pair."""
+    """Steps 1 (source), 2 and 3 for one source → target pair; ``pc_controls``: the target's
+    random top-PC directions, ablated as controls next to each mapped vector's part orthogonal
+    to native."""
     s_name, m_s, tok_s = source
     t_name, m_t, tok_t = target
     timing_path = out / "timings.json"
@@ -420,6 +506,21 @@ def run_pair(
         vectors[f"noise seed{seed}"] = native.random_like(np.random.default_rng(seed))
     results = target_conditions(m_t, tok_t, vectors, p, args, out / "target")
     add_time("target conditions", t0)
+    t0 = time.perf_counter()
+    controls = {f"{n} ⊥native": orthogonal_part(vectors[n], native) for n in mapped_names}
+    controls |= pc_controls
+    results["controls"] = ablation_controls(
+        m_t, tok_t, controls, p, args, out / "target" / "control_rows.json"
+    )
+    for row in results["controls"]:
+        v = controls[row["vector"]]
+        row["cosine_to_native"] = v.cosine(native)
+        row["cosine_to_vector"] = (
+            v.cosine(vectors[row["vector"].removesuffix(" ⊥native")])
+            if row["vector"].endswith("⊥native")
+            else None
+        )
+    add_time("ablation controls", t0)
     return {
         "source": s_name,
         "target": t_name,
@@ -453,6 +554,7 @@ def main() -> None:
     p.add_argument("--cost-prompts", type=int, default=48, help="harmless prompts for the ROUGE-L cost")
     p.add_argument("--cost-tokens", type=int, default=32)
     p.add_argument("--ce-texts", type=int, default=24)
+    p.add_argument("--pc-rank", type=int, default=16, help="top PCs spanning the random ablation controls")
     p.add_argument("--group", type=int, default=4, help="conditions per batched generation")
     p.add_argument("--batch", type=int, default=8)
     p.add_argument("--smoke", action="store_true")
@@ -488,6 +590,16 @@ def main() -> None:
     m_t, tok_t = load(names["target"], 96, 1)
     tdirs = model_directions(names["target"], m_t, tok_t, prompts, args, out / "target-directions")
     target_time = time.perf_counter() - t0
+    l_t = tdirs["sweep"]["chosen_layer"]
+    pcs = top_pc_directions(
+        m_t,
+        tok_t,
+        l_t,
+        args.ce_texts,
+        args.pc_rank,
+        args.seeds,
+        out / "target-directions" / "top_pcs.safetensors",
+    )
     result: dict[str, Any] = {
         "splits": {k: {"harmful": len(v[True]), "harmless": len(v[False])} for k, v in prompts.items()},
         "target_sweep": tdirs["sweep"],
@@ -498,7 +610,7 @@ def main() -> None:
         src = names["source"] if pair == "qwen" else names["cross"]
         m_s, tok_s = load(src, 64 if pair == "qwen" else 48, 0)
         result["pairs"][pair] = run_pair(
-            pair, (src, m_s, tok_s), (names["target"], m_t, tok_t), tdirs, prompts, args, out / pair
+            pair, (src, m_s, tok_s), (names["target"], m_t, tok_t), tdirs, pcs, prompts, args, out / pair
         )
         del m_s
     result["run"] = run_info(args.seeds[0], started)
@@ -616,6 +728,12 @@ def report(result: dict[str, Any]) -> None:
             a = add1.get(v, {}).get("refusal", {}).get("value", float("nan"))
             print(f"| {v} | {cos:.2f} | {row['refusal']['value']:.2f} | {a:.2f} |")
         print(f"scorings agree on {r['agreement']['rate']:.1%} of {r['agreement']['total']} answers")
+        print("| ablation control | cosine to native | refusal on harmful | score |\n|---|---|---|---|")
+        for row in r.get("controls", []):
+            print(
+                f"| {row['vector']} | {row['cosine_to_native']:+.2f} | {row['refusal']['value']:.2f} "
+                f"| {row['mean_score']:+.2f} |"
+            )
 
 
 if __name__ == "__main__":

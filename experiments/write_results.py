@@ -498,6 +498,25 @@ def exp7(dirs: dict[str, Path], docs: Path) -> list[str]:
             + f". The two scorings agree on {r['agreement']['rate']:.1%} of "
             f"{r['agreement']['total']} answers (refusal phrase vs score > 0).",
         ]
+        if r.get("controls"):
+            lines += [
+                "",
+                "Ablation controls (same test harmful prompts, every layer): each mapped vector with its "
+                "native component removed (`⊥native`: does something besides the native direction do the "
+                "work?), and random unit directions in the span of the target's top principal components "
+                "on corpus text (does any high-variance direction do it?):",
+                "",
+                "| ablated direction | cosine to native | cosine to the mapped vector | refusal on harmful "
+                "| score |",
+                "|---|---|---|---|---|",
+            ]
+            for row in r["controls"]:
+                to_v = row.get("cosine_to_vector")
+                lines.append(
+                    f"| {row['vector']} | {row['cosine_to_native']:+.2f} | "
+                    f"{'' if to_v is None else f'{to_v:.2f}'} | {pct(row['refusal'])} "
+                    f"| {row['mean_score']:+.2f} |"
+                )
         lines += ["", "Examples (first test prompt):", ""]
         for row in r["ablation"][:2]:
             lines.append(f"- ablation, {row['vector']}: {escape(row['examples'][0][:160])!r}")

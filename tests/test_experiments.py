@@ -143,6 +143,17 @@ def test_refusal_transfer_smoke_runs_every_step_and_resumes(workdir):
         assert any(v.startswith("mapped affine") for v in r["vectors"])
         assert all(0 <= row["refusal"]["value"] <= 1 for row in r["ablation"] + r["addition"])
         assert len(r["cost"]) == len(r["ablation"])
+        controls = {row["vector"]: row for row in r["controls"]}
+        assert {v for v in controls if v.endswith("⊥native")} == {
+            f"{v} ⊥native" for v in r["vectors"] if v.startswith("mapped")
+        }
+        assert {v for v in controls if v.startswith("top-PC")} == {
+            "top-PC random seed0",
+            "top-PC random seed1",
+        }
+        for v, row in controls.items():
+            if v.endswith("⊥native"):  # the native component is gone, the rest is the mapped vector's
+                assert abs(row["cosine_to_native"]) < 1e-4 and -1 <= row["cosine_to_vector"] <= 1
     assert result["splits"]["test"]["harmful"] > 0
     before = (d / "qwen" / "target" / "addition_rows.json").stat().st_mtime_ns
     run("refusal_transfer.py", "--smoke", "--pairs", "qwen", cwd=workdir)
@@ -167,6 +178,7 @@ def test_results_page_from_smoke_runs(workdir):
     assert "wrote" in out and "## 6. Corrupted capabilities" in page and "not run yet" not in page
     assert "![mapped steering](mapped_steering.png)" in page
     assert "## 7. Refusal transfer" in page and "### Qwen2.5-Coder 0.5B → 1.5B" in page
+    assert "| mapped affine seed0 ⊥native | +0.00 |" in page and "| top-PC random seed0 |" in page
     assert (workdir / "experiments-out" / "tiny-docs" / "refusal_transfer.png").is_file()
     assert (workdir / "experiments-out" / "tiny-docs" / "safety_switch.png").is_file()
 
