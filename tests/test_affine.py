@@ -4,6 +4,7 @@ additive statistics, transform/to_torch/save/load, and bad input."""
 from __future__ import annotations
 
 import json
+import os
 import warnings
 
 import actbridge as ab
@@ -416,3 +417,26 @@ def test_fit_matches_the_float64_closed_form_at_any_offset_and_scale(offset, log
     assert err_b_terms < 1e-5, err_b_terms
     if offset <= 25.0:
         assert err_b < 1e-5, err_b
+
+
+def test_import_chooses_no_blas_and_the_first_statistics_do():
+    """``import actbridge`` looks up no BLAS symbols (a cheaper import); the first statistics
+    choose the products' backend, and ``ACTBRIDGE_GEMM=faer`` still opts out."""
+    import subprocess
+    import sys
+
+    code = (
+        "import actbridge as ab, actbridge._native as n, actbridge.maps as m;"
+        "print(n.gemm_backend(), m._blas_chosen);"
+        "ab.AffineStats(3, 2);"
+        "print(n.gemm_backend(), m._blas_chosen, m.blas_source() is not None)"
+    )
+
+    def run(**env: str) -> list[str]:
+        out = subprocess.run(
+            [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, check=True
+        )
+        return out.stdout.split("\n")[:2]
+
+    assert run() == ["faer False", "blas True True"]
+    assert run(ACTBRIDGE_GEMM="faer") == ["faer False", "faer True False"]

@@ -49,9 +49,11 @@ def use_fast_blas(enable: bool = True) -> str:
     (numpy's bundled OpenBLAS, else scipy's; about twice faer's speed on AVX-512 CPUs), or on
     faer; returns the backend now in use ("blas" or "faer"). :func:`blas_source` says which.
 
-    Called with the default at import; ``ACTBRIDGE_GEMM=faer`` in the environment opts out.
+    Called with the default on the first fit (not at import: ``import actbridge`` loads no BLAS
+    symbols); ``ACTBRIDGE_GEMM=faer`` in the environment opts out.
     """
-    global _blas_source
+    global _blas_source, _blas_chosen
+    _blas_chosen = True
     found = find_blas() if enable else None
     if found is None:
         _native.unregister_blas()
@@ -64,11 +66,19 @@ def use_fast_blas(enable: bool = True) -> str:
 
 def blas_source() -> str | None:
     """Which BLAS the affine fit's products run on (None: faer)."""
+    _choose_blas()
     return _blas_source
 
 
+def _choose_blas() -> None:
+    """Choose the products' backend once, the first time statistics are made (the default of
+    :func:`use_fast_blas`, unless it was called already)."""
+    if not _blas_chosen:
+        use_fast_blas(not faer_forced())
+
+
 _blas_source: str | None = None
-use_fast_blas(not faer_forced())
+_blas_chosen = False
 
 
 def _float32_rows(name: str, x: Any) -> npt.NDArray[np.float32]:
@@ -91,10 +101,12 @@ class AffineStats:
     """
 
     def __init__(self, d_source: int, d_target: int) -> None:
+        _choose_blas()
         self._stats = _native.AffineStats(int(d_source), int(d_target))
 
     @classmethod
     def _wrap(cls, native: _native.AffineStats) -> AffineStats:
+        _choose_blas()
         obj = cls.__new__(cls)
         obj._stats = native
         return obj

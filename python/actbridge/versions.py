@@ -9,11 +9,9 @@ substitution, generation and collection tests on; the newest tested ones are pin
 
 from __future__ import annotations
 
-import argparse
 import platform
 import re
 import sys
-from importlib import metadata
 from typing import NamedTuple
 
 #: The oldest release of each dependency that actbridge supports (distribution names): the
@@ -50,6 +48,8 @@ def release(version: str) -> tuple[int, ...]:
 
 def installed() -> dict[str, str | None]:
     """``{distribution: installed version or None}`` for every entry of :data:`MINIMUM`."""
+    from importlib import metadata  # here, not at import: it costs ~40 ms
+
     out: dict[str, str | None] = {}
     for name in MINIMUM:
         try:
@@ -84,6 +84,8 @@ def simd_levels() -> SimdLevels:
 
 def report() -> str:
     """A plain-text table: Python, platform, actbridge, and each dependency (installed, oldest)."""
+    from importlib import metadata
+
     try:
         own = metadata.version("actbridge")
     except metadata.PackageNotFoundError:
@@ -105,6 +107,8 @@ def report() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import argparse
+
     p = argparse.ArgumentParser(prog="python -m actbridge.versions", description=__doc__)
     p.add_argument(
         "--check-min",
