@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import actbridge as ab
 import numpy as np
 import pytest
 
@@ -62,3 +63,16 @@ def store_path(tmp_path):
 # --- tiny tokenizers and random-init models (from the package, for the collection tests) ------
 
 from actbridge.testing import ARCHS, tiny_model, tiny_tokenizer  # noqa: E402, F401
+
+
+@pytest.fixture(scope="session")
+def nonlinear_store(tmp_path_factory):
+    """A store of 12,000 rows: 32-wide sources, 24-wide ReLU-of-linear targets plus noise."""
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((12_000, 32)).astype(np.float32)
+    w = rng.standard_normal((32, 24)).astype(np.float32) * 0.3
+    y = np.maximum(x @ w, 0) + 0.05 * rng.standard_normal((12_000, 24)).astype(np.float32)
+    path = tmp_path_factory.mktemp("ae") / "s"
+    with ab.StoreWriter(path, sites={"source": 32, "target": 24}, dtype="float32") as wr:
+        wr.append(source=x, target=y)
+    return ab.ActivationStore(path)

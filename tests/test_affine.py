@@ -434,7 +434,11 @@ def test_import_chooses_no_blas_and_the_first_statistics_do():
 
     def run(**env: str) -> list[str]:
         out = subprocess.run(
-            [sys.executable, "-c", code], env={**os.environ, **env}, capture_output=True, text=True, check=True
+            [sys.executable, "-c", code],
+            env={**os.environ, **env},
+            capture_output=True,
+            text=True,
+            check=True,
         )
         return out.stdout.split("\n")[:2]
 

@@ -12,18 +12,6 @@ import pytest
 torch = pytest.importorskip("torch")
 
 
-@pytest.fixture(scope="module")
-def nonlinear_store(tmp_path_factory):
-    rng = np.random.default_rng(0)
-    x = rng.standard_normal((12_000, 32)).astype(np.float32)
-    w = rng.standard_normal((32, 24)).astype(np.float32) * 0.3
-    y = np.maximum(x @ w, 0) + 0.05 * rng.standard_normal((12_000, 24)).astype(np.float32)
-    path = tmp_path_factory.mktemp("ae") / "s"
-    with ab.StoreWriter(path, sites={"source": 32, "target": 24}, dtype="float32") as wr:
-        wr.append(source=x, target=y)
-    return ab.ActivationStore(path)
-
-
 @pytest.mark.parametrize("backend", ["rust", "torch"])
 def test_training_learns_a_nonlinear_map_better_than_affine(nonlinear_store, backend):
     s = nonlinear_store
@@ -238,22 +226,15 @@ def test_rust_trainer_progress_interrupt(nonlinear_store):
 
     with pytest.raises(KeyboardInterrupt):
         _native.train_autoencoder(
-            nonlinear_store._store,
-            "source",
-            "target",
-            np.arange(5000),
-            None,
-            8,
-            None,
-            3,
-            100,
-            1e-3,
-            0.0,
-            0,
-            0,
-            None,
-            None,
-            stop,
+            store=nonlinear_store._store,
+            source="source",
+            target="target",
+            rows=np.arange(5000),
+            val_rows=None,
+            hidden=8,
+            config=ab.AutoencoderConfig(epochs=3, batch_size=100),
+            init=None,
+            progress=stop,
         )
 
 

@@ -60,8 +60,9 @@ def test_a_huge_prefetch_is_a_value_error_not_an_abort(tmp_path):
         e = expect(lambda: s.batches("a", 4, prefetch=10**9), ab.StoreArgumentError)
         assert isinstance(e, ValueError) and isinstance(e, ab.StoreError) and "[0, 1024]" in str(e)
         # the binding checks too (no Python layer in front of it)
-        expect(lambda: s._store.batches(["a"], 4, "none", 0, 0, None, False, "float32", 4, 4, 10**9),
-               ab.StoreError)
+        expect(lambda: s._store.batches(names=["a"], batch_size=4, shuffle="none", seed=0, epoch=0,
+                                        rows=None, drop_last=False, dtype="float32", block_rows=4,
+                                        window_blocks=4, prefetch=10**9), ab.StoreError)
         assert sum(1 for _ in s.batches("a", 4, prefetch=1024)) == 3
         """,
     )
@@ -74,12 +75,14 @@ def test_a_huge_shard_size_is_a_typed_error_not_a_panic(tmp_path):
         """
         expect(lambda: ab.StoreWriter(path, sites={"a": 8}, shard_rows=2**62), ab.StoreArgumentError)
         # straight into the binding: the core checks its own arithmetic
-        w = expect(lambda: _native.StoreWriter(path + "-n", [("a", 8, "float32")], None, "{}", "x",
-                                               2**40, 2**20, 1), ab.StoreError)
+        w = expect(lambda: _native.StoreWriter(path=path + "-n", sites=[("a", 8, "float32")], columns=None,
+                                               metadata_json="{}", mode="x", shard_rows=2**40,
+                                               shard_bytes=2**20, queue=1), ab.StoreError)
         assert "exceed" in str(w)
         # rows x width beyond the cap: refused when the writer opens, before any allocation
-        expect(lambda: _native.StoreWriter(path + "-m", [("a", 2**20, "float32")], None, "{}", "x",
-                                           2**19, 2**20, 1), ab.StoreError)
+        expect(lambda: _native.StoreWriter(path=path + "-m", sites=[("a", 2**20, "float32")], columns=None,
+                                           metadata_json="{}", mode="x", shard_rows=2**19,
+                                           shard_bytes=2**20, queue=1), ab.StoreError)
         expect(lambda: ab.StoreWriter(path + "-p", sites={"a": 2**40}), ab.StoreError)
         """,
     )

@@ -76,6 +76,7 @@ from actbridge.steer import (
 )
 from actbridge.store import ActivationStore, StoreWriter
 from actbridge.texts import load_corpus
+from actbridge.training import AutoencoderConfig
 from actbridge.versions import SimdLevels, simd_levels
 
 __version__ = "0.1.0"
@@ -85,6 +86,7 @@ __all__ = [
     "ActivationStore",
     "AffineMap",
     "AffineStats",
+    "AutoencoderConfig",
     "AutoencoderMap",
     "CollectError",
     "CollectWarning",

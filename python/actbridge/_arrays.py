@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from actbridge._typing import OutDType
 from actbridge.errors import StoreArgumentError
 
 
@@ -28,7 +29,7 @@ def checked_int(
 
 
 #: Float dtypes the native layer reads directly, by numpy dtype name.
-_HOST_FLOATS = {"float32", "float64", "float16"}
+_HOST_FLOATS: dict[str, OutDType] = {"float32": "float32", "float64": "float64", "float16": "float16"}
 
 
 def is_torch_tensor(x: Any) -> bool:
@@ -36,7 +37,7 @@ def is_torch_tensor(x: Any) -> bool:
     return type(x).__module__.startswith("torch") and hasattr(x, "detach") and hasattr(x, "device")
 
 
-def float_rows(name: str, x: Any) -> tuple[npt.NDArray[Any], str]:
+def float_rows(name: str, x: Any) -> tuple[npt.NDArray[Any], OutDType]:
     """A C-contiguous host array for a site and the dtype name the native layer reads it as.
 
     ``x``: a 2-D ``(rows, dim)`` numpy array or torch tensor of float16/bfloat16/float32/float64.
@@ -56,13 +57,18 @@ def float_rows(name: str, x: Any) -> tuple[npt.NDArray[Any], str]:
                 f"site {name!r} is a {t.dtype} tensor; pass floating activations "
                 "(float16, bfloat16, float32 or float64)"
             )
-        return np.ascontiguousarray(t.numpy()), str(t.dtype).removeprefix("torch.")
+        host: dict[Any, OutDType] = {
+            torch.float16: "float16",
+            torch.float32: "float32",
+            torch.float64: "float64",
+        }
+        return np.ascontiguousarray(t.numpy()), host[t.dtype]
     arr = np.asarray(x)
     _check_2d(name, arr.shape)
-    kind = arr.dtype.name
-    if kind == "bfloat16":  # ml_dtypes' bfloat16
+    if arr.dtype.name == "bfloat16":  # ml_dtypes' bfloat16
         return np.ascontiguousarray(arr).view(np.uint16), "bfloat16"
-    if kind not in _HOST_FLOATS:
+    kind = _HOST_FLOATS.get(arr.dtype.name)
+    if kind is None:
         raise StoreArgumentError(
             f"site {name!r} has dtype {arr.dtype}; pass floating activations "
             "(float16, bfloat16, float32 or float64)"

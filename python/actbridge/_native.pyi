@@ -2,13 +2,42 @@
 
 from collections.abc import Callable, Iterator, Sequence
 from os import PathLike
-from typing import Any, final
+from typing import Any, Literal, Protocol, final
 
 import numpy as np
 import numpy.typing as npt
 
 _Rows = tuple[int, int] | npt.NDArray[np.int64] | None
 _Path = str | PathLike[str]
+_Tensors = list[npt.NDArray[np.float32]]
+_AeTuple = tuple[
+    npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]
+]
+_Standardize = tuple[list[float], list[float], list[float], list[float]]
+_OutDtype = Literal["float32", "float64", "float16", "bfloat16"]
+_InDtype = Literal["float32", "float64", "float16", "bfloat16"]
+
+class _TrainConfig(Protocol):
+    """The attributes ``train_autoencoder`` reads (``actbridge.AutoencoderConfig`` has them)."""
+
+    @property
+    def epochs(self) -> int: ...
+    @property
+    def batch_size(self) -> int: ...
+    @property
+    def lr(self) -> float: ...
+    @property
+    def weight_decay(self) -> float: ...
+    @property
+    def seed(self) -> int: ...
+    @property
+    def plateau_patience(self) -> int: ...
+    @property
+    def lr_factor(self) -> float: ...
+    @property
+    def early_stop(self) -> int | None: ...
+    @property
+    def grad_clip(self) -> float | None: ...
 
 __all__ = [
     "ActbridgeError",
@@ -32,9 +61,24 @@ __all__ = [
     "dense_gemm_backend",
     "autoencoder_loss_and_grad",
     "train_autoencoder",
+    "fold_standardization",
+    "evaluate_autoencoder",
+    "PlateauSchedule",
+    "MAX_BATCH_ROWS",
+    "MAX_WINDOW_BLOCKS",
+    "MAX_PREFETCH",
+    "MAX_SHARD_ROWS",
+    "MAX_SHARD_BYTES",
+    "MAX_QUEUE",
 ]
 
 DEFAULT_PAGE_BUDGET: int
+MAX_BATCH_ROWS: int
+MAX_WINDOW_BLOCKS: int
+MAX_PREFETCH: int
+MAX_SHARD_ROWS: int
+MAX_SHARD_BYTES: int
+MAX_QUEUE: int
 
 def simd_levels() -> tuple[str, str, str | None]: ...  # (detected, active, ACTBRIDGE_SIMD)
 def register_blas(ssyrk: int, sgemm: int, sgemv: int, ilp64: bool) -> None: ...  # routine addresses
@@ -51,27 +95,39 @@ def autoencoder_loss_and_grad(
     float, npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]
 ]: ...
 def train_autoencoder(
+    *,
     store: ActivationStore,
     source: str,
     target: str,
     rows: npt.NDArray[np.int64],
     val_rows: npt.NDArray[np.int64] | None,
     hidden: int,
-    init: list[npt.NDArray[np.float32]] | None,
-    epochs: int,
-    batch_size: int,
-    lr: float,
-    weight_decay: float,
-    seed: int,
-    plateau_patience: int,
-    early_stop: int | None,
-    grad_clip: float | None,
+    config: _TrainConfig,
+    init: _Tensors | None,
     progress: Callable[[int, int], object] | None,
-    standardize: tuple[list[float], list[float], list[float], list[float]] | None = None,
-) -> tuple[
-    tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]],
-    list[dict[str, float]],
-]: ...
+    standardize: _Standardize | None = None,
+) -> tuple[_AeTuple, list[dict[str, float]]]: ...
+def fold_standardization(
+    *, dims: tuple[int, int, int], tensors: _Tensors, standardize: _Standardize, inverse: bool = False
+) -> _AeTuple: ...
+def evaluate_autoencoder(
+    *,
+    store: ActivationStore,
+    source: str,
+    target: str,
+    rows: npt.NDArray[np.int64],
+    dims: tuple[int, int, int],
+    tensors: _Tensors,
+) -> dict[str, float]: ...
+
+@final
+class PlateauSchedule:
+    def __new__(
+        cls, *, lr: float, lr_factor: float, plateau_patience: int, early_stop: int | None
+    ) -> PlateauSchedule: ...
+    def step(self, score: float) -> bool: ...
+    @property
+    def lr(self) -> float: ...
 
 class ActbridgeError(Exception): ...
 class StoreError(ActbridgeError): ...
@@ -96,7 +152,7 @@ class AffineStats:
     ) -> None: ...
     def merge(self, other: AffineStats) -> None: ...
     def solve(
-        self, ridge: float = 0.0, bias: bool = True, method: str = "lstsq"
+        self, *, ridge: float = 0.0, bias: bool = True, method: Literal["lstsq", "procrustes"] = "lstsq"
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.float32], dict[str, Any]]: ...
     @property
     def n(self) -> int: ...
@@ -127,18 +183,20 @@ class AffineStats:
 class StoreWriter:
     def __new__(
         cls,
+        *,
         path: _Path,
-        sites: list[tuple[str, int, str]],
+        sites: Sequence[tuple[str, int, str]],
         columns: list[str] | None,
         metadata_json: str,
-        mode: str,
+        mode: Literal["x", "a"],
         shard_rows: int | None,
         shard_bytes: int,
         queue: int,
     ) -> StoreWriter: ...
     def append(
         self,
-        sites: list[tuple[str, npt.NDArray[Any], str]],
+        *,
+        sites: Sequence[tuple[str, npt.NDArray[Any], _InDtype]],
         columns: list[tuple[str, npt.NDArray[np.int64]]],
         check_finite: bool = False,
     ) -> None: ...
@@ -171,20 +229,21 @@ class ActivationStore:
     def parts(self) -> list[str]: ...
     @property
     def shards(self) -> list[tuple[str, int, int, str]]: ...
-    def read(self, name: str, rows: _Rows = None, dtype: str = "float32") -> npt.NDArray[Any]: ...
+    def read(self, name: str, rows: _Rows = None, *, dtype: _OutDtype = "float32") -> npt.NDArray[Any]: ...
     def stats(self, name: str, rows: _Rows = None) -> dict[str, Any]: ...
     def verify(self) -> None: ...
     def release_pages(self) -> None: ...
     def batches(
         self,
+        *,
         names: list[str],
         batch_size: int,
-        shuffle: str,
+        shuffle: Literal["none", "global", "block"],
         seed: int,
         epoch: int,
         rows: _Rows,
         drop_last: bool,
-        dtype: str,
+        dtype: _OutDtype,
         block_rows: int,
         window_blocks: int,
         prefetch: int,

@@ -10,14 +10,17 @@ with :func:`load_map`.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from actbridge._arrays import is_torch_tensor
-from actbridge.errors import MapError
+from actbridge.errors import MapArgumentError, MapError
 from actbridge.store import ActivationStore, PathLike
+
+if TYPE_CHECKING:
+    from actbridge.training import AutoencoderConfig
 
 __all__ = ["AutoencoderMap", "default_hidden"]
 
@@ -176,47 +179,43 @@ class AutoencoderMap:
         target: str = "target",
         rows: Any = None,
         *,
-        hidden: int | None = None,
-        epochs: int = 3,
-        batch_size: int = 1024,
-        lr: float = 1e-3,
-        weight_decay: float = 0.0,
+        config: AutoencoderConfig | None = None,
         val_rows: Any = None,
-        seed: int = 0,
-        progress: bool = True,
-        backend: str = "auto",
-        plateau_patience: int = 0,
-        early_stop: int | None = None,
-        grad_clip: float | None = None,
-        device: Any = None,
         init: AutoencoderMap | None = None,
-        standardize: bool = False,
+        device: Any = None,
+        progress: bool = True,
+        **settings: Any,
     ) -> AutoencoderMap:
         """Train on ``rows`` of two sites of ``store`` (MSE, AdamW), one seeded shuffle per epoch.
 
-        After each epoch the map is scored on ``val_rows`` (if given); the learning rate is
-        halved when validation MSE has not improved for ``plateau_patience + 1`` epochs, and
-        training stops after ``early_stop`` epochs without improvement (off by default).
-        ``grad_clip`` clips the global gradient norm. ``backend``: "rust" (the CPU trainer in
-        Rust, GIL released), "torch" (on ``device``, CUDA when available) or "auto" (torch on a
-        GPU, Rust otherwise); both use the same batches and produce the same saved format.
-        ``init`` starts from a map's weights (default: PyTorch-default init from ``seed``).
-        ``standardize=True`` trains on per-dimension standardised inputs and targets (means and
-        standard deviations of ``rows`` from the store, in Rust) and folds them back into the
-        weights, so the result is a plain autoencoder on raw units; the training loss in
-        ``history`` is then in standardised units, validation scores in raw units.
-        ``history`` holds per-epoch train/val MSE, FVU, cosine and lr.
+        The settings are an :class:`AutoencoderConfig` (``config``, default
+        ``AutoencoderConfig()``) with any of its fields overridden by keyword (``epochs=10``,
+        ``lr=1e-4``, ``standardize=True``, ...; see its docstring). After each epoch the map is
+        scored on ``val_rows`` (if given); the learning rate is multiplied by ``lr_factor``
+        when validation MSE has not improved for ``plateau_patience + 1`` epochs, and training
+        stops after ``early_stop`` epochs without improvement (off by default). ``backend``
+        "rust" trains on the CPU in Rust (GIL released), "torch" on ``device`` (CUDA when
+        available), "auto" torch on a GPU and Rust otherwise; both use the same batches,
+        schedule and validation scores and produce the same saved format. ``init`` starts from
+        a map's weights (default: PyTorch-default init from ``seed``). ``history`` holds
+        per-epoch train/val MSE, FVU, cosine and lr; ``config["training"]`` of the result
+        records the settings.
         """
-        if backend not in ("auto", "torch", "rust"):
-            raise MapError(f'backend must be "auto", "torch" or "rust", not {backend!r}')
+        from actbridge.training import AutoencoderConfig, Run, Sites, standardization, train_rust, train_torch
+
+        base = config if config is not None else AutoencoderConfig()
+        if not isinstance(base, AutoencoderConfig):
+            raise MapArgumentError(f"config must be an AutoencoderConfig, got {type(base).__name__}")
+        unknown = sorted(set(settings) - set(base.to_dict()))
+        if unknown:
+            raise MapArgumentError(
+                f"unknown autoencoder settings {unknown}; the settings are {sorted(base.to_dict())}"
+            )
+        cfg = base.replace(**settings)
         for site in (source, target):
             if site not in store.sites:
                 raise MapError(f"unknown site {site!r}; the store's sites are {list(store.sites)}")
-        if epochs < 1 or batch_size < 1 or lr <= 0:
-            raise MapError("epochs and batch_size must be >= 1 and lr > 0")
-        from actbridge._training import Sites, TrainSettings, standardization, train_rust, train_torch
-
-        width = hidden or default_hidden(store.sites[source], store.sites[target])
+        width = cfg.hidden or default_hidden(store.sites[source], store.sites[target])
         if init is not None and (init.d_source, init.hidden, init.d_target) != (
             store.sites[source],
             width,
@@ -225,25 +224,17 @@ class AutoencoderMap:
             raise MapError(
                 f"init is {init!r}; it must map {store.sites[source]} -> {width} -> {store.sites[target]}"
             )
+        backend = cfg.backend
         if backend == "auto":
             backend = "torch" if _cuda_available() else "rust"
         data = Sites(store, source, target, rows)
-        cfg = TrainSettings(
+        run = Run(
             hidden=width,
-            init=init,
-            epochs=epochs,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
             val_rows=val_rows,
-            seed=seed,
+            init=init,
+            standardize=standardization(store, source, target, rows) if cfg.standardize else None,
             progress=progress,
-            plateau_patience=plateau_patience,
-            early_stop=early_stop,
-            grad_clip=grad_clip,
-            standardize=standardization(store, source, target, rows) if standardize else None,
         )
-        fitted: AutoencoderMap = (
-            train_rust(cls, data, cfg) if backend == "rust" else train_torch(cls, data, cfg, device)
-        )
-        return fitted
+        if backend == "rust":
+            return train_rust(cls, data, cfg, run)
+        return train_torch(cls, data, cfg, run, device)

@@ -96,19 +96,16 @@ def cmd_fit(a: argparse.Namespace) -> dict[str, Any]:
             target=a.target,
             rows=train,
             val_rows=val,
-            epochs=a.epochs,
-            lr=a.lr,
-            batch_size=a.batch_size,
-            hidden=a.hidden,
-            standardize=a.standardize,
-            plateau_patience=1,
-            seed=a.seed,
+            config=ab.AutoencoderConfig.from_arguments(a, seed=a.seed),
+            device=a.device,
             progress=not a.quiet,
         )
         if a.plot:
             _plot_history(m.history, a.plot)
     m.save(a.out)
-    scores = ab.evaluate_map(m, store, source=a.source, target=a.target, rows=val) if len(val) else {}
+    scores: dict[str, Any] = (
+        dict(ab.evaluate_map(m, store, source=a.source, target=a.target, rows=val)) if len(val) else {}
+    )
     return {
         "map": a.out,
         "kind": a.kind,
@@ -139,7 +136,7 @@ def cmd_eval(a: argparse.Namespace) -> dict[str, Any]:
     m = ab.load_map(a.map)
     store = ab.ActivationStore(a.store)
     _, val = store.split(a.val, seed=a.seed, by="doc" if "doc" in store.columns else None)
-    return ab.evaluate_map(m, store, source=a.source, target=a.target, rows=val if a.val > 0 else None)
+    return dict(ab.evaluate_map(m, store, source=a.source, target=a.target, rows=val if a.val > 0 else None))
 
 
 def cmd_vector(a: argparse.Namespace) -> dict[str, Any]:
@@ -290,11 +287,10 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--seed", type=int, default=0)
     q.add_argument("--ridge", type=float, default=1e-2)
     q.add_argument("--method", default="lstsq", choices=["lstsq", "procrustes"])
-    q.add_argument("--epochs", type=int, default=3)
-    q.add_argument("--lr", type=float, default=1e-3)
-    q.add_argument("--batch-size", type=int, default=1024)
-    q.add_argument("--hidden", type=int)
-    q.add_argument("--standardize", action="store_true")
+    # The autoencoder's options are AutoencoderConfig's fields (--seed above is shared with
+    # the split); the CLI halves the learning rate after one epoch without validation gain.
+    ab.AutoencoderConfig.add_arguments(q, exclude=("seed",), defaults={"plateau_patience": 1})
+    q.add_argument("--device", help="with --backend torch: the torch device (default: CUDA if available)")
     q.add_argument("--plot", help="PNG path for the training curve (autoencoder)")
     q.add_argument("--quiet", action="store_true")
 

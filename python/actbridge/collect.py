@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from actbridge._typing import StoredDType, WriteMode
 from actbridge.align import pair_positions, pairable, same_tokenizer
 from actbridge.errors import CollectError, CollectWarning
 from actbridge.hooks import forward_padded, layer_indices
@@ -161,9 +162,9 @@ class _Options:
     batch_size: int
     max_length: int
     skip_bos: bool
-    dtype: str
+    dtype: StoredDType
     progress: bool
-    mode: str
+    mode: WriteMode
     shard_bytes: int
     metadata: dict[str, Any] | None
 
@@ -316,9 +317,9 @@ def collect(
     batch_size: int = 8,
     max_length: int = 512,
     skip_bos: bool = True,
-    dtype: str = "bfloat16",
+    dtype: StoredDType = "bfloat16",
     progress: bool = True,
-    mode: str = "x",
+    mode: WriteMode = "x",
     *,
     shard_bytes: int = SHARD_BYTES,
     metadata: dict[str, Any] | None = None,
@@ -380,9 +381,9 @@ def collect_pair(
     batch_size: int = 8,
     max_length: int = 512,
     skip_bos: bool = True,
-    dtype: str = "bfloat16",
+    dtype: StoredDType = "bfloat16",
     progress: bool = True,
-    mode: str = "x",
+    mode: WriteMode = "x",
     *,
     same_start: bool = False,
     shard_bytes: int = SHARD_BYTES,

@@ -10,6 +10,7 @@ from typing import Any, overload
 
 import numpy as np
 
+from actbridge._typing import Map, MapScores, Metric, SubstitutionScores
 from actbridge.errors import EvaluateError
 from actbridge.store import ActivationStore
 
@@ -17,7 +18,7 @@ __all__ = ["EvaluateError", "bootstrap_ci", "evaluate_map", "evaluate_substituti
 
 
 def evaluate_map(
-    m: Any,
+    m: Map,
     store: ActivationStore,
     source: str = "source",
     target: str = "target",
@@ -27,7 +28,7 @@ def evaluate_map(
     ci: bool = False,
     groups: int = 1000,
     seed: int = 0,
-) -> dict[str, Any]:
+) -> MapScores:
     """Stream ``rows`` of a store through ``m.transform`` and compare with the target site.
 
     Returns ``mse`` (per element), ``fvu``, ``cosine`` (mean per-row cosine similarity of ŷ
@@ -91,15 +92,25 @@ def evaluate_map(
             }
 
     full = stats({k: v.sum(0) for k, v in acc.items()})
-    out: dict[str, Any] = {"rows": int(acc["n"].sum()), **{k: float(v) for k, v in full.items()}}
+    out: MapScores = {
+        "rows": int(acc["n"].sum()),
+        "mse": float(full["mse"]),
+        "fvu": float(full["fvu"]),
+        "cosine": float(full["cosine"]),
+        "r2": float(full["r2"]),
+    }
     if ci:
         used = acc["n"] > 0
         per = {k: v[used] for k, v in acc.items()}
         k = int(used.sum())
         counts = np.random.default_rng(seed).multinomial(k, np.full(k, 1.0 / k), size=1000).astype(np.float64)
         boot = stats({name: np.tensordot(counts, v, axes=1) for name, v in per.items()})  # (1000, ...) totals
+        lo, hi = ({k: float(np.nanpercentile(v, q)) for k, v in boot.items()} for q in (2.5, 97.5))
         out["ci95"] = {
-            k: [float(np.nanpercentile(v, 2.5)), float(np.nanpercentile(v, 97.5))] for k, v in boot.items()
+            "mse": [lo["mse"], hi["mse"]],
+            "fvu": [lo["fvu"], hi["fvu"]],
+            "cosine": [lo["cosine"], hi["cosine"]],
+            "r2": [lo["r2"], hi["r2"]],
         }
     return out
 
@@ -139,7 +150,7 @@ def evaluate_substitution(
     max_length: int = 256,
     seed: int = 0,
     progress: bool = True,
-) -> dict[str, dict[str, Any]]: ...
+) -> SubstitutionScores: ...
 
 
 @overload
@@ -154,7 +165,7 @@ def evaluate_substitution(
     max_length: int = 256,
     seed: int = 0,
     progress: bool = True,
-) -> dict[str, dict[str, dict[str, Any]]]: ...
+) -> dict[str, SubstitutionScores]: ...
 
 
 def evaluate_substitution(
@@ -213,7 +224,7 @@ def _evaluate_substitutions(
     max_length: int,
     seed: int,
     progress: bool,
-) -> dict[str, dict[str, dict[str, Any]]]:
+) -> dict[str, SubstitutionScores]:
     import torch
 
     from actbridge.align import pair_positions, pairable, same_tokenizer
@@ -319,31 +330,31 @@ def _evaluate_substitutions(
     return {name: _substitution_metrics(c, len(docs), seed) for name, c in cols.items()}
 
 
-def _substitution_metrics(cols: dict[str, list[float]], texts: int, seed: int) -> dict[str, dict[str, Any]]:
+def _substitution_metrics(cols: dict[str, list[float]], texts: int, seed: int) -> SubstitutionScores:
     """Per-token means with bootstrap intervals over texts from one substitution's columns."""
     per_doc = {k: np.asarray(v, dtype=np.float64) for k, v in cols.items()}
 
     def per_token(name: str) -> Any:
         return lambda s: s[name] / s["tokens"]
 
-    out: dict[str, dict[str, Any]] = {}
-    for key, name in (
-        ("kl", "kl"),
-        ("ce_clean", "ce_clean"),
-        ("ce_substituted", "ce_sub"),
-        ("ce_ablated", "ce_abl"),
-    ):
+    def nats(name: str) -> Metric:
         value, ci = bootstrap_ci(per_doc, per_token(name), seed=seed)
-        out[key] = {"value": value, "ci95": ci, "unit": "nats/token"}
-    value, ci = bootstrap_ci(
+        return {"value": value, "ci95": ci, "unit": "nats/token"}
+
+    recovered, recovered_ci = bootstrap_ci(
         per_doc, lambda s: (s["ce_abl"] - s["ce_sub"]) / (s["ce_abl"] - s["ce_clean"]), seed=seed
     )
-    out["ce_recovered"] = {"value": value, "ci95": ci}
-    value, ci = bootstrap_ci(per_doc, lambda s: s["paired"] / s["all"], seed=seed)
-    out["alignment_rate"] = {"value": value, "ci95": ci}
-    out["texts"] = {"value": texts}
-    out["tokens"] = {"value": int(per_doc["tokens"].sum())}
-    return out
+    aligned, aligned_ci = bootstrap_ci(per_doc, lambda s: s["paired"] / s["all"], seed=seed)
+    return {
+        "kl": nats("kl"),
+        "ce_clean": nats("ce_clean"),
+        "ce_substituted": nats("ce_sub"),
+        "ce_ablated": nats("ce_abl"),
+        "ce_recovered": {"value": recovered, "ci95": recovered_ci},
+        "alignment_rate": {"value": aligned, "ci95": aligned_ci},
+        "texts": {"value": texts},
+        "tokens": {"value": int(per_doc["tokens"].sum())},
+    }
 
 
 def _progress_bar(total: int, enabled: bool) -> Any:

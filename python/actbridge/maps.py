@@ -23,6 +23,7 @@ import numpy.typing as npt
 from actbridge import _native, integrity
 from actbridge._arrays import is_torch_tensor, row_selection, selection_size
 from actbridge._blas import faer_forced, find_blas
+from actbridge._typing import FitMethod, Map
 from actbridge.errors import MapCorruptError, MapError, MapWarning
 from actbridge.store import ActivationStore, PathLike
 
@@ -161,7 +162,7 @@ class AffineStats:
         self._stats.merge(other._stats)
         return self
 
-    def solve(self, ridge: float = 0.0, bias: bool = True, method: str = "lstsq") -> AffineMap:
+    def solve(self, ridge: float = 0.0, bias: bool = True, method: FitMethod = "lstsq") -> AffineMap:
         """The affine map these statistics determine.
 
         ``ridge`` (λ ≥ 0) is added to the diagonal of ``XᵀX`` (centred when ``bias``), like
@@ -170,7 +171,7 @@ class AffineStats:
         A numerically singular system is solved with a tiny automatic ridge (reported in
         ``metrics["ridge"]`` and by a :class:`MapWarning`).
         """
-        weight, b, metrics = self._stats.solve(float(ridge), bool(bias), method)
+        weight, b, metrics = self._stats.solve(ridge=float(ridge), bias=bool(bias), method=method)
         if method == "lstsq" and metrics["ridge"] > ridge:
             warnings.warn(
                 f"XᵀX was singular; solved with ridge {metrics['ridge']:.3g} instead of {ridge:g}. "
@@ -306,7 +307,7 @@ class AffineMap:
         rows: Any = None,
         ridge: float = 0.0,
         bias: bool = True,
-        method: str = "lstsq",
+        method: FitMethod = "lstsq",
         progress: bool = True,
     ) -> AffineMap:
         """Fit on a store (``source``/``target`` sites, ``rows``) in one streaming pass, or on two
@@ -415,7 +416,7 @@ def _jsonable(o: Any) -> Any:
     return str(o)
 
 
-def load_map(path: PathLike) -> Any:
+def load_map(path: PathLike) -> Map:
     """Load a map directory: one saved by actbridge (``config.json`` + ``model.safetensors``,
     affine or autoencoder), or a mapper released with arXiv 2503.04429 (``config.json`` with
     ``source_dim``/``target_dim``/``hidden_dim`` + ``pytorch_model.bin``, read with
@@ -429,14 +430,17 @@ def load_map(path: PathLike) -> Any:
     config = integrity.read_config(d / CONFIG, MapCorruptError)
     if config.get("format") != MAP_FORMAT:
         if {"source_dim", "target_dim"} <= config.keys() and (d / "pytorch_model.bin").exists():
-            return _load_paper_mapper(d, config)
+            paper: Map = _load_paper_mapper(d, config)
+            return paper
         raise MapError(f"{d} is not an actbridge map (config format {config.get('format')!r})")
     kind = config.get("kind")
     integrity.check(config, d, MapCorruptError)
     tensors = _load_tensors(d / WEIGHTS)
     meta = {
         "config": {
-            k: v for k, v in config.items() if k in ("method", "ridge", "bias", "backend", "epochs", "lr")
+            k: v
+            for k, v in config.items()
+            if k in ("method", "ridge", "bias", "backend", "epochs", "lr", "training")
         },
         "metrics": config.get("metrics"),
         "provenance": config.get("provenance"),
@@ -445,7 +449,7 @@ def load_map(path: PathLike) -> Any:
         w, b = tensors.get("weight"), tensors.get("bias")
         if w is None or b is None:
             raise MapError(f"{d / WEIGHTS} lacks 'weight' or 'bias' (has {sorted(tensors)})")
-        m: Any = AffineMap(w, b, **meta)
+        m: Map = AffineMap(w, b, **meta)
     elif kind == "autoencoder":
         m = AutoencoderMap.from_state_dict(tensors, history=config.get("history"), **meta)
     else:

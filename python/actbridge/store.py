@@ -20,13 +20,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from actbridge import _native
 from actbridge._arrays import checked_int, float_rows, int_column, row_indices, row_selection
+from actbridge._typing import OutDType, ShuffleOption, StoredDType, WriteMode
 from actbridge.errors import StoreArgumentError, StoreError
 
 __all__ = ["ActivationStore", "StoreArgumentError", "StoreWriter"]
@@ -34,12 +35,14 @@ __all__ = ["ActivationStore", "StoreArgumentError", "StoreWriter"]
 PathLike = str | os.PathLike[str]
 #: Default shard size; shards are sized to about this many bytes unless ``shard_rows`` is set.
 SHARD_BYTES = 256 * 2**20
-#: Bounds of the size and count arguments (a value outside raises StoreArgumentError).
-MAX_SHARD_ROWS = 2**40
-MAX_SHARD_BYTES = 2**40
-MAX_QUEUE = 64
-MAX_PREFETCH = 1024
-MAX_BATCH = 2**31
+#: Bounds of the size and count arguments (a value outside raises StoreArgumentError): the
+#: Rust core's, which checks them again.
+MAX_SHARD_ROWS: int = _native.MAX_SHARD_ROWS
+MAX_SHARD_BYTES: int = _native.MAX_SHARD_BYTES
+MAX_QUEUE: int = _native.MAX_QUEUE
+MAX_PREFETCH: int = _native.MAX_PREFETCH
+MAX_BATCH: int = _native.MAX_BATCH_ROWS
+MAX_WINDOW_BLOCKS: int = _native.MAX_WINDOW_BLOCKS
 U64_MAX = 2**64 - 1
 
 
@@ -85,10 +88,10 @@ class StoreWriter:
         self,
         path: PathLike,
         sites: Mapping[str, int],
-        dtype: str | Mapping[str, str] = "bfloat16",
+        dtype: StoredDType | Mapping[str, StoredDType] = "bfloat16",
         shard_rows: int | None = None,
         metadata: Mapping[str, Any] | None = None,
-        mode: str = "x",
+        mode: WriteMode = "x",
         *,
         columns: Sequence[str] | None = None,
         shard_bytes: int = SHARD_BYTES,
@@ -131,14 +134,14 @@ class StoreWriter:
             self.path = os.path.join(self.path, f"part-{part}")
         self.check_finite = check_finite
         self._writer = _native.StoreWriter(
-            self.path,
-            spec,
-            list(columns) if columns is not None else None,
-            _json(dict(metadata or {})),
-            mode,
-            shard_rows,
-            shard_bytes,
-            queue,
+            path=self.path,
+            sites=spec,
+            columns=list(columns) if columns is not None else None,
+            metadata_json=_json(dict(metadata or {})),
+            mode=mode,
+            shard_rows=shard_rows,
+            shard_bytes=shard_bytes,
+            queue=queue,
         )
         self._site_names = [name for name, _, _ in spec]
 
@@ -159,7 +162,7 @@ class StoreWriter:
             if name not in self._site_names:
                 columns.append((name, int_column(name, value, n)))
         finite = self.check_finite if check_finite is None else check_finite
-        self._writer.append(sites, columns, finite)
+        self._writer.append(sites=sites, columns=columns, check_finite=finite)
 
     def flush(self) -> int:
         """Commit every row appended so far; returns the number of committed rows."""
@@ -303,7 +306,7 @@ class ActivationStore:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def read(self, site: str, rows: Any = None, dtype: str = "float32") -> npt.NDArray[Any]:
+    def read(self, site: str, rows: Any = None, dtype: OutDType = "float32") -> npt.NDArray[Any]:
         """Rows of ``site`` as a new ``(len(rows), dim)`` array (``(dim,)`` for an int row).
 
         ``rows``: None (all), a slice, an int, an integer array (negative from the end) or a
@@ -323,15 +326,15 @@ class ActivationStore:
                 f"unknown site {site!r}{hint}; this store's sites are {list(self._sites)}"
             )
 
-    def _read(self, name: str, rows: Any, dtype: str) -> Any:
+    def _read(self, name: str, rows: Any, dtype: OutDType) -> Any:
         if isinstance(rows, (int, np.integer)) and not isinstance(rows, bool):
             n = len(self)
             if not -n <= int(rows) < n:
                 raise StoreArgumentError(
                     f"row index {int(rows)} is out of range for a store of {n} rows (valid: -{n} to {n - 1})"
                 )
-            return self._store.read(name, np.array([rows], dtype=np.int64), dtype)[0]
-        return self._store.read(name, row_selection(rows, len(self)), dtype)
+            return self._store.read(name, np.array([rows], dtype=np.int64), dtype=dtype)[0]
+        return self._store.read(name, row_selection(rows, len(self)), dtype=dtype)
 
     def read_torch(self, site: str, rows: Any = None, dtype: Any = None, device: Any = None) -> Any:
         """Like :meth:`read` but returns a torch tensor (``torch.float32`` by default; bfloat16
@@ -339,13 +342,13 @@ class ActivationStore:
         import torch
 
         dtype = torch.float32 if dtype is None else dtype
-        names = {
+        names: dict[Any, OutDType] = {
             torch.float32: "float32",
             torch.float64: "float64",
             torch.float16: "float16",
             torch.bfloat16: "bfloat16",
         }
-        if dtype not in names:
+        if dtype not in names:  # a torch dtype; names maps it to the store's name
             raise StoreArgumentError(
                 f"unsupported dtype {dtype}; use torch.float32, float64, float16 or bfloat16"
             )
@@ -366,11 +369,11 @@ class ActivationStore:
         self,
         names: str | Sequence[str],
         batch_size: int = 4096,
-        shuffle: bool | str = True,
+        shuffle: ShuffleOption = True,
         seed: int = 0,
         rows: Any = None,
         drop_last: bool = False,
-        dtype: str = "float32",
+        dtype: OutDType = "float32",
         *,
         epoch: int = 0,
         block_rows: int = 4096,
@@ -391,21 +394,27 @@ class ActivationStore:
         """
         if isinstance(names, str):
             names = [names]
-        mode = {True: "global", False: "none", "global": "global", "none": "none", "block": "block"}
+        mode: dict[object, Literal["none", "global", "block"]] = {
+            True: "global",
+            False: "none",
+            "global": "global",
+            "none": "none",
+            "block": "block",
+        }
         if not isinstance(shuffle, (bool, str)) or shuffle not in mode:
             raise StoreArgumentError(f'shuffle must be True, False or "block", not {shuffle!r}')
         return self._store.batches(
-            list(names),
-            checked_int("batch_size", batch_size, 1, MAX_BATCH),
-            mode[shuffle],
-            checked_int("seed", seed, 0, U64_MAX),
-            checked_int("epoch", epoch, 0, U64_MAX),
-            row_selection(rows, len(self)),
-            bool(drop_last),
-            dtype,
-            checked_int("block_rows", block_rows, 1, MAX_BATCH),
-            checked_int("window_blocks", window_blocks, 1, 2**20),
-            checked_int("prefetch", prefetch, 0, MAX_PREFETCH),
+            names=list(names),
+            batch_size=checked_int("batch_size", batch_size, 1, MAX_BATCH),
+            shuffle=mode[shuffle],
+            seed=checked_int("seed", seed, 0, U64_MAX),
+            epoch=checked_int("epoch", epoch, 0, U64_MAX),
+            rows=row_selection(rows, len(self)),
+            drop_last=bool(drop_last),
+            dtype=dtype,
+            block_rows=checked_int("block_rows", block_rows, 1, MAX_BATCH),
+            window_blocks=checked_int("window_blocks", window_blocks, 1, MAX_WINDOW_BLOCKS),
+            prefetch=checked_int("prefetch", prefetch, 0, MAX_PREFETCH),
         )
 
     def split(

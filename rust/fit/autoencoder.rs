@@ -14,7 +14,7 @@ use rayon::prelude::*;
 use super::gemm::gemm_rm;
 use super::{FitError, FitResult};
 use crate::store::reader::{ActivationStore, RowIds};
-use crate::store::sampler::{epoch_order, Shuffle};
+use crate::store::sampler::{EpochPlan, Shuffle};
 
 /// `$par.for_each($body)` when the products run on faer (rayon's pool, idle between them), else
 /// `$serial.for_each($body)`: an external BLAS keeps its own threads spinning between calls, and
@@ -181,7 +181,7 @@ pub struct Standardize {
 }
 
 impl Standardize {
-    fn check(&self, p: &AeParams) -> FitResult<()> {
+    pub fn check(&self, p: &AeParams) -> FitResult<()> {
         let ok = self.mean_x.len() == p.d_s
             && self.std_x.len() == p.d_s
             && self.mean_y.len() == p.d_t
@@ -362,6 +362,91 @@ pub fn clip_grad_norm(grad: &mut AeParams, max_norm: f32) -> f32 {
     total
 }
 
+/// Relative improvement of the monitored score that counts as progress
+/// (`ReduceLROnPlateau`'s default `threshold`, mode "rel").
+pub const IMPROVEMENT: f64 = 1e-4;
+
+/// The learning-rate schedule and early stop of both trainers (this one, and the torch loop
+/// of the Python package, which calls it through the binding): `ReduceLROnPlateau(mode="min",
+/// threshold=1e-4 relative, patience, factor, eps=1e-8)`, plus an optional stop after `early_stop`
+/// epochs without improvement.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Plateau {
+    lr: f64,
+    factor: f64,
+    patience: usize,
+    early_stop: Option<usize>,
+    best: f64,
+    bad_epochs: usize,
+    since_best: usize,
+}
+
+impl Plateau {
+    pub fn new(
+        lr: f64,
+        factor: f64,
+        patience: usize,
+        early_stop: Option<usize>,
+    ) -> FitResult<Plateau> {
+        if !(lr.is_finite() && lr > 0.0) {
+            return Err(FitError::Invalid(format!(
+                "lr must be a positive number, got {lr}"
+            )));
+        }
+        if !(factor > 0.0 && factor < 1.0) {
+            return Err(FitError::Invalid(format!(
+                "lr_factor must be in (0, 1) (the learning rate is multiplied by it on a plateau), got {factor}"
+            )));
+        }
+        if early_stop == Some(0) {
+            return Err(FitError::Invalid(
+                "early_stop must be at least 1 epoch (or None: off)".into(),
+            ));
+        }
+        Ok(Plateau {
+            lr,
+            factor,
+            patience,
+            early_stop,
+            best: f64::INFINITY,
+            bad_epochs: 0,
+            since_best: 0,
+        })
+    }
+
+    /// The learning rate for the next epoch.
+    pub fn lr(&self) -> f64 {
+        self.lr
+    }
+
+    /// The best score so far (infinite before the first epoch).
+    pub fn best(&self) -> f64 {
+        self.best
+    }
+
+    /// Record an epoch's score (validation MSE, or training MSE without validation rows);
+    /// returns whether training should stop.
+    pub fn step(&mut self, score: f64) -> bool {
+        if score < self.best * (1.0 - IMPROVEMENT) {
+            self.best = score;
+            self.bad_epochs = 0;
+            self.since_best = 0;
+            return false;
+        }
+        self.bad_epochs += 1;
+        self.since_best += 1;
+        if self.bad_epochs > self.patience {
+            // As torch: a reduction smaller than `eps` = 1e-8 is not applied.
+            let reduced = self.lr * self.factor;
+            if self.lr - reduced > 1e-8 {
+                self.lr = reduced;
+            }
+            self.bad_epochs = 0;
+        }
+        self.early_stop.is_some_and(|k| self.since_best >= k)
+    }
+}
+
 /// Training settings (see the module docs).
 #[derive(Clone, Debug)]
 pub struct TrainConfig {
@@ -502,29 +587,44 @@ fn train_inner(
             sites[source].dim, sites[target].dim, params.d_s, params.d_t
         )));
     }
-    if rows.is_empty()
-        || cfg.batch_size == 0
-        || cfg.epochs == 0
-        || !cfg.lr.is_finite()
-        || cfg.lr <= 0.0
-    {
+    if rows.is_empty() || cfg.batch_size == 0 || cfg.epochs == 0 {
         return Err(FitError::Invalid(
-            "need rows to train on, epochs >= 1, batch_size >= 1 and lr > 0".into(),
+            "need rows to train on, epochs >= 1 and batch_size >= 1".into(),
         ));
     }
+    if !(cfg.weight_decay.is_finite() && cfg.weight_decay >= 0.0)
+        || cfg.grad_clip.is_some_and(|c| !(c.is_finite() && c > 0.0))
+    {
+        return Err(FitError::Invalid(
+            "weight_decay must be finite and >= 0, and grad_clip positive (or None)".into(),
+        ));
+    }
+    let mut schedule = Plateau::new(
+        cfg.lr as f64,
+        cfg.lr_factor as f64,
+        cfg.plateau_patience,
+        cfg.early_stop,
+    )?;
     let (d_s, d_t) = (params.d_s, params.d_t);
     let mut adam = AdamW::new(params);
     let mut grad = AeParams::zeros(params.d_s, params.h, params.d_t);
     let mut work = Work::default();
     let (mut x, mut y) = (Vec::<f32>::new(), Vec::<f32>::new());
-    let mut lr = cfg.lr;
-    let (mut best, mut bad_epochs, mut since_best) = (f64::INFINITY, 0usize, 0usize);
     let mut history = Vec::new();
     let per_epoch = rows.len().div_ceil(cfg.batch_size);
     for epoch in 0..cfg.epochs {
-        let order = epoch_order(rows.to_vec(), Shuffle::Global, cfg.seed, epoch as u64);
+        let lr = schedule.lr() as f32;
+        let plan = EpochPlan::new(
+            rows.to_vec(),
+            Shuffle::Global,
+            cfg.seed,
+            epoch as u64,
+            cfg.batch_size,
+            false,
+        )
+        .map_err(|e| FitError::Invalid(e.to_string()))?;
         let (mut sse, mut seen) = (0f64, 0usize);
-        for (b, chunk) in order.chunks(cfg.batch_size).enumerate() {
+        for (b, chunk) in plan.iter().enumerate() {
             let sel = RowIds::List(Cow::Borrowed(chunk));
             let m = chunk.len();
             x.resize(m * d_s, 0.0);
@@ -567,22 +667,8 @@ fn train_inner(
             lr,
             val,
         });
-        let score = val.map(|s| s.mse).unwrap_or(train_mse);
-        // ReduceLROnPlateau(mode="min", threshold=1e-4 relative, patience, factor).
-        if score < best * (1.0 - 1e-4) {
-            best = score;
-            bad_epochs = 0;
-            since_best = 0;
-        } else {
-            bad_epochs += 1;
-            since_best += 1;
-            if bad_epochs > cfg.plateau_patience {
-                lr *= cfg.lr_factor;
-                bad_epochs = 0;
-            }
-            if cfg.early_stop.is_some_and(|k| since_best >= k) {
-                break;
-            }
+        if schedule.step(val.map(|s| s.mse).unwrap_or(train_mse)) {
+            break;
         }
     }
     Ok(history)
@@ -684,5 +770,49 @@ mod tests {
         assert!((total - 5.0).abs() < 1e-6);
         let norm: f32 = g.w1.iter().map(|v| v * v).sum::<f32>().sqrt();
         assert!((norm - 1.0).abs() < 1e-4);
+    }
+
+    /// The schedule against `torch.optim.lr_scheduler.ReduceLROnPlateau(mode="min",
+    /// factor=0.5, patience=1, threshold=1e-4)` on the same scores (its lrs worked by hand:
+    /// two epochs without improvement halve the rate, and the count restarts).
+    #[test]
+    fn the_plateau_schedule_follows_reduce_lr_on_plateau() {
+        let mut p = Plateau::new(1.0, 0.5, 1, None).unwrap();
+        let scores = [1.0, 0.9, 0.9, 0.95, 0.89995, 0.91, 0.92, 0.5];
+        let expect = [1.0, 1.0, 1.0, 0.5, 0.5, 0.25, 0.25, 0.25];
+        let lrs: Vec<f64> = scores
+            .iter()
+            .map(|&s| {
+                assert!(!p.step(s));
+                p.lr()
+            })
+            .collect();
+        assert_eq!(lrs, expect);
+        assert_eq!(p.best(), 0.5);
+        // 0.89995 is not 1e-4 (relative) below 0.9: no improvement.
+        let mut q = Plateau::new(1.0, 0.5, 0, Some(2)).unwrap();
+        assert!(!q.step(0.9));
+        assert!(!q.step(0.89995));
+        assert_eq!(q.lr(), 0.5);
+        assert!(
+            q.step(0.89995),
+            "two epochs without improvement stop with early_stop=2"
+        );
+    }
+
+    #[test]
+    fn a_plateau_schedule_refuses_bad_settings() {
+        for (lr, factor, stop) in [
+            (0.0, 0.5, None),
+            (f64::NAN, 0.5, None),
+            (1.0, 1.0, None),
+            (1.0, 0.0, None),
+            (1.0, 0.5, Some(0)),
+        ] {
+            assert!(
+                matches!(Plateau::new(lr, factor, 0, stop), Err(FitError::Invalid(_))),
+                "{lr} {factor} {stop:?}"
+            );
+        }
     }
 }

@@ -14,29 +14,138 @@ pub(super) fn json_value(text: &str) -> PyResult<serde_json::Value> {
     serde_json::from_str(text).map_err(|e| invalid(format!("metadata is not valid JSON: {e}")))
 }
 
-/// Output element types of reads.
-#[derive(Clone, Copy)]
-pub(super) enum OutDtype {
-    F32,
-    F64,
-    F16,
-    /// bfloat16 as raw uint16 bits (numpy has no bfloat16; the Python layer views them).
-    BF16Bits,
+/// A Rust enum for a string option of the Python API: converted from a `str` argument, and any
+/// other value is a `ValueError` subclass (`$err`) naming the option and every allowed value.
+macro_rules! str_option {
+    ($(#[$meta:meta])* $name:ident, $what:literal, $err:ident { $($(#[$vm:meta])* $text:literal => $variant:ident),+ $(,)? }) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, Debug, PartialEq, Eq)]
+        pub(super) enum $name {
+            $($(#[$vm])* $variant),+
+        }
+
+        impl $name {
+            /// The accepted strings, in the order the error message lists them.
+            pub(super) const ALLOWED: &'static [&'static str] = &[$($text),+];
+
+            pub(super) fn parse(s: &str) -> PyResult<Self> {
+                match s {
+                    $($text => Ok(Self::$variant),)+
+                    _ => Err($err(format!(
+                        "{} must be one of {}; got {s:?}",
+                        $what,
+                        Self::ALLOWED.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")
+                    ))),
+                }
+            }
+        }
+
+        impl<'a, 'py> FromPyObject<'a, 'py> for $name {
+            type Error = PyErr;
+
+            fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+                let s: String = obj.extract().map_err(|_| {
+                    $err(format!(
+                        "{} must be a string, one of {}",
+                        $what,
+                        Self::ALLOWED.iter().map(|a| format!("{a:?}")).collect::<Vec<_>>().join(", ")
+                    ))
+                })?;
+                Self::parse(&s)
+            }
+        }
+    };
 }
 
-impl OutDtype {
-    pub(super) fn parse(s: &str) -> PyResult<OutDtype> {
-        Ok(match s {
-            "float32" => OutDtype::F32,
-            "float64" => OutDtype::F64,
-            "float16" => OutDtype::F16,
-            "bfloat16" => OutDtype::BF16Bits,
-            _ => {
-                return Err(invalid(format!(
-                    "unsupported output dtype {s:?}: use \"float32\", \"float64\" or \"float16\""
-                )))
-            }
-        })
+str_option! {
+    /// Output element types of reads and batches.
+    OutDtype, "dtype", invalid {
+        "float32" => F32,
+        "float64" => F64,
+        "float16" => F16,
+        /// bfloat16 as raw uint16 bits (numpy has no bfloat16; the Python layer views them).
+        "bfloat16" => BF16Bits,
+    }
+}
+
+str_option! {
+    /// The element type of rows handed to `StoreWriter.append` (bfloat16 as uint16 bits).
+    InDtype, "the dtype of appended rows", invalid {
+        "float32" => F32,
+        "float64" => F64,
+        "float16" => F16,
+        "bfloat16" => BF16,
+    }
+}
+
+str_option! {
+    /// How a writer opens its path.
+    WriteMode, "mode", invalid {
+        "x" => Create,
+        "a" => Append,
+    }
+}
+
+impl From<WriteMode> for store::Mode {
+    fn from(m: WriteMode) -> store::Mode {
+        match m {
+            WriteMode::Create => store::Mode::Create,
+            WriteMode::Append => store::Mode::Append,
+        }
+    }
+}
+
+str_option! {
+    /// How an epoch visits rows (`store::Shuffle` without the block sizes).
+    ShuffleMode, "shuffle", invalid {
+        "none" => None,
+        "global" => Global,
+        "block" => Block,
+    }
+}
+
+impl ShuffleMode {
+    pub(super) fn with_blocks(self, block_rows: usize, window_blocks: usize) -> store::Shuffle {
+        match self {
+            ShuffleMode::None => store::Shuffle::None,
+            ShuffleMode::Global => store::Shuffle::Global,
+            ShuffleMode::Block => store::Shuffle::Block {
+                block_rows,
+                window_blocks,
+            },
+        }
+    }
+}
+
+str_option! {
+    /// How an affine weight is solved for.
+    FitMethod, "method", map_invalid {
+        "lstsq" => Lstsq,
+        "procrustes" => Procrustes,
+    }
+}
+
+impl From<FitMethod> for crate::fit::affine::Method {
+    fn from(m: FitMethod) -> Self {
+        match m {
+            FitMethod::Lstsq => crate::fit::affine::Method::Lstsq,
+            FitMethod::Procrustes => crate::fit::affine::Method::Procrustes,
+        }
+    }
+}
+
+/// A stored site's element type: the core's names and aliases (`DType::parse` lists them).
+#[derive(Clone, Copy, Debug)]
+pub(super) struct SiteDtype(pub(super) crate::dtype::DType);
+
+impl<'a, 'py> FromPyObject<'a, 'py> for SiteDtype {
+    type Error = PyErr;
+
+    fn extract(obj: pyo3::Borrowed<'a, 'py, PyAny>) -> PyResult<Self> {
+        let s: String = obj
+            .extract()
+            .map_err(|_| invalid("a site's dtype must be a string such as \"float32\""))?;
+        crate::dtype::DType::parse(&s).map(SiteDtype).map_err(err)
     }
 }
 
@@ -174,14 +283,18 @@ pub(super) enum SiteArray<'py> {
 }
 
 impl<'py> SiteArray<'py> {
-    pub(super) fn extract(obj: &Bound<'py, PyAny>, kind: &str) -> PyResult<Self> {
-        let bad = |_| invalid(format!("expected a 2-D {kind} array"));
+    pub(super) fn extract(obj: &Bound<'py, PyAny>, kind: InDtype) -> PyResult<Self> {
+        let bad = |_| {
+            invalid(format!(
+                "expected a 2-D {} array",
+                InDtype::ALLOWED[kind as usize]
+            ))
+        };
         Ok(match kind {
-            "float32" => SiteArray::F32(obj.extract().map_err(bad)?),
-            "float64" => SiteArray::F64(obj.extract().map_err(bad)?),
-            "float16" => SiteArray::F16(obj.extract().map_err(bad)?),
-            "bfloat16" => SiteArray::BF16(obj.extract().map_err(bad)?),
-            _ => return Err(invalid(format!("unsupported input dtype {kind:?}"))),
+            InDtype::F32 => SiteArray::F32(obj.extract().map_err(bad)?),
+            InDtype::F64 => SiteArray::F64(obj.extract().map_err(bad)?),
+            InDtype::F16 => SiteArray::F16(obj.extract().map_err(bad)?),
+            InDtype::BF16 => SiteArray::BF16(obj.extract().map_err(bad)?),
         })
     }
     pub(super) fn view(&self) -> PyResult<(Floats<'_>, usize, usize)> {

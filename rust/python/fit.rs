@@ -115,23 +115,16 @@ impl PyAffineStats {
     }
 
     /// -> (weight (d_t, d_s) float32, bias (d_t,) float32, metrics dict)
-    #[pyo3(signature = (ridge=0.0, bias=true, method="lstsq"))]
+    #[pyo3(signature = (*, ridge=0.0, bias=true, method=FitMethod::Lstsq))]
+    #[pyo3(text_signature = "(self, /, *, ridge=0.0, bias=True, method='lstsq')")]
     fn solve<'py>(
         &self,
         py: Python<'py>,
         ridge: f64,
         bias: bool,
-        method: &str,
+        method: FitMethod,
     ) -> PyResult<(Py<PyAny>, Py<PyAny>, Bound<'py, PyDict>)> {
-        let method = match method {
-            "lstsq" => Method::Lstsq,
-            "procrustes" => Method::Procrustes,
-            _ => {
-                return Err(MapError::new_err(format!(
-                    "method must be \"lstsq\" or \"procrustes\", not {method:?}"
-                )))
-            }
-        };
+        let method = Method::from(method);
         let inner = &self.inner;
         let fit = py
             .detach(|| inner.solve(ridge, bias, method))
@@ -294,10 +287,78 @@ pub(super) fn autoencoder_loss_and_grad(
     Ok((loss, a, b, c, d))
 }
 
-/// Train an autoencoder on the CPU. `init`: (w1, b1, w2, b2) flat float32 arrays, or None for
-/// PyTorch-default init from `seed`. Returns ((w1, b1, w2, b2), history).
+/// The training settings of `actbridge.AutoencoderConfig`, read from its attributes by name
+/// (so no two settings can be swapped by position).
+#[derive(FromPyObject)]
+pub(super) struct ConfigArg {
+    #[pyo3(attribute)]
+    epochs: usize,
+    #[pyo3(attribute)]
+    batch_size: usize,
+    #[pyo3(attribute)]
+    lr: f32,
+    #[pyo3(attribute)]
+    weight_decay: f32,
+    #[pyo3(attribute)]
+    seed: u64,
+    #[pyo3(attribute)]
+    plateau_patience: usize,
+    #[pyo3(attribute)]
+    lr_factor: f32,
+    #[pyo3(attribute)]
+    early_stop: Option<usize>,
+    #[pyo3(attribute)]
+    grad_clip: Option<f32>,
+}
+
+impl From<&ConfigArg> for TrainConfig {
+    fn from(c: &ConfigArg) -> TrainConfig {
+        TrainConfig {
+            epochs: c.epochs,
+            batch_size: c.batch_size,
+            lr: c.lr,
+            weight_decay: c.weight_decay,
+            seed: c.seed,
+            plateau_patience: c.plateau_patience,
+            lr_factor: c.lr_factor,
+            early_stop: c.early_stop,
+            grad_clip: c.grad_clip,
+        }
+    }
+}
+
+/// Per-dimension means and standard deviations: (mean_x, std_x, mean_y, std_y).
+type StandardizeArg = (Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>);
+
+fn standardize(z: StandardizeArg) -> autoencoder::Standardize {
+    let (mean_x, std_x, mean_y, std_y) = z;
+    autoencoder::Standardize {
+        mean_x,
+        std_x,
+        mean_y,
+        std_y,
+    }
+}
+
+/// Resolve int64 row indices of a store to row ids (checked against its length).
+fn row_ids(
+    st: &crate::store::ActivationStore,
+    a: &PyReadonlyArray1<'_, i64>,
+) -> PyResult<Vec<u64>> {
+    let slice = a
+        .as_slice()
+        .map_err(|_| map_invalid("rows must be contiguous int64"))?;
+    match st.resolve(&Rows::Indices(slice)).map_err(err)? {
+        RowIds::List(v) => Ok(v.into_owned()),
+        RowIds::Range(a, b) => Ok((a..b).collect()),
+    }
+}
+
+/// Train an autoencoder on the CPU. `config`: an `AutoencoderConfig` (its attributes are
+/// read); `init`: (w1, b1, w2, b2) flat float32 arrays in raw units, or None for
+/// PyTorch-default init from the config's seed. Returns ((w1, b1, w2, b2), history).
 #[pyfunction]
-#[pyo3(signature = (store, source, target, rows, val_rows, hidden, init, epochs, batch_size, lr, weight_decay, seed, plateau_patience, early_stop, grad_clip, progress, standardize=None))]
+#[pyo3(signature = (*, store, source, target, rows, val_rows, hidden, config, init, progress, standardize=None))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 pub(super) fn train_autoencoder<'py>(
     py: Python<'py>,
@@ -307,27 +368,16 @@ pub(super) fn train_autoencoder<'py>(
     rows: PyReadonlyArray1<'_, i64>,
     val_rows: Option<PyReadonlyArray1<'_, i64>>,
     hidden: usize,
+    config: ConfigArg,
     init: Option<Vec<Bound<'_, PyAny>>>,
-    epochs: usize,
-    batch_size: usize,
-    lr: f32,
-    weight_decay: f32,
-    seed: u64,
-    plateau_patience: usize,
-    early_stop: Option<usize>,
-    grad_clip: Option<f32>,
     progress: Option<Py<PyAny>>,
-    standardize: Option<(Vec<f32>, Vec<f32>, Vec<f32>, Vec<f32>)>,
+    standardize: Option<StandardizeArg>,
 ) -> PyResult<(
     (Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>),
     Vec<Bound<'py, PyDict>>,
 )> {
-    let standardize = standardize.map(|(mean_x, std_x, mean_y, std_y)| autoencoder::Standardize {
-        mean_x,
-        std_x,
-        mean_y,
-        std_y,
-    });
+    let standardize = standardize.map(self::standardize);
+    let cfg = TrainConfig::from(&config);
     let st = &store.inner;
     let (s, t) = (
         st.site_index(source).map_err(err)?,
@@ -341,30 +391,10 @@ pub(super) fn train_autoencoder<'py>(
     let mut params = match (init, &standardize) {
         (Some(tensors), Some(z)) => z.unfold(&ae_params(d_s, hidden, d_t, &tensors)?),
         (Some(tensors), None) => ae_params(d_s, hidden, d_t, &tensors)?,
-        (None, _) => AeParams::init(d_s, hidden, d_t, seed),
+        (None, _) => AeParams::init(d_s, hidden, d_t, cfg.seed),
     };
-    let ids = |a: &PyReadonlyArray1<'_, i64>| -> PyResult<Vec<u64>> {
-        let slice = a
-            .as_slice()
-            .map_err(|_| map_invalid("rows must be contiguous int64"))?;
-        match st.resolve(&Rows::Indices(slice)).map_err(err)? {
-            RowIds::List(v) => Ok(v.into_owned()),
-            RowIds::Range(a, b) => Ok((a..b).collect()),
-        }
-    };
-    let train_ids = ids(&rows)?;
-    let val_ids = val_rows.as_ref().map(ids).transpose()?;
-    let cfg = TrainConfig {
-        epochs,
-        batch_size,
-        lr,
-        weight_decay,
-        seed,
-        plateau_patience,
-        lr_factor: 0.5,
-        early_stop,
-        grad_clip,
-    };
+    let train_ids = row_ids(st, &rows)?;
+    let val_ids = val_rows.as_ref().map(|v| row_ids(st, v)).transpose()?;
     let mut callback_error: Option<PyErr> = None;
     let mut last_report = std::time::Instant::now();
     let history = guarded(py, || {
@@ -407,4 +437,102 @@ pub(super) fn train_autoencoder<'py>(
         })
         .collect::<PyResult<Vec<_>>>()?;
     Ok((ae_tuple(py, params), records))
+}
+
+/// The trainers' learning-rate schedule and early stop (`crate::fit::autoencoder::Plateau`),
+/// for the torch loop: `step(score)` after each epoch returns whether to stop; `lr` is the
+/// rate for the next epoch.
+#[pyclass(module = "actbridge._native", name = "PlateauSchedule")]
+pub(super) struct PyPlateau {
+    inner: autoencoder::Plateau,
+}
+
+#[pymethods]
+impl PyPlateau {
+    #[new]
+    #[pyo3(signature = (*, lr, lr_factor, plateau_patience, early_stop))]
+    fn new(
+        lr: f64,
+        lr_factor: f64,
+        plateau_patience: usize,
+        early_stop: Option<usize>,
+    ) -> PyResult<Self> {
+        Ok(PyPlateau {
+            inner: autoencoder::Plateau::new(lr, lr_factor, plateau_patience, early_stop)
+                .map_err(fit_err)?,
+        })
+    }
+
+    fn step(&mut self, score: f64) -> bool {
+        self.inner.step(score)
+    }
+
+    #[getter]
+    fn lr(&self) -> f64 {
+        self.inner.lr()
+    }
+}
+
+/// Fold standardisation into autoencoder tensors (standardised space -> raw units), or with
+/// `inverse` unfold them; (w1, b1, w2, b2) flat float32 arrays in and out.
+#[pyfunction]
+#[pyo3(signature = (*, dims, tensors, standardize, inverse=false))]
+#[allow(clippy::type_complexity)]
+pub(super) fn fold_standardization(
+    py: Python<'_>,
+    dims: (usize, usize, usize),
+    tensors: Vec<Bound<'_, PyAny>>,
+    standardize: StandardizeArg,
+    inverse: bool,
+) -> PyResult<(Py<PyAny>, Py<PyAny>, Py<PyAny>, Py<PyAny>)> {
+    let p = ae_params(dims.0, dims.1, dims.2, &tensors)?;
+    let z = self::standardize(standardize);
+    z.check(&p).map_err(fit_err)?;
+    Ok(ae_tuple(
+        py,
+        if inverse { z.unfold(&p) } else { z.fold(&p) },
+    ))
+}
+
+/// Validation scores of autoencoder tensors (raw units) on rows of two sites, as the Rust
+/// trainer computes them after each epoch: {"mse", "fvu", "cosine"}.
+#[pyfunction]
+#[pyo3(signature = (*, store, source, target, rows, dims, tensors))]
+pub(super) fn evaluate_autoencoder<'py>(
+    py: Python<'py>,
+    store: &PyStore,
+    source: &str,
+    target: &str,
+    rows: PyReadonlyArray1<'_, i64>,
+    dims: (usize, usize, usize),
+    tensors: Vec<Bound<'_, PyAny>>,
+) -> PyResult<Bound<'py, PyDict>> {
+    let st = &store.inner;
+    let (s, t) = (
+        st.site_index(source).map_err(err)?,
+        st.site_index(target).map_err(err)?,
+    );
+    let p = ae_params(dims.0, dims.1, dims.2, &tensors)?;
+    if st.manifest().sites[s].dim as usize != p.d_s || st.manifest().sites[t].dim as usize != p.d_t
+    {
+        return Err(map_invalid(format!(
+            "the sites are {} and {} wide; the autoencoder maps {} -> {}",
+            st.manifest().sites[s].dim,
+            st.manifest().sites[t].dim,
+            p.d_s,
+            p.d_t
+        )));
+    }
+    let ids = row_ids(st, &rows)?;
+    if ids.is_empty() {
+        return Err(map_invalid(
+            "scores of zero rows are undefined; pass at least one row",
+        ));
+    }
+    let scores = guarded(py, || autoencoder::evaluate(&p, st, s, t, &ids))?;
+    let d = PyDict::new(py);
+    d.set_item("mse", scores.mse)?;
+    d.set_item("fvu", scores.fvu)?;
+    d.set_item("cosine", scores.cosine)?;
+    Ok(d)
 }

@@ -49,10 +49,23 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(pyo3::wrap_pyfunction!(dense_gemm_backend, m)?)?;
     m.add_function(pyo3::wrap_pyfunction!(autoencoder_loss_and_grad, m)?)?;
     m.add_function(pyo3::wrap_pyfunction!(train_autoencoder, m)?)?;
+    m.add_function(pyo3::wrap_pyfunction!(fold_standardization, m)?)?;
+    m.add_function(pyo3::wrap_pyfunction!(evaluate_autoencoder, m)?)?;
+    m.add_class::<PyPlateau>()?;
     m.add_function(pyo3::wrap_pyfunction!(simd_levels, m)?)?;
     m.add_class::<PyStoreWriter>()?;
     m.add_class::<PyStore>()?;
     m.add_class::<BatchIter>()?;
     m.add("DEFAULT_PAGE_BUDGET", default_page_budget())?;
+    // The core's bounds, for the Python layer's argument checks (one definition).
+    m.add("MAX_BATCH_ROWS", crate::store::sampler::MAX_BATCH_ROWS)?;
+    m.add(
+        "MAX_WINDOW_BLOCKS",
+        crate::store::sampler::MAX_WINDOW_BLOCKS,
+    )?;
+    m.add("MAX_PREFETCH", crate::store::prefetch::MAX_PREFETCH)?;
+    m.add("MAX_SHARD_ROWS", crate::store::writer::MAX_SHARD_ROWS)?;
+    m.add("MAX_SHARD_BYTES", crate::store::writer::MAX_SHARD_BYTES)?;
+    m.add("MAX_QUEUE", crate::store::writer::MAX_QUEUE)?;
     Ok(())
 }

@@ -1,8 +1,6 @@
 //! `StoreWriter`, `ActivationStore` and the batch iterator: thin classes over `crate::store`.
 
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::{sync_channel, Receiver};
 use std::sync::{Arc, Mutex};
 
 use numpy::ndarray::Array1;
@@ -11,12 +9,10 @@ use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
 use super::*;
+use crate::store::prefetch::{Gather, Next, Prefetch};
 use crate::store::reader::{default_page_budget, RowIds};
 use crate::store::writer::SiteInput;
-use crate::store::{self, ColumnSpec, Mode, Shuffle, SiteSpec, WriterOptions};
-
-/// The most batches a batch thread gathers ahead (each is a whole batch in memory).
-pub(super) const MAX_PREFETCH: usize = 1024;
+use crate::store::{self, ColumnSpec, SiteSpec, WriterOptions};
 
 #[pyclass(module = "actbridge._native", name = "StoreWriter")]
 pub(super) struct PyStoreWriter {
@@ -26,29 +22,23 @@ pub(super) struct PyStoreWriter {
 #[pymethods]
 impl PyStoreWriter {
     #[new]
-    #[pyo3(signature = (path, sites, columns, metadata_json, mode, shard_rows, shard_bytes, queue))]
+    #[pyo3(signature = (*, path, sites, columns, metadata_json, mode, shard_rows, shard_bytes, queue))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
         path: PathBuf,
-        sites: Vec<(String, u64, String)>,
+        sites: Vec<(String, u64, SiteDtype)>,
         columns: Option<Vec<String>>,
         metadata_json: &str,
-        mode: &str,
+        mode: WriteMode,
         shard_rows: Option<u64>,
         shard_bytes: u64,
         queue: usize,
     ) -> PyResult<Self> {
         let sites = sites
             .into_iter()
-            .map(|(name, dim, dtype)| {
-                Ok(SiteSpec {
-                    name,
-                    dim,
-                    dtype: crate::dtype::DType::parse(&dtype).map_err(err)?,
-                })
-            })
-            .collect::<PyResult<Vec<_>>>()?;
+            .map(|(name, dim, SiteDtype(dtype))| SiteSpec { name, dim, dtype })
+            .collect::<Vec<_>>();
         let columns = columns.map(|c| {
             c.into_iter()
                 .map(|name| ColumnSpec {
@@ -58,7 +48,7 @@ impl PyStoreWriter {
                 .collect()
         });
         let metadata = json_value(metadata_json)?;
-        let mode = Mode::parse(mode).map_err(err)?;
+        let mode = store::Mode::from(mode);
         let opts = WriterOptions {
             shard_rows,
             shard_bytes,
@@ -72,17 +62,17 @@ impl PyStoreWriter {
     }
 
     /// sites: [(name, 2-D array, dtype name)]; columns: [(name, 1-D int64 array)].
-    #[pyo3(signature = (sites, columns, check_finite=false))]
+    #[pyo3(signature = (*, sites, columns, check_finite=false))]
     fn append(
         &mut self,
         py: Python<'_>,
-        sites: Vec<(String, Bound<'_, PyAny>, String)>,
+        sites: Vec<(String, Bound<'_, PyAny>, InDtype)>,
         columns: Vec<(String, PyReadonlyArray1<'_, i64>)>,
         check_finite: bool,
     ) -> PyResult<()> {
         let arrays = sites
             .iter()
-            .map(|(_, obj, kind)| SiteArray::extract(obj, kind))
+            .map(|(_, obj, kind)| SiteArray::extract(obj, *kind))
             .collect::<PyResult<Vec<_>>>()?;
         let views = arrays
             .iter()
@@ -243,15 +233,15 @@ impl PyStore {
             .collect()
     }
 
-    #[pyo3(signature = (name, rows=None, dtype="float32"))]
+    #[pyo3(signature = (name, rows=None, *, dtype=OutDtype::F32))]
+    #[pyo3(text_signature = "(self, /, name, rows=None, *, dtype='float32')")]
     fn read(
         &self,
         py: Python<'_>,
         name: &str,
         rows: Option<RowsArg<'_>>,
-        dtype: &str,
+        dtype: OutDtype,
     ) -> PyResult<Py<PyAny>> {
-        let dtype = OutDtype::parse(dtype)?;
         let f = field(&self.inner, name)?;
         let store = &self.inner;
         with_rows(&rows, |r| {
@@ -288,129 +278,94 @@ impl PyStore {
         py.detach(|| self.inner.release_pages())
     }
 
-    /// An iterator of dicts name -> array over one epoch. `shuffle`: "none", "global" or "block".
-    #[pyo3(signature = (names, batch_size, shuffle, seed, epoch, rows, drop_last, dtype, block_rows, window_blocks, prefetch))]
+    /// An iterator of dicts name -> array over one epoch (`crate::store::EpochPlan` gathered
+    /// ahead by `crate::store::prefetch`).
+    #[pyo3(signature = (*, names, batch_size, shuffle, seed, epoch, rows, drop_last, dtype, block_rows, window_blocks, prefetch))]
     #[allow(clippy::too_many_arguments)]
     fn batches(
         &self,
         py: Python<'_>,
         names: Vec<String>,
         batch_size: usize,
-        shuffle: &str,
+        shuffle: ShuffleMode,
         seed: u64,
         epoch: u64,
         rows: Option<RowsArg<'_>>,
         drop_last: bool,
-        dtype: &str,
+        dtype: OutDtype,
         block_rows: usize,
         window_blocks: usize,
         prefetch: usize,
     ) -> PyResult<BatchIter> {
-        if batch_size == 0 {
-            return Err(invalid("batch_size must be positive"));
-        }
-        if prefetch > MAX_PREFETCH {
-            return Err(invalid(format!(
-                "prefetch must be in [0, {MAX_PREFETCH}] (batches gathered ahead), got {prefetch}"
-            )));
-        }
-        if block_rows == 0 || window_blocks == 0 {
-            return Err(invalid("block_rows and window_blocks must be positive"));
-        }
         // a shard truncated since the store was opened would end the process with SIGBUS
         self.inner.check_unchanged().map_err(err)?;
         if names.is_empty() {
             return Err(invalid("name at least one site or column to batch"));
         }
-        let dtype = OutDtype::parse(dtype)?;
         let fields: Vec<(String, Field)> = names
             .into_iter()
             .map(|n| field(&self.inner, &n).map(|f| (n, f)))
             .collect::<PyResult<_>>()?;
-        let shuffle = match shuffle {
-            "none" => Shuffle::None,
-            "global" => Shuffle::Global,
-            "block" => Shuffle::Block {
-                block_rows,
-                window_blocks,
-            },
-            _ => {
-                return Err(invalid(format!(
-                    "shuffle must be True, False or \"block\", not {shuffle:?}"
-                )))
-            }
-        };
+        let shuffle = shuffle.with_blocks(block_rows, window_blocks);
         let store = self.inner.clone();
-        let order = with_rows(&rows, |r| {
+        let plan = with_rows(&rows, |r| {
             let ids = store.resolve(&r).map_err(err)?;
             guarded(py, || {
                 let base: Vec<u64> = match ids {
                     RowIds::Range(a, b) => (a..b).collect(),
                     RowIds::List(v) => v.into_owned(),
                 };
-                store::sampler::epoch_order(base, shuffle, seed, epoch)
-            })
+                store::EpochPlan::new(base, shuffle, seed, epoch, batch_size, drop_last)
+            })?
+            .map_err(err)
         })?;
-        let n_batches = if drop_last {
-            order.len() / batch_size
-        } else {
-            order.len().div_ceil(batch_size)
-        };
         let out_names: Vec<String> = fields.iter().map(|(n, _)| n.clone()).collect();
-        let (tx, rx) = sync_channel::<Vec<Py<PyAny>>>(prefetch.max(1));
-        let cancelled = Arc::new(AtomicBool::new(false));
-        let stop = cancelled.clone();
-        let pool_size = prefetch.max(1) + 2;
-        let failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
-        let failed = failure.clone();
-        let producer = move || {
-            // Arrays this thread made, per field, recycled once Python has let go of them all,
-            // so batches are written into memory that is already mapped (a fresh 16 MiB array
-            // costs 4096 page faults and the kernel zeroing each page, ~15% of a gather).
-            let mut pool = BatchPool::new(fields.len(), pool_size);
-            for b in 0..n_batches {
-                if stop.load(Ordering::Relaxed) {
-                    break; // the iterator was dropped: stop gathering
-                }
-                let chunk = &order[b * batch_size..((b + 1) * batch_size).min(order.len())];
-                let ids = RowIds::List(std::borrow::Cow::Borrowed(chunk));
-                // Hold the GIL only to allocate; gather without it.
-                let outs: Vec<OutArray> = Python::attach(|py| {
-                    fields
-                        .iter()
-                        .enumerate()
-                        .map(|(k, (_, f))| pool.take(py, k, &store, *f, chunk.len(), dtype))
-                        .collect()
-                });
-                outs.iter().for_each(|o| o.fill(&store, &ids));
-                if tx
-                    .send(outs.into_iter().map(|o| o.array).collect())
-                    .is_err()
-                {
-                    break; // the iterator was dropped
-                }
-            }
-            Python::attach(|_| drop(pool));
+        let gather = GatherArrays {
+            pool: BatchPool::new(fields.len(), prefetch.max(1) + 2),
+            fields,
+            store,
+            dtype,
         };
-        let producer = move || {
-            if let Err(payload) = std::panic::catch_unwind(std::panic::AssertUnwindSafe(producer)) {
-                let msg = Python::attach(|py| panic_error(payload.as_ref()).value(py).to_string());
-                if let Ok(mut f) = failed.lock() {
-                    *f = Some(msg);
-                }
-            }
-        };
-        std::thread::Builder::new()
-            .name("actbridge-batches".into())
-            .spawn(producer)
-            .map_err(|e| invalid(format!("could not start the batch thread: {e}")))?;
+        let inner = Prefetch::spawn(plan, prefetch, gather).map_err(err)?;
         Ok(BatchIter {
-            rx: Mutex::new(Some(rx)),
+            inner: Mutex::new(inner),
             names: out_names,
-            remaining: n_batches,
-            cancelled,
-            failure,
         })
+    }
+}
+
+/// The batch thread's work: numpy arrays (recycled through a [`BatchPool`]) allocated under the
+/// GIL and filled without it.
+struct GatherArrays {
+    pool: BatchPool,
+    fields: Vec<(String, Field)>,
+    store: Arc<store::ActivationStore>,
+    dtype: OutDtype,
+}
+
+impl Gather for GatherArrays {
+    type Batch = Vec<Py<PyAny>>;
+
+    fn gather(&mut self, rows: &[u64]) -> Vec<Py<PyAny>> {
+        let ids = RowIds::List(std::borrow::Cow::Borrowed(rows));
+        // Hold the GIL only to allocate; gather without it.
+        let outs: Vec<OutArray> = Python::attach(|py| {
+            self.fields
+                .iter()
+                .enumerate()
+                .map(|(k, (_, f))| {
+                    self.pool
+                        .take(py, k, &self.store, *f, rows.len(), self.dtype)
+                })
+                .collect()
+        });
+        outs.iter().for_each(|o| o.fill(&self.store, &ids));
+        outs.into_iter().map(|o| o.array).collect()
+    }
+
+    fn finish(self) {
+        let pool = self.pool;
+        Python::attach(|_| drop(pool));
     }
 }
 
@@ -506,19 +461,8 @@ impl BatchPool {
 /// One epoch of batches, gathered ahead on a background thread (bounded by `prefetch`).
 #[pyclass(module = "actbridge._native")]
 pub(super) struct BatchIter {
-    rx: Mutex<Option<Receiver<Vec<Py<PyAny>>>>>,
+    inner: Mutex<Prefetch<Vec<Py<PyAny>>>>,
     names: Vec<String>,
-    remaining: usize,
-    /// Set when the iterator is dropped, so the producer stops before it next takes the GIL.
-    cancelled: Arc<AtomicBool>,
-    /// Why the producer stopped early (a panic), reported by `__next__` instead of an early end.
-    failure: Arc<Mutex<Option<String>>>,
-}
-
-impl Drop for BatchIter {
-    fn drop(&mut self) {
-        self.cancelled.store(true, Ordering::Relaxed);
-    }
 }
 
 #[pymethods]
@@ -528,35 +472,22 @@ impl BatchIter {
     }
 
     fn __len__(&self) -> usize {
-        self.remaining
+        self.inner.lock().map(|p| p.remaining()).unwrap_or(0)
     }
 
     fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
-        let rx = &self.rx;
-        let got = py.detach(|| rx.lock().ok().and_then(|r| r.as_ref().map(|r| r.recv())));
+        let inner = &self.inner;
+        let got = py.detach(|| inner.lock().map(|mut p| p.recv()).map_err(|_| ()));
         match got {
-            None => Ok(None),
-            Some(Ok(blocks)) => {
-                self.remaining = self.remaining.saturating_sub(1);
+            Err(_) => Ok(None), // a panic while another call held the lock: the epoch is over
+            Ok(Next::Done) => Ok(None),
+            Ok(Next::Failed(msg)) => Err(ActbridgeError::new_err(msg)),
+            Ok(Next::Batch(arrays)) => {
                 let d = PyDict::new(py);
-                for (name, array) in self.names.iter().zip(blocks) {
+                for (name, array) in self.names.iter().zip(arrays) {
                     d.set_item(name, array)?;
                 }
                 Ok(Some(d))
-            }
-            Some(Err(_)) => {
-                if let Ok(mut r) = self.rx.lock() {
-                    *r = None;
-                }
-                let left = std::mem::take(&mut self.remaining);
-                let why = self.failure.lock().ok().and_then(|mut f| f.take());
-                match (left, why) {
-                    (_, Some(msg)) => Err(ActbridgeError::new_err(msg)),
-                    (0, None) => Ok(None),
-                    (k, None) => Err(ActbridgeError::new_err(format!(
-                        "the batch thread stopped with {k} batches of the epoch left"
-                    ))),
-                }
             }
         }
     }

@@ -1,8 +1,16 @@
-//! Seeded epoch orders over a row subset: each row exactly once per epoch.
+//! Seeded epoch orders over a row subset (each row exactly once per epoch) and the plan of an
+//! epoch's batches, shared by the store's batch iterator and the autoencoder trainer.
 
 use rand::seq::SliceRandom;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
+
+use crate::error::{Result, StoreError};
+
+/// The most rows in one batch (and in one shuffle block).
+pub const MAX_BATCH_ROWS: usize = 1 << 31;
+/// The most blocks in one shuffle window.
+pub const MAX_WINDOW_BLOCKS: usize = 1 << 20;
 
 /// How an epoch visits rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -54,6 +62,89 @@ pub fn epoch_order(mut rows: Vec<u64>, shuffle: Shuffle, seed: u64, epoch: u64) 
             }
             out
         }
+    }
+}
+
+/// One epoch's batches: the seeded order of `rows` cut into batches of `batch_size` rows, the
+/// last one shorter, or dropped with `drop_last`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct EpochPlan {
+    order: Vec<u64>,
+    batch_size: usize,
+    batches: usize,
+}
+
+impl EpochPlan {
+    /// Check the sizes and build the order (see [`epoch_order`]).
+    pub fn new(
+        rows: Vec<u64>,
+        shuffle: Shuffle,
+        seed: u64,
+        epoch: u64,
+        batch_size: usize,
+        drop_last: bool,
+    ) -> Result<EpochPlan> {
+        if !(1..=MAX_BATCH_ROWS).contains(&batch_size) {
+            return Err(StoreError::invalid(format!(
+                "batch_size must be in [1, {MAX_BATCH_ROWS}] rows, got {batch_size}"
+            )));
+        }
+        if let Shuffle::Block {
+            block_rows,
+            window_blocks,
+        } = shuffle
+        {
+            if !(1..=MAX_BATCH_ROWS).contains(&block_rows) {
+                return Err(StoreError::invalid(format!(
+                    "block_rows must be in [1, {MAX_BATCH_ROWS}], got {block_rows}"
+                )));
+            }
+            if !(1..=MAX_WINDOW_BLOCKS).contains(&window_blocks) {
+                return Err(StoreError::invalid(format!(
+                    "window_blocks must be in [1, {MAX_WINDOW_BLOCKS}], got {window_blocks}"
+                )));
+            }
+        }
+        let order = epoch_order(rows, shuffle, seed, epoch);
+        let batches = if drop_last {
+            order.len() / batch_size
+        } else {
+            order.len().div_ceil(batch_size)
+        };
+        Ok(EpochPlan {
+            order,
+            batch_size,
+            batches,
+        })
+    }
+
+    /// Batches in the epoch.
+    pub fn len(&self) -> usize {
+        self.batches
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.batches == 0
+    }
+
+    /// Rows the epoch visits (all of them, or all but the dropped remainder).
+    pub fn rows(&self) -> usize {
+        (self.batches * self.batch_size).min(self.order.len())
+    }
+
+    /// The rows of batch `i` (`i < len()`), in visiting order.
+    pub fn batch(&self, i: usize) -> &[u64] {
+        assert!(
+            i < self.batches,
+            "batch {i} of an epoch of {}",
+            self.batches
+        );
+        &self.order[i * self.batch_size..((i + 1) * self.batch_size).min(self.order.len())]
+    }
+
+    /// Every batch, in order.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &[u64]> + '_ {
+        (0..self.batches).map(|i| self.batch(i))
     }
 }
 
@@ -111,6 +202,75 @@ mod tests {
             blocks.sort_unstable();
             blocks.dedup();
             assert_eq!(blocks.len(), 2);
+        }
+    }
+
+    #[test]
+    fn an_epoch_plan_cuts_the_order_into_batches() {
+        let rows: Vec<u64> = (0..1003).map(|i| i * 2).collect();
+        let order = epoch_order(rows.clone(), Shuffle::Global, 3, 1);
+        for (batch, drop_last, expect) in [
+            (100, false, 11),
+            (100, true, 10),
+            (1003, true, 1),
+            (2000, true, 0),
+        ] {
+            let plan =
+                EpochPlan::new(rows.clone(), Shuffle::Global, 3, 1, batch, drop_last).unwrap();
+            assert_eq!(plan.len(), expect, "batch {batch}, drop_last {drop_last}");
+            let flat: Vec<u64> = plan.iter().flatten().copied().collect();
+            assert_eq!(
+                flat,
+                order[..plan.rows()],
+                "the batches are the epoch order"
+            );
+            assert!(plan.iter().all(|b| !b.is_empty() && b.len() <= batch));
+            if !drop_last {
+                assert_eq!(plan.rows(), rows.len());
+                assert_eq!(plan.batch(plan.len() - 1).len(), 3);
+            } else {
+                assert!(plan.iter().all(|b| b.len() == batch));
+            }
+        }
+        assert!(EpochPlan::new(vec![], Shuffle::None, 0, 0, 8, false)
+            .unwrap()
+            .is_empty());
+    }
+
+    #[test]
+    fn an_epoch_plan_refuses_sizes_out_of_range() {
+        let bad = [
+            (Shuffle::Global, 0),
+            (Shuffle::Global, MAX_BATCH_ROWS + 1),
+            (
+                Shuffle::Block {
+                    block_rows: 0,
+                    window_blocks: 1,
+                },
+                8,
+            ),
+            (
+                Shuffle::Block {
+                    block_rows: 8,
+                    window_blocks: 0,
+                },
+                8,
+            ),
+            (
+                Shuffle::Block {
+                    block_rows: 8,
+                    window_blocks: MAX_WINDOW_BLOCKS + 1,
+                },
+                8,
+            ),
+        ];
+        for (shuffle, batch) in bad {
+            let e = EpochPlan::new((0..10).collect(), shuffle, 0, 0, batch, false).unwrap_err();
+            assert!(
+                matches!(e, StoreError::Invalid(_)),
+                "{shuffle:?} {batch}: {e}"
+            );
+            assert!(e.to_string().contains("must be in ["), "{e}");
         }
     }
 }

@@ -1,0 +1,114 @@
+"""Types shared across the package: the allowed values of string options (``Literal``), the
+``Map`` protocol every map kind satisfies, and the shapes of result dicts (``TypedDict``).
+
+Imported by the modules that use them; nothing here imports another actbridge module but
+``errors``-free leaves (numpy only), so any module may import it.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
+
+import numpy as np
+import numpy.typing as npt
+
+__all__ = [
+    "FitMethod",
+    "Map",
+    "MapScores",
+    "Metric",
+    "OutDType",
+    "ShuffleOption",
+    "StoredDType",
+    "SubstitutionScores",
+    "WriteMode",
+]
+
+#: Element types a read or a batch returns (bfloat16 as ``ml_dtypes``-free uint16 views).
+OutDType = Literal["float32", "float64", "float16", "bfloat16"]
+#: Element types a store keeps site rows in.
+StoredDType = Literal["float32", "float16", "bfloat16"]
+#: How a :class:`StoreWriter` opens its path: "x" a new store, "a" append to / resume one.
+WriteMode = Literal["x", "a"]
+#: How :meth:`ActivationStore.batches` visits rows: True (seeded permutation), False (store
+#: order) or "block" (shuffled blocks, for stores larger than RAM).
+ShuffleOption = bool | Literal["block"]
+#: How an affine weight is solved for.
+FitMethod = Literal["lstsq", "procrustes"]
+
+
+@runtime_checkable
+class Map(Protocol):
+    """What every map kind (affine, autoencoder, a released paper mapper) provides."""
+
+    kind: str
+    config: dict[str, Any]
+    metrics: dict[str, Any]
+    provenance: dict[str, Any]
+
+    @property
+    def d_source(self) -> int: ...
+
+    @property
+    def d_target(self) -> int: ...
+
+    def transform(self, x: Any) -> Any:
+        """``(..., d_source) -> (..., d_target)``: numpy in, numpy out; torch in, torch out."""
+        ...
+
+    def to_torch(self) -> Any:
+        """A ``torch.nn.Module`` computing the same map."""
+        ...
+
+    def tensors(self) -> dict[str, npt.NDArray[np.float32]]: ...
+
+    def save(self, path: Any) -> None: ...
+
+
+class _Interval(TypedDict):
+    mse: list[float]
+    fvu: list[float]
+    cosine: list[float]
+    r2: list[float]
+
+
+class _MapScoresBase(TypedDict):
+    rows: int
+    mse: float
+    fvu: float
+    cosine: float
+    r2: float
+
+
+class MapScores(_MapScoresBase, total=False):
+    """:func:`evaluate_map`'s result: rows scored, MSE per element, FVU, mean per-row cosine,
+    mean per-dimension R²; with ``ci=True`` also ``ci95`` (95% bootstrap interval per metric)."""
+
+    ci95: _Interval
+
+
+class _Metric(TypedDict):
+    value: float
+
+
+class Metric(_Metric, total=False):
+    """One scalar of :func:`evaluate_substitution` with its 95% bootstrap interval (texts
+    resampled) and unit where it has them."""
+
+    ci95: list[float]
+    unit: str
+
+
+class SubstitutionScores(TypedDict):
+    """:func:`evaluate_substitution`'s result for one map: cross-entropies (nats/token) of the
+    clean, substituted and mean-ablated target, KL(clean ‖ substituted), CE recovered, the
+    alignment rate of the paired tokens, and how many texts and tokens were scored."""
+
+    ce_clean: Metric
+    ce_substituted: Metric
+    ce_ablated: Metric
+    kl: Metric
+    ce_recovered: Metric
+    alignment_rate: Metric
+    texts: Metric
+    tokens: Metric
