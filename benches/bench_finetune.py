@@ -34,7 +34,7 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     import actbridge as ab
     import torch
     from actbridge import tasks
-    from actbridge.finetune import encode_examples, set_checkpointing
+    from actbridge.finetuning import encode_examples, set_checkpointing
 
     if args.smoke:
         from actbridge.testing import tiny_model, tiny_tokenizer

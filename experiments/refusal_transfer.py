@@ -49,7 +49,7 @@ from typing import Any
 import actbridge as ab
 import numpy as np
 from _common import OUT, RUNS, fit_autoencoder, resumable_rows, run_info, write_json
-from actbridge.collect import model_name
+from actbridge.collection import model_name
 from actbridge.generation import similarity
 from actbridge.hooks import decoder_blocks, forward_to_layers
 from actbridge.tasks import refusal

@@ -5,7 +5,7 @@ from __future__ import annotations
 import actbridge as ab
 import pytest
 from actbridge import tasks
-from actbridge.finetune import DEFAULT_LORA_TARGETS, answer_loss, is_checkpointing, linear_layer_names
+from actbridge.finetuning import DEFAULT_LORA_TARGETS, answer_loss, is_checkpointing, linear_layer_names
 from actbridge.testing import tiny_model, tiny_tokenizer
 
 torch = pytest.importorskip("torch")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 from actbridge import tasks
-from actbridge.finetune import FinetuneError, encode_example, finetune
+from actbridge.finetuning import FinetuneError, encode_example, finetune
 from actbridge.testing import tiny_model, tiny_tokenizer
 from hypothesis import given
 from hypothesis import strategies as st

@@ -28,7 +28,7 @@ The pipeline is store -> collect -> maps -> steer -> evaluate. Available now:
 from actbridge import errors, rowwise, tasks
 from actbridge.align import align_offsets
 from actbridge.autoencoder import AutoencoderMap
-from actbridge.collect import collect, collect_pair
+from actbridge.collection import collect, collect_pair
 from actbridge.errors import (
     ActbridgeError,
     CollectError,
@@ -57,14 +57,14 @@ from actbridge.errors import (
     VectorCorruptError,
 )
 from actbridge.evaluate import evaluate_map, evaluate_substitution
-from actbridge.finetune import LoraConfig, finetune, save_finetuned
+from actbridge.finetuning import LoraConfig, finetune, save_finetuned
 from actbridge.generation import compare_generations, rouge_l
 from actbridge.hooks import decoder_blocks
 from actbridge.maps import AffineMap, AffineStats, load_map
 from actbridge.models import EMBEDDED, load_model
 from actbridge.replace import SafetySwitch, mean_ablate, patch, substitute
 from actbridge.rowwise import Condition, generate_conditions, steer_rows
-from actbridge.steer import (
+from actbridge.steering import (
     Intervention,
     SteeringVector,
     ablate,

@@ -9,25 +9,27 @@ with :func:`load_map`.
 
 from __future__ import annotations
 
-import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from actbridge._arrays import is_torch_tensor
 from actbridge.errors import MapArgumentError, MapError
+from actbridge.map_format import save_map
 from actbridge.store import ActivationStore, PathLike
-
-if TYPE_CHECKING:
-    from actbridge.training import AutoencoderConfig
+from actbridge.training import (
+    AutoencoderConfig,
+    Run,
+    Sites,
+    default_hidden,
+    standardization,
+    torch_module,
+    train_rust,
+    train_torch,
+)
 
 __all__ = ["AutoencoderMap", "default_hidden"]
-
-
-def default_hidden(d_source: int, d_target: int) -> int:
-    """The paper's hidden width, ``round(sqrt(d_source * d_target))``."""
-    return int(round(math.sqrt(d_source * d_target)))
 
 
 def _cuda_available() -> bool:
@@ -36,22 +38,6 @@ def _cuda_available() -> bool:
     except ImportError:
         return False
     return bool(torch.cuda.is_available())
-
-
-def torch_module(d_source: int, hidden: int, d_target: int) -> Any:
-    """A fresh ``torch.nn.Module`` with the paper's layout and PyTorch-default init."""
-    import torch
-
-    class Autoencoder(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.encoder = torch.nn.Sequential(torch.nn.Linear(d_source, hidden), torch.nn.ReLU())
-            self.decoder = torch.nn.Linear(hidden, d_target)
-
-        def forward(self, x: Any) -> Any:
-            return self.decoder(self.encoder(x))
-
-    return Autoencoder()
 
 
 class AutoencoderMap:
@@ -162,8 +148,6 @@ class AutoencoderMap:
 
     def save(self, path: PathLike) -> None:
         """Write ``config.json`` and ``model.safetensors`` into directory ``path``."""
-        from actbridge.maps import save_map
-
         save_map(self, path, extra={"hidden_dim": self.hidden, "history": self.history})
 
     def __repr__(self) -> str:
@@ -201,8 +185,6 @@ class AutoencoderMap:
         per-epoch train/val MSE, FVU, cosine and lr; ``config["training"]`` of the result
         records the settings.
         """
-        from actbridge.training import AutoencoderConfig, Run, Sites, standardization, train_rust, train_torch
-
         base = config if config is not None else AutoencoderConfig()
         if not isinstance(base, AutoencoderConfig):
             raise MapArgumentError(f"config must be an AutoencoderConfig, got {type(base).__name__}")
@@ -231,10 +213,11 @@ class AutoencoderMap:
         run = Run(
             hidden=width,
             val_rows=val_rows,
-            init=init,
+            init=None if init is None else init.tensors(),
             standardize=standardization(store, source, target, rows) if cfg.standardize else None,
             progress=progress,
         )
-        if backend == "rust":
-            return train_rust(cls, data, cfg, run)
-        return train_torch(cls, data, cfg, run, device)
+        trained = train_rust(data, cfg, run) if backend == "rust" else train_torch(data, cfg, run, device)
+        return cls.from_state_dict(
+            trained.tensors, metrics=trained.metrics, history=trained.history, **trained.metadata
+        )

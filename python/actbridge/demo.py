@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 import actbridge as ab
-from actbridge.collect import model_name
+from actbridge.collection import model_name
 from actbridge.generation import mean_ci
 
 #: Contrast statements for the sentiment direction (written for this project).

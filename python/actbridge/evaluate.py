@@ -230,7 +230,7 @@ def _evaluate_substitutions(
     from actbridge.align import pair_positions, pairable, same_tokenizer
     from actbridge.hooks import forward_padded, layer_indices, model_inputs, pad_batch
     from actbridge.replace import patch
-    from actbridge.steer import _torch_map
+    from actbridge.steering import torch_map
     from actbridge.texts import documents, render
 
     m_t, tok_t, l_t = target
@@ -304,7 +304,7 @@ def _evaluate_substitutions(
             src_rows = [
                 hs[i, torch.as_tensor(st_s[i] + ps, device=hs.device)] for i, (ps, _) in enumerate(pairs)
             ]
-            module = _torch_map(m, hs.device, torch.float32, map_modules[name])
+            module = torch_map(m, hs.device, torch.float32, map_modules[name])
             with torch.inference_mode():
                 mapped = module(torch.cat(src_rows).float())
                 with patch(m_t, l_t, bi, pi, mapped):

@@ -23,8 +23,10 @@ import numpy.typing as npt
 from actbridge import _native, integrity
 from actbridge._arrays import is_torch_tensor, row_selection, selection_size
 from actbridge._blas import faer_forced, find_blas
+from actbridge._progress import ProgressBar
 from actbridge._typing import FitMethod, Map
 from actbridge.errors import MapCorruptError, MapError, MapWarning
+from actbridge.map_format import CONFIG, MAP_FORMAT, WEIGHTS, load_tensors, save_map
 from actbridge.store import ActivationStore, PathLike
 
 __all__ = [
@@ -38,11 +40,6 @@ __all__ = [
     "save_map",
     "use_fast_blas",
 ]
-
-MAP_FORMAT = "actbridge.map"
-MAP_VERSION = 1
-CONFIG = "config.json"
-WEIGHTS = "model.safetensors"
 
 
 def use_fast_blas(enable: bool = True) -> str:
@@ -235,33 +232,6 @@ class AffineStats:
         return f"AffineStats({self.d_source} -> {self.d_target}, n={self.n})"
 
 
-class ProgressBar:
-    """A tqdm bar, or nothing when disabled or tqdm is missing. Native code reports absolute
-    positions (rows or batches done), which :meth:`advance_to` turns into increments."""
-
-    def __init__(self, total: int, desc: str, enabled: bool, unit: str = "row") -> None:
-        self._bar: Any = None
-        self._at = 0
-        if enabled:
-            try:
-                from tqdm.auto import tqdm  # type: ignore[import-untyped]
-            except ImportError:
-                return
-            self._bar = tqdm(total=total, desc=desc, unit=unit, unit_scale=True, leave=False, mininterval=1.0)
-
-    def update(self, k: int) -> None:
-        if self._bar is not None:
-            self._bar.update(k)
-        self._at += k
-
-    def advance_to(self, n: int, *_: object) -> None:
-        self.update(n - self._at)
-
-    def close(self) -> None:
-        if self._bar is not None:
-            self._bar.close()
-
-
 class AffineMap:
     """``y = x Wᵀ + b``: ``weight`` ``(d_target, d_source)`` and ``bias`` ``(d_target,)``, float32."""
 
@@ -384,38 +354,6 @@ class AffineMap:
         return f"AffineMap({self.d_source} -> {self.d_target}, {self.config.get('method', 'given')}{extra})"
 
 
-def save_map(m: Any, path: PathLike, extra: Mapping[str, Any] | None = None) -> None:
-    """Write a map's ``config.json`` and ``model.safetensors`` (its ``tensors()``) into ``path``."""
-    from safetensors.numpy import save_file
-
-    d = Path(path)
-    d.mkdir(parents=True, exist_ok=True)
-    config = {
-        "format": MAP_FORMAT,
-        "version": MAP_VERSION,
-        "kind": m.kind,
-        "source_dim": m.d_source,
-        "target_dim": m.d_target,
-        "hidden_dim": None,
-        **m.config,
-        **(extra or {}),
-        "metrics": m.metrics,
-        "provenance": m.provenance,
-    }
-    tmp = d / (WEIGHTS + ".tmp")
-    save_file(m.tensors(), os.fspath(tmp), metadata={"format": MAP_FORMAT, "kind": m.kind})
-    os.replace(tmp, d / WEIGHTS)
-    integrity.write_config(d, config, [WEIGHTS], default=_jsonable)
-
-
-def _jsonable(o: Any) -> Any:
-    if isinstance(o, np.generic):
-        return o.item()
-    if isinstance(o, np.ndarray):
-        return o.tolist()
-    return str(o)
-
-
 def load_map(path: PathLike) -> Map:
     """Load a map directory: one saved by actbridge (``config.json`` + ``model.safetensors``,
     affine or autoencoder), or a mapper released with arXiv 2503.04429 (``config.json`` with
@@ -435,7 +373,7 @@ def load_map(path: PathLike) -> Map:
         raise MapError(f"{d} is not an actbridge map (config format {config.get('format')!r})")
     kind = config.get("kind")
     integrity.check(config, d, MapCorruptError)
-    tensors = _load_tensors(d / WEIGHTS)
+    tensors = load_tensors(d / WEIGHTS)
     meta = {
         "config": {
             k: v
@@ -488,14 +426,3 @@ def _load_paper_mapper(d: Path, config: Mapping[str, Any]) -> Any:
     )
     _check_dims(d, config, m)
     return m
-
-
-def _load_tensors(path: Path) -> dict[str, npt.NDArray[Any]]:
-    from safetensors.numpy import load_file
-
-    if not path.exists():
-        raise MapError(f"{path} is missing")
-    try:
-        return dict(load_file(os.fspath(path)))
-    except Exception as e:  # safetensors' own error types: truncated/garbled file
-        raise MapError(f"{path} is damaged or not a safetensors file: {e}") from e

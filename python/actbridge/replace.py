@@ -18,7 +18,7 @@ import numpy as np
 
 from actbridge.errors import InterventionError
 from actbridge.hooks import cache_keyword, forward_to_layers, layer_indices
-from actbridge.steer import Intervention, _torch_map
+from actbridge.steering import Intervention, torch_map
 
 
 class substitute(Intervention):  # noqa: N801 - used like a function in `with`
@@ -81,7 +81,7 @@ class substitute(Intervention):  # noqa: N801 - used like a function in `with`
 
     def edit(self, layer: int, h: Any) -> Any:
         hs = self._source_states()
-        module = _torch_map(self.map, h.device, h.dtype, self._modules)
+        module = torch_map(self.map, h.device, h.dtype, self._modules)
         out = module(hs.to(device=h.device, dtype=h.dtype))
         if out.shape != h.shape:
             raise InterventionError(
@@ -157,7 +157,7 @@ class SafetySwitch(Intervention):
         return int(self.map.weight.size + self.map.bias.size)
 
     def edit(self, layer: int, h: Any) -> Any:
-        return _torch_map(self.map, h.device, h.dtype, self._modules)(h)
+        return torch_map(self.map, h.device, h.dtype, self._modules)(h)
 
     def __repr__(self) -> str:
         state = "on" if self.active else "off"

@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from actbridge.errors import InterventionError
 from actbridge.hooks import decoder_blocks, layer_indices
-from actbridge.steer import _POSITIONS, Intervention, Positions, SteeringVector, _as_vector
+from actbridge.steering import POSITIONS, Intervention, Positions, SteeringVector, as_vector
 
 
 @dataclass(frozen=True)
@@ -90,24 +90,24 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
 
         for i, c in enumerate(conds):
             if c.steers:
-                vec, vec_layer = _as_vector(c.vector)
+                vec, vec_layer = as_vector(c.vector)
                 layer = c.layer if c.layer is not None else vec_layer
                 if layer is None:
                     raise InterventionError(
                         f"conditions[{i}]: pass layer=... (a raw tensor carries no layer)"
                     )
                 _check(vec, d, i)
-                if not (isinstance(c.positions, str) and c.positions in _POSITIONS) and not callable(
+                if not (isinstance(c.positions, str) and c.positions in POSITIONS) and not callable(
                     c.positions
                 ):
                     raise InterventionError(
-                        f"conditions[{i}]: positions must be one of {_POSITIONS} or a callable, "
+                        f"conditions[{i}]: positions must be one of {POSITIONS} or a callable, "
                         f"not {c.positions!r}"
                     )
                 (layer,) = layer_indices(model, [layer])
                 at(layer)["steer"].append((i, vec * np.float32(c.alpha), c.positions))
             if c.ablate is not None:
-                vec, vec_layer = _as_vector(c.ablate)
+                vec, vec_layer = as_vector(c.ablate)
                 chosen = c.ablate_layers if c.ablate_layers is not None else vec_layer
                 if chosen is None:
                     raise InterventionError(

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from actbridge.generation import similarity
-from actbridge.steer import SteeringVector
+from actbridge.steering import SteeringVector
 from actbridge.tasks.scoring import rate
 
 

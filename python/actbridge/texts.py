@@ -40,7 +40,7 @@ def as_chat(instruction: str) -> list[dict[str, str]]:
 
 def as_prompt(tokenizer: Any, text: str) -> Document:
     """A one-turn user conversation when the tokenizer has a chat template, else ``text + "\\n"``
-    (the plain format :func:`actbridge.finetune.finetune` trains on for such tokenizers)."""
+    (the plain format :func:`actbridge.finetuning.finetune` trains on for such tokenizers)."""
     return as_chat(text) if getattr(tokenizer, "chat_template", None) else text + "\n"
 
 

@@ -13,20 +13,19 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Literal, get_args
+from typing import Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
 
 from actbridge import _native
 from actbridge._arrays import row_indices
+from actbridge._progress import ProgressBar
 from actbridge.errors import MapArgumentError
 from actbridge.store import ActivationStore
-
-if TYPE_CHECKING:
-    from actbridge.autoencoder import AutoencoderMap
 
 __all__ = ["AutoencoderConfig", "Backend"]
 
@@ -38,6 +37,11 @@ Backend = Literal["auto", "rust", "torch"]
 Standardization = tuple[
     npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32], npt.NDArray[np.float32]
 ]
+
+
+def default_hidden(d_source: int, d_target: int) -> int:
+    """The paper's hidden width, ``round(sqrt(d_source * d_target))``."""
+    return int(round(math.sqrt(d_source * d_target)))
 
 
 def _doc(text: str, **kw: Any) -> Any:
@@ -187,6 +191,22 @@ def standardization(store: ActivationStore, source: str, target: str, rows: Any)
 KEYS = ("encoder.0.weight", "encoder.0.bias", "decoder.weight", "decoder.bias")
 
 
+def torch_module(d_source: int, hidden: int, d_target: int) -> Any:
+    """A fresh ``torch.nn.Module`` with the paper's layout and PyTorch-default init."""
+    import torch
+
+    class Autoencoder(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.encoder = torch.nn.Sequential(torch.nn.Linear(d_source, hidden), torch.nn.ReLU())
+            self.decoder = torch.nn.Linear(hidden, d_target)
+
+        def forward(self, x: Any) -> Any:
+            return self.decoder(self.encoder(x))
+
+    return Autoencoder()
+
+
 def fold(
     tensors: Mapping[str, npt.NDArray[np.float32]], z: Standardization, *, inverse: bool = False
 ) -> dict[str, npt.NDArray[np.float32]]:
@@ -251,31 +271,42 @@ class Sites:
 
 @dataclass(frozen=True)
 class Run:
-    """What a fit needs besides the config: the resolved hidden width, validation rows, a
-    starting map (raw units), the standardisation statistics and whether to show progress."""
+    """What a fit needs besides the config: the resolved hidden width, validation rows, the
+    starting tensors (raw units, ``KEYS``; None: default init from the seed), the
+    standardisation statistics and whether to show progress."""
 
     hidden: int
     val_rows: Any
-    init: AutoencoderMap | None
+    init: Mapping[str, npt.NDArray[np.float32]] | None
     standardize: Standardization | None
     progress: bool
 
 
-def _summary(history: list[dict[str, float]]) -> dict[str, float]:
-    return {k: v for k, v in history[-1].items() if k != "epoch"}
+@dataclass(frozen=True)
+class Trained:
+    """A trainer's result: tensors in raw units (``KEYS``), per-epoch history, and the
+    ``config``/``provenance`` metadata the map records."""
+
+    tensors: dict[str, npt.NDArray[np.float32]]
+    history: list[dict[str, float]]
+    metadata: dict[str, Any]
+
+    @property
+    def metrics(self) -> dict[str, float]:
+        """The last epoch's scores."""
+        return {k: v for k, v in self.history[-1].items() if k != "epoch"}
 
 
-def train_rust(cls: type[AutoencoderMap], data: Sites, cfg: AutoencoderConfig, run: Run) -> AutoencoderMap:
+def train_rust(data: Sites, cfg: AutoencoderConfig, run: Run) -> Trained:
     """Train with the Rust CPU trainer (GIL released; no Python in the inner loop)."""
     from actbridge._blas import dense_sgemm
-    from actbridge.maps import ProgressBar
 
     _native.register_dense_sgemm(dense_sgemm())
     train_ids = row_indices(data.rows, len(data.store))
     val_ids = None if run.val_rows is None else row_indices(run.val_rows, len(data.store))
     tensors = None
     if run.init is not None:
-        tensors = [np.ascontiguousarray(a, dtype=np.float32).ravel() for a in run.init.tensors().values()]
+        tensors = [np.ascontiguousarray(run.init[k], dtype=np.float32).ravel() for k in KEYS]
     bar = ProgressBar(
         cfg.epochs * -(-len(train_ids) // cfg.batch_size), "autoencoder (rust)", run.progress, unit="batch"
     )
@@ -297,15 +328,9 @@ def train_rust(cls: type[AutoencoderMap], data: Sites, cfg: AutoencoderConfig, r
     target_var = data.target_variance(run.standardize is not None)
     for record in history:
         record["train_fvu"] = record["train_mse"] * data.d_target / max(target_var, 1e-30)
-    return cls(
-        w1.reshape(run.hidden, data.d_source),
-        b1,
-        w2.reshape(data.d_target, run.hidden),
-        b2,
-        metrics=_summary(history),
-        history=history,
-        **data.metadata("rust", cfg, len(history)),
-    )
+    shapes = [(run.hidden, data.d_source), (run.hidden,), (data.d_target, run.hidden), (data.d_target,)]
+    tensors_out = {k: a.reshape(sh) for k, a, sh in zip(KEYS, (w1, b1, w2, b2), shapes, strict=True)}
+    return Trained(tensors_out, history, data.metadata("rust", cfg, len(history)))
 
 
 def _raw_tensors(module: Any, z: Standardization | None) -> dict[str, npt.NDArray[np.float32]]:
@@ -314,15 +339,10 @@ def _raw_tensors(module: Any, z: Standardization | None) -> dict[str, npt.NDArra
     return state if z is None else fold(state, z)
 
 
-def train_torch(
-    cls: type[AutoencoderMap], data: Sites, cfg: AutoencoderConfig, run: Run, device: Any
-) -> AutoencoderMap:
+def train_torch(data: Sites, cfg: AutoencoderConfig, run: Run, device: Any) -> Trained:
     """Train with torch (on ``device``; CUDA when available), batches from the store's sampler;
     the schedule, standardisation folding and validation scores are the core's."""
     import torch
-
-    from actbridge.autoencoder import torch_module
-    from actbridge.maps import ProgressBar
 
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     d_t = data.d_target
@@ -330,7 +350,7 @@ def train_torch(
     module = torch_module(data.d_source, run.hidden, d_t)
     z = run.standardize
     if run.init is not None:
-        start = {k: np.array(v) for k, v in run.init.tensors().items()}
+        start = {k: np.array(run.init[k]) for k in KEYS}
         if z is not None:
             start = fold(start, z, inverse=True)  # train in standardised space
         module.load_state_dict({k: torch.from_numpy(v) for k, v in start.items()})
@@ -396,9 +416,6 @@ def train_torch(
         history.append(record)
         if schedule.step(score):
             break
-    return cls.from_state_dict(
-        _raw_tensors(module, z),
-        metrics=_summary(history),
-        history=history,
-        **data.metadata("torch", cfg, len(history), device=str(dev)),
+    return Trained(
+        _raw_tensors(module, z), history, data.metadata("torch", cfg, len(history), device=str(dev))
     )

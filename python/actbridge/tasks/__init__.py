@@ -11,7 +11,7 @@
 - :mod:`.scoring`: rates with Wilson 95% intervals and steering success against a noise baseline.
 
 Every builder is seeded; datasets are lists of chat conversations (``{"messages": [...]}``) with
-labels, ready for :func:`actbridge.finetune.finetune` and for the interventions.
+labels, ready for :func:`actbridge.finetuning.finetune` and for the interventions.
 """
 
 from actbridge.errors import RefusalSplitError, TaskError, UnknownBackdoorError

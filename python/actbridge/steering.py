@@ -34,7 +34,7 @@ from actbridge.hooks import block_output, decoder_blocks, forward_padded, layer_
 from actbridge.texts import Document, documents, render
 
 Positions = str | Callable[[Any, Any], Any]
-_POSITIONS = ("all", "last", "prompt", "generated")
+POSITIONS = ("all", "last", "prompt", "generated")
 
 
 def _read_vector(path: Path) -> npt.NDArray[np.float32]:
@@ -126,7 +126,7 @@ class _Calls:
                 return h.new_zeros(batch, seq, 1)
             chosen = real
         else:
-            raise InterventionError(f"positions must be one of {_POSITIONS} or a callable, not {positions!r}")
+            raise InterventionError(f"positions must be one of {POSITIONS} or a callable, not {positions!r}")
         if chosen is None:
             return None
         if real is not None:
@@ -336,7 +336,7 @@ class SteeringVector:
             .double()
             .mean(0)
         )
-        from actbridge.collect import model_name
+        from actbridge.collection import model_name
 
         return cls(
             (pos_mean - neg_mean).float().cpu().numpy(),
@@ -447,13 +447,13 @@ class steer(Intervention):  # noqa: N801 - used like a function: `with ab.steer(
         positions: Positions = "all",
         layer: int | None = None,
     ) -> None:
-        vec, vec_layer = _as_vector(vector)
+        vec, vec_layer = as_vector(vector)
         if layer is None and vec_layer is None:
             raise InterventionError("pass layer=... (a raw tensor carries no layer)")
         super().__init__(model, [layer if layer is not None else vec_layer])  # type: ignore[list-item]
         _check_width(model, vec)
-        if not (isinstance(positions, str) and positions in _POSITIONS) and not callable(positions):
-            raise InterventionError(f"positions must be one of {_POSITIONS} or a callable, not {positions!r}")
+        if not (isinstance(positions, str) and positions in POSITIONS) and not callable(positions):
+            raise InterventionError(f"positions must be one of {POSITIONS} or a callable, not {positions!r}")
         self.vector, self.alpha, self.positions = vec, float(alpha), positions
         self._cast: dict[tuple[Any, Any], Any] = {}
 
@@ -477,7 +477,7 @@ class ablate(Intervention):  # noqa: N801
     def __init__(
         self, model: Any, direction: SteeringVector | Any, layers: int | Sequence[int] | None = None
     ) -> None:
-        vec, vec_layer = _as_vector(direction)
+        vec, vec_layer = as_vector(direction)
         if layers is None and vec_layer is None:
             raise InterventionError("pass layers=... (a raw tensor carries no layer)")
         chosen: int | Sequence[int] = layers if layers is not None else int(vec_layer)  # type: ignore[arg-type]
@@ -500,7 +500,7 @@ class ablate(Intervention):  # noqa: N801
         return (hf - (hf @ u).unsqueeze(-1) * u).to(h.dtype)
 
 
-def _as_vector(v: Any) -> tuple[npt.NDArray[np.float32], int | None]:
+def as_vector(v: Any) -> tuple[npt.NDArray[np.float32], int | None]:
     if isinstance(v, SteeringVector):
         return v.vector, v.layer
     if hasattr(v, "detach"):
@@ -522,7 +522,7 @@ def _check_width(model: Any, vec: npt.NDArray[np.float32]) -> None:
 # --- maps in the loop ---------------------------------------------------------------------------
 
 
-def _torch_map(m: Any, device: Any, dtype: Any, cache: dict[tuple[Any, Any], Any]) -> Any:
+def torch_map(m: Any, device: Any, dtype: Any, cache: dict[tuple[Any, Any], Any]) -> Any:
     key = (device, dtype)
     if key not in cache:
         cache[key] = m.to_torch().to(device=device, dtype=dtype).eval().requires_grad_(False)
@@ -551,7 +551,7 @@ def transfer_vector(
     """
     import torch
 
-    from actbridge.collect import model_name
+    from actbridge.collection import model_name
 
     if isinstance(vector_or_prompts, SteeringVector):
         v = vector_or_prompts
@@ -581,7 +581,7 @@ def transfer_vector(
 
     def mapped_mean(prompts: Any) -> npt.NDArray[np.float64]:
         acts = _activations(source_model, source_tokenizer, prompts, layer, positions, trigger, batch_size)
-        module = _torch_map(map, acts.device, torch.float32, cache)
+        module = torch_map(map, acts.device, torch.float32, cache)
         with torch.inference_mode():
             mean: npt.NDArray[np.float64] = module(acts.float()).double().mean(0).cpu().numpy()
         return mean
@@ -667,7 +667,7 @@ def contrast_directions(
     refusal directions (Arditi et al. 2024). Only per-layer sums are kept in memory."""
     import torch
 
-    from actbridge.collect import model_name
+    from actbridge.collection import model_name
 
     chosen = layer_indices(model, layers if layers is not None else list(range(len(decoder_blocks(model)))))
 
