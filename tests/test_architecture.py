@@ -118,3 +118,20 @@ def test_init_modules_only_re_export():
             n.name for n in ast.parse(f.read_text()).body if isinstance(n, (ast.FunctionDef, ast.ClassDef))
         ]
         assert not defs, f"{f} defines {defs}; define them in a module and re-export"
+
+
+def test_every_map_kind_satisfies_the_map_protocol(tmp_path):
+    import numpy as np
+    from actbridge._typing import Map
+
+    rng = np.random.default_rng(0)
+    x, y = rng.standard_normal((200, 6)).astype(np.float32), rng.standard_normal((200, 4)).astype(np.float32)
+    affine = actbridge.AffineMap.fit(x, y)
+    ae = actbridge.AutoencoderMap(
+        *(rng.standard_normal(s).astype(np.float32) for s in [(5, 6), (5,), (4, 5), (4,)])
+    )
+    for m in (affine, ae):
+        assert isinstance(m, Map), type(m)
+        m.save(tmp_path / m.kind)
+        assert isinstance(actbridge.load_map(tmp_path / m.kind), Map)
+    assert not isinstance(object(), Map)

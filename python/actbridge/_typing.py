@@ -7,6 +7,7 @@ Imported by the modules that use them; nothing here imports another actbridge mo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
 
 import numpy as np
@@ -18,6 +19,7 @@ __all__ = [
     "MapScores",
     "Metric",
     "OutDType",
+    "Rows",
     "ShuffleOption",
     "StoredDType",
     "SubstitutionScores",
@@ -35,6 +37,9 @@ WriteMode = Literal["x", "a"]
 ShuffleOption = bool | Literal["block"]
 #: How an affine weight is solved for.
 FitMethod = Literal["lstsq", "procrustes"]
+#: A selection of a store's rows: None (all), one index, a slice or range, ``(start, stop)``,
+#: or integer indices (a sequence or any integer numpy array; negatives count from the end).
+Rows = None | int | slice | range | tuple[int, int] | Sequence[int] | npt.NDArray[np.integer[Any]]
 
 
 @runtime_checkable

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from actbridge._arrays import is_torch_tensor
+from actbridge._typing import Rows
 from actbridge.errors import MapArgumentError, MapError
 from actbridge.map_format import save_map
 from actbridge.store import ActivationStore, PathLike
@@ -161,10 +162,10 @@ class AutoencoderMap:
         store: ActivationStore,
         source: str = "source",
         target: str = "target",
-        rows: Any = None,
+        rows: Rows = None,
         *,
         config: AutoencoderConfig | None = None,
-        val_rows: Any = None,
+        val_rows: Rows = None,
         init: AutoencoderMap | None = None,
         device: Any = None,
         progress: bool = True,

@@ -10,7 +10,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from actbridge._typing import Map, MapScores, Metric, SubstitutionScores
+from actbridge._typing import Map, MapScores, Metric, Rows, SubstitutionScores
 from actbridge.errors import EvaluateError
 from actbridge.store import ActivationStore
 
@@ -22,7 +22,7 @@ def evaluate_map(
     store: ActivationStore,
     source: str = "source",
     target: str = "target",
-    rows: Any = None,
+    rows: Rows = None,
     batch_size: int = 16384,
     *,
     ci: bool = False,
@@ -142,7 +142,7 @@ Source = tuple[Any, Any, int]  # (model, tokenizer, layer)
 def evaluate_substitution(
     target: Source,
     source: Source,
-    map: Any,  # noqa: A002
+    map: Map | Mapping[str, Map],  # noqa: A002
     texts: Any,
     *,
     mean: Any = None,
@@ -171,7 +171,7 @@ def evaluate_substitution(
 def evaluate_substitution(
     target: Source,
     source: Source | Mapping[str, Source],
-    map: Any,  # noqa: A002
+    map: Map | Mapping[str, Map],  # noqa: A002
     texts: Any,
     *,
     mean: Any = None,

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from actbridge._typing import Map
 from actbridge.errors import EvaluateError
 from actbridge.tasks.scoring import rate
 
@@ -112,7 +113,7 @@ def generate(
 def compare_generations(
     target: tuple[Any, Any, int],
     source: tuple[Any, Any, int],
-    map: Any,  # noqa: A002
+    map: Map,  # noqa: A002
     prompts: Sequence[str],
     *,
     mean: Any = None,

@@ -15,6 +15,7 @@ import numpy as np
 import numpy.typing as npt
 
 from actbridge import integrity
+from actbridge._typing import Map
 from actbridge.errors import MapError
 
 __all__ = ["CONFIG", "MAP_FORMAT", "MAP_VERSION", "WEIGHTS", "load_tensors", "save_map"]
@@ -25,7 +26,7 @@ CONFIG = "config.json"
 WEIGHTS = "model.safetensors"
 
 
-def save_map(m: Any, path: str | os.PathLike[str], extra: Mapping[str, Any] | None = None) -> None:
+def save_map(m: Map, path: str | os.PathLike[str], extra: Mapping[str, Any] | None = None) -> None:
     """Write a map's ``config.json`` and ``model.safetensors`` (its ``tensors()``) into ``path``."""
     from safetensors.numpy import save_file
 

@@ -24,7 +24,7 @@ from actbridge import _native, integrity
 from actbridge._arrays import is_torch_tensor, row_selection, selection_size
 from actbridge._blas import faer_forced, find_blas
 from actbridge._progress import ProgressBar
-from actbridge._typing import FitMethod, Map
+from actbridge._typing import FitMethod, Map, Rows
 from actbridge.errors import MapCorruptError, MapError, MapWarning
 from actbridge.map_format import CONFIG, MAP_FORMAT, WEIGHTS, load_tensors, save_map
 from actbridge.store import ActivationStore, PathLike
@@ -140,7 +140,7 @@ class AffineStats:
         store: ActivationStore,
         source: str = "source",
         target: str = "target",
-        rows: Any = None,
+        rows: Rows = None,
         progress: bool = True,
     ) -> AffineStats:
         """Add ``rows`` (default: all) of two sites of ``store``, streamed in chunks."""
@@ -274,7 +274,7 @@ class AffineMap:
         *,
         source: str = "source",
         target: str = "target",
-        rows: Any = None,
+        rows: Rows = None,
         ridge: float = 0.0,
         bias: bool = True,
         method: FitMethod = "lstsq",
@@ -396,7 +396,7 @@ def load_map(path: PathLike) -> Map:
     return m
 
 
-def _check_dims(d: Path, config: Mapping[str, Any], m: Any) -> None:
+def _check_dims(d: Path, config: Mapping[str, Any], m: Map) -> None:
     want = (config.get("source_dim"), config.get("hidden_dim"), config.get("target_dim"))
     have = (m.d_source, getattr(m, "hidden", None), m.d_target)
     if want[0] != have[0] or want[2] != have[2] or (want[1] is not None and want[1] != have[1]):

@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from actbridge._typing import Map
 from actbridge.errors import InterventionError
 from actbridge.hooks import cache_keyword, forward_to_layers, layer_indices
 from actbridge.steering import Intervention, torch_map
@@ -27,7 +28,7 @@ class substitute(Intervention):  # noqa: N801 - used like a function in `with`
     every position. The two models must share a tokenizer (for different tokenizers, evaluate
     on aligned positions of a paired store instead)."""
 
-    def __init__(self, target_model: Any, layer: int, source_model: Any, source_layer: int, map: Any) -> None:  # noqa: A002
+    def __init__(self, target_model: Any, layer: int, source_model: Any, source_layer: int, map: Map) -> None:  # noqa: A002
         super().__init__(target_model, [layer])
         self.source = source_model
         (self.source_layer,) = layer_indices(source_model, [source_layer])
@@ -138,7 +139,7 @@ class SafetySwitch(Intervention):
     switch:`` turns it on for the block. Off is exactly the unmodified model.
     """
 
-    def __init__(self, model: Any, layer: int, map: Any) -> None:  # noqa: A002
+    def __init__(self, model: Any, layer: int, map: Map) -> None:  # noqa: A002
         super().__init__(model, [layer])
         d = int(model.get_input_embeddings().embedding_dim)
         if (map.d_source, map.d_target) != (d, d):
@@ -152,9 +153,7 @@ class SafetySwitch(Intervention):
     @property
     def parameters(self) -> int:
         """Parameters of the map (the switch's size)."""
-        if hasattr(self.map, "tensors"):
-            return int(sum(np.prod(t.shape) for t in self.map.tensors().values()))
-        return int(self.map.weight.size + self.map.bias.size)
+        return int(sum(np.prod(t.shape) for t in self.map.tensors().values()))
 
     def edit(self, layer: int, h: Any) -> Any:
         return torch_map(self.map, h.device, h.dtype, self._modules)(h)

@@ -29,6 +29,7 @@ import numpy as np
 import numpy.typing as npt
 
 from actbridge import integrity
+from actbridge._typing import Map
 from actbridge.errors import InterventionError, VectorCorruptError
 from actbridge.hooks import block_output, decoder_blocks, forward_padded, layer_indices, passed_cache
 from actbridge.texts import Document, documents, render
@@ -531,7 +532,7 @@ def torch_map(m: Any, device: Any, dtype: Any, cache: dict[tuple[Any, Any], Any]
 
 def transfer_vector(
     vector_or_prompts: SteeringVector | tuple[Any, Any],
-    map: Any,  # noqa: A002 - the paper's word
+    map: Map,  # noqa: A002 - the paper's word
     source_model: Any = None,
     source_tokenizer: Any = None,
     layer: int | None = None,

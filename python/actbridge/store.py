@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from actbridge import _native
 from actbridge._arrays import checked_int, float_rows, int_column, row_indices, row_selection
-from actbridge._typing import OutDType, ShuffleOption, StoredDType, WriteMode
+from actbridge._typing import OutDType, Rows, ShuffleOption, StoredDType, WriteMode
 from actbridge.errors import StoreArgumentError, StoreError
 
 __all__ = ["ActivationStore", "StoreArgumentError", "StoreWriter"]
@@ -306,7 +306,7 @@ class ActivationStore:
 
     # -- reading ----------------------------------------------------------------------------
 
-    def read(self, site: str, rows: Any = None, dtype: OutDType = "float32") -> npt.NDArray[Any]:
+    def read(self, site: str, rows: Rows = None, dtype: OutDType = "float32") -> npt.NDArray[Any]:
         """Rows of ``site`` as a new ``(len(rows), dim)`` array (``(dim,)`` for an int row).
 
         ``rows``: None (all), a slice, an int, an integer array (negative from the end) or a
@@ -326,7 +326,7 @@ class ActivationStore:
                 f"unknown site {site!r}{hint}; this store's sites are {list(self._sites)}"
             )
 
-    def _read(self, name: str, rows: Any, dtype: OutDType) -> Any:
+    def _read(self, name: str, rows: Rows, dtype: OutDType) -> Any:
         if isinstance(rows, (int, np.integer)) and not isinstance(rows, bool):
             n = len(self)
             if not -n <= int(rows) < n:
@@ -336,7 +336,7 @@ class ActivationStore:
             return self._store.read(name, np.array([rows], dtype=np.int64), dtype=dtype)[0]
         return self._store.read(name, row_selection(rows, len(self)), dtype=dtype)
 
-    def read_torch(self, site: str, rows: Any = None, dtype: Any = None, device: Any = None) -> Any:
+    def read_torch(self, site: str, rows: Rows = None, dtype: Any = None, device: Any = None) -> Any:
         """Like :meth:`read` but returns a torch tensor (``torch.float32`` by default; bfloat16
         and float16 come straight from the store without a float32 detour)."""
         import torch
@@ -359,7 +359,7 @@ class ActivationStore:
             t = t.view(torch.bfloat16)
         return t if device is None else t.to(device)
 
-    def column(self, name: str, rows: Any = None) -> npt.NDArray[np.int64]:
+    def column(self, name: str, rows: Rows = None) -> npt.NDArray[np.int64]:
         """Values of an int64 column for ``rows`` (same selections as :meth:`read`)."""
         if name not in self.columns:
             raise StoreArgumentError(f"unknown column {name!r}; this store's columns are {self.columns}")
@@ -371,7 +371,7 @@ class ActivationStore:
         batch_size: int = 4096,
         shuffle: ShuffleOption = True,
         seed: int = 0,
-        rows: Any = None,
+        rows: Rows = None,
         drop_last: bool = False,
         dtype: OutDType = "float32",
         *,
@@ -418,7 +418,7 @@ class ActivationStore:
         )
 
     def split(
-        self, fraction: float = 0.1, seed: int = 0, *, by: str | None = None, rows: Any = None
+        self, fraction: float = 0.1, seed: int = 0, *, by: str | None = None, rows: Rows = None
     ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
         """Random ``(train_rows, val_rows)``, each sorted, with ``fraction`` of rows in val.
 
@@ -440,7 +440,7 @@ class ActivationStore:
         in_val = np.isin(groups, val_groups)
         return base[~in_val], base[in_val]
 
-    def stats(self, site: str, rows: Any = None) -> dict[str, Any]:
+    def stats(self, site: str, rows: Rows = None) -> dict[str, Any]:
         """Per-dimension statistics in one parallel pass (float64, population variance).
 
         Returns ``count``, ``mean``/``var``/``std``/``min``/``max`` (each ``(dim,)``) and the

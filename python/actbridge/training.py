@@ -24,6 +24,7 @@ import numpy.typing as npt
 from actbridge import _native
 from actbridge._arrays import row_indices
 from actbridge._progress import ProgressBar
+from actbridge._typing import Rows
 from actbridge.errors import MapArgumentError
 from actbridge.store import ActivationStore
 
@@ -174,7 +175,7 @@ AutoencoderConfig.__doc__ = (
 )
 
 
-def standardization(store: ActivationStore, source: str, target: str, rows: Any) -> Standardization:
+def standardization(store: ActivationStore, source: str, target: str, rows: Rows) -> Standardization:
     """Per-dimension means and standard deviations of both sites over ``rows`` (σ = 1 where a
     dimension is constant, so it is only centred)."""
 
@@ -229,7 +230,7 @@ class Sites:
     store: ActivationStore
     source: str
     target: str
-    rows: Any
+    rows: Rows
 
     @property
     def d_source(self) -> int:
@@ -276,7 +277,7 @@ class Run:
     standardisation statistics and whether to show progress."""
 
     hidden: int
-    val_rows: Any
+    val_rows: Rows
     init: Mapping[str, npt.NDArray[np.float32]] | None
     standardize: Standardization | None
     progress: bool
