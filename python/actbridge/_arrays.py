@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from actbridge._typing import OutDType, Rows
+from actbridge._typing import OutDType
 from actbridge.errors import StoreArgumentError
 
 
