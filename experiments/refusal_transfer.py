@@ -379,8 +379,9 @@ def top_pc_directions(
 def ablation_controls(
     m_t: Any, tok_t: Any, controls: dict[str, ab.SteeringVector], p: dict[str, Any], args: Any, path: Path
 ) -> list[dict[str, Any]]:
-    """Refusal rate (greedy) and mean refusal score on the test harmful prompts with each control
-    direction ablated at every layer; one resumable row per control."""
+    """Refusal rate (greedy answers) on the test harmful prompts with each control direction
+    ablated at every layer; one resumable row per control (no scores: a scoring pass of the
+    1.5B costs as much as a generation here)."""
     all_layers = list(range(len(decoder_blocks(m_t))))
     test_h = p["test"][True]
     prompts_h = [as_chat(t) for t in test_h]
@@ -394,18 +395,9 @@ def ablation_controls(
             m_t, tok_t, conds, prompts_h, args.new_tokens, progress=not args.smoke
         )
         rows = []
-        for key, outs in zip(batch, answers, strict=True):
-            with ab.ablate(m_t, controls[key["vector"]], layers=all_layers):
-                s = refusal.refusal_score(m_t, tok_t, test_h)
+        for outs in answers:
             flags = [refusal.is_refusal(a) for a in outs]
-            rows.append(
-                {
-                    "refusal": ab.tasks.rate(flags),
-                    "flags": flags,
-                    "mean_score": float(np.mean(s)),
-                    "examples": outs[:3],
-                }
-            )
+            rows.append({"refusal": ab.tasks.rate(flags), "flags": flags, "examples": outs[:3]})
         return rows
 
     keys = [{"kind": "ablate", "vector": n} for n in controls]
@@ -728,12 +720,9 @@ def report(result: dict[str, Any]) -> None:
             a = add1.get(v, {}).get("refusal", {}).get("value", float("nan"))
             print(f"| {v} | {cos:.2f} | {row['refusal']['value']:.2f} | {a:.2f} |")
         print(f"scorings agree on {r['agreement']['rate']:.1%} of {r['agreement']['total']} answers")
-        print("| ablation control | cosine to native | refusal on harmful | score |\n|---|---|---|---|")
+        print("| ablation control | cosine to native | refusal on harmful |\n|---|---|---|")
         for row in r.get("controls", []):
-            print(
-                f"| {row['vector']} | {row['cosine_to_native']:+.2f} | {row['refusal']['value']:.2f} "
-                f"| {row['mean_score']:+.2f} |"
-            )
+            print(f"| {row['vector']} | {row['cosine_to_native']:+.2f} | {row['refusal']['value']:.2f} |")
 
 
 if __name__ == "__main__":

@@ -506,16 +506,14 @@ def exp7(dirs: dict[str, Path], docs: Path) -> list[str]:
                 "work?), and random unit directions in the span of the target's top principal components "
                 "on corpus text (does any high-variance direction do it?):",
                 "",
-                "| ablated direction | cosine to native | cosine to the mapped vector | refusal on harmful "
-                "| score |",
-                "|---|---|---|---|---|",
+                "| ablated direction | cosine to native | cosine to the mapped vector | refusal on harmful |",
+                "|---|---|---|---|",
             ]
             for row in r["controls"]:
                 to_v = row.get("cosine_to_vector")
                 lines.append(
                     f"| {row['vector']} | {row['cosine_to_native']:+.2f} | "
-                    f"{'' if to_v is None else f'{to_v:.2f}'} | {pct(row['refusal'])} "
-                    f"| {row['mean_score']:+.2f} |"
+                    f"{'' if to_v is None else f'{to_v:.2f}'} | {pct(row['refusal'])} |"
                 )
         lines += ["", "Examples (first test prompt):", ""]
         for row in r["ablation"][:2]:

@@ -137,11 +137,15 @@ def row_selection(rows: Any, n: int) -> tuple[int, int] | npt.NDArray[np.int64] 
     # range-check in the array's own dtype: a uint64 beyond int64 must not wrap to a negative
     lo, hi = int(arr.min()), int(arr.max())
     if lo < -n or hi >= n:
-        bad = lo if lo < -n else hi
-        raise StoreArgumentError(
-            f"row index {bad} is out of range for a store of {n} rows (valid: -{n} to {n - 1})"
-        )
+        raise out_of_range(lo if lo < -n else hi, n)
     return np.ascontiguousarray(arr, dtype=np.int64)
+
+
+def out_of_range(index: int, n: int) -> StoreArgumentError:
+    """The error for row ``index`` of a store of ``n`` rows (one wording everywhere)."""
+    return StoreArgumentError(
+        f"row index {index} is out of range for a store of {n} rows (valid: -{n} to {n - 1})"
+    )
 
 
 def row_indices(rows: Any, n: int) -> npt.NDArray[np.int64]:

@@ -26,7 +26,7 @@ import numpy as np
 import numpy.typing as npt
 
 from actbridge import _native
-from actbridge._arrays import checked_int, float_rows, int_column, row_indices, row_selection
+from actbridge._arrays import checked_int, float_rows, int_column, out_of_range, row_indices, row_selection
 from actbridge._typing import OutDType, Rows, ShuffleOption, StoredDType, WriteMode
 from actbridge.errors import StoreArgumentError, StoreError
 
@@ -330,9 +330,7 @@ class ActivationStore:
         if isinstance(rows, (int, np.integer)) and not isinstance(rows, bool):
             n = len(self)
             if not -n <= int(rows) < n:
-                raise StoreArgumentError(
-                    f"row index {int(rows)} is out of range for a store of {n} rows (valid: -{n} to {n - 1})"
-                )
+                raise out_of_range(int(rows), n)
             return self._store.read(name, np.array([rows], dtype=np.int64), dtype=dtype)[0]
         return self._store.read(name, row_selection(rows, len(self)), dtype=dtype)
 
