@@ -101,6 +101,35 @@ def test_no_module_imports_another_modules_private_names():
     assert not bad, bad
 
 
+def test_no_module_reaches_into_another_modules_private_attributes():
+    """``x._name`` only for attributes the module itself sets on its own objects
+    (``self._name = ...``), or on ``self``/``cls``."""
+    known = modules()
+    bad = []
+    for name, f in known.items():
+        tree = ast.parse(f.read_text())
+        own = {
+            t.attr
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.Assign, ast.AnnAssign))
+            for t in (n.targets if isinstance(n, ast.Assign) else [n.target])
+            if isinstance(t, ast.Attribute)
+            and isinstance(t.value, ast.Name)
+            and t.value.id in ("self", "obj")
+        }
+        for node in ast.walk(tree):
+            if (
+                isinstance(node, ast.Attribute)
+                and node.attr.startswith("_")
+                and not node.attr.startswith("__")
+                and node.attr not in own
+                and not (isinstance(node.value, ast.Name) and node.value.id in ("self", "cls"))
+                and not is_module(f"actbridge.{node.attr}")
+            ):
+                bad.append(f"{name}:{node.lineno} {ast.unparse(node)}")
+    assert not bad, bad
+
+
 def test_no_public_name_shadows_a_submodule():
     for pkg in (actbridge, actbridge.tasks):
         subs = {m.name for m in pkgutil.iter_modules(pkg.__path__)}

@@ -27,7 +27,7 @@ from actbridge._progress import ProgressBar
 from actbridge._typing import FitMethod, Map, Rows
 from actbridge.errors import MapCorruptError, MapError, MapWarning
 from actbridge.map_format import CONFIG, MAP_FORMAT, WEIGHTS, load_tensors, save_map
-from actbridge.store import ActivationStore, PathLike
+from actbridge.store import ActivationStore, PathLike, native_store
 
 __all__ = [
     "AffineMap",
@@ -148,7 +148,7 @@ class AffineStats:
         bar = ProgressBar(selection_size(sel, len(store)), f"affine stats {source}->{target}", progress)
         try:
             self._stats.update_from_store(
-                store._store, source, target, sel, bar.advance_to if progress else None
+                native_store(store), source, target, sel, bar.advance_to if progress else None
             )
         finally:
             bar.close()

@@ -453,3 +453,9 @@ class ActivationStore:
     def release_pages(self) -> None:
         """Drop this process's mapped pages now (they stay in the OS page cache)."""
         self._store.release_pages()
+
+
+def native_store(store: ActivationStore) -> _native.ActivationStore:
+    """The binding's handle behind ``store``, for the package's modules that call native
+    routines over a store (the affine pass, the trainers)."""
+    return store._store

@@ -26,7 +26,7 @@ from actbridge._arrays import row_indices
 from actbridge._progress import ProgressBar
 from actbridge._typing import Rows
 from actbridge.errors import MapArgumentError
-from actbridge.store import ActivationStore
+from actbridge.store import ActivationStore, native_store
 
 __all__ = ["AutoencoderConfig", "Backend"]
 
@@ -313,7 +313,7 @@ def train_rust(data: Sites, cfg: AutoencoderConfig, run: Run) -> Trained:
     )
     try:
         (w1, b1, w2, b2), history = _native.train_autoencoder(
-            store=data.store._store,
+            store=native_store(data.store),
             source=data.source,
             target=data.target,
             rows=train_ids,
@@ -405,7 +405,7 @@ def train_torch(data: Sites, cfg: AutoencoderConfig, run: Run, device: Any) -> T
         if val_ids is not None and len(val_ids):
             raw = _raw_tensors(module, z)
             val = _native.evaluate_autoencoder(
-                store=data.store._store,
+                store=native_store(data.store),
                 source=data.source,
                 target=data.target,
                 rows=val_ids,
