@@ -100,7 +100,7 @@ test: $(VENV)/.test build
 
 # The oldest supported transformers/tokenizers/huggingface-hub (requirements/min.lock, the lower
 # bounds of pyproject.toml) in an overlay of .venv that shares its torch and actbridge build.
-MIN_TESTS := tests/test_steer.py tests/test_generation.py tests/test_collect.py tests/test_evaluate_substitution.py tests/test_lora.py
+MIN_TESTS := tests/unit/interventions/test_steer.py tests/unit/evaluation/test_generation.py tests/unit/collection/test_collect.py tests/unit/evaluation/test_evaluate_substitution.py tests/unit/tasks/test_lora.py
 test-min: $(VENV)/.test build $(REQ)/min.lock
 	$(BIN)/python $(REQ)/overlay.py $(MIN) $(REQ)/min.lock
 	$(MIN)/bin/python -m actbridge.versions --check-min

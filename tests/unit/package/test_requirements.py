@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 from actbridge import versions
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 REQ = ROOT / "requirements"
 LOCKS = ("core", "demo", "models", "test", "test-models", "qwen-1.5b", "min")
 

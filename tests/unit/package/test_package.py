@@ -9,7 +9,7 @@ from pathlib import Path
 import actbridge as ab
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 
 
 def test_stub_matches_native_module():

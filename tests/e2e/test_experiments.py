@@ -12,7 +12,7 @@ from pathlib import Path
 import actbridge as ab
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
 EXPERIMENTS = ROOT / "experiments"
 
 
@@ -331,7 +331,7 @@ def test_the_backdoor_experiments_run_on_the_code_backdoor(tmp_path):
 def test_the_committed_run_folder_leaves_out_stores_and_map_weights():
     """experiments/runs/ is committed: its .gitignore must keep paired stores and map weights
     (tens of MB per pair) out, and the small step files in."""
-    root = Path(__file__).resolve().parents[1]
+    root = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
     if not (root / ".git").exists():
         pytest.skip("not a git checkout")
     run_dir = "experiments/runs/refusal-transfer"
