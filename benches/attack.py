@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 
 # The crash tests' writer: appends known rows until killed, printing each flushed count.
-CRASH_WRITER = Path(__file__).resolve().parents[1] / "tests" / "crash_writer.py"
+CRASH_WRITER = Path(__file__).resolve().parents[1] / "tests" / "robustness" / "crash_writer.py"
 sys.path.insert(0, str(CRASH_WRITER.parent))
 from crash_writer import expected_rows  # noqa: E402
 
