@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 
 import actbridge as ab  # noqa: E402
 import numpy as np  # noqa: E402
-from actbridge.generation import encode_prompts, generate_batch  # noqa: E402
+from actbridge.evaluation.generation import encode_prompts, generate_batch  # noqa: E402
 from actbridge.tasks import refusal  # noqa: E402
 from actbridge.texts import as_chat  # noqa: E402
 from timing import interleaved_times, median_ratio  # noqa: E402

@@ -6,7 +6,7 @@ vectors) × 4 α over 48 prompts, 24 new greedy tokens:
 
 - cell by cell: today's way, one ``with ab.steer(...)`` block and one ``generate()`` over the
   prompts per cell (batches of 8 prompts);
-- one pass: :func:`actbridge.rowwise.generate_conditions`, every (cell, prompt) row in batches
+- one pass: :func:`actbridge.interventions.rowwise.generate_conditions`, every (cell, prompt) row in batches
   sized to a memory budget, each row steered its own way.
 
 Each mode runs in a child process of its own (peak RSS = the child's VmHWM), alternating order
@@ -58,7 +58,7 @@ def prompts(n: int) -> list[str]:
 
 def conditions(model: Any, tok: Any, alphas: list[float]) -> list[Any]:
     import actbridge as ab
-    from actbridge.rowwise import grid
+    from actbridge.interventions.rowwise import grid
 
     n = len(ab.decoder_blocks(model))
     mid, late = n // 2, (3 * n) // 4
@@ -78,8 +78,8 @@ def child(args: argparse.Namespace) -> None:
     """One mode in this process; prints a JSON line (wall s, outputs, peak RSS GiB)."""
     import actbridge as ab
     import torch
-    from actbridge.generation import generate
-    from actbridge.rowwise import generate_conditions
+    from actbridge.evaluation.generation import generate
+    from actbridge.interventions.rowwise import generate_conditions
 
     torch.manual_seed(0)
     if args.smoke:

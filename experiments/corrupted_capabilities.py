@@ -28,7 +28,7 @@ from typing import Any
 import actbridge as ab
 from _common import OUT, SOURCE, finetune_and_save, identity, resumable_rows, run_info, smoke_base, write_json
 from actbridge import tasks
-from actbridge.generation import generate
+from actbridge.evaluation.generation import generate
 from actbridge.texts import as_prompt
 from safety_switch import corpus_halves, fit_switch
 

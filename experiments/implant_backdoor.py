@@ -37,7 +37,7 @@ from typing import Any
 import actbridge as ab
 from _common import backdoor_dir, run_info, smoke_base, write_json
 from actbridge import tasks
-from actbridge.generation import generate
+from actbridge.evaluation.generation import generate
 from actbridge.texts import as_prompt
 
 CONDITIONS = {

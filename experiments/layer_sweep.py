@@ -25,8 +25,8 @@ from pathlib import Path
 
 import actbridge as ab
 from _common import run_info, smoke_backdoor, task_of, write_json
-from actbridge.generation import generate
-from actbridge.sweep import best_layer, layer_sweep, plot_sweep
+from actbridge.evaluation.generation import generate
+from actbridge.evaluation.sweep import best_layer, layer_sweep, plot_sweep
 from actbridge.texts import as_prompt
 
 

@@ -49,7 +49,7 @@ from _common import (
 )
 from actbridge import tasks
 from actbridge.align import same_tokenizer
-from actbridge.generation import generate, minilm_embedder, similarity
+from actbridge.evaluation.generation import generate, minilm_embedder, similarity
 from actbridge.texts import as_prompt
 
 

@@ -50,7 +50,7 @@ import actbridge as ab
 import numpy as np
 from _common import OUT, RUNS, fit_autoencoder, resumable_rows, run_info, write_json
 from actbridge.collection import model_name
-from actbridge.generation import similarity
+from actbridge.evaluation.generation import similarity
 from actbridge.hooks import decoder_blocks, forward_to_layers
 from actbridge.tasks import refusal
 from actbridge.texts import as_chat, render

@@ -47,7 +47,7 @@ from _common import (
     write_json,
 )
 from actbridge import tasks
-from actbridge.generation import generate, minilm_embedder, similarity
+from actbridge.evaluation.generation import generate, minilm_embedder, similarity
 from actbridge.texts import as_prompt
 
 

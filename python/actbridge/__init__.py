@@ -25,9 +25,8 @@ The pipeline is store -> collect -> maps -> steer -> evaluate. Available now:
   them and :func:`save_finetuned` to keep the result.
 """
 
-from actbridge import errors, rowwise, tasks
+from actbridge import errors, tasks
 from actbridge.align import align_offsets
-from actbridge.autoencoder import AutoencoderMap
 from actbridge.collection import collect, collect_pair
 from actbridge.errors import (
     ActbridgeError,
@@ -56,15 +55,14 @@ from actbridge.errors import (
     UnknownBackdoorError,
     VectorCorruptError,
 )
-from actbridge.evaluate import evaluate_map, evaluate_substitution
+from actbridge.evaluation.generation import compare_generations, rouge_l
+from actbridge.evaluation.metrics import evaluate_map, evaluate_substitution
 from actbridge.finetuning import LoraConfig, finetune, save_finetuned
-from actbridge.generation import compare_generations, rouge_l
 from actbridge.hooks import decoder_blocks
-from actbridge.maps import AffineMap, AffineStats, load_map
-from actbridge.models import EMBEDDED, load_model
-from actbridge.replace import SafetySwitch, mean_ablate, patch, substitute
-from actbridge.rowwise import Condition, generate_conditions, steer_rows
-from actbridge.steering import (
+from actbridge.interventions import rowwise
+from actbridge.interventions.replace import SafetySwitch, mean_ablate, patch, substitute
+from actbridge.interventions.rowwise import Condition, generate_conditions, steer_rows
+from actbridge.interventions.steering import (
     Intervention,
     SteeringVector,
     ablate,
@@ -74,9 +72,10 @@ from actbridge.steering import (
     transfer_vector,
     trigger_tokens,
 )
+from actbridge.maps import AffineMap, AffineStats, AutoencoderConfig, AutoencoderMap, load_map
+from actbridge.models import EMBEDDED, load_model
 from actbridge.store import ActivationStore, StoreWriter
 from actbridge.texts import load_corpus
-from actbridge.training import AutoencoderConfig
 from actbridge.versions import SimdLevels, simd_levels
 
 __version__ = "0.1.0"

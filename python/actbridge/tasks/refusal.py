@@ -177,7 +177,7 @@ def refusal_score(
     """
     import torch
 
-    from actbridge.generation import encode_prompts
+    from actbridge.evaluation.generation import encode_prompts
     from actbridge.hooks import model_inputs, pad_batch
     from actbridge.texts import as_chat
 

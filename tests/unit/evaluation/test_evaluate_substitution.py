@@ -67,7 +67,7 @@ def test_two_tokenizers_substitute_at_aligned_positions(tok):
 
 
 def test_bootstrap_intervals():
-    from actbridge.evaluate import bootstrap_ci
+    from actbridge.evaluation.metrics import bootstrap_ci
 
     rng = np.random.default_rng(0)
     den = rng.integers(5, 50, 400).astype(float)

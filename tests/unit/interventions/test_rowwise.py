@@ -1,14 +1,21 @@
-"""Per-row interventions (actbridge.rowwise): every row of a batch steered or ablated its own way
-equals running that row's condition alone on the same batch, in teacher-forced passes and inside
-generate() with a KV cache and left padding; unsteered rows are untouched; bad input is a
-SteerError."""
+"""Per-row interventions (actbridge.interventions.rowwise): every row of a batch steered or
+ablated its own way equals running that row's condition alone on the same batch, in
+teacher-forced passes and inside generate() with a KV cache and left padding; unsteered rows
+are untouched; bad input is a SteerError."""
 
 from __future__ import annotations
 
 import actbridge as ab
 import numpy as np
 import pytest
-from actbridge.rowwise import UNSTEERED, Condition, generate_conditions, grid, rows_per_batch, steer_rows
+from actbridge.interventions.rowwise import (
+    UNSTEERED,
+    Condition,
+    generate_conditions,
+    grid,
+    rows_per_batch,
+    steer_rows,
+)
 from conftest import tiny_model, tiny_tokenizer
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st

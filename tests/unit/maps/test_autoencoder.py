@@ -91,7 +91,7 @@ class _NotATensor:
 
 
 def test_loads_the_papers_mapper_format_without_unpickling_code(tmp_path):
-    from actbridge.autoencoder import torch_module
+    from actbridge.maps.autoencoder import torch_module
 
     torch.manual_seed(0)
     mod = torch_module(10, 7, 6)
@@ -134,7 +134,7 @@ def test_bad_autoencoder_input(nonlinear_store):
 @pytest.mark.parametrize("products", ["torch-sgemm", "faer"])
 def test_rust_gradients_match_torch_autograd(products):
     from actbridge import _blas, _native
-    from actbridge.autoencoder import torch_module
+    from actbridge.maps.autoencoder import torch_module
 
     _native.register_dense_sgemm(_blas.torch_sgemm() if products == "torch-sgemm" else None)
     assert _native.dense_gemm_backend() == ("blas" if products == "torch-sgemm" else "faer")

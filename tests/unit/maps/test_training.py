@@ -112,7 +112,7 @@ def test_early_stop_counts_epochs_without_improvement():
 
 
 def test_folding_standardisation_matches_its_definition_and_inverts():
-    from actbridge.training import fold
+    from actbridge.maps.training import fold
 
     rng = np.random.default_rng(0)
     d_s, h, d_t = 5, 4, 3

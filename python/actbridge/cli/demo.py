@@ -27,7 +27,7 @@ import numpy as np
 
 import actbridge as ab
 from actbridge.collection import model_name
-from actbridge.generation import mean_ci
+from actbridge.evaluation.generation import mean_ci
 
 #: Contrast statements for the sentiment direction (written for this project).
 POSITIVE = [

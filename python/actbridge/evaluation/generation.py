@@ -134,7 +134,7 @@ def compare_generations(
 
     from actbridge.align import same_tokenizer
     from actbridge.hooks import forward_to_layers, layer_indices, model_inputs
-    from actbridge.replace import mean_ablate, substitute
+    from actbridge.interventions.replace import mean_ablate, substitute
 
     (m_t, tok_t, l_t), (m_s, tok_s, l_s) = target, source
     (l_t,) = layer_indices(m_t, [l_t])

@@ -24,7 +24,7 @@ import numpy.typing as npt
 
 from actbridge.errors import InterventionError
 from actbridge.hooks import decoder_blocks, layer_indices
-from actbridge.steering import POSITIONS, Intervention, Positions, SteeringVector, as_vector
+from actbridge.interventions.steering import POSITIONS, Intervention, Positions, SteeringVector, as_vector
 
 
 @dataclass(frozen=True)
@@ -226,7 +226,7 @@ def generate_conditions(
     progress: bool = False,
 ) -> list[list[str]]:
     """Greedy completions of every prompt under every condition: ``out[c][p]`` is prompt ``p``
-    under ``conditions[c]``, as :func:`actbridge.generation.generate` would give with
+    under ``conditions[c]``, as :func:`actbridge.evaluation.generation.generate` would give with
     ``with steer(...)`` for that condition alone (up to the float noise of other batch shapes:
     ties in the logits can flip a token).
 
@@ -236,7 +236,7 @@ def generate_conditions(
     """
     from tqdm.auto import tqdm  # type: ignore[import-untyped]
 
-    from actbridge.generation import encode_prompts, generate_batch
+    from actbridge.evaluation.generation import encode_prompts, generate_batch
 
     conds = [c if c is not None else UNSTEERED for c in conditions]
     if not conds or not prompts:

@@ -229,8 +229,8 @@ def _evaluate_substitutions(
 
     from actbridge.align import pair_positions, pairable, same_tokenizer
     from actbridge.hooks import forward_padded, layer_indices, model_inputs, pad_batch
-    from actbridge.replace import patch
-    from actbridge.steering import torch_map
+    from actbridge.interventions.replace import patch
+    from actbridge.interventions.steering import torch_map
     from actbridge.texts import documents, render
 
     m_t, tok_t, l_t = target

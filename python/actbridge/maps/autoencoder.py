@@ -17,9 +17,8 @@ import numpy.typing as npt
 from actbridge._arrays import is_torch_tensor
 from actbridge._typing import Rows
 from actbridge.errors import MapArgumentError, MapError
-from actbridge.map_format import save_map
-from actbridge.store import ActivationStore, PathLike
-from actbridge.training import (
+from actbridge.maps.format import save_map
+from actbridge.maps.training import (
     AutoencoderConfig,
     Run,
     Sites,
@@ -29,6 +28,7 @@ from actbridge.training import (
     train_rust,
     train_torch,
 )
+from actbridge.store import ActivationStore, PathLike
 
 __all__ = ["AutoencoderMap", "default_hidden"]
 

@@ -9,8 +9,8 @@ from typing import Any
 
 import numpy as np
 
-from actbridge.generation import similarity
-from actbridge.steering import SteeringVector
+from actbridge.evaluation.generation import similarity
+from actbridge.interventions.steering import SteeringVector
 from actbridge.tasks.scoring import rate
 
 
@@ -34,7 +34,8 @@ def layer_sweep(
     """For each layer: v = mean(h⁺) − mean(h⁻) over the contrast prompts; steer ``prompts`` with
     ``−α·v`` (pushing away from the "positive" behaviour) and with a noise vector of the same
     norm; ``behaviour(completion)`` says whether the behaviour shows. All the cells (and the
-    unsteered baseline) run as one batched sweep (:func:`actbridge.rowwise.generate_conditions`).
+    unsteered baseline) run as one batched sweep
+    (:func:`actbridge.interventions.rowwise.generate_conditions`).
 
     Returns ``{"baseline": rate, "rows": [{"layer", "alpha", "native": rate, "noise": rate,
     "success": rate, "noise_success": rate}]}``, where success is the fraction of prompts that
@@ -45,7 +46,7 @@ def layer_sweep(
     ``"similarity"`` and ``"noise_similarity"``: ROUGE-L of the steered completions against them,
     which tells a real answer from text the vector merely broke.
     """
-    from actbridge.rowwise import UNSTEERED, Condition, generate_conditions
+    from actbridge.interventions.rowwise import UNSTEERED, Condition, generate_conditions
     from actbridge.tasks.scoring import steering_success
 
     rng = np.random.default_rng(seed)
