@@ -121,9 +121,9 @@ def test_a_sweep_in_one_batched_pass_generates_what_cell_by_cell_runs_do(smol):
     for c in conds:
         if c.steers:
             with ab.steer(model, c.vector, alpha=c.alpha, positions=c.positions):
-                cells.append(ab.generation.generate(model, tok, prompts, 12))
+                cells.append(ab.evaluation.generation.generate(model, tok, prompts, 12))
         else:
-            cells.append(ab.generation.generate(model, tok, prompts, 12))
+            cells.append(ab.evaluation.generation.generate(model, tok, prompts, 12))
     swept = ab.generate_conditions(model, tok, conds, prompts, 12)
     same = sum(a == b for cell, row in zip(cells, swept, strict=True) for a, b in zip(cell, row, strict=True))
     assert same >= 0.99 * len(conds) * len(prompts), same

@@ -47,7 +47,7 @@ def test_chat_template_and_refusal_of_a_harmful_request(qwen):
         [{"role": "user", "content": harmful}], add_generation_prompt=True, tokenize=False
     )
     assert rendered.rstrip().endswith("<|im_start|>assistant")
-    answers = ab.generation.generate(
+    answers = ab.evaluation.generation.generate(
         model, tok, [[{"role": "user", "content": t}] for t in (harmful, benign)], max_new_tokens=16
     )
     assert refusal.is_refusal(answers[0]), answers[0]

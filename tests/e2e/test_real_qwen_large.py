@@ -35,7 +35,9 @@ def test_the_target_loads_refuses_and_shares_the_source_tokenizer(pair):
     assert tok.apply_chat_template(
         [{"role": "user", "content": "x"}], tokenize=False
     ) == tok_s.apply_chat_template([{"role": "user", "content": "x"}], tokenize=False)
-    answer = ab.generation.generate(model, tok, [[{"role": "user", "content": refusal.HARMFUL[0]}]], 12)[0]
+    answer = ab.evaluation.generation.generate(
+        model, tok, [[{"role": "user", "content": refusal.HARMFUL[0]}]], 12
+    )[0]
     assert refusal.is_refusal(answer), answer
 
 

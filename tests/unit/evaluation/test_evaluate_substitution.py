@@ -115,7 +115,7 @@ def test_several_maps_at_once_equal_one_by_one_and_share_the_target_passes(tok):
         progress=False,
     )
     assert shared_source["a"] == together["a"] and shared_source["b"] == together["b"]
-    with pytest.raises(ab.evaluate.EvaluateError, match="same substitutions"):
+    with pytest.raises(ab.EvaluateError, match="same substitutions"):
         ab.evaluate_substitution((target, tok, 1), {"a": sources["a"]}, maps, TEXTS, progress=False)
     with pytest.raises(ValueError, match="needs a {name: map} dict"):
         ab.evaluate_substitution((target, tok, 1), sources, maps["a"], TEXTS, progress=False)

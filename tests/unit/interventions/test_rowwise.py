@@ -155,7 +155,7 @@ def test_generate_conditions_matches_cell_by_cell_generation(model, tok):
     cells = []
     for c in conds:
         with ab.steer(model, c.vector, alpha=c.alpha, positions=c.positions):
-            cells.append(ab.generation.generate(model, tok, prompts, NEW))
+            cells.append(ab.evaluation.generation.generate(model, tok, prompts, NEW))
     for batch_rows in (None, 4, 1):
         got = generate_conditions(model, tok, conds, prompts, NEW, batch_rows=batch_rows)
         assert len(got) == len(conds) and all(len(g) == len(prompts) for g in got)
