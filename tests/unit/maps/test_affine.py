@@ -426,7 +426,7 @@ def test_import_chooses_no_blas_and_the_first_statistics_do():
     import sys
 
     code = (
-        "import actbridge as ab, actbridge._native as n, actbridge.maps as m;"
+        "import actbridge as ab, actbridge._native as n, actbridge.maps.affine as m;"
         "print(n.gemm_backend(), m._blas_chosen);"
         "ab.AffineStats(3, 2);"
         "print(n.gemm_backend(), m._blas_chosen, m.blas_source() is not None)"
