@@ -11,12 +11,11 @@ and early stop (``_native.PlateauSchedule``), folding standardisation into the w
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import math
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal, get_args
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -27,6 +26,9 @@ from actbridge._progress import ProgressBar
 from actbridge._typing import Rows
 from actbridge.errors import MapArgumentError
 from actbridge.store import ActivationStore, native_store
+
+if TYPE_CHECKING:
+    import argparse
 
 __all__ = ["AutoencoderConfig", "Backend"]
 
@@ -145,6 +147,8 @@ class AutoencoderConfig:
     ) -> None:
         """Add one ``--option`` per field (``--batch-size`` for ``batch_size``), typed and
         documented from the field; ``defaults`` overrides a field's default for this parser."""
+        import argparse
+
         defaults = dict(defaults or {})
         for f in dataclasses.fields(cls):
             if f.name in exclude:
