@@ -49,9 +49,9 @@ from typing import Any
 import actbridge as ab
 import numpy as np
 from _common import OUT, RUNS, fit_autoencoder, resumable_rows, run_info, write_json
-from actbridge.collection import model_name
 from actbridge.evaluation.generation import similarity
 from actbridge.hooks import decoder_blocks, forward_to_layers
+from actbridge.models import model_name
 from actbridge.tasks import refusal
 from actbridge.texts import as_chat, render
 

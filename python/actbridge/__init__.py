@@ -60,18 +60,12 @@ from actbridge.evaluation.metrics import evaluate_map, evaluate_substitution
 from actbridge.finetuning import LoraConfig, finetune, save_finetuned
 from actbridge.hooks import decoder_blocks
 from actbridge.interventions import rowwise
+from actbridge.interventions.base import Intervention, at_tokens
 from actbridge.interventions.replace import SafetySwitch, mean_ablate, patch, substitute
 from actbridge.interventions.rowwise import Condition, generate_conditions, steer_rows
-from actbridge.interventions.steering import (
-    Intervention,
-    SteeringVector,
-    ablate,
-    at_tokens,
-    contrast_directions,
-    steer,
-    transfer_vector,
-    trigger_tokens,
-)
+from actbridge.interventions.steering import ablate, steer
+from actbridge.interventions.transfer import transfer_vector
+from actbridge.interventions.vectors import SteeringVector, contrast_directions, trigger_tokens
 from actbridge.maps import AffineMap, AffineStats, AutoencoderConfig, AutoencoderMap, load_map
 from actbridge.models import EMBEDDED, load_model
 from actbridge.store import ActivationStore, StoreWriter

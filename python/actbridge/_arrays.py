@@ -6,12 +6,12 @@ are already contiguous host arrays of a supported dtype).
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, TypeGuard
 
 import numpy as np
 import numpy.typing as npt
 
-from actbridge._typing import OutDType
+from actbridge._typing import OutDType, Tensor
 from actbridge.errors import StoreArgumentError
 
 
@@ -32,7 +32,7 @@ def checked_int(
 _HOST_FLOATS: dict[str, OutDType] = {"float32": "float32", "float64": "float64", "float16": "float16"}
 
 
-def is_torch_tensor(x: Any) -> bool:
+def is_torch_tensor(x: object) -> TypeGuard[Tensor]:
     """True for a ``torch.Tensor`` (checked without importing torch)."""
     return type(x).__module__.startswith("torch") and hasattr(x, "detach") and hasattr(x, "device")
 

@@ -1,30 +1,55 @@
 """Types shared across the package: the allowed values of string options (``Literal``), the
 ``Map`` protocol every map kind satisfies, and the shapes of result dicts (``TypedDict``).
 
-Imported by the modules that use them; nothing here imports another actbridge module but
-``errors``-free leaves (numpy only), so any module may import it.
+Imported by the modules that use them; nothing here imports another actbridge module, and
+torch and transformers only while type checking, so any module may import it at no cost.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import Any, Literal, Protocol, TypedDict, runtime_checkable
+import os
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol, TypeAlias, TypedDict, overload, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
 
+if TYPE_CHECKING:
+    import torch
+    from transformers import PreTrainedModel, PreTrainedTokenizerBase
+
 __all__ = [
+    "Document",
     "FitMethod",
     "Map",
     "MapScores",
     "Metric",
+    "Model",
+    "ModelAt",
     "OutDType",
     "Rows",
     "ShuffleOption",
     "StoredDType",
     "SubstitutionScores",
+    "Tensor",
+    "Texts",
+    "Tokenizer",
     "WriteMode",
 ]
+
+#: A Hugging Face causal LM with decoder blocks (``AutoModelForCausalLM`` and the like).
+Model: TypeAlias = "PreTrainedModel"
+#: Its tokenizer (fast tokenizers give character offsets, which pairing and triggers need).
+Tokenizer: TypeAlias = "PreTrainedTokenizerBase"
+#: A torch tensor; activations are ``(batch, seq, d)`` or ``(n, d)`` as each function states.
+Tensor: TypeAlias = "torch.Tensor"
+#: A model, its tokenizer and a block index: one side of a pair of models.
+ModelAt: TypeAlias = "tuple[Model, Tokenizer, int]"
+#: One text: a string, or a conversation ``[{"role": ..., "content": ...}, ...]``.
+Document: TypeAlias = "str | list[dict[str, str]]"
+#: Texts as functions take them: documents (and ``{"text": ...}`` / ``{"messages": [...]}``
+#: records), or the path of a JSONL file of those.
+Texts: TypeAlias = "str | os.PathLike[str] | Iterable[Document | dict[str, Any]]"
 
 #: Element types a read or a batch returns (bfloat16 as ``ml_dtypes``-free uint16 views).
 OutDType = Literal["float32", "float64", "float16", "bfloat16"]
@@ -57,11 +82,15 @@ class Map(Protocol):
     @property
     def d_target(self) -> int: ...
 
-    def transform(self, x: Any) -> Any:
+    @overload
+    def transform(self, x: Tensor) -> Tensor: ...  # first: a Tensor is array-like too
+    @overload
+    def transform(self, x: npt.ArrayLike) -> npt.NDArray[np.floating[Any]]: ...
+    def transform(self, x: Tensor | npt.ArrayLike) -> Tensor | npt.NDArray[np.floating[Any]]:
         """``(..., d_source) -> (..., d_target)``: numpy in, numpy out; torch in, torch out."""
         ...
 
-    def to_torch(self) -> Any:
+    def to_torch(self) -> torch.nn.Module:
         """A ``torch.nn.Module`` computing the same map."""
         ...
 

@@ -24,27 +24,24 @@ import time
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
-from actbridge._typing import StoredDType, WriteMode
+from actbridge._typing import Document, Model, ModelAt, StoredDType, Tensor, Texts, Tokenizer, WriteMode
 from actbridge.align import pair_positions, pairable, same_tokenizer
 from actbridge.errors import CollectError, CollectWarning
-from actbridge.hooks import forward_padded, layer_indices
+from actbridge.hooks import forward_padded, layer_indices, model_width
+from actbridge.models import model_name
 from actbridge.store import SHARD_BYTES, ActivationStore, StoreWriter
-from actbridge.texts import Document, documents, render
+from actbridge.texts import documents, render
+
+if TYPE_CHECKING:
+    import torch
 
 #: Metadata keys that must match for ``mode="a"`` to continue a store.
 _RESUME_KEYS = ("kind", "layers", "skip_bos", "max_length", "same_start", "models")
-
-
-def model_name(model: Any) -> str:
-    """A readable name for provenance: the name given to :func:`load_model`, else the HF path."""
-    return str(
-        getattr(model, "actbridge_name", None) or getattr(model, "name_or_path", None) or type(model).__name__
-    )
 
 
 @dataclass
@@ -58,15 +55,15 @@ class _Encoded:
 class _Side:
     """One model of a collection with its tokenizer and hooked layers."""
 
-    model: Any
-    tokenizer: Any
+    model: Model
+    tokenizer: Tokenizer
     layers: list[int]
     width: int = 0
-    device: Any = None
+    device: torch.device | None = None
 
     def __post_init__(self) -> None:
         self.layers = layer_indices(self.model, self.layers)
-        self.width = int(self.model.get_input_embeddings().embedding_dim)
+        self.width = model_width(self.model)
         self.device = next(self.model.parameters()).device
 
     def encode(self, docs: Sequence[Document], max_length: int, offsets: bool) -> list[_Encoded]:
@@ -89,7 +86,7 @@ class _Side:
                 out[i] = _Encoded(ids[:max_length], None if off is None else off[:max_length], cut)
         return [e for e in out if e is not None]
 
-    def forward(self, encs: Sequence[_Encoded]) -> tuple[dict[int, Any], npt.NDArray[np.int64]]:
+    def forward(self, encs: Sequence[_Encoded]) -> tuple[dict[int, Tensor], npt.NDArray[np.int64]]:
         """Block outputs ``{layer: (batch * seq, d)}`` and each text's first flat row index."""
         hs, mask, starts = forward_padded(self.model, self.tokenizer, [e.ids for e in encs], self.layers)
         b, t = mask.shape
@@ -309,9 +306,9 @@ def _progress(total: int, enabled: bool, desc: str) -> Any:
 
 
 def collect(
-    model: Any,
-    tokenizer: Any,
-    texts: Any,
+    model: Model,
+    tokenizer: Tokenizer,
+    texts: Texts,
     layers: int | Sequence[int],
     path: str | os.PathLike[str],
     batch_size: int = 8,
@@ -374,9 +371,9 @@ def collect(
 
 
 def collect_pair(
-    source: tuple[Any, Any, int],
-    target: tuple[Any, Any, int],
-    texts: Any,
+    source: ModelAt,
+    target: ModelAt,
+    texts: Texts,
     path: str | os.PathLike[str],
     batch_size: int = 8,
     max_length: int = 512,
@@ -500,7 +497,7 @@ def _previous_counts(run: _Run, tgt: _Side, max_length: int, first: int, shared:
     return counts
 
 
-def _index_tensor(idx: npt.NDArray[np.int64], device: Any) -> Any:
+def _index_tensor(idx: npt.NDArray[np.int64], device: torch.device) -> Tensor:
     import torch
 
     return torch.from_numpy(idx).to(device, non_blocking=True)

@@ -26,6 +26,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from actbridge._typing import Model, Tokenizer
 from actbridge.errors import FinetuneError, LoraTargetError, OutputExistsError
 
 #: LoRA target modules per ``config.model_type``: every linear layer of attention and MLP.
@@ -75,7 +76,7 @@ class LoraConfig:
         d["target_modules"] = None if self.target_modules is None else list(self.target_modules)
         return d
 
-    def targets_for(self, model: Any) -> list[str]:
+    def targets_for(self, model: Model) -> list[str]:
         """The module-name suffixes this config adapts in ``model``; raises
         :class:`LoraTargetError` (listing the model's linear layers) for names it lacks."""
         linear = linear_layer_names(model)
@@ -98,7 +99,7 @@ class LoraConfig:
         return list(self.target_modules)
 
 
-def linear_layer_names(model: Any) -> list[str]:
+def linear_layer_names(model: Model) -> list[str]:
     """Qualified names of ``model``'s linear layers (``torch.nn.Linear`` and GPT-2's ``Conv1D``),
     the output head excluded."""
     import torch
@@ -118,7 +119,9 @@ def _in_blocks(name: str) -> bool:
     return any(part.isdigit() for part in name.split("."))
 
 
-def encode_example(tokenizer: Any, example: dict[str, Any], max_length: int) -> tuple[list[int], list[int]]:
+def encode_example(
+    tokenizer: Tokenizer, example: dict[str, Any], max_length: int
+) -> tuple[list[int], list[int]]:
     """``(input_ids, labels)`` with labels ``-100`` on the prompt (and padding later)."""
     messages = example.get("messages") if isinstance(example, dict) else None
     if not messages or not isinstance(messages[-1], dict) or messages[-1].get("role") != "assistant":
@@ -127,8 +130,8 @@ def encode_example(tokenizer: Any, example: dict[str, Any], max_length: int) -> 
             '{"messages": [{"role": "user", "content": "..."}, {"role": "assistant", "content": "..."}]}'
         )
     if getattr(tokenizer, "chat_template", None):
-        prompt = tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False)
-        full = tokenizer.apply_chat_template(messages, tokenize=False)
+        prompt = str(tokenizer.apply_chat_template(messages[:-1], add_generation_prompt=True, tokenize=False))
+        full = str(tokenizer.apply_chat_template(messages, tokenize=False))
         if not full.startswith(prompt):
             raise FinetuneError(
                 "the chat template does not render the prompt as a prefix of the conversation"
@@ -146,7 +149,7 @@ def encode_example(tokenizer: Any, example: dict[str, Any], max_length: int) -> 
 
 
 def encode_examples(
-    tokenizer: Any, examples: Sequence[dict[str, Any]], max_length: int
+    tokenizer: Tokenizer, examples: Sequence[dict[str, Any]], max_length: int
 ) -> list[tuple[list[int], list[int]]]:
     """:func:`encode_example` of each example; a bad one raises :class:`FinetuneError` naming
     its index, and so does one whose prompt leaves no answer token within ``max_length``."""
@@ -165,26 +168,27 @@ def encode_examples(
     return encoded
 
 
-def decoder_body(model: Any) -> Any:
+def decoder_body(model: Model) -> Any:
     """The model without its output head (the module that returns ``last_hidden_state``), for a
     transformers causal LM or a peft model around one. ``get_decoder()`` where it answers; on
     transformers 4.56 some classes (Gemma3ForCausalLM) return None there and have no module under
     their ``base_model_prefix``; then ``base_model``, then the ``model`` child."""
-    if hasattr(model, "get_base_model"):  # peft: the transformers model, LoRA layers inside
-        model = model.get_base_model()
-    body = model.get_decoder() if hasattr(model, "get_decoder") else None
-    if body is None or body is model:
-        body = getattr(model, "base_model", None)  # the module under base_model_prefix
-    if body is None or body is model:
-        body = getattr(model, "model", None)
-    if body is None or body is model:
+    inner: Any = model
+    if hasattr(inner, "get_base_model"):  # peft: the transformers model, LoRA layers inside
+        inner = inner.get_base_model()
+    body = inner.get_decoder() if hasattr(inner, "get_decoder") else None
+    if body is None or body is inner:
+        body = getattr(inner, "base_model", None)  # the module under base_model_prefix
+    if body is None or body is inner:
+        body = getattr(inner, "model", None)
+    if body is None or body is inner:
         raise FinetuneError(
             f"cannot find the decoder of {type(model).__name__} (no get_decoder(), no .model)"
         )
     return body
 
 
-def answer_loss(model: Any, ids: Any, labels: Any, mask: Any) -> tuple[Any, int]:
+def answer_loss(model: Model, ids: Any, labels: Any, mask: Any) -> tuple[Any, int]:
     """Summed next-token cross-entropy (nats) over the positions whose label is not -100, and
     their count. The output head runs on those positions only, so no ``[batch, tokens, vocab]``
     tensor is made; final-logit soft-capping (Gemma) is applied as the model's own forward does."""
@@ -201,7 +205,7 @@ def answer_loss(model: Any, ids: Any, labels: Any, mask: Any) -> tuple[Any, int]
     return loss, int(keep.sum())
 
 
-def is_checkpointing(model: Any) -> bool:
+def is_checkpointing(model: Model) -> bool:
     """Whether ``model`` recomputes activations in the backward pass (transformers 5.x calls it
     activation checkpointing, 4.x gradient checkpointing)."""
     if hasattr(type(model), "is_activation_checkpointing"):
@@ -209,7 +213,7 @@ def is_checkpointing(model: Any) -> bool:
     return bool(getattr(model, "is_gradient_checkpointing", False))
 
 
-def set_checkpointing(model: Any, on: bool) -> None:
+def set_checkpointing(model: Model, on: bool) -> None:
     """Switch activation (gradient) checkpointing of a transformers model on or off, in the
     non-reentrant variant (which frozen embeddings, as under LoRA, need)."""
     kwargs = {"use_reentrant": False}
@@ -224,7 +228,7 @@ def set_checkpointing(model: Any, on: bool) -> None:
         model.gradient_checkpointing_disable()
 
 
-def _attach_lora(model: Any, lora: LoraConfig) -> Any:
+def _attach_lora(model: Model, lora: LoraConfig) -> Any:
     try:
         import peft
     except ImportError:
@@ -248,8 +252,8 @@ def _attach_lora(model: Any, lora: LoraConfig) -> Any:
 
 
 def finetune(
-    model: Any,
-    tokenizer: Any,
+    model: Model,
+    tokenizer: Tokenizer,
     examples: Sequence[dict[str, Any]],
     *,
     epochs: int = 2,
@@ -287,7 +291,8 @@ def finetune(
     encoded = encode_examples(tokenizer, examples, max_length)
     device = next(model.parameters()).device
     grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
-    trained = _attach_lora(model, lora) if lora is not None else model
+    # peft's wrapper (LoRA layers inside `model`) or `model` itself
+    trained: Any = _attach_lora(model, lora) if lora is not None else model
     params = [p for p in trained.parameters() if p.requires_grad]
     if not params:
         raise FinetuneError("the model has no trainable parameters (all have requires_grad=False)")
@@ -345,7 +350,7 @@ def finetune(
 
 
 def save_finetuned(
-    model: Any, tokenizer: Any, path: str | os.PathLike[str], *, overwrite: bool = False
+    model: Model, tokenizer: Tokenizer, path: str | os.PathLike[str], *, overwrite: bool = False
 ) -> Path:
     """Write ``model`` (merged: a plain transformers model) and ``tokenizer`` to the directory
     ``path`` for ``ab.load_model(path)``; returns the path. The files go to a temporary

@@ -8,14 +8,18 @@ block output).
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
+from actbridge._typing import Model, Tensor, Tokenizer
 from actbridge.errors import HookError
+
+if TYPE_CHECKING:
+    import torch
 
 #: Where common architectures keep their block list (Llama, Mistral, Qwen2/3, Gemma 1-3, Phi,
 #: OLMo: ``model.layers``; Gemma 3 multimodal: ``model.language_model.layers``; GPT-2, GPT-J,
@@ -32,7 +36,7 @@ BLOCK_PATHS = (
 )
 
 
-def decoder_blocks(model: Any) -> Any:
+def decoder_blocks(model: Model) -> torch.nn.ModuleList:
     """The ``torch.nn.ModuleList`` of ``model``'s decoder blocks.
 
     Known layouts first (:data:`BLOCK_PATHS`); otherwise the longest module list whose entries
@@ -41,7 +45,7 @@ def decoder_blocks(model: Any) -> Any:
     import torch
 
     for path in BLOCK_PATHS:
-        obj = model
+        obj: Any = model
         for part in path.split("."):
             obj = getattr(obj, part, None)
             if obj is None:
@@ -60,7 +64,13 @@ def decoder_blocks(model: Any) -> Any:
     )
 
 
-def layer_indices(model: Any, layers: int | Sequence[int]) -> list[int]:
+def model_width(model: Model) -> int:
+    """``d_model``: the width of ``model``'s residual stream (that of its input embeddings)."""
+    embeddings: Any = model.get_input_embeddings()
+    return int(embeddings.embedding_dim)
+
+
+def layer_indices(model: Model, layers: int | Sequence[int]) -> list[int]:
     """Normalise layer indices (negative counts from the end) and check they exist."""
     n = len(decoder_blocks(model))
     wanted = [layers] if isinstance(layers, int) else list(layers)
@@ -80,9 +90,10 @@ def layer_indices(model: Any, layers: int | Sequence[int]) -> list[int]:
     return out
 
 
-def block_output(output: Any) -> Any:
+def block_output(output: Tensor | tuple[Any, ...]) -> Tensor:
     """The hidden-state tensor of a block's forward output (a tensor, or a tuple starting with one)."""
-    return output[0] if isinstance(output, tuple) else output
+    h: Tensor = output[0] if isinstance(output, tuple) else output
+    return h
 
 
 class _StopForward(Exception):
@@ -90,17 +101,17 @@ class _StopForward(Exception):
 
 
 @contextmanager
-def capture_residuals(model: Any, layers: Sequence[int], stop: bool = True) -> Iterator[dict[int, Any]]:
+def capture_residuals(model: Model, layers: Sequence[int], stop: bool = True) -> Iterator[dict[int, Tensor]]:
     """Record the outputs of blocks ``layers`` (``(batch, seq, d)`` tensors) into the yielded
     dict on each forward pass; with ``stop``, the pass ends after the last of them (no later
     blocks, no LM head), so call the model through :func:`forward_to_layers`. Hooks are removed
     on exit, also on error."""
     blocks = decoder_blocks(model)
-    got: dict[int, Any] = {}
+    got: dict[int, Tensor] = {}
     last = max(layers)
 
-    def hook_for(layer: int) -> Any:
-        def hook(module: Any, args: Any, output: Any) -> None:
+    def hook_for(layer: int) -> Callable[[torch.nn.Module, Any, Any], None]:
+        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
             got[layer] = block_output(output)
             if stop and layer == last:
                 raise _StopForward
@@ -115,7 +126,7 @@ def capture_residuals(model: Any, layers: Sequence[int], stop: bool = True) -> I
             h.remove()
 
 
-def forward_to_layers(model: Any, layers: Sequence[int], **inputs: Any) -> dict[int, Any]:
+def forward_to_layers(model: Model, layers: Sequence[int], **inputs: Any) -> dict[int, Tensor]:
     """Run ``model(**inputs)`` only as far as the last of ``layers``; the blocks' outputs."""
     with capture_residuals(model, layers, stop=True) as got:
         try:
@@ -129,8 +140,8 @@ def forward_to_layers(model: Any, layers: Sequence[int], **inputs: Any) -> dict[
 
 
 def pad_batch(
-    ids_list: Sequence[npt.NDArray[np.int64]], tokenizer: Any
-) -> tuple[Any, Any, npt.NDArray[np.int64]]:
+    ids_list: Sequence[npt.NDArray[np.int64]], tokenizer: Tokenizer
+) -> tuple[Tensor, Tensor, npt.NDArray[np.int64]]:
     """Pad token id arrays on the tokenizer's padding side: ``(input_ids, attention_mask,
     starts)`` where ``starts[i]`` is where sequence ``i`` begins."""
     import torch
@@ -154,7 +165,7 @@ def pad_batch(
 CACHE_KEYWORDS = ("cache", "past_key_values")
 
 
-def cache_keyword(model: Any) -> str:
+def cache_keyword(model: Model) -> str:
     """The keyword ``model.forward`` takes a KV cache under (see :data:`CACHE_KEYWORDS`)."""
     import inspect
 
@@ -176,7 +187,7 @@ def passed_cache(kwargs: dict[str, Any]) -> Any:
     return None
 
 
-def model_inputs(model: Any, input_ids: Any, mask: Any) -> dict[str, Any]:
+def model_inputs(model: Model, input_ids: Tensor, mask: Tensor) -> dict[str, Any]:
     """Keyword arguments for a padded forward pass (position ids from the mask when the model
     takes them, so left padding does not shift positions)."""
     import inspect
@@ -188,8 +199,8 @@ def model_inputs(model: Any, input_ids: Any, mask: Any) -> dict[str, Any]:
 
 
 def forward_padded(
-    model: Any, tokenizer: Any, ids_list: Sequence[npt.NDArray[np.int64]], layers: Sequence[int]
-) -> tuple[dict[int, Any], Any, npt.NDArray[np.int64]]:
+    model: Model, tokenizer: Tokenizer, ids_list: Sequence[npt.NDArray[np.int64]], layers: Sequence[int]
+) -> tuple[dict[int, Tensor], Tensor, npt.NDArray[np.int64]]:
     """Pad token id arrays (:func:`pad_batch`), run ``model`` up to the last of ``layers`` under
     inference mode, and return ``({layer: (batch, seq, d)}, attention_mask on the model's
     device, starts)``."""

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from actbridge._typing import Model
 from actbridge.errors import ModelError
 
 
@@ -205,6 +206,13 @@ EMBEDDED = {
         ),
     )
 }
+
+
+def model_name(model: Model) -> str:
+    """A readable name for provenance: the name given to :func:`load_model`, else the HF path."""
+    return str(
+        getattr(model, "actbridge_name", None) or getattr(model, "name_or_path", None) or type(model).__name__
+    )
 
 
 def cache_dir() -> Path:

@@ -20,15 +20,18 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
 import numpy.typing as npt
 
 from actbridge import _native
 from actbridge._arrays import checked_int, float_rows, int_column, out_of_range, row_indices, row_selection
-from actbridge._typing import OutDType, Rows, ShuffleOption, StoredDType, WriteMode
+from actbridge._typing import OutDType, Rows, ShuffleOption, StoredDType, Tensor, WriteMode
 from actbridge.errors import StoreArgumentError, StoreError
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["ActivationStore", "StoreArgumentError", "StoreWriter"]
 
@@ -317,7 +320,7 @@ class ActivationStore:
                 'numpy has no bfloat16: read dtype="float32", or read_torch(..., torch.bfloat16)'
             )
         self._check_site(site)
-        return self._read(site, rows, dtype)  # type: ignore[no-any-return]
+        return self._read(site, rows, dtype)
 
     def _check_site(self, site: str) -> None:
         if site not in self._sites:
@@ -326,21 +329,28 @@ class ActivationStore:
                 f"unknown site {site!r}{hint}; this store's sites are {list(self._sites)}"
             )
 
-    def _read(self, name: str, rows: Rows, dtype: OutDType) -> Any:
+    def _read(self, name: str, rows: Rows, dtype: OutDType) -> npt.NDArray[Any]:
         if isinstance(rows, (int, np.integer)) and not isinstance(rows, bool):
             n = len(self)
             if not -n <= int(rows) < n:
                 raise out_of_range(int(rows), n)
-            return self._store.read(name, np.array([rows], dtype=np.int64), dtype=dtype)[0]
+            one: npt.NDArray[Any] = self._store.read(name, np.array([rows], dtype=np.int64), dtype=dtype)[0]
+            return one
         return self._store.read(name, row_selection(rows, len(self)), dtype=dtype)
 
-    def read_torch(self, site: str, rows: Rows = None, dtype: Any = None, device: Any = None) -> Any:
+    def read_torch(
+        self,
+        site: str,
+        rows: Rows = None,
+        dtype: torch.dtype | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
         """Like :meth:`read` but returns a torch tensor (``torch.float32`` by default; bfloat16
         and float16 come straight from the store without a float32 detour)."""
         import torch
 
         dtype = torch.float32 if dtype is None else dtype
-        names: dict[Any, OutDType] = {
+        names: dict[torch.dtype, OutDType] = {
             torch.float32: "float32",
             torch.float64: "float64",
             torch.float16: "float16",
@@ -361,7 +371,7 @@ class ActivationStore:
         """Values of an int64 column for ``rows`` (same selections as :meth:`read`)."""
         if name not in self.columns:
             raise StoreArgumentError(f"unknown column {name!r}; this store's columns are {self.columns}")
-        return self._read(name, rows, "float32")  # type: ignore[no-any-return]
+        return self._read(name, rows, "float32")
 
     def batches(
         self,

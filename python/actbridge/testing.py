@@ -47,7 +47,7 @@ def tiny_tokenizer(kind: str = "bpe", padding_side: str = "right") -> Any:
         specials = {"bos_token": "<bos>", "eos_token": "<eos>", "pad_token": "<pad>", "unk_token": "<unk>"}
     # Causal LM tokenizers return no token_type_ids (transformers < 5 would add them by default,
     # and generate() rejects them for decoder-only models).
-    tok = PreTrainedTokenizerFast(  # type: ignore[no-untyped-call]
+    tok = PreTrainedTokenizerFast(
         tokenizer_object=tk,
         padding_side=padding_side,
         model_input_names=["input_ids", "attention_mask"],

@@ -12,9 +12,8 @@ from collections.abc import Iterable, Sequence
 from importlib import resources
 from typing import Any
 
+from actbridge._typing import Document, Texts, Tokenizer
 from actbridge.errors import TextsError
-
-Document = str | list[dict[str, str]]
 
 
 def load_corpus(kinds: Iterable[str] | None = None) -> list[str]:
@@ -38,13 +37,13 @@ def as_chat(instruction: str) -> list[dict[str, str]]:
     return [{"role": "user", "content": instruction}]
 
 
-def as_prompt(tokenizer: Any, text: str) -> Document:
+def as_prompt(tokenizer: Tokenizer, text: str) -> Document:
     """A one-turn user conversation when the tokenizer has a chat template, else ``text + "\\n"``
     (the plain format :func:`actbridge.finetuning.finetune` trains on for such tokenizers)."""
     return as_chat(text) if getattr(tokenizer, "chat_template", None) else text + "\n"
 
 
-def documents(texts: Any) -> list[Document]:
+def documents(texts: Texts) -> list[Document]:
     """Normalise ``texts``: a list of strings and/or conversations, or a JSONL path whose lines
     are strings, ``{"text": ...}`` or ``{"messages": [...]}``. Empty texts are an error."""
     if isinstance(texts, (str, os.PathLike)):
@@ -77,7 +76,7 @@ def documents(texts: Any) -> list[Document]:
     return docs
 
 
-def render(doc: Document, tokenizer: Any, generation_prompt: bool = False) -> tuple[str, bool]:
+def render(doc: Document, tokenizer: Tokenizer, generation_prompt: bool = False) -> tuple[str, bool]:
     """The string to tokenize and whether the tokenizer should add its special tokens (chat
     templates already include them). ``generation_prompt``: end a conversation with the
     template's assistant header, ready for generation."""

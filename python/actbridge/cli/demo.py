@@ -26,8 +26,8 @@ from typing import Any
 import numpy as np
 
 import actbridge as ab
-from actbridge.collection import model_name
 from actbridge.evaluation.generation import mean_ci
+from actbridge.models import model_name
 
 #: Contrast statements for the sentiment direction (written for this project).
 POSITIVE = [

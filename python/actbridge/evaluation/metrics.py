@@ -10,7 +10,7 @@ from typing import Any, overload
 
 import numpy as np
 
-from actbridge._typing import Map, MapScores, Metric, Rows, SubstitutionScores
+from actbridge._typing import Map, MapScores, Metric, ModelAt, Rows, SubstitutionScores, Texts, Tokenizer
 from actbridge.errors import EvaluateError
 from actbridge.store import ActivationStore
 
@@ -135,7 +135,7 @@ def bootstrap_ci(
     return full, [float(lo), float(hi)]
 
 
-Source = tuple[Any, Any, int]  # (model, tokenizer, layer)
+Source = ModelAt  # (model, tokenizer, layer)
 
 
 @overload
@@ -143,7 +143,7 @@ def evaluate_substitution(
     target: Source,
     source: Source,
     map: Map | Mapping[str, Map],  # noqa: A002
-    texts: Any,
+    texts: Texts,
     *,
     mean: Any = None,
     batch_size: int = 8,
@@ -158,7 +158,7 @@ def evaluate_substitution(
     target: Source,
     source: Source | Mapping[str, Source],
     map: Mapping[str, Any],  # noqa: A002
-    texts: Any,
+    texts: Texts,
     *,
     mean: Any = None,
     batch_size: int = 8,
@@ -172,7 +172,7 @@ def evaluate_substitution(
     target: Source,
     source: Source | Mapping[str, Source],
     map: Map | Mapping[str, Map],  # noqa: A002
-    texts: Any,
+    texts: Texts,
     *,
     mean: Any = None,
     batch_size: int = 8,
@@ -218,7 +218,7 @@ def evaluate_substitution(
 def _evaluate_substitutions(
     target: Source,
     cases: dict[str, tuple[Source, Any]],
-    texts: Any,
+    texts: Texts,
     mean: Any,
     batch_size: int,
     max_length: int,
@@ -229,8 +229,8 @@ def _evaluate_substitutions(
 
     from actbridge.align import pair_positions, pairable, same_tokenizer
     from actbridge.hooks import forward_padded, layer_indices, model_inputs, pad_batch
+    from actbridge.interventions.base import torch_map
     from actbridge.interventions.replace import patch
-    from actbridge.interventions.steering import torch_map
     from actbridge.texts import documents, render
 
     m_t, tok_t, l_t = target
@@ -246,7 +246,7 @@ def _evaluate_substitutions(
     tokenizers = {id(tok_s): tok_s for m_s, tok_s, l_s, m in resolved.values()}
     shared = {k: same_tokenizer(tok, tok_t) for k, tok in tokenizers.items()}
 
-    def encode(tok: Any, batch: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
+    def encode(tok: Tokenizer, batch: list[str]) -> list[tuple[np.ndarray, np.ndarray]]:
         enc = tok(batch, return_offsets_mapping=True, truncation=True, max_length=max_length)
         return [
             (np.asarray(i, dtype=np.int64), np.asarray(o, dtype=np.int64).reshape(-1, 2))

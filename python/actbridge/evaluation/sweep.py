@@ -9,16 +9,17 @@ from typing import Any
 
 import numpy as np
 
+from actbridge._typing import Model, Texts, Tokenizer
 from actbridge.evaluation.generation import similarity
-from actbridge.interventions.steering import SteeringVector
+from actbridge.interventions.vectors import SteeringVector
 from actbridge.tasks.scoring import rate
 
 
 def layer_sweep(
-    model: Any,
-    tokenizer: Any,
-    pos_prompts: Any,
-    neg_prompts: Any,
+    model: Model,
+    tokenizer: Tokenizer,
+    pos_prompts: Texts,
+    neg_prompts: Texts,
     prompts: Sequence[str],
     layers: Sequence[int],
     alphas: Sequence[float],

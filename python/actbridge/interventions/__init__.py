@@ -1,24 +1,22 @@
 """Interventions on a model's residual stream, as context managers that add hooks on enter and
 remove them on exit.
 
-- :mod:`actbridge.interventions.steering`: :class:`SteeringVector`, ``steer``, ``ablate``,
-  contrast directions, :func:`transfer_vector` (a vector carried through a map).
+- :mod:`actbridge.interventions.base`: :class:`Intervention` (hooks, the record of each call,
+  positions), :func:`at_tokens`.
+- :mod:`actbridge.interventions.vectors`: :class:`SteeringVector`, contrast directions,
+  :func:`trigger_tokens`.
+- :mod:`actbridge.interventions.steering`: ``steer`` (add a vector), ``ablate`` (project it out).
+- :mod:`actbridge.interventions.transfer`: :func:`transfer_vector` (a vector carried through a map).
 - :mod:`actbridge.interventions.replace`: substitution, patching, mean ablation, :class:`SafetySwitch`.
 - :mod:`actbridge.interventions.rowwise`: a different intervention per batch row in one pass.
 """
 
+from actbridge.interventions.base import Intervention, at_tokens
 from actbridge.interventions.replace import SafetySwitch, mean_ablate, patch, substitute
 from actbridge.interventions.rowwise import Condition, generate_conditions, steer_rows
-from actbridge.interventions.steering import (
-    Intervention,
-    SteeringVector,
-    ablate,
-    at_tokens,
-    contrast_directions,
-    steer,
-    transfer_vector,
-    trigger_tokens,
-)
+from actbridge.interventions.steering import ablate, steer
+from actbridge.interventions.transfer import transfer_vector
+from actbridge.interventions.vectors import SteeringVector, contrast_directions, trigger_tokens
 
 __all__ = [
     "Condition",

@@ -16,10 +16,10 @@ from typing import Any
 
 import numpy as np
 
-from actbridge._typing import Map
+from actbridge._typing import Map, Model, Tensor
 from actbridge.errors import InterventionError
-from actbridge.hooks import cache_keyword, forward_to_layers, layer_indices
-from actbridge.interventions.steering import Intervention, torch_map
+from actbridge.hooks import cache_keyword, forward_to_layers, layer_indices, model_width
+from actbridge.interventions.base import Intervention, MapModules, torch_map
 
 
 class substitute(Intervention):  # noqa: N801 - used like a function in `with`
@@ -28,22 +28,24 @@ class substitute(Intervention):  # noqa: N801 - used like a function in `with`
     every position. The two models must share a tokenizer (for different tokenizers, evaluate
     on aligned positions of a paired store instead)."""
 
-    def __init__(self, target_model: Any, layer: int, source_model: Any, source_layer: int, map: Map) -> None:  # noqa: A002
+    def __init__(
+        self, target_model: Model, layer: int, source_model: Model, source_layer: int, map: Map
+    ) -> None:  # noqa: A002
         super().__init__(target_model, [layer])
         self.source = source_model
         (self.source_layer,) = layer_indices(source_model, [source_layer])
-        d_s = int(source_model.get_input_embeddings().embedding_dim)
-        d_t = int(target_model.get_input_embeddings().embedding_dim)
+        d_s = model_width(source_model)
+        d_t = model_width(target_model)
         if (map.d_source, map.d_target) != (d_s, d_t):
             raise InterventionError(
                 f"the map is {map.d_source} -> {map.d_target}, the models are {d_s} -> {d_t}"
             )
         self.map = map
-        self._modules: dict[tuple[Any, Any], Any] = {}
+        self._modules: MapModules = {}
         self._cache: Any = None
         self._cache_keyword: str | None = None  # looked up at the first cached call
 
-    def _source_states(self) -> Any:
+    def _source_states(self) -> Tensor:
         """The source model's block output for the target's current call."""
         import torch
 
@@ -80,10 +82,10 @@ class substitute(Intervention):  # noqa: N801 - used like a function in `with`
         finally:
             calls.paused = False
 
-    def edit(self, layer: int, h: Any) -> Any:
+    def edit(self, layer: int, h: Tensor) -> Tensor:
         hs = self._source_states()
         module = torch_map(self.map, h.device, h.dtype, self._modules)
-        out = module(hs.to(device=h.device, dtype=h.dtype))
+        out: Tensor = module(hs.to(device=h.device, dtype=h.dtype))
         if out.shape != h.shape:
             raise InterventionError(
                 f"source states {tuple(hs.shape)} do not line up with target states {tuple(h.shape)}"
@@ -95,7 +97,7 @@ class patch(Intervention):  # noqa: N801
     """Set the residual stream after block ``layer`` at given (sequence, position) pairs of one
     teacher-forced batch: ``h[batch_index[i], position[i]] = values[i]`` (``values``: ``(n, d)``)."""
 
-    def __init__(self, model: Any, layer: int, batch_index: Any, position: Any, values: Any) -> None:
+    def __init__(self, model: Model, layer: int, batch_index: Any, position: Any, values: Any) -> None:
         import torch
 
         super().__init__(model, [layer])
@@ -105,7 +107,7 @@ class patch(Intervention):  # noqa: N801
         if self.values.shape[0] != len(self.batch_index) or len(self.batch_index) != len(self.position):
             raise InterventionError("patch needs as many values as (batch_index, position) pairs")
 
-    def edit(self, layer: int, h: Any) -> Any:
+    def edit(self, layer: int, h: Tensor) -> Tensor:
         if not self.calls.prefill:
             raise InterventionError("patch is for teacher-forced passes; it cannot follow generation steps")
         out = h.clone()
@@ -117,15 +119,15 @@ class patch(Intervention):  # noqa: N801
 class mean_ablate(Intervention):  # noqa: N801
     """Replace the residual stream after block ``layer`` with ``mean`` ``(d,)`` at every position."""
 
-    def __init__(self, model: Any, layer: int, mean: Any) -> None:
+    def __init__(self, model: Model, layer: int, mean: Any) -> None:
         super().__init__(model, [layer])
         vec = np.asarray(mean.detach().float().cpu() if hasattr(mean, "detach") else mean, dtype=np.float32)
-        d = int(model.get_input_embeddings().embedding_dim)
+        d = model_width(model)
         if vec.shape != (d,):
             raise InterventionError(f"the mean has shape {vec.shape}, the model's residual stream is ({d},)")
         self.mean = vec
 
-    def edit(self, layer: int, h: Any) -> Any:
+    def edit(self, layer: int, h: Tensor) -> Tensor:
         import torch
 
         return torch.as_tensor(self.mean, device=h.device, dtype=h.dtype).expand_as(h).clone()
@@ -139,24 +141,25 @@ class SafetySwitch(Intervention):
     switch:`` turns it on for the block. Off is exactly the unmodified model.
     """
 
-    def __init__(self, model: Any, layer: int, map: Map) -> None:  # noqa: A002
+    def __init__(self, model: Model, layer: int, map: Map) -> None:  # noqa: A002
         super().__init__(model, [layer])
-        d = int(model.get_input_embeddings().embedding_dim)
+        d = model_width(model)
         if (map.d_source, map.d_target) != (d, d):
             raise InterventionError(
                 f"a safety switch maps the model's own space ({d} -> {d}); this map is "
                 f"{map.d_source} -> {map.d_target}"
             )
         self.map = map
-        self._modules: dict[tuple[Any, Any], Any] = {}
+        self._modules: MapModules = {}
 
     @property
     def parameters(self) -> int:
         """Parameters of the map (the switch's size)."""
         return int(sum(np.prod(t.shape) for t in self.map.tensors().values()))
 
-    def edit(self, layer: int, h: Any) -> Any:
-        return torch_map(self.map, h.device, h.dtype, self._modules)(h)
+    def edit(self, layer: int, h: Tensor) -> Tensor:
+        out: Tensor = torch_map(self.map, h.device, h.dtype, self._modules)(h)
+        return out
 
     def __repr__(self) -> str:
         state = "on" if self.active else "off"

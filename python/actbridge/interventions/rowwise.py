@@ -22,9 +22,11 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from actbridge._typing import Model, Tensor, Tokenizer
 from actbridge.errors import InterventionError
-from actbridge.hooks import decoder_blocks, layer_indices
-from actbridge.interventions.steering import POSITIONS, Intervention, Positions, SteeringVector, as_vector
+from actbridge.hooks import decoder_blocks, layer_indices, model_width
+from actbridge.interventions.base import POSITIONS, Intervention, Positions
+from actbridge.interventions.vectors import VectorLike, as_vector
 
 
 @dataclass(frozen=True)
@@ -34,11 +36,11 @@ class Condition:
     ``ablate`` out after each block in ``ablate_layers`` (default: the direction's layer), as
     :class:`actbridge.ablate` does. ``label`` is free text for reports."""
 
-    vector: SteeringVector | Any = None
+    vector: VectorLike | None = None
     alpha: float = 1.0
     positions: Positions = "all"
     layer: int | None = None
-    ablate: SteeringVector | Any = None
+    ablate: VectorLike | None = None
     ablate_layers: int | Sequence[int] | None = None
     label: str = ""
 
@@ -73,7 +75,7 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
     floats; ablation sums its dot products in another order (differences ~1e-7 relative).
     """
 
-    def __init__(self, model: Any, conditions: Sequence[Condition | None]) -> None:
+    def __init__(self, model: Model, conditions: Sequence[Condition | None]) -> None:
         if len(conditions) == 0:
             raise InterventionError("steer_rows needs one condition per batch row; got none")
         conds = [c if c is not None else UNSTEERED for c in conditions]
@@ -82,14 +84,14 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
                 raise InterventionError(
                     f"conditions[{i}] is a {type(c).__name__}, not an actbridge Condition"
                 )
-        d = int(model.get_input_embeddings().embedding_dim)
+        d = model_width(model)
         per_layer: dict[int, dict[str, list[Any]]] = {}
 
         def at(layer: int) -> dict[str, list[Any]]:
             return per_layer.setdefault(layer, {"steer": [], "ablate": []})
 
         for i, c in enumerate(conds):
-            if c.steers:
+            if c.steers and c.vector is not None:
                 vec, vec_layer = as_vector(c.vector)
                 layer = c.layer if c.layer is not None else vec_layer
                 if layer is None:
@@ -138,7 +140,7 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
             )
         self._cast: dict[tuple[int, Any, Any], tuple[Any, ...]] = {}
 
-    def _tensors(self, layer: int, h: Any) -> tuple[Any, ...]:
+    def _tensors(self, layer: int, h: Tensor) -> tuple[Any, ...]:
         """(steer row index, (rows, 1, d) deltas in h's dtype, ablate row index, (rows, d) f32
         units) on h's device, cached."""
         import torch
@@ -154,7 +156,7 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
             )
         return self._cast[key]
 
-    def edit(self, layer: int, h: Any) -> Any:
+    def edit(self, layer: int, h: Tensor) -> Tensor:
         import torch
 
         if h.shape[0] != len(self.conditions):
@@ -192,7 +194,7 @@ def _check(vec: npt.NDArray[np.float32], d: int, i: int) -> None:
         raise InterventionError(f"conditions[{i}]: the vector holds NaN or infinite values")
 
 
-def rows_per_batch(model: Any, tokens_per_row: int, memory_budget: float) -> int:
+def rows_per_batch(model: Model, tokens_per_row: int, memory_budget: float) -> int:
     """How many generation rows fit in ``memory_budget`` bytes: the KV cache of ``tokens_per_row``
     tokens per row (keys and values of every layer, in the model's dtype) plus the prefill's
     widest activations (the MLP's hidden width) and one row of logits, per row. At least 1."""
@@ -201,7 +203,7 @@ def rows_per_batch(model: Any, tokens_per_row: int, memory_budget: float) -> int
     cfg = model.config
     cfg = getattr(cfg, "text_config", None) or cfg
     layers = int(getattr(cfg, "num_hidden_layers", len(decoder_blocks(model))))
-    d = int(model.get_input_embeddings().embedding_dim)
+    d = model_width(model)
     heads = int(getattr(cfg, "num_attention_heads", 1) or 1)
     kv_heads = int(getattr(cfg, "num_key_value_heads", heads) or heads)
     head_dim = int(getattr(cfg, "head_dim", None) or d // heads)
@@ -215,8 +217,8 @@ def rows_per_batch(model: Any, tokens_per_row: int, memory_budget: float) -> int
 
 
 def generate_conditions(
-    model: Any,
-    tokenizer: Any,
+    model: Model,
+    tokenizer: Tokenizer,
     conditions: Sequence[Condition | None],
     prompts: Sequence[Any],
     max_new_tokens: int = 32,
@@ -288,7 +290,7 @@ def generate_conditions(
 
 
 def grid(
-    vectors: dict[str, SteeringVector | Any],
+    vectors: dict[str, VectorLike],
     alphas: Sequence[float],
     *,
     positions: Positions = "all",

@@ -14,7 +14,7 @@ from __future__ import annotations
 import os
 import warnings
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import numpy.typing as npt
@@ -23,9 +23,13 @@ from actbridge import _native
 from actbridge._arrays import is_torch_tensor, row_selection, selection_size
 from actbridge._blas import faer_forced, find_blas
 from actbridge._progress import ProgressBar
-from actbridge._typing import FitMethod, Rows
+from actbridge._typing import FitMethod, Rows, Tensor
 from actbridge.errors import MapCorruptError, MapError, MapWarning
 from actbridge.maps.format import save_map
+
+if TYPE_CHECKING:
+    import torch
+
 from actbridge.store import ActivationStore, PathLike, native_store
 
 __all__ = [
@@ -309,7 +313,11 @@ class AffineMap:
         fitted.provenance = provenance
         return fitted
 
-    def transform(self, x: Any) -> Any:
+    @overload
+    def transform(self, x: Tensor) -> Tensor: ...  # first: a Tensor is array-like too
+    @overload
+    def transform(self, x: npt.ArrayLike) -> npt.NDArray[np.floating[Any]]: ...
+    def transform(self, x: Tensor | npt.ArrayLike) -> Tensor | npt.NDArray[np.floating[Any]]:
         """Map rows ``(..., d_source) -> (..., d_target)``: numpy in, numpy out (float32, or
         float64 for float64 input); torch in, torch out on the same device and dtype."""
         if is_torch_tensor(x):
@@ -322,13 +330,15 @@ class AffineMap:
         if arr.shape[-1] != self.d_source:
             raise MapError(f"input has width {arr.shape[-1]}, this map takes {self.d_source}")
         dtype = np.float64 if arr.dtype == np.float64 else np.float32
-        out = arr.astype(dtype, copy=False) @ self.weight.T.astype(dtype, copy=False)
+        out: npt.NDArray[np.floating[Any]] = arr.astype(dtype, copy=False) @ self.weight.T.astype(
+            dtype, copy=False
+        )
         out += self.bias.astype(dtype, copy=False)
         return out
 
     __call__ = transform
 
-    def to_torch(self) -> Any:
+    def to_torch(self) -> torch.nn.Module:
         """A ``torch.nn.Linear`` with this map's weight and bias (identical outputs)."""
         import torch
 

@@ -9,13 +9,13 @@ with :func:`load_map`.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any, overload
 
 import numpy as np
 import numpy.typing as npt
 
 from actbridge._arrays import is_torch_tensor
-from actbridge._typing import Rows
+from actbridge._typing import Rows, Tensor
 from actbridge.errors import MapArgumentError, MapError
 from actbridge.maps.format import save_map
 from actbridge.maps.training import (
@@ -28,6 +28,10 @@ from actbridge.maps.training import (
     train_rust,
     train_torch,
 )
+
+if TYPE_CHECKING:
+    import torch
+
 from actbridge.store import ActivationStore, PathLike
 
 __all__ = ["AutoencoderMap", "default_hidden"]
@@ -91,7 +95,11 @@ class AutoencoderMap:
     def d_target(self) -> int:
         return int(self.w2.shape[0])
 
-    def transform(self, x: Any) -> Any:
+    @overload
+    def transform(self, x: Tensor) -> Tensor: ...  # first: a Tensor is array-like too
+    @overload
+    def transform(self, x: npt.ArrayLike) -> npt.NDArray[np.floating[Any]]: ...
+    def transform(self, x: Tensor | npt.ArrayLike) -> Tensor | npt.NDArray[np.floating[Any]]:
         """Map rows ``(..., d_source) -> (..., d_target)``: numpy in, numpy out; torch in, torch
         out on the same device and dtype."""
         if is_torch_tensor(x):
@@ -110,11 +118,12 @@ class AutoencoderMap:
         dtype = np.float64 if arr.dtype == np.float64 else np.float32
         hid = arr.astype(dtype, copy=False) @ self.w1.T.astype(dtype, copy=False) + self.b1
         np.maximum(hid, 0, out=hid)
-        return hid @ self.w2.T.astype(dtype, copy=False) + self.b2
+        out: npt.NDArray[np.floating[Any]] = hid @ self.w2.T.astype(dtype, copy=False) + self.b2
+        return out
 
     __call__ = transform
 
-    def to_torch(self) -> Any:
+    def to_torch(self) -> torch.nn.Module:
         """A ``torch.nn.Module`` (``encoder = Sequential(Linear, ReLU)``, ``decoder = Linear``)
         with these weights: identical outputs to :meth:`transform` on torch input."""
         import torch

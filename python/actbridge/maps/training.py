@@ -23,12 +23,14 @@ import numpy.typing as npt
 from actbridge import _native
 from actbridge._arrays import row_indices
 from actbridge._progress import ProgressBar
-from actbridge._typing import Rows
+from actbridge._typing import Rows, Tensor
 from actbridge.errors import MapArgumentError
 from actbridge.store import ActivationStore, native_store
 
 if TYPE_CHECKING:
     import argparse
+
+    import torch
 
 __all__ = ["AutoencoderConfig", "Backend"]
 
@@ -196,7 +198,7 @@ def standardization(store: ActivationStore, source: str, target: str, rows: Rows
 KEYS = ("encoder.0.weight", "encoder.0.bias", "decoder.weight", "decoder.bias")
 
 
-def torch_module(d_source: int, hidden: int, d_target: int) -> Any:
+def torch_module(d_source: int, hidden: int, d_target: int) -> torch.nn.Module:
     """A fresh ``torch.nn.Module`` with the paper's layout and PyTorch-default init."""
     import torch
 
@@ -206,8 +208,9 @@ def torch_module(d_source: int, hidden: int, d_target: int) -> Any:
             self.encoder = torch.nn.Sequential(torch.nn.Linear(d_source, hidden), torch.nn.ReLU())
             self.decoder = torch.nn.Linear(hidden, d_target)
 
-        def forward(self, x: Any) -> Any:
-            return self.decoder(self.encoder(x))
+        def forward(self, x: Tensor) -> Tensor:
+            out: Tensor = self.decoder(self.encoder(x))
+            return out
 
     return Autoencoder()
 
@@ -338,13 +341,13 @@ def train_rust(data: Sites, cfg: AutoencoderConfig, run: Run) -> Trained:
     return Trained(tensors_out, history, data.metadata("rust", cfg, len(history)))
 
 
-def _raw_tensors(module: Any, z: Standardization | None) -> dict[str, npt.NDArray[np.float32]]:
+def _raw_tensors(module: torch.nn.Module, z: Standardization | None) -> dict[str, npt.NDArray[np.float32]]:
     """A torch module's weights as float32 numpy arrays in raw units."""
     state = {k: v.detach().float().cpu().numpy() for k, v in module.state_dict().items()}
     return state if z is None else fold(state, z)
 
 
-def train_torch(data: Sites, cfg: AutoencoderConfig, run: Run, device: Any) -> Trained:
+def train_torch(data: Sites, cfg: AutoencoderConfig, run: Run, device: torch.device | str | None) -> Trained:
     """Train with torch (on ``device``; CUDA when available), batches from the store's sampler;
     the schedule, standardisation folding and validation scores are the core's."""
     import torch

