@@ -25,13 +25,15 @@ The pipeline is store -> collect -> maps -> steer -> evaluate. Available now:
   them and :func:`save_finetuned` to keep the result.
 """
 
-from actbridge import errors, tasks
+from actbridge import distributed, errors, tasks
 from actbridge.align import align_offsets
 from actbridge.collection import collect, collect_pair
 from actbridge.errors import (
     ActbridgeError,
     CollectError,
     CollectWarning,
+    DistributedError,
+    DistributedMismatchError,
     EvaluateError,
     FinetuneError,
     HookError,
@@ -83,6 +85,8 @@ __all__ = [
     "AutoencoderMap",
     "CollectError",
     "CollectWarning",
+    "DistributedError",
+    "DistributedMismatchError",
     "Condition",
     "EMBEDDED",
     "EvaluateError",
@@ -122,6 +126,7 @@ __all__ = [
     "compare_generations",
     "contrast_directions",
     "decoder_blocks",
+    "distributed",
     "errors",
     "evaluate_map",
     "evaluate_substitution",

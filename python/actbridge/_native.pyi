@@ -66,6 +66,7 @@ __all__ = [
     "PlateauSchedule",
     "MAX_BATCH_ROWS",
     "MAX_WINDOW_BLOCKS",
+    "MAX_WORLD",
     "MAX_PREFETCH",
     "MAX_SHARD_ROWS",
     "MAX_SHARD_BYTES",
@@ -75,6 +76,7 @@ __all__ = [
 DEFAULT_PAGE_BUDGET: int
 MAX_BATCH_ROWS: int
 MAX_WINDOW_BLOCKS: int
+MAX_WORLD: int
 MAX_PREFETCH: int
 MAX_SHARD_ROWS: int
 MAX_SHARD_BYTES: int
@@ -165,6 +167,7 @@ class AffineStats:
     @property
     def mean_target(self) -> npt.NDArray[np.float64]: ...
     def to_arrays(self) -> dict[str, Any]: ...
+    def recentred(self, pilot_x: list[float], pilot_y: list[float]) -> AffineStats: ...
     @staticmethod
     def from_arrays(
         d_source: int,
@@ -247,6 +250,8 @@ class ActivationStore:
         block_rows: int,
         window_blocks: int,
         prefetch: int,
+        rank: int,
+        world: int,
     ) -> BatchIter: ...
 
 @final

@@ -31,6 +31,7 @@ import numpy.typing as npt
 
 from actbridge._typing import Document, Model, ModelAt, StoredDType, Tensor, Texts, Tokenizer, WriteMode
 from actbridge.align import pair_positions, pairable, same_tokenizer
+from actbridge.distributed import active_group, barrier, rank_and_world
 from actbridge.errors import CollectError, CollectWarning
 from actbridge.hooks import forward_padded, layer_indices, model_width
 from actbridge.models import model_name
@@ -130,28 +131,6 @@ class _HostRows:
             self.writer.append(**host, **columns)
 
 
-def _distributed() -> tuple[int, int]:
-    """(rank, world size) from torch.distributed when initialised, else RANK / WORLD_SIZE."""
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            return dist.get_rank(), dist.get_world_size()
-    except ImportError:
-        pass
-    return int(os.environ.get("RANK", 0)), int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _barrier() -> None:
-    try:
-        import torch.distributed as dist
-
-        if dist.is_available() and dist.is_initialized():
-            dist.barrier()
-    except ImportError:
-        pass
-
-
 @dataclass(frozen=True)
 class _Options:
     """The settings every collection shares (checked on construction)."""
@@ -211,7 +190,7 @@ class _Run:
             "max_length": o.max_length,
             "dtype": o.dtype,
         }
-        self.rank, self.world = _distributed()
+        self.rank, self.world = rank_and_world()
         n = len(self.docs)
         self.first_doc, self.last_doc = self.rank * n // self.world, (self.rank + 1) * n // self.world
         meta = {"collect": {**self.settings, "texts": n, "rank": self.rank, "world_size": self.world}}
@@ -295,7 +274,9 @@ class _Run:
             )
         self.writer.update_metadata(metadata)
         self.writer.close()
-        _barrier()
+        group = active_group(None)
+        if group is not None:  # every part committed before any rank opens the store
+            barrier(group, "collect (waiting for every rank's part)")
         return ActivationStore(self.path)
 
 

@@ -48,6 +48,8 @@ __all__ = [
     "ActbridgeError",
     "CollectError",
     "CollectWarning",
+    "DistributedError",
+    "DistributedMismatchError",
     "EvaluateError",
     "FinetuneError",
     "HookError",
@@ -114,6 +116,16 @@ SteerError = InterventionError
 class VectorCorruptError(InterventionError):
     """A saved steering vector whose files do not match their checksums, or hold a dtype,
     shape or values (NaN, inf) that no steering vector has."""
+
+
+class DistributedError(ActbridgeError, RuntimeError):
+    """A collective operation across torch.distributed ranks failed: a rank died, raised, or
+    missed the process group's timeout (the message names the operation and the cause)."""
+
+
+class DistributedMismatchError(DistributedError, ValueError):
+    """The ranks of a process group were given different settings for one operation (the
+    message lists what differs, rank by rank), detected before any data is reduced."""
 
 
 class EvaluateError(ActbridgeError, ValueError):

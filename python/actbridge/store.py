@@ -46,6 +46,7 @@ MAX_QUEUE: int = _native.MAX_QUEUE
 MAX_PREFETCH: int = _native.MAX_PREFETCH
 MAX_BATCH: int = _native.MAX_BATCH_ROWS
 MAX_WINDOW_BLOCKS: int = _native.MAX_WINDOW_BLOCKS
+MAX_WORLD: int = _native.MAX_WORLD
 U64_MAX = 2**64 - 1
 
 
@@ -387,6 +388,7 @@ class ActivationStore:
         block_rows: int = 4096,
         window_blocks: int = 16,
         prefetch: int = 2,
+        share: tuple[int, int] | None = None,
     ) -> _native.BatchIter:
         """Iterate one epoch of batches: dicts ``{name: (b, dim) floats or (b,) int64}``.
 
@@ -399,7 +401,16 @@ class ActivationStore:
         recycles the memory of batches once nothing references them any more, weakly or
         strongly, so a training loop does not page-fault fresh memory per batch). ``len()`` of
         the iterator is the number of batches left.
+
+        ``share=(rank, world)``: this process's part of every batch, for data-parallel training.
+        Each batch of the epoch is cut into ``world`` contiguous slices (sizes differ by at most
+        one row) and slice ``rank`` is returned, so the ranks' batches ``i`` together are
+        exactly the single-process batch ``i``; the number of batches is the same on every rank.
         """
+        if share is not None and (not isinstance(share, tuple) or len(share) != 2):
+            raise StoreArgumentError(f"share must be a (rank, world) pair, got {share!r}")
+        world = checked_int("share's world", 1 if share is None else share[1], 1, MAX_WORLD)
+        rank = checked_int("share's rank", 0 if share is None else share[0], 0, world - 1)
         if isinstance(names, str):
             names = [names]
         mode: dict[object, Literal["none", "global", "block"]] = {
@@ -423,6 +434,8 @@ class ActivationStore:
             block_rows=checked_int("block_rows", block_rows, 1, MAX_BATCH),
             window_blocks=checked_int("window_blocks", window_blocks, 1, MAX_WINDOW_BLOCKS),
             prefetch=checked_int("prefetch", prefetch, 0, MAX_PREFETCH),
+            rank=rank,
+            world=world,
         )
 
     def split(

@@ -337,6 +337,33 @@ impl AffineStats {
         s
     }
 
+    /// These statistics around the pilot means `pilot_x` (`d_s`) and `pilot_y` (`d_t`), exact:
+    /// after re-centring every part of a data set on one shared pilot, their accumulators add
+    /// element by element (an all-reduce across processes), which is [`merge`](Self::merge)
+    /// without the pairwise shifts.
+    pub fn recentred(&self, pilot_x: &[f64], pilot_y: &[f64]) -> FitResult<AffineStats> {
+        if pilot_x.len() != self.d_s || pilot_y.len() != self.d_t {
+            return Err(invalid(format!(
+                "pilot means of widths {} and {} for statistics of {} -> {}",
+                pilot_x.len(),
+                pilot_y.len(),
+                self.d_s,
+                self.d_t
+            )));
+        }
+        if !pilot_x.iter().chain(pilot_y).all(|v| v.is_finite()) {
+            return Err(invalid("pilot means must be finite"));
+        }
+        let mut s = self.shifted_to(pilot_x, pilot_y);
+        if self.n == 0 {
+            // no rows: zero sums around any pilot
+            s.sx = vec![0.0; self.d_s];
+            s.sy = vec![0.0; self.d_t];
+            s.syy = vec![0.0; self.d_t];
+        }
+        Ok(s)
+    }
+
     /// Add another set of statistics (from another part of the data) into this one.
     pub fn merge(&mut self, other: &AffineStats) -> FitResult<()> {
         if (self.d_s, self.d_t) != (other.d_s, other.d_t) {
@@ -894,6 +921,55 @@ mod tests {
             assert!((got - want).abs() < 5e-2, "{got} vs {want}");
         }
         assert!(fit.metrics.fvu < 1e-6, "{:?}", fit.metrics);
+    }
+
+    #[test]
+    fn recentred_parts_add_element_by_element() {
+        let (n, d_s, d_t) = (2000, 6, 4);
+        let (x, y, ..) = data(n, d_s, d_t, 0.5, 4);
+        let mut whole = AffineStats::new(d_s, d_t).unwrap();
+        whole.update(&x, &y, n).unwrap();
+        let cuts = [0, 700, 700, 2000]; // the middle part is empty
+        let (px, py) = (vec![3.0; d_s], vec![-1.0; d_t]);
+        let mut sum = AffineStats::new(d_s, d_t)
+            .unwrap()
+            .recentred(&px, &py)
+            .unwrap();
+        for w in cuts.windows(2) {
+            let mut part = AffineStats::new(d_s, d_t).unwrap();
+            part.update(
+                &x[w[0] * d_s..w[1] * d_s],
+                &y[w[0] * d_t..w[1] * d_t],
+                w[1] - w[0],
+            )
+            .unwrap();
+            let r = part.recentred(&px, &py).unwrap();
+            let (a, b) = (sum.to_parts(), r.to_parts());
+            let add = |p: &[f64], q: &[f64]| p.iter().zip(q).map(|(u, v)| u + v).collect();
+            sum = AffineStats::from_parts(
+                d_s,
+                d_t,
+                a.0 + b.0,
+                px.clone(),
+                py.clone(),
+                add(&a.3, &b.3),
+                add(&a.4, &b.4),
+                add(&a.5, &b.5),
+                &add(&a.6, &b.6),
+                &add(&a.7, &b.7),
+            )
+            .unwrap();
+        }
+        let (f1, f2) = (
+            whole.solve(0.0, true, Method::Lstsq).unwrap(),
+            sum.solve(0.0, true, Method::Lstsq).unwrap(),
+        );
+        for (p, q) in f1.weight.iter().zip(&f2.weight) {
+            assert!((p - q).abs() < 1e-4, "{p} vs {q}");
+        }
+        assert!((f1.metrics.fvu - f2.metrics.fvu).abs() < 1e-6 * f1.metrics.fvu.max(1e-12));
+        assert!(whole.recentred(&px[1..], &py).is_err());
+        assert!(whole.recentred(&px, &[f64::NAN; 4]).is_err());
     }
 
     #[test]

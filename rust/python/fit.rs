@@ -188,6 +188,12 @@ impl PyAffineStats {
         Ok(d)
     }
 
+    /// These statistics around other pilot means (for an element-wise all-reduce).
+    fn recentred(&self, pilot_x: Vec<f64>, pilot_y: Vec<f64>) -> PyResult<Self> {
+        let inner = self.inner.recentred(&pilot_x, &pilot_y).map_err(fit_err)?;
+        Ok(PyAffineStats { inner })
+    }
+
     #[staticmethod]
     #[allow(clippy::too_many_arguments)]
     fn from_arrays(

@@ -63,6 +63,7 @@ fn native_module(m: &Bound<'_, PyModule>) -> PyResult<()> {
         "MAX_WINDOW_BLOCKS",
         crate::store::sampler::MAX_WINDOW_BLOCKS,
     )?;
+    m.add("MAX_WORLD", crate::store::sampler::MAX_WORLD)?;
     m.add("MAX_PREFETCH", crate::store::prefetch::MAX_PREFETCH)?;
     m.add("MAX_SHARD_ROWS", crate::store::writer::MAX_SHARD_ROWS)?;
     m.add("MAX_SHARD_BYTES", crate::store::writer::MAX_SHARD_BYTES)?;

@@ -280,7 +280,7 @@ impl PyStore {
 
     /// An iterator of dicts name -> array over one epoch (`crate::store::EpochPlan` gathered
     /// ahead by `crate::store::prefetch`).
-    #[pyo3(signature = (*, names, batch_size, shuffle, seed, epoch, rows, drop_last, dtype, block_rows, window_blocks, prefetch))]
+    #[pyo3(signature = (*, names, batch_size, shuffle, seed, epoch, rows, drop_last, dtype, block_rows, window_blocks, prefetch, rank, world))]
     #[allow(clippy::too_many_arguments)]
     fn batches(
         &self,
@@ -296,6 +296,8 @@ impl PyStore {
         block_rows: usize,
         window_blocks: usize,
         prefetch: usize,
+        rank: usize,
+        world: usize,
     ) -> PyResult<BatchIter> {
         // a shard truncated since the store was opened would end the process with SIGBUS
         self.inner.check_unchanged().map_err(err)?;
@@ -316,6 +318,7 @@ impl PyStore {
                     RowIds::List(v) => v.into_owned(),
                 };
                 store::EpochPlan::new(base, shuffle, seed, epoch, batch_size, drop_last)
+                    .and_then(|plan| plan.shared(rank, world))
             })?
             .map_err(err)
         })?;

@@ -11,6 +11,8 @@ use crate::error::{Result, StoreError};
 pub const MAX_BATCH_ROWS: usize = 1 << 31;
 /// The most blocks in one shuffle window.
 pub const MAX_WINDOW_BLOCKS: usize = 1 << 20;
+/// The most processes an epoch's batches can be shared among.
+pub const MAX_WORLD: usize = 1 << 16;
 
 /// How an epoch visits rows.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -72,6 +74,8 @@ pub struct EpochPlan {
     order: Vec<u64>,
     batch_size: usize,
     batches: usize,
+    rank: usize,
+    world: usize,
 }
 
 impl EpochPlan {
@@ -115,7 +119,39 @@ impl EpochPlan {
             order,
             batch_size,
             batches,
+            rank: 0,
+            world: 1,
         })
+    }
+
+    /// This plan seen by process `rank` of `world` (data-parallel training): every global batch
+    /// is split into `world` contiguous slices whose sizes differ by at most one row, and
+    /// [`batch`](Self::batch) returns slice `rank`. The global batches, their order and the
+    /// number of batches are unchanged, so the ranks' slices of batch `i` together are exactly
+    /// the single-process batch `i`.
+    pub fn shared(mut self, rank: usize, world: usize) -> Result<EpochPlan> {
+        if !(1..=MAX_WORLD).contains(&world) || rank >= world {
+            return Err(StoreError::invalid(format!(
+                "rank must be in [0, world) and world in [1, {MAX_WORLD}], got rank {rank} of {world}"
+            )));
+        }
+        self.rank = rank;
+        self.world = world;
+        Ok(self)
+    }
+
+    /// Rows in global batch `i` (all ranks together).
+    pub fn global_batch_len(&self, i: usize) -> usize {
+        self.global_batch(i).len()
+    }
+
+    fn global_batch(&self, i: usize) -> &[u64] {
+        assert!(
+            i < self.batches,
+            "batch {i} of an epoch of {}",
+            self.batches
+        );
+        &self.order[i * self.batch_size..((i + 1) * self.batch_size).min(self.order.len())]
     }
 
     /// Batches in the epoch.
@@ -127,19 +163,20 @@ impl EpochPlan {
         self.batches == 0
     }
 
-    /// Rows the epoch visits (all of them, or all but the dropped remainder).
+    /// Rows the epoch visits on this rank (all of them, or all but the dropped remainder, with
+    /// one process).
     pub fn rows(&self) -> usize {
-        (self.batches * self.batch_size).min(self.order.len())
+        if self.world == 1 {
+            return (self.batches * self.batch_size).min(self.order.len());
+        }
+        (0..self.batches).map(|i| self.batch(i).len()).sum()
     }
 
-    /// The rows of batch `i` (`i < len()`), in visiting order.
+    /// The rows of batch `i` (`i < len()`) in visiting order: this rank's slice of it.
     pub fn batch(&self, i: usize) -> &[u64] {
-        assert!(
-            i < self.batches,
-            "batch {i} of an epoch of {}",
-            self.batches
-        );
-        &self.order[i * self.batch_size..((i + 1) * self.batch_size).min(self.order.len())]
+        let all = self.global_batch(i);
+        let (n, r, w) = (all.len(), self.rank, self.world);
+        &all[n * r / w..n * (r + 1) / w]
     }
 
     /// Every batch, in order.
@@ -151,6 +188,39 @@ impl EpochPlan {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn shared_plans_split_every_batch_in_order() {
+        let rows: Vec<u64> = (0..1003).collect();
+        let single = EpochPlan::new(rows.clone(), Shuffle::Global, 3, 1, 100, false).unwrap();
+        for world in [1, 2, 3, 7, 150] {
+            let plans: Vec<EpochPlan> = (0..world)
+                .map(|r| {
+                    EpochPlan::new(rows.clone(), Shuffle::Global, 3, 1, 100, false)
+                        .unwrap()
+                        .shared(r, world)
+                        .unwrap()
+                })
+                .collect();
+            let mut total = 0;
+            for i in 0..single.len() {
+                let joined: Vec<u64> = plans.iter().flat_map(|p| p.batch(i).to_vec()).collect();
+                assert_eq!(joined, single.batch(i), "world {world}, batch {i}");
+                let sizes: Vec<usize> = plans.iter().map(|p| p.batch(i).len()).collect();
+                assert!(sizes.iter().max().unwrap() - sizes.iter().min().unwrap() <= 1);
+                assert_eq!(plans[0].global_batch_len(i), single.batch(i).len());
+            }
+            for p in &plans {
+                assert_eq!(p.len(), single.len());
+                total += p.rows();
+            }
+            assert_eq!(total, single.rows());
+        }
+        let plan = || EpochPlan::new(rows.clone(), Shuffle::None, 0, 0, 10, false).unwrap();
+        assert!(plan().shared(2, 2).is_err());
+        assert!(plan().shared(0, 0).is_err());
+        assert!(plan().shared(0, MAX_WORLD + 1).is_err());
+    }
 
     #[test]
     fn every_mode_is_a_seeded_permutation() {

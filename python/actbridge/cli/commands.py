@@ -12,6 +12,10 @@
     actbridge demo     (the main job: SmolLM2 -> Gemma-3 maps and mapped steering, report folder)
 
 Results print as a table; ``--json`` prints JSON instead.
+
+Under ``torchrun`` (``WORLD_SIZE`` > 1) ``collect`` and ``fit`` join the process group from the
+environment (gloo on CPU, NCCL on GPUs): each rank collects its share of the texts into its own
+store part; the fit is collective and rank 0 writes the map and prints the result.
 """
 
 from __future__ import annotations
@@ -102,16 +106,19 @@ def cmd_fit(a: argparse.Namespace) -> dict[str, Any]:
         )
         if a.plot:
             _plot_history(m.history, a.plot)
-    m.save(a.out)
-    scores: dict[str, Any] = (
-        dict(ab.evaluate_map(m, store, source=a.source, target=a.target, rows=val)) if len(val) else {}
-    )
-    return {
-        "map": a.out,
-        "kind": a.kind,
-        "train_rows": len(train),
-        **{f"val_{k}": v for k, v in scores.items()},
-    }
+    group = ab.distributed.active_group(None)
+    out: dict[str, Any] = {"map": a.out, "kind": a.kind, "train_rows": len(train)}
+    if group is not None:
+        out["ranks"] = group.world
+    if ab.distributed.is_main(group):
+        m.save(a.out)
+        scores: dict[str, Any] = (
+            dict(ab.evaluate_map(m, store, source=a.source, target=a.target, rows=val)) if len(val) else {}
+        )
+        out |= {f"val_{k}": v for k, v in scores.items()}
+    if group is not None:
+        ab.distributed.barrier(group, "actbridge fit (rank 0 saving the map)")
+    return out
 
 
 def _plot_history(history: list[dict[str, float]], path: str) -> None:
@@ -359,11 +366,13 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        if args.command in ("collect", "fit"):
+            ab.distributed.init_from_env()  # under torchrun: join the group (no-op otherwise)
         result = args.fn(args)
     except ab.ActbridgeError as e:
         print(f"actbridge {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    if args.command != "demo" or args.json:
+    if (args.command != "demo" or args.json) and ab.distributed.is_main():
         _print(result, args.json)
     return 0
 

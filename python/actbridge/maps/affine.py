@@ -24,7 +24,16 @@ from actbridge._arrays import is_torch_tensor, row_selection, selection_size
 from actbridge._blas import faer_forced, find_blas
 from actbridge._progress import ProgressBar
 from actbridge._typing import FitMethod, Rows, Tensor
-from actbridge.errors import MapCorruptError, MapError, MapWarning
+from actbridge.distributed import (
+    DistributedMode,
+    Group,
+    active_group,
+    all_reduce_sum,
+    check_same,
+    selection_digest,
+    share_of_selection,
+)
+from actbridge.errors import MapArgumentError, MapCorruptError, MapError, MapWarning
 from actbridge.maps.format import save_map
 
 if TYPE_CHECKING:
@@ -160,6 +169,45 @@ class AffineStats:
         self._stats.merge(other._stats)
         return self
 
+    def all_reduce(self, group: Group | None = None) -> AffineStats:
+        """Every rank's statistics summed (exact, float64), the same on every rank of ``group``
+        (default: the initialised default process group).
+
+        Each rank's statistics are re-centred on the global mean (one small all-reduce of the
+        counts and sums), then all accumulators go in one float64 all-reduce of about
+        ``d_s² + d_s·d_t`` values. Widths that differ between ranks raise
+        :class:`DistributedMismatchError` first; a rank that fails raises :class:`DistributedError`.
+        """
+        group = group if group is not None else active_group("split", what="AffineStats.all_reduce")
+        assert group is not None
+        d_s, d_t = self.d_source, self.d_target
+        check_same(group, "AffineStats.all_reduce", {"d_source": d_s, "d_target": d_t})
+        n = self.n
+        local = np.concatenate([[float(n)], self.mean_source * n, self.mean_target * n])
+        total = all_reduce_sum(group, "AffineStats.all_reduce (means)", local)
+        n_all = int(round(total[0]))
+        centre = total[1:] / max(total[0], 1.0)
+        cx, cy = centre[:d_s].tolist(), centre[d_s:].tolist()
+        parts = self._stats.recentred(cx, cy).to_arrays()
+        keys = ("sx", "sy", "syy", "sxx", "sxy")
+        flat = np.concatenate([np.asarray(parts[k], dtype=np.float64).ravel() for k in keys])
+        summed = all_reduce_sum(group, "AffineStats.all_reduce (statistics)", flat)
+        sizes = [d_s, d_t, d_t, d_s * d_s, d_s * d_t]
+        out = dict(zip(keys, np.split(summed, np.cumsum(sizes)[:-1]), strict=True))
+        native = _native.AffineStats.from_arrays(
+            d_s,
+            d_t,
+            n_all,
+            cx,
+            cy,
+            out["sx"].tolist(),
+            out["sy"].tolist(),
+            out["syy"].tolist(),
+            np.ascontiguousarray(out["sxx"]),
+            np.ascontiguousarray(out["sxy"]),
+        )
+        return AffineStats._wrap(native)
+
     def solve(self, ridge: float = 0.0, bias: bool = True, method: FitMethod = "lstsq") -> AffineMap:
         """The affine map these statistics determine.
 
@@ -280,12 +328,31 @@ class AffineMap:
         bias: bool = True,
         method: FitMethod = "lstsq",
         progress: bool = True,
+        distributed: DistributedMode | None = None,
     ) -> AffineMap:
         """Fit on a store (``source``/``target`` sites, ``rows``) in one streaming pass, or on two
         in-memory arrays ``data`` ``(n, d_source)`` and ``y`` ``(n, d_target)``.
 
         ``metrics`` of the result are training-set MSE/FVU/R² from the statistics (no second pass).
+
+        Inside an initialised torch.distributed group of two or more ranks the fit is collective
+        (:mod:`actbridge.distributed`): with a store, each rank reads a contiguous share of
+        ``rows`` (``distributed="split"``, the default) or all of the rows it was given
+        (``"own"``: e.g. each rank's own store part); with arrays, each rank's own arrays. The
+        statistics are all-reduced and every rank returns the same map, equal to a
+        single-process fit of all the rows up to float64 summation order. ``"off"``: no
+        reduction. The ranks' settings (widths, sites, ridge, bias, method and, for "split",
+        the store's length and ``rows``) are checked to agree first.
         """
+        group = active_group(distributed, what="AffineMap.fit")
+        mode = distributed or ("split" if isinstance(data, ActivationStore) else "own")
+        if group is not None and mode == "split" and not isinstance(data, ActivationStore):
+            raise MapArgumentError(
+                'distributed="split" shares the rows of one store among ranks; with arrays each rank '
+                'fits its own rows: pass distributed="own"'
+            )
+        if group is not None:
+            progress = progress and group.rank == 0
         if isinstance(data, ActivationStore):
             if y is not None:
                 raise MapError("pass either a store (with source=/target=) or two arrays, not both")
@@ -293,7 +360,23 @@ class AffineMap:
                 if site not in data.sites:
                     raise MapError(f"unknown site {site!r}; the store's sites are {list(data.sites)}")
             stats = AffineStats(data.sites[source], data.sites[target])
-            stats.update_from_store(data, source, target, rows, progress)
+            mine: Rows = rows
+            if group is not None:
+                settings: dict[str, Any] = {
+                    "sites": [source, target, data.sites[source], data.sites[target]],
+                    "ridge": float(ridge),
+                    "bias": bool(bias),
+                    "method": method,
+                    "mode": mode,
+                }
+                if mode == "split":
+                    sel = row_selection(rows, len(data))
+                    settings |= {"store_rows": len(data), "rows": selection_digest(sel)}
+                    mine = share_of_selection(group, sel, len(data))
+                check_same(group, "AffineMap.fit", settings)
+            stats.update_from_store(data, source, target, mine, progress)
+            if group is not None:
+                stats = stats.all_reduce(group)
             provenance: dict[str, Any] = {
                 "store": data.path,
                 "source_site": source,
@@ -308,7 +391,16 @@ class AffineMap:
             if x32.shape[0] != y32.shape[0]:
                 raise MapError(f"x has {x32.shape[0]} rows but y has {y32.shape[0]}; pass paired rows")
             stats = AffineStats(x32.shape[1], y32.shape[1]).update(x32, y32)
+            if group is not None:
+                check_same(
+                    group,
+                    "AffineMap.fit",
+                    {"ridge": float(ridge), "bias": bool(bias), "method": method, "mode": mode},
+                )
+                stats = stats.all_reduce(group)
             provenance = {"rows": stats.n}
+        if group is not None:
+            provenance["distributed"] = {"mode": mode, "world": group.world, "backend": group.backend}
         fitted = stats.solve(ridge=ridge, bias=bias, method=method)
         fitted.provenance = provenance
         return fitted

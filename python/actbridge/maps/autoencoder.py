@@ -14,8 +14,9 @@ from typing import TYPE_CHECKING, Any, overload
 import numpy as np
 import numpy.typing as npt
 
-from actbridge._arrays import is_torch_tensor
+from actbridge._arrays import is_torch_tensor, row_selection
 from actbridge._typing import Rows, Tensor
+from actbridge.distributed import DistributedMode, active_group, check_same, digest, selection_digest
 from actbridge.errors import MapArgumentError, MapError
 from actbridge.maps.format import save_map
 from actbridge.maps.training import (
@@ -176,8 +177,9 @@ class AutoencoderMap:
         config: AutoencoderConfig | None = None,
         val_rows: Rows = None,
         init: AutoencoderMap | None = None,
-        device: Any = None,
+        device: torch.device | str | None = None,
         progress: bool = True,
+        distributed: DistributedMode | None = None,
         **settings: Any,
     ) -> AutoencoderMap:
         """Train on ``rows`` of two sites of ``store`` (MSE, AdamW), one seeded shuffle per epoch.
@@ -194,6 +196,14 @@ class AutoencoderMap:
         a map's weights (default: PyTorch-default init from ``seed``). ``history`` holds
         per-epoch train/val MSE, FVU, cosine and lr; ``config["training"]`` of the result
         records the settings.
+
+        Inside an initialised torch.distributed group of two or more ranks (or with
+        ``distributed="split"``) training is data-parallel (:mod:`actbridge.distributed`): the
+        torch backend under DistributedDataParallel, each rank on its slice of every global
+        batch, so the result matches a single process with the same settings up to float
+        reduction order; every rank returns the same map. The Rust trainer runs in one process:
+        inside a group it is refused unless ``distributed="off"`` (each rank trains on its own).
+        The ranks' settings, rows and validation rows are checked to agree first.
         """
         base = config if config is not None else AutoencoderConfig()
         if not isinstance(base, AutoencoderConfig):
@@ -216,9 +226,36 @@ class AutoencoderMap:
             raise MapError(
                 f"init is {init!r}; it must map {store.sites[source]} -> {width} -> {store.sites[target]}"
             )
+        if distributed == "own":
+            raise MapArgumentError(
+                'distributed="own" is for affine statistics; an autoencoder is trained on one seeded '
+                'plan over one store, shared among ranks: use distributed="split" (or None)'
+            )
+        group = active_group(distributed, what="AutoencoderMap.fit")
         backend = cfg.backend
         if backend == "auto":
-            backend = "torch" if _cuda_available() else "rust"
+            backend = "torch" if _cuda_available() or group is not None else "rust"
+        if group is not None:
+            if backend == "rust":
+                raise MapArgumentError(
+                    f"the Rust trainer runs in one process, and this is rank {group.rank} of "
+                    f"{group.world}: pass backend='torch' (DistributedDataParallel across the ranks), "
+                    "or distributed='off' to train independently on every rank"
+                )
+            n = len(store)
+            check_same(
+                group,
+                "AutoencoderMap.fit",
+                {
+                    "config": cfg.to_dict(),
+                    "sites": [source, target, store.sites[source], store.sites[target], width],
+                    "store_rows": n,
+                    "rows": selection_digest(row_selection(rows, n)),
+                    "val_rows": None if val_rows is None else selection_digest(row_selection(val_rows, n)),
+                    "init": None if init is None else [digest(t) for t in init.tensors().values()],
+                },
+            )
+            progress = progress and group.rank == 0
         data = Sites(store, source, target, rows)
         run = Run(
             hidden=width,
@@ -227,7 +264,9 @@ class AutoencoderMap:
             standardize=standardization(store, source, target, rows) if cfg.standardize else None,
             progress=progress,
         )
-        trained = train_rust(data, cfg, run) if backend == "rust" else train_torch(data, cfg, run, device)
+        trained = (
+            train_rust(data, cfg, run) if backend == "rust" else train_torch(data, cfg, run, device, group)
+        )
         return cls.from_state_dict(
             trained.tensors, metrics=trained.metrics, history=trained.history, **trained.metadata
         )

@@ -24,6 +24,7 @@ from actbridge import _native
 from actbridge._arrays import row_indices
 from actbridge._progress import ProgressBar
 from actbridge._typing import Rows, Tensor
+from actbridge.distributed import Group, all_reduce_sum, collective
 from actbridge.errors import MapArgumentError
 from actbridge.store import ActivationStore, native_store
 
@@ -347,11 +348,37 @@ def _raw_tensors(module: torch.nn.Module, z: Standardization | None) -> dict[str
     return state if z is None else fold(state, z)
 
 
-def train_torch(data: Sites, cfg: AutoencoderConfig, run: Run, device: torch.device | str | None) -> Trained:
-    """Train with torch (on ``device``; CUDA when available), batches from the store's sampler;
-    the schedule, standardisation folding and validation scores are the core's."""
+def shared_batch_loss(out: Tensor, y: Tensor, global_rows: int, world: int) -> tuple[Tensor, Tensor]:
+    """One rank's loss for its slice ``(m, d)`` of a global batch of ``global_rows`` rows, and its
+    summed squared error: ``SSE_rank · world / (global_rows · d)``. DistributedDataParallel
+    averages gradients over the ``world`` ranks, so the result is the gradient of the
+    single-process mean loss over the whole batch, however unevenly the rows are shared."""
     import torch
 
+    local_sse = torch.nn.functional.mse_loss(out, y, reduction="sum")
+    return local_sse * (world / (global_rows * y.shape[-1])), local_sse
+
+
+def train_torch(
+    data: Sites,
+    cfg: AutoencoderConfig,
+    run: Run,
+    device: torch.device | str | None,
+    group: Group | None = None,
+) -> Trained:
+    """Train with torch (on ``device``; CUDA when available), batches from the store's sampler;
+    the schedule, standardisation folding and validation scores are the core's.
+
+    With ``group`` (torch.distributed, two or more ranks) the module is wrapped in
+    DistributedDataParallel and every rank takes its slice of each global batch of the same
+    epoch plan (``batches(share=...)``). Each rank's loss is its summed squared error over the
+    global batch's element count, times the world size, so DDP's gradient average is the
+    gradient of the single-process mean loss. Training and validation sums are all-reduced, so
+    the schedule sees the same scores and decides the same on every rank."""
+    import torch
+
+    if group is not None and device is None:
+        device = group.device()
     dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
     d_t = data.d_target
     torch.manual_seed(cfg.seed)
@@ -363,6 +390,15 @@ def train_torch(data: Sites, cfg: AutoencoderConfig, run: Run, device: torch.dev
             start = fold(start, z, inverse=True)  # train in standardised space
         module.load_state_dict({k: torch.from_numpy(v) for k, v in start.items()})
     module = module.to(dev)
+    net: torch.nn.Module = module
+    if group is not None:
+        from torch.nn.parallel import DistributedDataParallel
+
+        ids = None if dev.type == "cpu" else [dev]
+        net = collective(
+            "AutoencoderMap.fit (DistributedDataParallel setup)",
+            lambda: DistributedDataParallel(module, device_ids=ids),
+        )
     zt = None if z is None else [torch.from_numpy(a).to(dev) for a in z]
     opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     schedule = _native.PlateauSchedule(
@@ -370,10 +406,18 @@ def train_torch(data: Sites, cfg: AutoencoderConfig, run: Run, device: torch.dev
     )
     val_ids = None if run.val_rows is None else row_indices(run.val_rows, len(data.store))
     target_var = data.target_variance(z is not None)
+    n_train = len(row_indices(data.rows, len(data.store)))
+    share = None if group is None else (group.rank, group.world)
+    val_share, val_sst = val_ids, 0.0
+    if group is not None and val_ids is not None and len(val_ids):
+        a, b = group.share(len(val_ids))
+        val_share = val_ids[a:b]
+        # FVU's denominator over all validation rows (population variance, as the core's scores)
+        val_sst = float(data.store.stats(data.target, rows=val_ids)["var"].sum()) * len(val_ids)
     history: list[dict[str, float]] = []
     for epoch in range(cfg.epochs):
-        for group in opt.param_groups:
-            group["lr"] = schedule.lr
+        for params in opt.param_groups:
+            params["lr"] = schedule.lr
         module.train()
         batches = data.store.batches(
             [data.source, data.target],
@@ -382,26 +426,39 @@ def train_torch(data: Sites, cfg: AutoencoderConfig, run: Run, device: torch.dev
             seed=cfg.seed,
             epoch=epoch,
             rows=data.rows,
+            share=share,
         )
         bar = ProgressBar(len(batches), f"epoch {epoch + 1}/{cfg.epochs}", run.progress, unit="batch")
         sse = torch.zeros((), dtype=torch.float64, device=dev)  # on the device: no per-step sync
         n = 0
-        for batch in batches:
+        for i, batch in enumerate(batches):
             x = torch.from_numpy(batch[data.source]).to(dev, non_blocking=True)
             y = torch.from_numpy(batch[data.target]).to(dev, non_blocking=True)
             if zt is not None:
                 x, y = (x - zt[0]) / zt[1], (y - zt[2]) / zt[3]
-            loss = torch.nn.functional.mse_loss(module(x), y)
             opt.zero_grad(set_to_none=True)
-            loss.backward()  # type: ignore[no-untyped-call]
+            if group is None:
+                loss = torch.nn.functional.mse_loss(net(x), y)
+                loss.backward()  # type: ignore[no-untyped-call]
+                sse += loss.detach().double() * (len(x) * d_t)
+            else:
+                global_rows = min(cfg.batch_size, n_train - i * cfg.batch_size)
+                loss, local_sse = shared_batch_loss(net(x), y, global_rows, group.world)
+                collective("AutoencoderMap.fit (gradient all-reduce)", loss.backward)
+                sse += local_sse.detach().double()
             if cfg.grad_clip is not None:
                 torch.nn.utils.clip_grad_norm_(module.parameters(), cfg.grad_clip)
             opt.step()
-            sse += loss.detach().double() * (len(x) * d_t)
             n += len(x)
             bar.update(1)
         bar.close()
-        train_mse = float(sse) / max(n * d_t, 1)
+        if group is not None:
+            sse_all, n_all = all_reduce_sum(
+                group, "AutoencoderMap.fit (training error)", np.array([float(sse), float(n)])
+            )
+            train_mse = float(sse_all) / max(n_all * d_t, 1.0)
+        else:
+            train_mse = float(sse) / max(n * d_t, 1)
         record = {
             "epoch": epoch + 1,
             "train_mse": train_mse,
@@ -411,19 +468,31 @@ def train_torch(data: Sites, cfg: AutoencoderConfig, run: Run, device: torch.dev
         score = train_mse
         if val_ids is not None and len(val_ids):
             raw = _raw_tensors(module, z)
-            val = _native.evaluate_autoencoder(
-                store=native_store(data.store),
-                source=data.source,
-                target=data.target,
-                rows=val_ids,
-                dims=(data.d_source, run.hidden, d_t),
-                tensors=[np.ascontiguousarray(raw[k]).ravel() for k in KEYS],
-            )
+            val = {"mse": 0.0, "fvu": 0.0, "cosine": 0.0}
+            if val_share is not None and len(val_share):
+                val = _native.evaluate_autoencoder(
+                    store=native_store(data.store),
+                    source=data.source,
+                    target=data.target,
+                    rows=val_share,
+                    dims=(data.d_source, run.hidden, d_t),
+                    tensors=[np.ascontiguousarray(raw[k]).ravel() for k in KEYS],
+                )
+            if group is not None:
+                m = 0 if val_share is None else len(val_share)
+                sums = np.array([val["mse"] * m * d_t, val["cosine"] * m, float(m)])
+                v_sse, v_cos, v_n = all_reduce_sum(group, "AutoencoderMap.fit (validation)", sums)
+                val = {
+                    "mse": float(v_sse / (v_n * d_t)),
+                    "fvu": float(v_sse / val_sst) if val_sst > 0 else float("nan"),
+                    "cosine": float(v_cos / v_n),
+                }
             record.update(val_mse=val["mse"], val_fvu=val["fvu"], val_cosine=val["cosine"])
             score = val["mse"]
         history.append(record)
         if schedule.step(score):
             break
-    return Trained(
-        _raw_tensors(module, z), history, data.metadata("torch", cfg, len(history), device=str(dev))
-    )
+    extra: dict[str, Any] = {"device": str(dev)}
+    if group is not None:
+        extra["distributed"] = {"world": group.world, "backend": group.backend}
+    return Trained(_raw_tensors(module, z), history, data.metadata("torch", cfg, len(history), **extra))
