@@ -62,9 +62,9 @@ WriteMode = Literal["x", "a"]
 ShuffleOption = bool | Literal["block"]
 #: How an affine weight is solved for.
 FitMethod = Literal["lstsq", "procrustes"]
-#: A selection of a store's rows: None (all), one index, a slice or range, ``(start, stop)``,
-#: or integer indices (a sequence or any integer numpy array; negatives count from the end).
-Rows = None | int | slice | range | tuple[int, int] | Sequence[int] | npt.NDArray[np.integer[Any]]
+#: A selection of a store's rows: None (all), one index, a slice or range, or integer indices
+#: (a sequence or any integer numpy array; negatives count from the end), or a boolean mask.
+Rows = None | int | slice | range | Sequence[int] | npt.NDArray[np.integer[Any]]
 
 
 @runtime_checkable

@@ -45,6 +45,7 @@ __all__ = [
     "active_group",
     "init_from_env",
     "is_main",
+    "shutdown",
 ]
 
 #: How a fit uses an initialised process group: "split" (each rank takes a contiguous share of
@@ -141,6 +142,14 @@ def rank_and_world() -> tuple[int, int]:
     return int(os.environ.get("RANK", "0")), int(os.environ.get("WORLD_SIZE", "1"))
 
 
+def shutdown() -> None:
+    """Destroy the default process group if one is initialised (what a program that called
+    :func:`init_from_env` does before it exits)."""
+    dist = _torch_distributed()
+    if dist is not None and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def is_main(group: Group | None = None) -> bool:
     """Whether this process writes results: rank 0 of ``group`` (default: the active group), or
     the only process."""
@@ -186,14 +195,15 @@ def all_gather_json(group: Group, what: str, value: Any) -> list[Any]:
 
 def share_of_selection(
     group: Group, sel: tuple[int, int] | npt.NDArray[np.int64] | None, n: int
-) -> tuple[int, int] | npt.NDArray[np.int64]:
-    """This rank's contiguous share of a normalised row selection (``None``: all ``n`` rows,
-    ``(start, stop)``, or an index array), in the same form."""
+) -> slice | npt.NDArray[np.int64]:
+    """This rank's contiguous share of a normalised row selection (``row_selection``'s
+    ``None``: all ``n`` rows, ``(start, stop)``, or an index array): a slice for a range of
+    rows, else the index array's share, either one a ``rows=`` argument."""
     if sel is None:
         sel = (0, n)
     if isinstance(sel, tuple):
         a, b = group.share(sel[1] - sel[0])
-        return (sel[0] + a, sel[0] + b)
+        return slice(sel[0] + a, sel[0] + b)
     a, b = group.share(len(sel))
     return sel[a:b]
 

@@ -3,6 +3,12 @@
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
 
 import actbridge as ab
 import numpy as np
@@ -174,3 +180,78 @@ def test_sweep_command_writes_a_plot(tmp_path, capsys, model_dirs):
     )
     assert "layer 0 alpha 1" in got and got["chosen layer"] in (0, 2)
     assert (tmp_path / "s.png").stat().st_size > 1000
+
+
+def torchrun(*argv: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    """``torchrun --nproc-per-node 2 -m actbridge ...`` on the CPU (gloo), on a free port."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    exe = shutil.which("torchrun", path=os.path.dirname(sys.executable)) or "torchrun"
+    cmd = [exe, "--nproc-per-node", "2", "--master-port", str(port), "-m", "actbridge", *argv, "--json"]
+    env = dict(os.environ) | {"OMP_NUM_THREADS": "1"}
+    done = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
+    return done
+
+
+def test_torchrun_collect_then_fit_end_to_end(tmp_path, capsys, model_dirs):
+    """The recipe of the README's "Scaling out": collect on two ranks (two store parts), fit
+    both map kinds on two ranks (rank 0 writes and prints), equal to one-process fits."""
+    a, b = model_dirs
+    pairs = tmp_path / "pairs"
+    common = ("--texts", "corpus:paragraph", "--quiet")
+    got = json.loads(
+        torchrun(
+            "collect",
+            "--model",
+            a,
+            "--layers",
+            "2",
+            "--target",
+            b,
+            "--target-layer",
+            "1",
+            "--out",
+            str(pairs),
+            *common,
+            cwd=tmp_path,
+        ).stdout
+    )
+    assert sorted(p.name for p in pairs.iterdir()) == ["part-0", "part-1"]
+    single = run_json(
+        capsys,
+        "collect",
+        "--model",
+        a,
+        "--layers",
+        "2",
+        "--target",
+        b,
+        "--target-layer",
+        "1",
+        "--out",
+        str(tmp_path / "one"),
+        *common,
+    )
+    assert got["rows"] == single["rows"] == len(ab.ActivationStore(pairs))
+    for kind, extra in (("affine", ()), ("autoencoder", ("--backend", "torch", "--epochs", "2"))):
+        out = tmp_path / f"{kind}-2"
+        run = torchrun("fit", kind, "--store", str(pairs), "--out", str(out), "--quiet", *extra, cwd=tmp_path)
+        got = json.loads(run.stdout)  # one JSON document: only rank 0 printed
+        assert got["ranks"] == 2 and out.is_dir()
+        want = run_json(
+            capsys,
+            "fit",
+            kind,
+            "--store",
+            str(pairs),
+            "--out",
+            str(tmp_path / f"{kind}-1"),
+            "--quiet",
+            *extra,
+        )
+        assert got["val_fvu"] == pytest.approx(want["val_fvu"], rel=1e-3)
+        m2, m1 = ab.load_map(out), ab.load_map(tmp_path / f"{kind}-1")
+        for k, v in m1.tensors().items():
+            np.testing.assert_allclose(m2.tensors()[k], v, rtol=1e-3, atol=1e-4)

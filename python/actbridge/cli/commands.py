@@ -365,15 +365,19 @@ def parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    joined = False
     try:
-        if args.command in ("collect", "fit"):
-            ab.distributed.init_from_env()  # under torchrun: join the group (no-op otherwise)
+        if args.command in ("collect", "fit") and ab.distributed.active_group(None) is None:
+            joined = ab.distributed.init_from_env() is not None  # under torchrun: join the group
         result = args.fn(args)
+        if (args.command != "demo" or args.json) and ab.distributed.is_main():
+            _print(result, args.json)
     except ab.ActbridgeError as e:
         print(f"actbridge {args.command}: {type(e).__name__}: {e}", file=sys.stderr)
         return 2
-    if (args.command != "demo" or args.json) and ab.distributed.is_main():
-        _print(result, args.json)
+    finally:
+        if joined:
+            ab.distributed.shutdown()
     return 0
 
 

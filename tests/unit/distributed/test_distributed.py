@@ -80,6 +80,9 @@ def test_affine_fit_over_two_ranks_equals_one_process(store_path, nonlinear_stor
         assert r["provenance"] == {"mode": "split", "world": 2, "backend": "gloo"}
         np.testing.assert_allclose(r["arrays"]["weight"], single.weight, rtol=1e-5, atol=1e-6)
         np.testing.assert_allclose(r["arrays"]["bias"], single.bias, rtol=1e-5, atol=1e-5)
+    whole = ab.AffineMap.fit(nonlinear_store, progress=False)
+    for r in reports:
+        np.testing.assert_allclose(r["arrays"]["weight_all"], whole.weight, rtol=1e-5, atol=1e-6)
     # every rank solved the same statistics: identical maps
     np.testing.assert_array_equal(reports[0]["arrays"]["weight"], reports[1]["arrays"]["weight"])
 
