@@ -581,6 +581,13 @@ class RefusalCells:
         return "reproduced"
 
 
+def ablation_cell(c: RefusalCells, vs: list[str]) -> str:
+    """Ablation rates of vectors ``vs`` over seeds, with their CE next to the native ablation's."""
+    extra = [x for x in (c.extra_cost(v) for v in vs) if x is not None]
+    cost = f" at CE {min(extra):+.2f} to {max(extra):+.2f} nats/token" if extra else ""
+    return f"{span([c.abl[v] for v in vs])}{cost}"
+
+
 def span(rates: list[dict[str, Any]]) -> str:
     """Rates over seeds: ``"7%"`` for one, ``"5%-9%"`` (lowest to highest) for several."""
     vals = [r["value"] for r in rates]
@@ -933,17 +940,18 @@ def headline(dirs: dict[str, Path]) -> list[str]:
     if refusal_res is not None:
         for pair, r in refusal_res["pairs"].items():
             c = RefusalCells(r)
-            groups: dict[str, list[dict[str, Any]]] = {}
+            groups: dict[str, list[str]] = {}
             for v in c.mapped:
-                groups.setdefault(vector_group(v), []).append(c.abl[v])
+                groups.setdefault(vector_group(v), []).append(v)
+
             source = "Qwen2.5-Coder-0.5B" if pair == "qwen" else "SmolLM2-135M"
             out.append(
                 f"- Refusal in Qwen2.5-Coder-1.5B on harmful prompts, {source}'s direction mapped and "
                 f"ablated: {c.abl['unsteered']['value']:.0%} unsteered → "
-                + ", ".join(f"{g} {span(rs)}" for g, rs in groups.items())
-                + f" (native {c.abl['native']['value']:.0%}, noise "
+                + ", ".join(f"{g} {ablation_cell(c, vs)}" for g, vs in groups.items())
+                + f" next to the native ablation's CE (native {c.abl['native']['value']:.0%}, noise "
                 + span([c.abl[n] for n in c.noise])
-                + ")."
+                + "; a drop bought with CE is damage, not transfer)."
             )
     return out
 
