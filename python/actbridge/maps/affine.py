@@ -206,7 +206,7 @@ class AffineStats:
             np.ascontiguousarray(out["sxx"]),
             np.ascontiguousarray(out["sxy"]),
         )
-        return AffineStats._wrap(native)
+        return self._wrap(native)
 
     def solve(self, ridge: float = 0.0, bias: bool = True, method: FitMethod = "lstsq") -> AffineMap:
         """The affine map these statistics determine.
