@@ -26,6 +26,7 @@ import datetime
 import hashlib
 import json
 import os
+import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, TypeVar
@@ -113,7 +114,7 @@ def init_from_env(timeout_s: float = DEFAULT_TIMEOUT_S) -> Group | None:
     one is initialised already."""
     if int(os.environ.get("WORLD_SIZE", "1")) < 2:
         return active_group(None)
-    dist = _torch_distributed()
+    dist = _torch_distributed(load=True)
     if dist is None:
         raise DistributedError("WORLD_SIZE > 1 but torch.distributed is not available in this torch build")
     if not dist.is_initialized():
@@ -237,7 +238,7 @@ def collective(what: str, call: Callable[[], T]) -> T:
 
 
 def _collective(what: str, call: Callable[[Any], T]) -> T:
-    dist = _torch_distributed()
+    dist = _torch_distributed(load=True)
     assert dist is not None  # a Group exists only when torch.distributed does
     try:
         return call(dist)
@@ -251,7 +252,12 @@ def _collective(what: str, call: Callable[[Any], T]) -> T:
         ) from e
 
 
-def _torch_distributed() -> Any:
+def _torch_distributed(load: bool = False) -> Any:
+    """``torch.distributed``, or None. Without ``load`` it is only looked up when something
+    imported it already: a process group exists only after ``init_process_group``, so a
+    single-process fit never pays for importing torch (about 1.5 s)."""
+    if not load and "torch.distributed" not in sys.modules:
+        return None
     try:
         import torch.distributed as dist
     except ImportError:

@@ -199,3 +199,16 @@ def test_batch_shares_split_every_batch_in_order(nonlinear_store):
     for bad in [(3, 3), (0, 0), (-1, 2), (0.5, 2), "02", (True, 2)]:
         with pytest.raises(ab.StoreArgumentError, match="share"):
             nonlinear_store.batches("source", share=bad)  # type: ignore[arg-type]
+
+
+def test_single_process_fits_do_not_import_torch(nonlinear_store):
+    """No group can exist before torch.distributed is imported, so a plain fit never pays for
+    importing torch to look for one."""
+    code = (
+        "import sys, numpy as np, actbridge as ab\n"
+        f"s = ab.ActivationStore({nonlinear_store.path!r})\n"
+        "ab.AffineMap.fit(s, progress=False)\n"
+        "ab.AutoencoderMap.fit(s, rows=slice(0, 2000), epochs=1, backend='rust', progress=False)\n"
+        "assert 'torch' not in sys.modules, 'a single-process fit imported torch'\n"
+    )
+    subprocess.run([sys.executable, "-c", code], check=True)
