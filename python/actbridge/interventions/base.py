@@ -9,8 +9,8 @@ and every decode step, left- or right-padded batches.
 Positions (``positions=``) choose where an intervention acts in each forward call:
 
 - ``"all"``: every real (non-padding) token, prompt and generated;
-- ``"last"``: the last position of every call (the last prompt token at prefill, then each new
-  token);
+- ``"last"``: each row's last real token of every call (the last prompt token at prefill,
+  also in a right-padded batch, then each new token);
 - ``"prompt"`` / ``"generated"``: only the prefill call / only decode steps;
 - a callable ``f(input_ids, attention_mask) -> bool mask`` of shape ``(batch, seq)`` for the
   current call, such as :func:`at_tokens`.
@@ -94,7 +94,13 @@ class _Calls:
             chosen = real
         elif positions == "last":
             chosen = torch.zeros(batch, seq, dtype=torch.bool, device=h.device)
-            chosen[:, -1] = True
+            if real is None:
+                chosen[:, -1] = True
+            else:  # each row's last real token: right padding puts it before the last column
+                r = real.to(h.device)
+                last = seq - 1 - r.flip(-1).int().argmax(-1)
+                rows = torch.arange(batch, device=h.device)[r.any(-1)]
+                chosen[rows, last[rows]] = True
         elif positions == "prompt":
             if not self.prefill:
                 return h.new_zeros(batch, seq, 1)

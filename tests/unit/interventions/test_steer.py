@@ -74,6 +74,29 @@ def test_steering_adds_alpha_v_exactly_where_asked(model, tok):
     assert not ab.decoder_blocks(model)[1]._forward_hooks and not model._forward_pre_hooks
 
 
+def test_last_means_each_rows_last_real_token_in_right_padded_batches(model):
+    """Issue 19, bug 1: with right padding the last column of a shorter row is padding; "last"
+    used to steer only the full-length rows (the edit was masked out elsewhere, silently)."""
+    right = tiny_tokenizer("bpe", padding_side="right")
+    enc = batch(right)
+    real = enc["attention_mask"].bool()
+    assert not real[:, -1].all()  # some rows end in padding
+    clean = block(model, enc, 1)
+    v = vector()
+    with ab.steer(model, v, alpha=2.0, positions="last", layer=1):
+        got = block(model, enc, 1)
+    lengths = real.sum(1)
+    want = torch.zeros_like(real)
+    want[torch.arange(len(lengths)), lengths - 1] = True
+    np.testing.assert_allclose((got - clean).numpy(), want.unsqueeze(-1).numpy() * 2.0 * v, atol=1e-5)
+    # and each row alone (no padding) is steered at its last token the same way
+    for i, prompt in enumerate(PROMPTS):
+        one = batch(right, [prompt])
+        with ab.steer(model, v, alpha=2.0, positions="last", layer=1):
+            alone = block(model, one, 1)
+        np.testing.assert_allclose(alone[0].numpy(), got[i, : int(lengths[i])].numpy(), atol=1e-4)
+
+
 def test_zero_interventions_are_exact_no_ops_also_inside_generate(model, tok):
     enc = batch(tok)
     seq, scores = generate(model, enc)
