@@ -63,6 +63,7 @@ from actbridge.finetuning import LoraConfig, finetune, save_finetuned
 from actbridge.hooks import decoder_blocks
 from actbridge.interventions import rowwise
 from actbridge.interventions.base import Intervention, at_tokens
+from actbridge.interventions.interop import load_control_vector, save_control_vector
 from actbridge.interventions.replace import SafetySwitch, mean_ablate, patch, substitute
 from actbridge.interventions.rowwise import Condition, generate_conditions, steer_rows
 from actbridge.interventions.steering import ablate, steer
@@ -132,6 +133,7 @@ __all__ = [
     "evaluate_substitution",
     "finetune",
     "generate_conditions",
+    "load_control_vector",
     "load_corpus",
     "load_map",
     "load_model",
@@ -139,6 +141,7 @@ __all__ = [
     "patch",
     "rouge_l",
     "rowwise",
+    "save_control_vector",
     "save_finetuned",
     "simd_levels",
     "steer",

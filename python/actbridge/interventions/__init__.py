@@ -8,10 +8,12 @@ remove them on exit.
 - :mod:`actbridge.interventions.steering`: ``steer`` (add a vector), ``ablate`` (project it out).
 - :mod:`actbridge.interventions.transfer`: :func:`transfer_vector` (a vector carried through a map).
 - :mod:`actbridge.interventions.replace`: substitution, patching, mean ablation, :class:`SafetySwitch`.
+- :mod:`actbridge.interventions.interop`: llama.cpp control vectors (GGUF) to and from vectors.
 - :mod:`actbridge.interventions.rowwise`: a different intervention per batch row in one pass.
 """
 
 from actbridge.interventions.base import Intervention, at_tokens
+from actbridge.interventions.interop import load_control_vector, save_control_vector
 from actbridge.interventions.replace import SafetySwitch, mean_ablate, patch, substitute
 from actbridge.interventions.rowwise import Condition, generate_conditions, steer_rows
 from actbridge.interventions.steering import ablate, steer
@@ -27,8 +29,10 @@ __all__ = [
     "at_tokens",
     "contrast_directions",
     "generate_conditions",
+    "load_control_vector",
     "mean_ablate",
     "patch",
+    "save_control_vector",
     "steer",
     "steer_rows",
     "substitute",
