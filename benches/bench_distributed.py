@@ -74,6 +74,7 @@ def worker(kind: str, store: str, ae_rows: int) -> None:
         out = {"rows": ae_rows, "total_s": time.perf_counter() - t0}
     if ab.distributed.is_main(group):
         print("RESULT " + json.dumps(out), flush=True)
+    ab.distributed.shutdown()
 
 
 def launch(kind: str, store: Path, ranks: int, cores: int, ae_rows: int) -> dict[str, float]:

@@ -250,8 +250,8 @@ class ActivationStore:
         block_rows: int,
         window_blocks: int,
         prefetch: int,
-        rank: int,
-        world: int,
+        rank: int = 0,
+        world: int = 1,
     ) -> BatchIter: ...
 
 @final

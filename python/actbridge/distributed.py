@@ -144,8 +144,9 @@ def rank_and_world() -> tuple[int, int]:
 
 
 def shutdown() -> None:
-    """Destroy the default process group if one is initialised (what a program that called
-    :func:`init_from_env` does before it exits)."""
+    """Destroy the default process group if one is initialised. A program that joined a group
+    calls this before it exits: gloo's threads still running at interpreter exit make the C++
+    runtime abort the process ("terminate called without an active exception")."""
     dist = _torch_distributed()
     if dist is not None and dist.is_initialized():
         dist.destroy_process_group()

@@ -280,7 +280,7 @@ impl PyStore {
 
     /// An iterator of dicts name -> array over one epoch (`crate::store::EpochPlan` gathered
     /// ahead by `crate::store::prefetch`).
-    #[pyo3(signature = (*, names, batch_size, shuffle, seed, epoch, rows, drop_last, dtype, block_rows, window_blocks, prefetch, rank, world))]
+    #[pyo3(signature = (*, names, batch_size, shuffle, seed, epoch, rows, drop_last, dtype, block_rows, window_blocks, prefetch, rank = 0, world = 1))]
     #[allow(clippy::too_many_arguments)]
     fn batches(
         &self,

@@ -93,6 +93,10 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     np.savez(out / f"rank{rank}.npz", **arrays)
     (out / f"rank{rank}.json").write_text(json.dumps(report, default=str))
+    if "error" in report:  # the group may be broken (a dead peer): leave without tearing it down
+        sys.stdout.flush()
+        os._exit(0)
+    ab.distributed.shutdown()  # gloo's threads must stop before exit, or C++ aborts the process
 
 
 if __name__ == "__main__":
