@@ -200,40 +200,11 @@ def test_torchrun_collect_then_fit_end_to_end(tmp_path, capsys, model_dirs):
     both map kinds on two ranks (rank 0 writes and prints), equal to one-process fits."""
     a, b = model_dirs
     pairs = tmp_path / "pairs"
-    common = ("--texts", "corpus:paragraph", "--quiet")
-    got = json.loads(
-        torchrun(
-            "collect",
-            "--model",
-            a,
-            "--layers",
-            "2",
-            "--target",
-            b,
-            "--target-layer",
-            "1",
-            "--out",
-            str(pairs),
-            *common,
-            cwd=tmp_path,
-        ).stdout
-    )
+    common = ("--model", a, "--layers", "2", "--target", b, "--target-layer", "1")
+    common += ("--texts", "corpus:paragraph", "--quiet")
+    got = json.loads(torchrun("collect", *common, "--out", str(pairs), cwd=tmp_path).stdout)
     assert sorted(p.name for p in pairs.iterdir()) == ["part-0", "part-1"]
-    single = run_json(
-        capsys,
-        "collect",
-        "--model",
-        a,
-        "--layers",
-        "2",
-        "--target",
-        b,
-        "--target-layer",
-        "1",
-        "--out",
-        str(tmp_path / "one"),
-        *common,
-    )
+    single = run_json(capsys, "collect", *common, "--out", str(tmp_path / "one"))
     assert got["rows"] == single["rows"] == len(ab.ActivationStore(pairs))
     for kind, extra in (("affine", ()), ("autoencoder", ("--backend", "torch", "--epochs", "2"))):
         out = tmp_path / f"{kind}-2"

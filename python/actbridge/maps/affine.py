@@ -35,11 +35,10 @@ from actbridge.distributed import (
 )
 from actbridge.errors import MapArgumentError, MapCorruptError, MapError, MapWarning
 from actbridge.maps.format import save_map
+from actbridge.store import ActivationStore, PathLike, native_store
 
 if TYPE_CHECKING:
     import torch
-
-from actbridge.store import ActivationStore, PathLike, native_store
 
 __all__ = [
     "AffineMap",

@@ -29,11 +29,10 @@ from actbridge.maps.training import (
     train_rust,
     train_torch,
 )
+from actbridge.store import ActivationStore, PathLike
 
 if TYPE_CHECKING:
     import torch
-
-from actbridge.store import ActivationStore, PathLike
 
 __all__ = ["AutoencoderMap", "default_hidden"]
 
