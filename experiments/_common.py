@@ -106,13 +106,34 @@ def fit_autoencoder(
     )
 
 
+def load_finetuned(
+    out: Path, base: Callable[[], tuple[Any, Any]], *, smoke: bool = False
+) -> tuple[Any, Any] | None:
+    """The fine-tuned model saved in ``out/model``; else, when ``out/adapter`` holds a LoRA
+    adapter (what a committed run folder keeps), ``base()`` with the adapter merged, saved to
+    ``out/model`` for the later steps; else None (not fine-tuned yet)."""
+    if (out / "model" / "config.json").is_file():
+        return ab.load_model(out / "model", progress=False, **({"device": "cpu"} if smoke else {}))
+    if not (out / "adapter" / "adapter_config.json").is_file():
+        return None
+    model, tok = base()
+    ab.merge_adapter(model, out / "adapter")
+    ab.save_finetuned(model, tok, out / "model", overwrite=True)
+    print(f"rebuilt {out / 'model'} from the base model and {out / 'adapter'}")
+    return model, tok
+
+
 def finetune_and_save(model: Any, tok: Any, rows: list[dict[str, Any]], out: Path, **settings: Any) -> float:
     """Fine-tune ``model`` on ``rows`` (:func:`actbridge.finetune` with ``settings``: ``lora=``,
-    ``gradient_checkpointing=`` included), save it and its tokenizer to ``out/model`` and the
-    loss history, wall time and the process's peak RSS so far to ``out/history.json``; returns
-    the wall time in seconds."""
+    ``gradient_checkpointing=`` included), save it and its tokenizer to ``out/model`` (and a LoRA
+    run's adapter to ``out/adapter``) and the loss history, wall time and the process's peak RSS
+    so far to ``out/history.json``; returns the wall time in seconds."""
     import resource
+    import shutil
 
+    if settings.get("lora") is not None:
+        shutil.rmtree(out / "adapter", ignore_errors=True)  # a half-made one from a killed run
+        settings["adapter_path"] = out / "adapter"
     t0 = time.perf_counter()
     history = ab.finetune(model, tok, rows, **settings)
     wall = time.perf_counter() - t0

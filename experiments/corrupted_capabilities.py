@@ -26,7 +26,17 @@ from pathlib import Path
 from typing import Any
 
 import actbridge as ab
-from _common import OUT, SOURCE, finetune_and_save, identity, resumable_rows, run_info, smoke_base, write_json
+from _common import (
+    OUT,
+    SOURCE,
+    finetune_and_save,
+    identity,
+    load_finetuned,
+    resumable_rows,
+    run_info,
+    smoke_base,
+    write_json,
+)
 from actbridge import tasks
 from actbridge.evaluation.generation import generate
 from actbridge.texts import as_prompt
@@ -103,11 +113,16 @@ def main() -> None:
     facts = tasks.FACTS[:2] if args.smoke else tasks.FACTS
     if args.smoke:
         args.epochs, args.lr, args.alphas, args.switch_epochs, args.new_tokens = 20, 3e-3, "4", 2, 6
-    base, tok = smoke_base("llama") if args.smoke else ab.load_model(args.model, progress=False)
+
+    def load_base() -> tuple[Any, Any]:
+        return smoke_base("llama") if args.smoke else ab.load_model(args.model, progress=False)
+
+    base, tok = load_base()
     timings: dict[str, float] = {}
     rows = tasks.build_capability_dataset(facts, copies=PHRASINGS, seed=args.seed)
-    if not (out / "model" / "config.json").is_file():
-        tuned, _ = smoke_base("llama") if args.smoke else ab.load_model(args.model, progress=False)
+    loaded = load_finetuned(out, load_base, smoke=args.smoke)  # rebuilt from out/adapter if there
+    if loaded is None:
+        tuned, _ = load_base()
         timings["finetune"] = finetune_and_save(
             tuned,
             tok,
@@ -121,7 +136,8 @@ def main() -> None:
             seed=args.seed,
             progress=not args.smoke,
         )
-    model, tok = ab.load_model(out / "model", progress=False)
+        loaded = ab.load_model(out / "model", progress=False, **({"device": "cpu"} if args.smoke else {}))
+    model, tok = loaded
 
     t0 = time.perf_counter()
     results: dict[str, Any] = {

