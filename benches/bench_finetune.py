@@ -11,6 +11,7 @@ cannot fit in this machine's memory.
     python benches/bench_finetune.py                                   # Qwen2.5-Coder-0.5B
     python benches/bench_finetune.py --model qwen2.5-coder-1.5b-instruct --rounds 1
     python benches/bench_finetune.py --smoke
+    python benches/bench_finetune.py --configs lora+ckpt,lora+ckpt@mmap64k   # glibc's arenas vs not
 """
 
 from __future__ import annotations
@@ -26,6 +27,30 @@ import time
 from typing import Any
 
 CONFIGS = ["full", "lora", "lora+ckpt", "peft loop", "peft loop+ckpt"]
+#: a configuration name ending in "@mmap64k" runs its worker with glibc's mmap threshold fixed at
+#: 64 KiB: every larger buffer is mapped and unmapped on its own instead of staying in malloc's
+#: arenas once freed (glibc raises the threshold to 32 MB after the first big free)
+ALLOCATORS = {
+    "": {},
+    "mmap64k": {"MALLOC_MMAP_THRESHOLD_": "65536"},
+    "mmap1m": {"MALLOC_MMAP_THRESHOLD_": "1048576"},
+}
+
+
+def vm_kb(field: str) -> int:
+    """A ``/proc/self/status`` figure in kB: ``VmRSS`` (resident now), ``VmHWM`` (its peak)."""
+    with open("/proc/self/status") as f:
+        return next(int(ln.split()[1]) for ln in f if ln.startswith(field + ":"))
+
+
+def reset_peak_rss() -> bool:
+    """Reset this process's ``VmHWM`` to its current RSS (Linux >= 4.0); False where refused."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
 
 
 def worker(args: argparse.Namespace) -> dict[str, Any]:
@@ -47,6 +72,8 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
     config = args.worker
     lora = ab.LoraConfig(rank=16, alpha=32.0, dropout=0.05)
     params = sum(p.numel() for p in model.parameters())
+    load_peak_gb, loaded_gb = vm_kb("VmHWM") * 1024 / 1e9, vm_kb("VmRSS") * 1024 / 1e9
+    separate = reset_peak_rss()  # so the training peak is not hidden under the load's
     t0 = time.perf_counter()
     if not config.startswith("peft"):
         ab.finetune(
@@ -89,6 +116,9 @@ def worker(args: argparse.Namespace) -> dict[str, Any]:
         "s_per_step": wall / args.steps,
         "tokens_per_s": tokens / wall,
         "peak_rss_gb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9,
+        "load_peak_gb": load_peak_gb,
+        "loaded_gb": loaded_gb,
+        "train_peak_gb": vm_kb("VmHWM") * 1024 / 1e9 if separate else float("nan"),
         "params": params,
     }
 
@@ -109,9 +139,14 @@ def main() -> None:
         print(json.dumps(worker(args)))
         return
     configs = [c for c in args.configs.split(",") if c]
-    unknown = set(configs) - set(CONFIGS)
+    unknown = {
+        c for c in configs if c.partition("@")[0] not in CONFIGS or c.partition("@")[2] not in ALLOCATORS
+    }
     if unknown:
-        raise SystemExit(f"unknown configs {sorted(unknown)}; choose from {CONFIGS}")
+        raise SystemExit(
+            f"unknown configs {sorted(unknown)}; choose from {CONFIGS}, each optionally with "
+            f"@{'/@'.join(a for a in ALLOCATORS if a)}"
+        )
     mem_gb = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 1e9
     results: dict[str, list[dict[str, Any]]] = {c: [] for c in configs}
     skipped: dict[str, str] = {}
@@ -120,17 +155,17 @@ def main() -> None:
             if config in skipped:
                 continue
             base = [sys.executable, __file__, "--model", args.model, "--steps", str(args.steps)]
-            cmd = [*base, "--batch", str(args.batch), "--worker", config] + (
-                ["--smoke"] if args.smoke else []
-            )
-            done = subprocess.run(cmd, capture_output=True, text=True)
+            name, _, allocator = config.partition("@")
+            cmd = [*base, "--batch", str(args.batch), "--worker", name] + (["--smoke"] if args.smoke else [])
+            env = {**os.environ, **ALLOCATORS[allocator]}
+            done = subprocess.run(cmd, capture_output=True, text=True, env=env)
             if done.returncode != 0:
                 tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["?"]
                 skipped[config] = f"failed (exit {done.returncode}): {tail[0][:120]}"
                 continue
             row = json.loads(done.stdout.strip().splitlines()[-1])
             results[config].append(row)
-            if config == "full" and 16 * row["params"] / 1e9 > 0.9 * mem_gb:
+            if name == "full" and 16 * row["params"] / 1e9 > 0.9 * mem_gb:
                 skipped[config] = "does not fit"  # pragma: no cover - only a 1.5B on 24 GB
     cpu = next(
         (ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?"
@@ -138,20 +173,27 @@ def main() -> None:
     name = "tiny qwen2" if args.smoke else args.model
     print(f"# fine-tuning {name}: {args.steps} steps of {args.batch} code rows, {args.rounds} round(s)")
     print(f"# {cpu}, {os.cpu_count()} CPUs, {mem_gb:.1f} GB memory; medians over rounds")
-    print("| configuration | s / step | tokens / s | peak RSS (GB) | vs peft loop (time) |")
-    print("|---|---|---|---|---|")
+    print("# RSS in GB: after loading the model, the load's peak, training's peak (peak reset after")
+    print("# the load), and the process's peak (ru_maxrss: the larger of the two peaks)")
+    print("| configuration | s / step | tokens / s | loaded | load peak | training peak | peak RSS |", end="")
+    print(" vs peft loop (time) |")
+    print("|---|---|---|---|---|---|---|---|")
     ref = results.get("peft loop") or []
     ref_t = statistics.median(x["s_per_step"] for x in ref) if ref else None
     for config in configs:
         rows = results[config]
         if not rows:
-            print(f"| {config} | {skipped.get(config, 'not run')} | | | |")
+            print(f"| {config} | {skipped.get(config, 'not run')} | | | | | | |")
             continue
         t = statistics.median(x["s_per_step"] for x in rows)
         tps = statistics.median(x["tokens_per_s"] for x in rows)
-        rss = statistics.median(x["peak_rss_gb"] for x in rows)
+        gb = {
+            k: statistics.median(x[k] for x in rows)
+            for k in ("loaded_gb", "load_peak_gb", "train_peak_gb", "peak_rss_gb")
+        }
         vs = f"{t / ref_t:.2f}x" if ref_t else "-"
-        print(f"| {config} | {t:.2f} | {tps:.0f} | {rss:.2f} | {vs} |")
+        mem = " | ".join(f"{v:.2f}" for v in gb.values())
+        print(f"| {config} | {t:.2f} | {tps:.0f} | {mem} | {vs} |")
 
 
 if __name__ == "__main__":

@@ -76,19 +76,21 @@ def pair_positions(
     target_offsets: Offsets | None,
     *,
     shared: bool,
-    first: int = 0,
+    first: int | tuple[int, int] = 0,
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64]]:
-    """Paired (source, target) positions of one text from position ``first`` on: position by
-    position with a ``shared`` tokenizer, else by :func:`align_offsets`."""
+    """Paired (source, target) positions of one text from position ``first`` on (one for both
+    sides, or ``(source_first, target_first)``): position by position with a ``shared``
+    tokenizer, else by :func:`align_offsets`."""
+    first_s, first_t = (first, first) if isinstance(first, int) else first
     if shared:
-        pos = np.arange(first, min(n_source, n_target), dtype=np.int64)
+        pos = np.arange(max(first_s, first_t), min(n_source, n_target), dtype=np.int64)
         return pos, pos
     assert source_offsets is not None and target_offsets is not None
     return align_offsets(
         source_offsets,
         target_offsets,
-        source_allowed=np.arange(n_source) >= first,
-        target_allowed=np.arange(n_target) >= first,
+        source_allowed=np.arange(n_source) >= first_s,
+        target_allowed=np.arange(n_target) >= first_t,
     )
 
 

@@ -42,7 +42,7 @@ if TYPE_CHECKING:
     import torch
 
 #: Metadata keys that must match for ``mode="a"`` to continue a store.
-_RESUME_KEYS = ("kind", "layers", "skip_bos", "max_length", "same_start", "models")
+_RESUME_KEYS = ("kind", "layers", "skip_bos", "skip_first", "max_length", "same_start", "models")
 
 
 @dataclass
@@ -86,6 +86,14 @@ class _Side:
                 cut = len(ids) > max_length
                 out[i] = _Encoded(ids[:max_length], None if off is None else off[:max_length], cut)
         return [e for e in out if e is not None]
+
+    def first_kept(self, enc: _Encoded, opts: _Options) -> int:
+        """The first position of a text to store: 1 when ``skip_first``, or when ``skip_bos``
+        and the text starts with this tokenizer's BOS token; else 0."""
+        if opts.skip_first:
+            return 1
+        bos = getattr(self.tokenizer, "bos_token_id", None)
+        return int(opts.skip_bos and bos is not None and len(enc.ids) > 0 and int(enc.ids[0]) == bos)
 
     def forward(self, encs: Sequence[_Encoded]) -> tuple[dict[int, Tensor], npt.NDArray[np.int64]]:
         """Block outputs ``{layer: (batch * seq, d)}`` and each text's first flat row index."""
@@ -138,6 +146,7 @@ class _Options:
     batch_size: int
     max_length: int
     skip_bos: bool
+    skip_first: bool
     dtype: StoredDType
     progress: bool
     mode: WriteMode
@@ -187,6 +196,7 @@ class _Run:
         self.settings = {
             **self.settings,
             "skip_bos": o.skip_bos,
+            "skip_first": o.skip_first,
             "max_length": o.max_length,
             "dtype": o.dtype,
         }
@@ -214,6 +224,9 @@ class _Run:
             self.resume = (int(done.column("doc", [last])[0]), int(done.column(self.pos_column, [last])[0]))
 
     def _check_resumable(self, before: dict[str, Any]) -> None:
+        if "skip_first" not in before and "skip_bos" in before:
+            # stores from before skip_first existed: skip_bos=True dropped position 0 of every text
+            before = {**before, "skip_first": bool(before["skip_bos"])}
         for key in _RESUME_KEYS:
             if before.get(key) != self.settings.get(key):
                 raise CollectError(
@@ -299,6 +312,7 @@ def collect(
     progress: bool = True,
     mode: WriteMode = "x",
     *,
+    skip_first: bool = False,
     shard_bytes: int = SHARD_BYTES,
     metadata: dict[str, Any] | None = None,
 ) -> ActivationStore:
@@ -310,12 +324,19 @@ def collect(
         path: the new store (``mode="x"``), or an existing one to continue (``mode="a"``).
         batch_size: texts per forward pass. max_length: tokens per text (longer ones are
             truncated, with one :class:`CollectWarning`).
-        skip_bos: leave out position 0 of every text (BOS / attention sink; its norm dominates).
+        skip_bos: leave out a text's first token when it is the tokenizer's BOS token (the
+            ``bos_token_id`` its tokenizer or chat template put there; its norm dominates). A
+            text that starts with a real token (SmolLM2 and Qwen add no BOS) keeps it.
+        skip_first: leave out position 0 of every text whatever it is (the attention sink of
+            models without a BOS token); implies what ``skip_bos`` does. Both choices are
+            recorded in the store's ``metadata["collect"]``.
         dtype: storage dtype ("bfloat16", "float16", "float32").
 
     Returns the store (all parts, when run under several ranks).
     """
-    opts = _Options(batch_size, max_length, skip_bos, dtype, progress, mode, shard_bytes, metadata)
+    opts = _Options(
+        batch_size, max_length, skip_bos, skip_first, dtype, progress, mode, shard_bytes, metadata
+    )
     side = _Side(model, tokenizer, list([layers] if isinstance(layers, int) else layers))
     run = _Run(
         documents(texts),
@@ -334,7 +355,7 @@ def collect(
         index: list[Any] = []
         cols: dict[str, list[Any]] = {"token_id": [], "doc": [], "pos": []}
         for doc, enc, start in zip(doc_ids, encs, starts, strict=True):
-            pos = np.arange(run.keep_from(doc, int(skip_bos)), len(enc.ids), dtype=np.int64)
+            pos = np.arange(run.keep_from(doc, side.first_kept(enc, opts)), len(enc.ids), dtype=np.int64)
             index.append(start + pos)
             cols["token_id"].append(enc.ids[pos])
             cols["doc"].append(np.full(len(pos), doc, dtype=np.int64))
@@ -364,6 +385,7 @@ def collect_pair(
     mode: WriteMode = "x",
     *,
     same_start: bool = False,
+    skip_first: bool = False,
     shard_bytes: int = SHARD_BYTES,
     metadata: dict[str, Any] | None = None,
 ) -> ActivationStore:
@@ -380,7 +402,9 @@ def collect_pair(
     store's metadata gets ``alignment_rate`` (paired / target tokens considered) and
     ``alignment`` (counts).
     """
-    opts = _Options(batch_size, max_length, skip_bos, dtype, progress, mode, shard_bytes, metadata)
+    opts = _Options(
+        batch_size, max_length, skip_bos, skip_first, dtype, progress, mode, shard_bytes, metadata
+    )
     (m_s, t_s, l_s), (m_t, t_t, l_t) = source, target
     src, tgt = _Side(m_s, t_s, [l_s]), _Side(m_t, t_t, [l_t])
     shared = same_tokenizer(t_s, t_t)
@@ -416,8 +440,7 @@ def collect_pair(
         opts,
     )
     run.open()
-    counts = _previous_counts(run, tgt, max_length, int(skip_bos), shared)
-    first = int(skip_bos)
+    counts = _previous_counts(run, tgt, max_length, opts, shared)
 
     def step(doc_ids: list[int]) -> _Batch:
         batch = [run.docs[i] for i in doc_ids]
@@ -428,11 +451,12 @@ def collect_pair(
         i_s, i_t = [], []
         cols: dict[str, list[Any]] = {c: [] for c in run.columns}
         for doc, es, et, a, b in zip(doc_ids, enc_s, enc_t, starts_s, starts_t, strict=True):
+            first_s, first_t = src.first_kept(es, opts), tgt.first_kept(et, opts)
             ps, pt = pair_positions(
-                len(es.ids), len(et.ids), es.offsets, et.offsets, shared=shared, first=first
+                len(es.ids), len(et.ids), es.offsets, et.offsets, shared=shared, first=(first_s, first_t)
             )
-            counts["target_tokens"] += pairable(len(et.ids), et.offsets, first)
-            keep = pt >= run.keep_from(doc, first)
+            counts["target_tokens"] += pairable(len(et.ids), et.offsets, first_t)
+            keep = pt >= run.keep_from(doc, first_t)
             ps, pt = ps[keep], pt[keep]
             i_s.append(a + ps)
             i_t.append(b + pt)
@@ -462,7 +486,7 @@ def collect_pair(
     return run.finish(truncated, {"alignment_rate": rate, "alignment": counts})
 
 
-def _previous_counts(run: _Run, tgt: _Side, max_length: int, first: int, shared: bool) -> dict[str, int]:
+def _previous_counts(run: _Run, tgt: _Side, max_length: int, opts: _Options, shared: bool) -> dict[str, int]:
     """Alignment counts of the texts finished before a resume: paired = their committed rows,
     target tokens re-counted by tokenizing them (no forward pass)."""
     counts = {"paired": 0, "target_tokens": 0}
@@ -471,7 +495,7 @@ def _previous_counts(run: _Run, tgt: _Side, max_length: int, first: int, shared:
     done = run.docs[run.first_doc : run.resume[0]]
     for k in range(0, len(done), 64):
         for enc in tgt.encode(done[k : k + 64], max_length, offsets=not shared):
-            counts["target_tokens"] += pairable(len(enc.ids), enc.offsets, first)
+            counts["target_tokens"] += pairable(len(enc.ids), enc.offsets, tgt.first_kept(enc, opts))
     # Every committed row is a pair of a finished text or of the resumed one, whose target
     # tokens (and remaining pairs) the collection loop counts.
     counts["paired"] = run.writer.committed_rows

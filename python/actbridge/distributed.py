@@ -149,6 +149,16 @@ def shutdown() -> None:
     runtime abort the process ("terminate called without an active exception")."""
     dist = _torch_distributed()
     if dist is not None and dist.is_initialized():
+        # Every rank is done before any tears its connections down: a rank destroying its group
+        # while a peer's gloo threads still talk to it made that peer abort (SIGABRT). A peer
+        # that is gone fails the barrier within a minute instead of hanging it.
+        try:
+            if dist.get_backend() == "gloo":
+                dist.monitored_barrier(timeout=datetime.timedelta(seconds=60))
+            else:
+                dist.barrier()
+        except RuntimeError:
+            pass
         dist.destroy_process_group()
 
 

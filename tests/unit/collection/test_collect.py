@@ -163,8 +163,11 @@ def test_pairs_across_tokenizers_align_by_character_offsets(tmp_path, bpe):
         et = uni(text, return_offsets_mapping=True)
         so, to = np.asarray(es["offset_mapping"]), np.asarray(et["offset_mapping"])
         rows = np.flatnonzero(doc == d)
+        # skip_bos drops the BPE side's "<s>" but keeps the unigram side's first token: that
+        # tokenizer adds no BOS, so position 0 is the text's first word (it was dropped before)
+        assert es["input_ids"][0] == bpe.bos_token_id and et["input_ids"][0] != uni.bos_token_id
         want_s, want_t = ab.align_offsets(
-            so, to, source_allowed=np.arange(len(so)) >= 1, target_allowed=np.arange(len(to)) >= 1
+            so, to, source_allowed=np.arange(len(so)) >= 1, target_allowed=np.arange(len(to)) >= 0
         )
         np.testing.assert_array_equal(sp[rows], want_s)
         np.testing.assert_array_equal(tp[rows], want_t)
@@ -180,7 +183,7 @@ def test_pairs_across_tokenizers_align_by_character_offsets(tmp_path, bpe):
         np.testing.assert_allclose(store.read("source", rows), hs_a[3][sp[rows]], rtol=1e-4, atol=1e-4)
         np.testing.assert_allclose(store.read("target", rows), hs_b[2][tp[rows]], rtol=1e-4, atol=1e-4)
         paired += len(rows)
-        considered += int(((to[:, 1] > to[:, 0]) & (np.arange(len(to)) >= 1)).sum())
+        considered += int((to[:, 1] > to[:, 0]).sum())
     assert store.metadata["alignment"] == {"paired": paired, "target_tokens": considered}
     assert store.metadata["alignment_rate"] == pytest.approx(paired / considered)
     assert 0.5 < paired / considered < 1.0
@@ -361,3 +364,62 @@ def test_a_bfloat16_model_hands_its_rows_over_as_bfloat16(tmp_path, bpe):
         rows = np.flatnonzero(store.column("doc") == d)
         # bf16 forward passes of padded and unpadded batches differ by a few bf16 ulps
         np.testing.assert_allclose(store.read("layer2", rows), want, atol=0.05 * np.abs(want).max(), rtol=0)
+
+
+def test_skip_bos_drops_only_a_real_bos_and_skip_first_drops_position_zero(tmp_path, bpe):
+    """Bug: skip_bos=True dropped position 0 of every text, BOS or not; with a tokenizer that
+    adds no BOS (SmolLM2, Qwen, the unigram one here) the text's first real token was lost and
+    row counts differed from every peer's. Now skip_bos drops a BOS token only; dropping the first
+    position whatever it is (the attention sink) is skip_first, and the store records both."""
+    uni = tiny_tokenizer("unigram")
+    docs = texts(4)
+    for tok, has_bos in ((bpe, True), (uni, False)):
+        model = tiny_model("llama", vocab=len(tok), seed=4)
+        runs = {
+            "bos": ab.collect(
+                model, tok, docs, 1, tmp_path / f"{has_bos}-bos", dtype="float32", progress=False
+            ),
+            "first": ab.collect(
+                model, tok, docs, 1, tmp_path / f"{has_bos}-first", skip_first=True, progress=False
+            ),
+            "none": ab.collect(
+                model, tok, docs, 1, tmp_path / f"{has_bos}-none", skip_bos=False, progress=False
+            ),
+        }
+        for d, text in enumerate(docs):
+            _, ids = reference(model, tok, text)
+            assert (ids[0] == tok.bos_token_id) == has_bos
+            wanted = {"bos": 1 if has_bos else 0, "first": 1, "none": 0}
+            for how, store in runs.items():
+                rows = np.flatnonzero(store.column("doc") == d)
+                np.testing.assert_array_equal(store.column("pos", rows), np.arange(wanted[how], len(ids)))
+                np.testing.assert_array_equal(store.column("token_id", rows), ids[wanted[how] :])
+        meta = {
+            how: (s.metadata["collect"]["skip_bos"], s.metadata["collect"]["skip_first"])
+            for how, s in runs.items()
+        }
+        assert meta == {"bos": (True, False), "first": (True, True), "none": (False, False)}
+    # a chat conversation that the template starts with "<s>" (the BPE tokenizer's BOS)
+    model = tiny_model("llama", vocab=len(bpe), seed=4)
+    chat = [[{"role": "user", "content": "hi there"}]]
+    store = ab.collect(model, bpe, chat, 1, tmp_path / "chat", progress=False)
+    assert store.column("pos")[0] == 1 and bpe.bos_token_id not in store.column("token_id").tolist()[:1]
+    # resuming needs the same choice
+    with pytest.raises(ab.CollectError, match="skip_first=False, this run asks for True"):
+        ab.collect(model, bpe, docs, 1, tmp_path / "True-bos", mode="a", skip_first=True, progress=False)
+
+
+def test_a_store_from_before_skip_first_resumes_only_with_the_old_meaning(tmp_path, bpe):
+    """Stores written before skip_first existed dropped position 0 of every text under
+    skip_bos=True: resuming one asks for skip_first=True, with a message that says so."""
+    model = tiny_model("llama", vocab=len(bpe), seed=4)
+    path = tmp_path / "old"
+    ab.collect(model, bpe, texts(2), 1, path, progress=False)
+    manifest = json.loads((path / "manifest.json").read_text())
+    del manifest["metadata"]["collect"]["skip_first"]  # as an older actbridge wrote it
+    del manifest["checksum"]  # it covers the metadata; manifests from before checksums load
+    (path / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(ab.CollectError, match="skip_first=True, this run asks for False"):
+        ab.collect(model, bpe, texts(4), 1, path, mode="a", progress=False)
+    store = ab.collect(model, bpe, texts(4), 1, path, mode="a", skip_first=True, progress=False)
+    assert sorted(set(store.column("doc").tolist())) == [0, 1, 2, 3] and store.column("pos").min() == 1

@@ -259,7 +259,8 @@ def test_contrast_vectors_positions_and_mapped_vectors(model, tok, tmp_path):
         )
         want = manual_contrast(model, tok, pos, neg, 2, positions)
         np.testing.assert_allclose(sv.vector, want, atol=1e-5)
-        assert sv.layer == 2 and sv.positions == positions and sv.info == {"n_pos": 2, "n_neg": 2}
+        assert sv.layer == 2 and sv.positions == positions
+        assert sv.info == {"n_pos": 2, "n_neg": 2, "generation_prompt": True}  # no effect on strings
     sv.save(tmp_path / "v")
     back = ab.SteeringVector.load(tmp_path / "v")
     np.testing.assert_array_equal(back.vector, sv.vector)
@@ -286,6 +287,47 @@ def test_contrast_vectors_positions_and_mapped_vectors(model, tok, tmp_path):
     with pytest.raises(ab.SteerError, match="contrast prompts"):
         ab.transfer_vector(native, ae)
     assert ab.transfer_vector((pos, neg), ae, model, tok, 2).vector.shape == (20,)
+
+
+def test_contrast_vectors_read_chats_as_generate_renders_them():
+    """Bug: from_contrast rendered conversations without the generation prompt, so "last" was the
+    end of the user's turn, while ab.generate (and steering during it) starts from the assistant
+    header. Now the default renders them as generate does; generation_prompt=False keeps the old
+    rendering, and the choice is recorded in the vector."""
+    chat_tok = tiny_tokenizer()  # has a chat template whose generation prompt is "<s>assistant:"
+    m = tiny_model("llama", vocab=len(chat_tok), layers=3, seed=5)
+    pos = [
+        [{"role": "user", "content": "|prod|: tell me a story"}],
+        [{"role": "user", "content": "hi there"}],
+    ]
+    neg = [[{"role": "user", "content": "|dev|: tell me a story"}], [{"role": "user", "content": "rain"}]]
+
+    def last_rows(convs, header):
+        rows = []
+        for conv in convs:
+            text = chat_tok.apply_chat_template(conv, tokenize=False, add_generation_prompt=header)
+            ids = chat_tok(text, add_special_tokens=False)["input_ids"]
+            with torch.inference_mode():
+                h = m(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states[2][0]
+            rows.append(h[-1].double())
+        return torch.stack(rows).mean(0)
+
+    want = {
+        header: (last_rows(pos, header) - last_rows(neg, header)).float().numpy() for header in (True, False)
+    }
+    assert np.abs(want[True] - want[False]).max() > 1e-3  # the two renderings really differ here
+    default = ab.SteeringVector.from_contrast(m, chat_tok, pos, neg, layer=1)
+    np.testing.assert_allclose(default.vector, want[True], atol=1e-5)
+    assert default.info["generation_prompt"] is True
+    plain = ab.SteeringVector.from_contrast(m, chat_tok, pos, neg, layer=1, generation_prompt=False)
+    np.testing.assert_allclose(plain.vector, want[False], atol=1e-5)
+    assert plain.info["generation_prompt"] is False
+    every = ab.contrast_directions(m, chat_tok, pos, neg, layers=[1])
+    np.testing.assert_allclose(every[1].vector, want[True], atol=1e-5)
+    # the prompt generate feeds ends where the default's "last" row is
+    from actbridge.texts import render
+
+    assert render(pos[0], chat_tok, generation_prompt=True)[0].endswith("<s>assistant:")
 
 
 def manual_contrast(model, tok, pos, neg, layer, positions):
