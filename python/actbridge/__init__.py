@@ -17,7 +17,8 @@ The pipeline is store -> collect -> maps -> steer -> evaluate. Available now:
   on the CPU or with torch; the paper's released mappers load with :func:`load_map`;
 - interventions (context managers with hooks, also inside ``generate()``): :class:`SteeringVector`
   (difference of means, or the paired / PCA / logistic aggregators of steering-vectors and
-  repeng: :mod:`actbridge.interventions.aggregators`), :func:`steer`, :func:`ablate`, :func:`transfer_vector` (through a map),
+  repeng: :mod:`actbridge.interventions.aggregators`) and :class:`SteeringVectors` (several
+  layers, one pass), :func:`steer`, :func:`ablate`, :func:`transfer_vector` (through a map),
   :func:`substitute` (a layer replaced by mapped source activations), :func:`mean_ablate`,
   :class:`SafetySwitch`; per-row interventions (:class:`steer_rows`, :class:`Condition`) run a
   whole sweep as one batched ``generate()`` (:func:`generate_conditions`);
@@ -73,7 +74,12 @@ from actbridge.interventions.replace import SafetySwitch, mean_ablate, patch, su
 from actbridge.interventions.rowwise import Condition, generate_conditions, steer_rows
 from actbridge.interventions.steering import ablate, steer
 from actbridge.interventions.transfer import transfer_vector
-from actbridge.interventions.vectors import SteeringVector, contrast_directions, trigger_tokens
+from actbridge.interventions.vectors import (
+    SteeringVector,
+    SteeringVectors,
+    contrast_directions,
+    trigger_tokens,
+)
 from actbridge.maps import AffineMap, AffineStats, AutoencoderConfig, AutoencoderMap, load_map
 from actbridge.models import EMBEDDED, load_model
 from actbridge.store import ActivationStore, StoreWriter
@@ -113,6 +119,7 @@ __all__ = [
     "SimdLevels",
     "SteerError",
     "SteeringVector",
+    "SteeringVectors",
     "StoreArgumentError",
     "StoreCorruptError",
     "StoreError",

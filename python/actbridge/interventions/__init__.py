@@ -18,13 +18,19 @@ from actbridge.interventions.replace import SafetySwitch, mean_ablate, patch, su
 from actbridge.interventions.rowwise import Condition, generate_conditions, steer_rows
 from actbridge.interventions.steering import ablate, steer
 from actbridge.interventions.transfer import transfer_vector
-from actbridge.interventions.vectors import SteeringVector, contrast_directions, trigger_tokens
+from actbridge.interventions.vectors import (
+    SteeringVector,
+    SteeringVectors,
+    contrast_directions,
+    trigger_tokens,
+)
 
 __all__ = [
     "Condition",
     "Intervention",
     "SafetySwitch",
     "SteeringVector",
+    "SteeringVectors",
     "ablate",
     "at_tokens",
     "contrast_directions",

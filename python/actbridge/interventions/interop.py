@@ -15,14 +15,14 @@ which is ``ab.steer(model, vector, alpha=4.0, positions="all")``.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 import numpy as np
 
 from actbridge.errors import InterventionError, VectorCorruptError
-from actbridge.interventions.vectors import SteeringVector
+from actbridge.interventions.vectors import SteeringVector, SteeringVectors
 
 if TYPE_CHECKING:
     import gguf
@@ -34,7 +34,7 @@ ARCH = "controlvector"
 
 
 def save_control_vector(
-    vectors: SteeringVector | Iterable[SteeringVector],
+    vectors: SteeringVector | SteeringVectors | Iterable[SteeringVector],
     path: str | os.PathLike[str],
     *,
     model_hint: str = "",
@@ -46,7 +46,12 @@ def save_control_vector(
     index needs the model's depth: resolve it first)."""
     import gguf
 
-    vs = [vectors] if isinstance(vectors, SteeringVector) else list(vectors)
+    if isinstance(vectors, SteeringVector):
+        vs = [vectors]
+    elif isinstance(vectors, Mapping):  # SteeringVectors / {layer: vector}: its values
+        vs = list(vectors.values())
+    else:
+        vs = list(vectors)
     if not vs:
         raise InterventionError("save_control_vector needs at least one SteeringVector")
     layers = [v.layer for v in vs]
@@ -79,8 +84,8 @@ def save_control_vector(
     return out
 
 
-def load_control_vector(path: str | os.PathLike[str]) -> dict[int, SteeringVector]:
-    """The directions of a llama.cpp control vector, ``{layer: SteeringVector}`` (float32,
+def load_control_vector(path: str | os.PathLike[str]) -> SteeringVectors:
+    """The directions of a llama.cpp control vector, a :class:`SteeringVectors` (float32,
     checked: the architecture, tensor names ``direction.N`` with N >= 1, one width, finite
     values; anything else is a :class:`VectorCorruptError`)."""
     import gguf
@@ -114,7 +119,7 @@ def load_control_vector(path: str | os.PathLike[str]) -> dict[int, SteeringVecto
         raise VectorCorruptError(f"{src} holds no direction tensors")
     if len({v.vector.shape[0] for v in out.values()}) != 1:
         raise VectorCorruptError(f"{src}: the directions have different widths")
-    return dict(sorted(out.items()))
+    return SteeringVectors(out)
 
 
 def _string_field(reader: gguf.GGUFReader, key: str) -> str | None:

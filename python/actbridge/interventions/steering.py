@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -11,7 +11,7 @@ import numpy.typing as npt
 
 from actbridge._typing import Model, Tensor
 from actbridge.errors import InterventionError
-from actbridge.hooks import model_width
+from actbridge.hooks import layer_indices, model_width
 from actbridge.interventions.base import POSITIONS, Intervention, Positions
 from actbridge.interventions.vectors import VectorLike, as_vector
 
@@ -19,36 +19,72 @@ if TYPE_CHECKING:
     import torch
 
 
+def _per_layer(model: Model, vectors: Mapping[int, VectorLike]) -> dict[int, npt.NDArray[np.float32]]:
+    """``{block index: (d,) float32}`` from a :class:`SteeringVectors` or a ``{layer: vector}``
+    mapping (negative layers resolved; each width checked)."""
+    if not vectors:
+        raise InterventionError(
+            "no vectors given: pass a SteeringVectors or {layer: vector} with one or more"
+        )
+    out: dict[int, npt.NDArray[np.float32]] = {}
+    for layer, v in vectors.items():
+        vec, own = as_vector(v)
+        if own is not None and own != layer:
+            raise InterventionError(f"key {layer} holds the vector of layer {own}")
+        (index,) = layer_indices(model, [layer])
+        if index in out:
+            raise InterventionError(f"layer {layer} is given twice (as {index})")
+        _check_width(model, vec)
+        out[index] = vec
+    return out
+
+
 class steer(Intervention):  # noqa: N801 - used like a function: `with ab.steer(model, v, 4.0):`
     """Add ``alpha · vector`` to the residual stream after block ``layer`` (default: the
-    vector's own layer) at ``positions``."""
+    vector's own layer) at ``positions``. ``vector`` may also be a :class:`SteeringVectors` (or
+    a ``{layer: vector}`` mapping): each block then gets its own vector, all with the one
+    ``alpha``, from one set of hooks (steering-vectors' multi-layer ``apply``)."""
 
     def __init__(
         self,
         model: Model,
-        vector: VectorLike,
+        vector: VectorLike | Mapping[int, VectorLike],
         alpha: float = 1.0,
         positions: Positions = "all",
         layer: int | None = None,
     ) -> None:
-        vec, vec_layer = as_vector(vector)
-        if layer is None and vec_layer is None:
-            raise InterventionError("pass layer=... (a raw tensor carries no layer)")
-        super().__init__(model, [layer if layer is not None else vec_layer])  # type: ignore[list-item]
-        _check_width(model, vec)
+        if isinstance(vector, Mapping):
+            if layer is not None:
+                raise InterventionError("a SteeringVectors carries its layers; leave layer= out")
+            vectors = _per_layer(model, vector)
+        else:
+            vec, vec_layer = as_vector(vector)
+            if layer is None and vec_layer is None:
+                raise InterventionError("pass layer=... (a raw tensor carries no layer)")
+            (index,) = layer_indices(model, [layer if layer is not None else vec_layer])  # type: ignore[list-item]
+            _check_width(model, vec)
+            vectors = {index: vec}
+        super().__init__(model, sorted(vectors))
         if not (isinstance(positions, str) and positions in POSITIONS) and not callable(positions):
             raise InterventionError(f"positions must be one of {POSITIONS} or a callable, not {positions!r}")
-        self.vector, self.alpha, self.positions = vec, float(alpha), positions
-        self._cast: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        self.vectors, self.alpha, self.positions = vectors, float(alpha), positions
+        self._cast: dict[tuple[int, torch.device, torch.dtype], Tensor] = {}
+
+    @property
+    def vector(self) -> npt.NDArray[np.float32]:
+        """The ``(d,)`` vector of a one-layer steer (the first layer's of a multi-layer one)."""
+        return self.vectors[self.layers[0]]
 
     def edit(self, layer: int, h: Tensor) -> Tensor:
         if self.alpha == 0.0:
             return h
-        key = (h.device, h.dtype)
+        key = (layer, h.device, h.dtype)
         if key not in self._cast:
             import torch
 
-            self._cast[key] = torch.as_tensor(self.vector, device=h.device, dtype=h.dtype) * self.alpha
+            self._cast[key] = (
+                torch.as_tensor(self.vectors[layer], device=h.device, dtype=h.dtype) * self.alpha
+            )
         where = self.calls.select(self.positions, h)
         delta = self._cast[key]
         return h + delta if where is None else h + where * delta
@@ -56,29 +92,46 @@ class steer(Intervention):  # noqa: N801 - used like a function: `with ab.steer(
 
 class ablate(Intervention):  # noqa: N801
     """Project ``direction`` out of the residual stream after each block in ``layers`` (default:
-    the direction's layer), at every position: ``h ← h − (h·v̂) v̂``."""
+    the direction's layer), at every position: ``h ← h − (h·v̂) v̂``. A :class:`SteeringVectors`
+    (or ``{layer: direction}``) ablates each block's own direction."""
 
     def __init__(
-        self, model: Model, direction: VectorLike, layers: int | Sequence[int] | None = None
+        self,
+        model: Model,
+        direction: VectorLike | Mapping[int, VectorLike],
+        layers: int | Sequence[int] | None = None,
     ) -> None:
-        vec, vec_layer = as_vector(direction)
-        if layers is None and vec_layer is None:
-            raise InterventionError("pass layers=... (a raw tensor carries no layer)")
-        chosen: int | Sequence[int] = layers if layers is not None else int(vec_layer)  # type: ignore[arg-type]
-        super().__init__(model, chosen)
-        _check_width(model, vec)
-        norm = float(np.linalg.norm(vec))
-        if norm == 0:
-            raise InterventionError("cannot ablate a zero direction")
-        self.unit = vec / norm
-        self._cast: dict[tuple[torch.device, torch.dtype], Tensor] = {}
+        if isinstance(direction, Mapping):
+            if layers is not None:
+                raise InterventionError("a SteeringVectors carries its layers; leave layers= out")
+            vectors = _per_layer(model, direction)
+        else:
+            vec, vec_layer = as_vector(direction)
+            if layers is None and vec_layer is None:
+                raise InterventionError("pass layers=... (a raw tensor carries no layer)")
+            chosen: int | Sequence[int] = layers if layers is not None else int(vec_layer)  # type: ignore[arg-type]
+            _check_width(model, vec)
+            vectors = {index: vec for index in layer_indices(model, chosen)}
+        super().__init__(model, sorted(vectors))
+        self.units: dict[int, npt.NDArray[np.float32]] = {}
+        for index, vec in vectors.items():
+            norm = float(np.linalg.norm(vec))
+            if norm == 0:
+                raise InterventionError("cannot ablate a zero direction")
+            self.units[index] = vec / norm
+        self._cast: dict[tuple[int, torch.device], Tensor] = {}
+
+    @property
+    def unit(self) -> npt.NDArray[np.float32]:
+        """The unit direction of the first ablated block."""
+        return self.units[self.layers[0]]
 
     def edit(self, layer: int, h: Tensor) -> Tensor:
         import torch
 
-        key = (h.device, h.dtype)
+        key = (layer, h.device)
         if key not in self._cast:
-            self._cast[key] = torch.as_tensor(self.unit, device=h.device, dtype=torch.float32)
+            self._cast[key] = torch.as_tensor(self.units[layer], device=h.device, dtype=torch.float32)
         u = self._cast[key]
         hf = h.float()
         return (hf - (hf @ u).unsqueeze(-1) * u).to(h.dtype)

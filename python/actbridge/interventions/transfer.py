@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import overload
 
 import numpy as np
 import numpy.typing as npt
@@ -11,13 +12,21 @@ from actbridge._typing import Map, Model, Texts, Tokenizer
 from actbridge.errors import InterventionError
 from actbridge.hooks import layer_indices
 from actbridge.interventions.base import MapModules, torch_map
-from actbridge.interventions.vectors import RowPositions, SteeringVector, prompt_activations, prompts_hash
+from actbridge.interventions.vectors import (
+    RowPositions,
+    SteeringVector,
+    SteeringVectors,
+    prompt_activations,
+    prompt_activations_at,
+    prompts_hash,
+)
 from actbridge.models import model_name
 
 
+@overload
 def transfer_vector(
     vector_or_prompts: SteeringVector | tuple[Texts, Texts],
-    map: Map,  # noqa: A002 - the paper's word
+    map: Map,  # noqa: A002
     source_model: Model | None = None,
     source_tokenizer: Tokenizer | None = None,
     layer: int | None = None,
@@ -27,7 +36,38 @@ def transfer_vector(
     trigger: str | Sequence[str] | None = None,
     batch_size: int = 8,
     generation_prompt: bool = True,
-) -> SteeringVector:
+) -> SteeringVector: ...
+
+
+@overload
+def transfer_vector(
+    vector_or_prompts: SteeringVectors | tuple[Texts, Texts],
+    map: Mapping[int, Map],  # noqa: A002
+    source_model: Model | None = None,
+    source_tokenizer: Tokenizer | None = None,
+    layer: None = None,
+    *,
+    target_layer: Mapping[int, int],
+    positions: RowPositions = "last",
+    trigger: str | Sequence[str] | None = None,
+    batch_size: int = 8,
+    generation_prompt: bool = True,
+) -> SteeringVectors: ...
+
+
+def transfer_vector(
+    vector_or_prompts: SteeringVector | SteeringVectors | tuple[Texts, Texts],
+    map: Map | Mapping[int, Map],  # noqa: A002 - the paper's word
+    source_model: Model | None = None,
+    source_tokenizer: Tokenizer | None = None,
+    layer: int | None = None,
+    *,
+    target_layer: int | Mapping[int, int] | None = None,
+    positions: RowPositions = "last",
+    trigger: str | Sequence[str] | None = None,
+    batch_size: int = 8,
+    generation_prompt: bool = True,
+) -> SteeringVector | SteeringVectors:
     """A steering vector in the target model's space, through ``map`` (source → target).
 
     - ``vector_or_prompts`` a :class:`SteeringVector` and an affine ``map``: ``W · v`` (the
@@ -36,8 +76,30 @@ def transfer_vector(
       ``mean(M(h_s⁺)) − mean(M(h_s⁻))``, which any map (autoencoders too) supports.
     ``target_layer`` records where the vector is meant to be applied. ``generation_prompt`` (with
     prompts) as for :meth:`SteeringVector.from_contrast`.
+
+    Several layers at once: a :class:`SteeringVectors` (or the prompts) with ``map`` a
+    ``{source layer: map}`` and ``target_layer`` a ``{source layer: target layer}``: each layer
+    goes through its own map (the prompts in one forward pass of the source model), and the
+    result is a :class:`SteeringVectors` keyed by target layer.
     """
     import torch
+
+    if isinstance(vector_or_prompts, Mapping) or isinstance(map, Mapping):
+        return _transfer_layers(
+            vector_or_prompts,
+            map,
+            source_model,
+            source_tokenizer,
+            target_layer,
+            positions=positions,
+            trigger=trigger,
+            batch_size=batch_size,
+            generation_prompt=generation_prompt,
+        )
+    if target_layer is not None and not isinstance(target_layer, int):
+        raise InterventionError(
+            "target_layer is one block index for one map (a mapping goes with a map per layer)"
+        )
 
     if isinstance(vector_or_prompts, SteeringVector):
         v = vector_or_prompts
@@ -93,4 +155,85 @@ def transfer_vector(
             "map": type(map).__name__,
             "generation_prompt": bool(generation_prompt),
         },
+    )
+
+
+def _transfer_layers(
+    vectors_or_prompts: SteeringVector | SteeringVectors | tuple[Texts, Texts],
+    maps: Map | Mapping[int, Map],
+    source_model: Model | None,
+    source_tokenizer: Tokenizer | None,
+    target_layers: int | Mapping[int, int] | None,
+    *,
+    positions: RowPositions,
+    trigger: str | Sequence[str] | None,
+    batch_size: int,
+    generation_prompt: bool,
+) -> SteeringVectors:
+    """:func:`transfer_vector` for several layers, each through its own map."""
+    import torch
+
+    if not isinstance(maps, Mapping) or not maps:
+        raise InterventionError(
+            "several layers need one map per layer: map={source_layer: map, ...} (and target_layer="
+            "{source_layer: target_layer, ...})"
+        )
+    if not isinstance(target_layers, Mapping) or set(target_layers) != set(maps):
+        raise InterventionError(
+            f"target_layer must map every source layer of the maps {sorted(maps)} to its target block, "
+            f"got {target_layers!r}"
+        )
+    if len(set(target_layers.values())) != len(target_layers):
+        raise InterventionError(f"two source layers go to the same target block: {dict(target_layers)}")
+    if isinstance(vectors_or_prompts, Mapping):
+        missing = set(maps) - set(vectors_or_prompts)
+        if missing or set(vectors_or_prompts) - set(maps):
+            raise InterventionError(
+                f"the vectors are at layers {sorted(vectors_or_prompts)}, the maps at {sorted(maps)}; "
+                "give one map per vector"
+            )
+        return SteeringVectors(
+            transfer_vector(v, maps[layer], target_layer=target_layers[layer])
+            for layer, v in vectors_or_prompts.items()
+        )
+    if isinstance(vectors_or_prompts, SteeringVector):
+        raise InterventionError("one SteeringVector goes through one map; pass a SteeringVectors for several")
+    pos, neg = vectors_or_prompts
+    if source_model is None or source_tokenizer is None:
+        raise InterventionError("mapping prompts needs source_model and source_tokenizer")
+    layers = layer_indices(source_model, list(maps))
+    by_index = dict(zip(layers, maps, strict=True))  # resolved block -> the key the caller used
+    caches: dict[int, MapModules] = {index: {} for index in layers}  # one per map
+    means = []
+    for prompts in (pos, neg):
+        acts = prompt_activations_at(
+            source_model,
+            source_tokenizer,
+            prompts,
+            layers,
+            positions,
+            trigger,
+            batch_size,
+            generation_prompt=generation_prompt,
+        )
+        per_layer = {}
+        for index, rows in acts.items():
+            module = torch_map(maps[by_index[index]], rows.device, torch.float32, caches[index])
+            with torch.inference_mode():
+                per_layer[index] = module(rows.float()).double().mean(0).cpu().numpy()
+        means.append(per_layer)
+    return SteeringVectors(
+        SteeringVector(
+            (means[0][index] - means[1][index]).astype(np.float32),
+            target_layers[by_index[index]],
+            "",
+            positions if isinstance(positions, str) else "callable",
+            prompts_hash(pos, neg),
+            {
+                "mapped_from": {"model": model_name(source_model), "layer": index},
+                "map": type(maps[by_index[index]]).__name__,
+                "generation_prompt": bool(generation_prompt),
+            },
+        )
+        for index in layers
     )

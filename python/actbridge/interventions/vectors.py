@@ -11,7 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, TypeAlias
@@ -207,6 +207,121 @@ class SteeringVector:
         )[layer]
 
 
+class SteeringVectors(dict[int, SteeringVector]):
+    """Several layers' steering vectors of one model, ``{layer: SteeringVector}`` (the per-layer
+    dict of steering-vectors, the directions of a repeng ``ControlVector`` or a llama.cpp control
+    vector): :func:`actbridge.steer` applies them all at once, :func:`actbridge.transfer_vector`
+    maps each through its layer's map. Every key is its vector's own ``layer`` and every vector
+    has the same width ``d``."""
+
+    def __init__(self, vectors: Mapping[int, SteeringVector] | Iterable[SteeringVector] = ()) -> None:
+        items = list(vectors.values()) if isinstance(vectors, Mapping) else list(vectors)
+        if isinstance(vectors, Mapping):
+            for key, v in vectors.items():
+                if not isinstance(v, SteeringVector) or key != v.layer:
+                    raise InterventionError(
+                        f"SteeringVectors maps each layer to the SteeringVector of that layer; key {key!r} "
+                        f"holds {v.layer if isinstance(v, SteeringVector) else type(v).__name__!r}"
+                    )
+        for v in items:
+            if not isinstance(v, SteeringVector):
+                raise InterventionError(
+                    f"SteeringVectors holds SteeringVector objects, not {type(v).__name__}"
+                )
+        layers = [v.layer for v in items]
+        if len(set(layers)) != len(layers):
+            raise InterventionError(f"one vector per layer; layers {layers} repeat")
+        widths = {int(v.vector.shape[0]) for v in items}
+        if len(widths) > 1:
+            raise InterventionError(
+                f"the vectors have different widths {sorted(widths)}; one model's vectors only"
+            )
+        super().__init__((v.layer, v) for v in sorted(items, key=lambda v: v.layer))
+
+    @property
+    def layers(self) -> list[int]:
+        return sorted(self)
+
+    @property
+    def dim(self) -> int:
+        """The vectors' width ``d`` (0 when empty)."""
+        return int(next(iter(self.values())).vector.shape[0]) if self else 0
+
+    @classmethod
+    def from_contrast(
+        cls,
+        model: Model,
+        tokenizer: Tokenizer,
+        pos_prompts: Texts,
+        neg_prompts: Texts,
+        layers: Sequence[int] | None = None,
+        positions: RowPositions = "last",
+        *,
+        trigger: str | Sequence[str] | None = None,
+        batch_size: int = 8,
+        generation_prompt: bool = True,
+        aggregator: Aggregator = "mean_diff",
+    ) -> SteeringVectors:
+        """:meth:`SteeringVector.from_contrast` at every layer in ``layers`` (default: every
+        block) from one forward pass per batch of prompts (:func:`contrast_directions`)."""
+        return contrast_directions(
+            model,
+            tokenizer,
+            pos_prompts,
+            neg_prompts,
+            layers,
+            positions,
+            trigger=trigger,
+            batch_size=batch_size,
+            generation_prompt=generation_prompt,
+            aggregator=aggregator,
+        )
+
+    def random_like(self, rng: np.random.Generator) -> SteeringVectors:
+        """Same-norm random directions, one per layer (the noise control)."""
+        return SteeringVectors(v.random_like(rng) for v in self.values())
+
+    def save(self, path: str | os.PathLike[str]) -> None:
+        """``path/layer{L}/`` per vector (as :meth:`SteeringVector.save`) and ``path/config.json``
+        listing the layers (written last: a directory without it is not a saved set)."""
+        if not self:
+            raise InterventionError("an empty SteeringVectors has nothing to save")
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        for layer, v in self.items():
+            v.save(out / f"layer{layer}")
+        meta = {"kind": "steering_vectors", "layers": self.layers, "dim": self.dim}
+        files = [
+            f"layer{layer}/{name}" for layer in self.layers for name in ("config.json", "vector.safetensors")
+        ]
+        integrity.write_config(out, meta, files)
+
+    @classmethod
+    def load(cls, path: str | os.PathLike[str]) -> SteeringVectors:
+        """A set saved by :meth:`save` (checksums, layers and widths checked:
+        :class:`VectorCorruptError` otherwise). A directory saved by
+        :meth:`SteeringVector.save` loads as a set of one."""
+        src = Path(path)
+        if not (src / "config.json").exists():
+            raise InterventionError(f"{src} is not a saved steering vector set (config.json is missing)")
+        meta = integrity.read_config(src / "config.json", VectorCorruptError)
+        if meta.get("kind") == "steering_vector":
+            return cls([SteeringVector.load(src)])
+        if meta.get("kind") != "steering_vectors":
+            raise InterventionError(f"{src} is not a saved steering vector set (kind {meta.get('kind')!r})")
+        integrity.check(meta, src, VectorCorruptError)
+        layers = meta.get("layers")
+        if not isinstance(layers, list) or not layers or not all(type(x) is int for x in layers):
+            raise VectorCorruptError(f"{src}/config.json: layers must be a non-empty list of integers")
+        out = cls([SteeringVector.load(src / f"layer{layer}") for layer in layers])
+        if out.layers != sorted(layers) or out.dim != meta.get("dim"):
+            raise VectorCorruptError(
+                f"{src}: config.json lists layers {layers} of width {meta.get('dim')}, the vectors are "
+                f"layers {out.layers} of width {out.dim}"
+            )
+        return out
+
+
 def contrast_info(
     pos_prompts: Texts, neg_prompts: Texts, generation_prompt: bool, aggregator: str = "mean_diff"
 ) -> dict[str, Any]:
@@ -387,7 +502,7 @@ def contrast_directions(
     batch_size: int = 8,
     generation_prompt: bool = True,
     aggregator: Aggregator = "mean_diff",
-) -> dict[int, SteeringVector]:
+) -> SteeringVectors:
     """:meth:`SteeringVector.from_contrast` at many layers (default: every block) from one
     forward pass per batch of prompts: ``{layer: mean(h⁺) − mean(h⁻)}``, as for a layer sweep of
     refusal directions (Arditi et al. 2024). With "mean_diff" only per-layer sums are kept in
@@ -417,8 +532,8 @@ def contrast_directions(
             )
             for prompts in (pos_prompts, neg_prompts)
         ]
-        return {
-            layer: SteeringVector(
+        return SteeringVectors(
+            SteeringVector(
                 aggregate(aggregator, per[0][layer].cpu().numpy(), per[1][layer].cpu().numpy()),
                 layer,
                 name,
@@ -427,7 +542,7 @@ def contrast_directions(
                 dict(info),
             )
             for layer in chosen
-        }
+        )
 
     def sum_and_count(rows: Tensor) -> Tensor:  # (n, d) -> (d + 1,): the row sum, then n
         r = rows.double()
@@ -447,9 +562,9 @@ def contrast_directions(
             generation_prompt=generation_prompt,
         )
         means.append({layer: t[:-1] / t[-1] for layer, t in totals.items()})
-    return {
-        layer: SteeringVector(
+    return SteeringVectors(
+        SteeringVector(
             (means[0][layer] - means[1][layer]).float().cpu().numpy(), layer, name, how, digest, dict(info)
         )
         for layer in chosen
-    }
+    )
