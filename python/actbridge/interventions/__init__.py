@@ -13,7 +13,13 @@ remove them on exit.
 """
 
 from actbridge.interventions.base import Intervention, at_tokens
-from actbridge.interventions.interop import load_control_vector, save_control_vector
+from actbridge.interventions.interop import (
+    from_peer,
+    load_control_vector,
+    save_control_vector,
+    to_repeng,
+    to_steering_vectors,
+)
 from actbridge.interventions.replace import SafetySwitch, mean_ablate, patch, substitute
 from actbridge.interventions.rowwise import Condition, generate_conditions, steer_rows
 from actbridge.interventions.steering import ablate, steer
@@ -36,9 +42,12 @@ __all__ = [
     "contrast_directions",
     "generate_conditions",
     "load_control_vector",
+    "from_peer",
     "mean_ablate",
     "patch",
     "save_control_vector",
+    "to_repeng",
+    "to_steering_vectors",
     "steer",
     "steer_rows",
     "substitute",

@@ -1,4 +1,8 @@
-"""Steering vectors in other tools' formats: llama.cpp control vectors (GGUF).
+"""Steering vectors in other tools' formats: llama.cpp control vectors (GGUF, also repeng's
+``export_gguf`` / ``import_gguf`` files), and steering-vectors' ``SteeringVector`` and repeng's
+``ControlVector`` objects (:func:`from_peer`, :func:`to_steering_vectors`, :func:`to_repeng`).
+Both peers key their per-layer directions by the block whose output they modify, as actbridge
+does, so a vector converted either way steers the same positions of the same blocks.
 
 A llama.cpp control vector is a GGUF file with ``general.architecture = "controlvector"``,
 ``controlvector.model_hint`` and ``controlvector.layer_count``, and one float32 tensor
@@ -27,7 +31,7 @@ from actbridge.interventions.vectors import SteeringVector, SteeringVectors
 if TYPE_CHECKING:
     import gguf
 
-__all__ = ["load_control_vector", "save_control_vector"]
+__all__ = ["from_peer", "load_control_vector", "save_control_vector", "to_repeng", "to_steering_vectors"]
 
 #: ``general.architecture`` of a llama.cpp control vector.
 ARCH = "controlvector"
@@ -127,3 +131,91 @@ def _string_field(reader: gguf.GGUFReader, key: str) -> str | None:
     if field is None:
         return None
     return bytes(field.parts[field.data[0]]).decode("utf-8")
+
+
+def _as_set(vectors: SteeringVector | Mapping[int, SteeringVector]) -> SteeringVectors:
+    if isinstance(vectors, SteeringVector):
+        return SteeringVectors([vectors])
+    if isinstance(vectors, Mapping):
+        return vectors if isinstance(vectors, SteeringVectors) else SteeringVectors(vectors)
+    raise InterventionError(f"expected a SteeringVector or SteeringVectors, got {type(vectors).__name__}")
+
+
+def _float_array(values: object, what: str) -> np.ndarray:
+    if hasattr(values, "detach"):  # a torch tensor, any dtype or device
+        values = values.detach().float().cpu().numpy()
+    arr = np.asarray(values, dtype=np.float32)
+    if arr.ndim != 1 or not np.isfinite(arr).all():
+        raise InterventionError(f"{what} must be a finite (d,) direction, got shape {arr.shape}")
+    return arr
+
+
+def from_peer(vector: object, *, model: str = "") -> SteeringVectors:
+    """A steering-vectors ``SteeringVector`` (``layer_activations``, ``layer_type``
+    "decoder_block") or a repeng ``ControlVector`` (``directions``, ``model_type``) as a
+    :class:`SteeringVectors` (float32 copies; ``model`` defaults to repeng's ``model_type``).
+    Duck-typed, so neither peer needs to be installed to convert its objects."""
+    if hasattr(vector, "layer_activations"):
+        layer_type = getattr(vector, "layer_type", "decoder_block")
+        if layer_type != "decoder_block":
+            raise InterventionError(
+                f"this steering-vectors vector patches {layer_type!r} layers; actbridge steers block "
+                "outputs (decoder_block) only"
+            )
+        per_layer, source, name = vector.layer_activations, "steering-vectors", model
+    elif hasattr(vector, "directions") and hasattr(vector, "model_type"):
+        per_layer, source, name = vector.directions, "repeng", model or str(vector.model_type)
+    else:
+        raise InterventionError(
+            f"{type(vector).__name__} is neither a steering-vectors SteeringVector (layer_activations) "
+            "nor a repeng ControlVector (directions, model_type)"
+        )
+    if not isinstance(per_layer, Mapping) or not per_layer:
+        raise InterventionError(f"the {source} vector holds no per-layer directions")
+    out = []
+    for layer, values in per_layer.items():
+        if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
+            raise InterventionError(f"the {source} vector's layers must be integers, got {layer!r}")
+        arr = _float_array(values, f"the {source} direction of layer {layer}")
+        out.append(SteeringVector(arr.copy(), int(layer), name, info={"from": source}))
+    return SteeringVectors(out)
+
+
+def to_steering_vectors(vectors: SteeringVector | Mapping[int, SteeringVector]) -> object:
+    """``vectors`` as a steering-vectors ``SteeringVector`` (``layer_activations`` float32
+    tensors, ``layer_type="decoder_block"``); needs ``pip install steering-vectors``."""
+    try:
+        import steering_vectors  # type: ignore[import-untyped]
+        import torch
+    except ImportError as e:
+        raise InterventionError(
+            f"converting to steering-vectors needs it installed ({e}): run `pip install --no-deps "
+            "steering-vectors` (it declares transformers<5, which it does not need for this)"
+        ) from e
+    vs = _as_set(vectors)
+    return steering_vectors.SteeringVector(
+        layer_activations={layer: torch.from_numpy(v.vector.copy()) for layer, v in vs.items()},
+        layer_type="decoder_block",
+    )
+
+
+def to_repeng(vectors: SteeringVector | Mapping[int, SteeringVector], *, model_type: str = "") -> object:
+    """``vectors`` as a repeng ``ControlVector`` (``directions`` float32 arrays; ``model_type``
+    defaults to the vectors' model name); needs ``pip install repeng``. repeng 0.4.0 does not
+    import under numpy 2 (it names the removed ``np.float_``); there, exchange files instead:
+    :func:`save_control_vector` writes what ``ControlVector.import_gguf`` reads."""
+    try:
+        from repeng import ControlVector  # type: ignore[import-untyped]
+    except ImportError as e:
+        raise InterventionError(
+            f"converting to repeng needs it installed ({e}): run `pip install --no-deps repeng`"
+        ) from e
+    except AttributeError as e:  # repeng 0.4.0 under numpy 2
+        raise InterventionError(
+            f"repeng does not import with numpy {np.__version__} ({e}); write the vectors with "
+            "ab.save_control_vector(vectors, path) and read them with repeng's "
+            "ControlVector.import_gguf(path)"
+        ) from e
+    vs = _as_set(vectors)
+    name = model_type or next(iter(vs.values())).model
+    return ControlVector(model_type=name, directions={layer: v.vector.copy() for layer, v in vs.items()})

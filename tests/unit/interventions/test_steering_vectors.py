@@ -156,3 +156,43 @@ def test_a_llama_cpp_control_vector_loads_as_a_set(model, tok, tmp_path):
     assert isinstance(back, ab.SteeringVectors) and back.layers == [1, 2, 3]
     for layer in back.layers:
         np.testing.assert_array_equal(back[layer].vector, vs[layer].vector)
+
+
+def test_peer_objects_convert_by_their_attributes(model, tok):
+    """from_peer reads steering-vectors' layer_activations / repeng's directions without either
+    installed (stand-ins with the same attributes; tests/peers uses the real classes)."""
+    from dataclasses import dataclass
+
+    @dataclass
+    class SvVector:  # steering_vectors.SteeringVector's fields
+        layer_activations: dict
+        layer_type: str = "decoder_block"
+
+    @dataclass
+    class RepengVector:  # repeng.ControlVector's fields
+        model_type: str
+        directions: dict
+
+    rng = np.random.default_rng(4)
+    a, b = rng.standard_normal(32), rng.standard_normal(32)
+    got = ab.from_peer(SvVector({2: torch.from_numpy(a).to(torch.bfloat16), 1: torch.from_numpy(b)}))
+    assert (
+        got.layers == [1, 2]
+        and got[2].vector.dtype == np.float32
+        and got[1].info == {"from": "steering-vectors"}
+    )
+    np.testing.assert_allclose(got[2].vector, torch.from_numpy(a).to(torch.bfloat16).float().numpy())
+    cv = ab.from_peer(RepengVector("qwen2", {3: a.astype(np.float32)}))
+    assert cv.layers == [3] and cv[3].model == "qwen2"
+    with ab.steer(model, cv, alpha=1.5):  # applies like any set
+        logits(model, tok)
+    with pytest.raises(ab.SteerError, match="attention"):
+        ab.from_peer(SvVector({1: torch.zeros(32)}, layer_type="attention"))
+    with pytest.raises(ab.SteerError, match="neither a steering-vectors"):
+        ab.from_peer(object())
+    with pytest.raises(ab.SteerError, match="no per-layer directions"):
+        ab.from_peer(RepengVector("x", {}))
+    with pytest.raises(ab.SteerError, match="finite"):
+        ab.from_peer(RepengVector("x", {1: np.full(4, np.nan)}))
+    with pytest.raises(ab.SteerError, match="integers"):
+        ab.from_peer(RepengVector("x", {"1": np.ones(4)}))
