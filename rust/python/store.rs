@@ -478,6 +478,15 @@ impl BatchIter {
         self.inner.lock().map(|p| p.remaining()).unwrap_or(0)
     }
 
+    /// Rows in global batch `i` of this epoch: all ranks' slices together under `share`, the
+    /// batch itself otherwise (a data-parallel loss divides by it).
+    fn global_batch_rows(&self, i: usize) -> PyResult<usize> {
+        let got = self.inner.lock().ok().and_then(|p| p.global_batch_len(i));
+        got.ok_or_else(|| {
+            pyo3::exceptions::PyIndexError::new_err(format!("no batch {i} in this epoch"))
+        })
+    }
+
     fn __next__<'py>(&mut self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyDict>>> {
         let inner = &self.inner;
         let got = py.detach(|| inner.lock().map(|mut p| p.recv()).map_err(|_| ()));

@@ -38,6 +38,8 @@ pub enum Next<T> {
 pub struct Prefetch<T> {
     rx: Option<Receiver<T>>,
     remaining: usize,
+    /// Rows of each global batch (all ranks together), from the plan.
+    global_lens: Vec<usize>,
     cancelled: Arc<AtomicBool>,
     failure: Arc<Mutex<Option<String>>>,
 }
@@ -69,6 +71,7 @@ impl<T: Send + 'static> Prefetch<T> {
         let failure: Arc<Mutex<Option<String>>> = Arc::new(Mutex::new(None));
         let (stop, failed) = (cancelled.clone(), failure.clone());
         let remaining = plan.len();
+        let global_lens = (0..plan.len()).map(|i| plan.global_batch_len(i)).collect();
         let work = move || {
             let run = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
                 for rows in plan.iter() {
@@ -97,6 +100,7 @@ impl<T: Send + 'static> Prefetch<T> {
         Ok(Prefetch {
             rx: Some(rx),
             remaining,
+            global_lens,
             cancelled,
             failure,
         })
@@ -105,6 +109,12 @@ impl<T: Send + 'static> Prefetch<T> {
     /// Batches not yet handed out.
     pub fn remaining(&self) -> usize {
         self.remaining
+    }
+
+    /// Rows in global batch `i` of the epoch (all ranks' slices together; the batch itself
+    /// under one process), or `None` past the epoch's end.
+    pub fn global_batch_len(&self, i: usize) -> Option<usize> {
+        self.global_lens.get(i).copied()
     }
 
     /// The next batch (blocks until the thread has gathered it).
@@ -174,6 +184,24 @@ mod tests {
             assert_eq!(got, expect, "depth {depth}");
             assert!(matches!(it.recv(), Next::Done), "done stays done");
         }
+    }
+
+    #[test]
+    fn global_batch_lengths_are_the_whole_batches_under_any_share() {
+        // 1000 rows in batches of 64: 15 full ones and a last one of 40
+        let whole: Vec<usize> = plan(1000, 64).iter().map(|b| b.len()).collect();
+        for world in [1, 2, 3, 7] {
+            for rank in 0..world {
+                let p = plan(1000, 64).shared(rank, world).unwrap();
+                let it = Prefetch::spawn(p, 1, Copy).unwrap();
+                let got: Vec<usize> = (0..whole.len())
+                    .map(|i| it.global_batch_len(i).unwrap())
+                    .collect();
+                assert_eq!(got, whole, "rank {rank} of {world}");
+                assert_eq!(it.global_batch_len(whole.len()), None);
+            }
+        }
+        assert_eq!(whole.last(), Some(&40));
     }
 
     #[test]

@@ -21,7 +21,7 @@ import numpy as np
 import numpy.typing as npt
 
 from actbridge import _native
-from actbridge._arrays import row_indices, row_selection, selection_size
+from actbridge._arrays import row_indices
 from actbridge._progress import ProgressBar
 from actbridge._typing import Rows, Tensor
 from actbridge.distributed import Group, all_reduce_sum, collective
@@ -407,9 +407,6 @@ def train_torch(
     val_ids = None if run.val_rows is None else row_indices(run.val_rows, len(data.store))
     target_var = data.target_variance(z is not None)
     share = None if group is None else (group.rank, group.world)
-    n_train = (
-        0 if group is None else selection_size(row_selection(data.rows, len(data.store)), len(data.store))
-    )
     val_share, val_sst = val_ids, 0.0
     if group is not None and val_ids is not None and len(val_ids):
         a, b = group.share(len(val_ids))
@@ -444,7 +441,7 @@ def train_torch(
                 loss.backward()  # type: ignore[no-untyped-call]
                 sse += loss.detach().double() * (len(x) * d_t)
             else:
-                global_rows = min(cfg.batch_size, n_train - i * cfg.batch_size)
+                global_rows = batches.global_batch_rows(i)  # the plan's own count (Rust)
                 loss, local_sse = shared_batch_loss(net(x), y, global_rows, group.world)
                 collective("AutoencoderMap.fit (gradient all-reduce)", loss.backward)
                 sse += local_sse.detach().double()

@@ -220,3 +220,23 @@ def test_recycling_survives_weak_references_and_in_place_reshapes(store):
         arr = ref()
         if arr is not None:  # still alive: only weakly referenced, never overwritten
             np.testing.assert_array_equal(arr, x[ids])
+
+
+@pytest.mark.parametrize("world", [1, 2, 3])
+@pytest.mark.parametrize("drop_last", [False, True])
+def test_global_batch_rows_are_the_whole_batch_every_rank_slices(store, world, drop_last):
+    """A data-parallel loss divides by the global batch's rows: each rank's iterator reports the
+    same count, equal to the ranks' slices together (and to the batch under one process)."""
+    s, _ = store
+    rows = np.arange(5, N - 3)
+    its = [
+        s.batches(["x"], batch_size=64, seed=2, rows=rows, drop_last=drop_last, share=(rank, world))
+        for rank in range(world)
+    ]
+    slices = [[len(b["x"]) for b in it] for it in its]
+    for i in range(len(slices[0])):
+        whole = sum(sizes[i] for sizes in slices)
+        assert {it.global_batch_rows(i) for it in its} == {whole}
+        assert whole == (64 if drop_last or i < len(slices[0]) - 1 else (len(rows) - 1) % 64 + 1)
+    with pytest.raises(IndexError, match=f"no batch {len(slices[0])}"):
+        its[0].global_batch_rows(len(slices[0]))
