@@ -67,8 +67,9 @@ def test_smollm2_rows_equal_hidden_states(tmp_path, smol, side):
         )
     finally:
         tok.padding_side = old
+    assert tok("Hello there")["input_ids"][0] != tok.bos_token_id  # SmolLM2 adds no BOS to text
     for pos, n_tokens in assert_rows_equal_hidden_states(store, model, tok, docs, [6, 13]):
-        np.testing.assert_array_equal(pos, np.arange(1, n_tokens))
+        np.testing.assert_array_equal(pos, np.arange(0, n_tokens))  # so skip_bos keeps every token
 
 
 def word_ends(text: str) -> set[int]:
@@ -90,10 +91,11 @@ def test_smollm2_to_gemma_pairs_align_by_characters(tmp_path, smol, gemma):
         rows = np.flatnonzero(doc == d)
         ends = so[sp[rows], 1]
         np.testing.assert_array_equal(ends, to[tp[rows], 1])  # every pair ends at one character
-        # every word end is paired, but for the end of SmolLM2's first token (position 0, which
-        # it has instead of a BOS and collection skips)
-        assert word_ends(text) - {so[0, 1]} <= set(ends.tolist())
-        assert (sp[rows] >= 1).all() and (tp[rows] >= 1).all()
+        # every word end is paired, SmolLM2's first token included (it adds no BOS, so skip_bos
+        # keeps position 0); Gemma's position 0 is its <bos>, which is skipped
+        assert word_ends(text) <= set(ends.tolist())
+        assert (tp[rows] >= 1).all()
+    assert (sp == 0).sum() >= len(docs) // 2  # SmolLM2's first tokens are stored (they were dropped)
     # the rows are the two models' hidden states at the paired positions (bf16)
     for d in (0, len(docs) - 3):
         text, rows = docs[d], np.flatnonzero(doc == d)

@@ -185,7 +185,7 @@ def to_steering_vectors(vectors: SteeringVector | Mapping[int, SteeringVector]) 
     """``vectors`` as a steering-vectors ``SteeringVector`` (``layer_activations`` float32
     tensors, ``layer_type="decoder_block"``); needs ``pip install steering-vectors``."""
     try:
-        import steering_vectors  # type: ignore[import-untyped]
+        import steering_vectors
         import torch
     except ImportError as e:
         raise InterventionError(
@@ -205,7 +205,7 @@ def to_repeng(vectors: SteeringVector | Mapping[int, SteeringVector], *, model_t
     import under numpy 2 (it names the removed ``np.float_``); there, exchange files instead:
     :func:`save_control_vector` writes what ``ControlVector.import_gguf`` reads."""
     try:
-        from repeng import ControlVector  # type: ignore[import-untyped]
+        from repeng import ControlVector
     except ImportError as e:
         raise InterventionError(
             f"converting to repeng needs it installed ({e}): run `pip install --no-deps repeng`"
