@@ -382,7 +382,7 @@ def finetune(
         if lora is not None:
             if adapter_path is not None and finished:  # never a half-trained adapter
                 _save_adapter(trained, Path(adapter_path), save_dtype)
-            trained.merge_and_unload()  # plain modules again, adapters folded into the weights
+            _fold(trained, model)  # plain modules again, adapters folded into the weights
             for name, p in model.named_parameters():
                 p.requires_grad_(grad_flags.get(name, p.requires_grad))
     return history
@@ -432,7 +432,27 @@ def _save_adapter(trained: Any, out: Path, dtype: Any) -> None:
         for p in lora.values():
             p.copy_(p.to(dtype))
         state = {n: p.detach().to(dtype).contiguous() for n, p in lora.items()}
-    _replace_dir(out, lambda tmp: trained.save_pretrained(tmp, state_dict=state, safe_serialization=True))
+    # save_embedding_layers=False: LoRA trains no embeddings, and the default ("auto") has peft
+    # look for the base model's config on disk or the hub to decide (a warning when it is absent)
+    _replace_dir(
+        out,
+        lambda tmp: trained.save_pretrained(
+            tmp, state_dict=state, safe_serialization=True, save_embedding_layers=False
+        ),
+    )
+
+
+def _forget_peft(model: Model) -> None:
+    """Drop the ``peft_config`` that older peft releases (0.17) leave on the unwrapped model: a
+    plain model must not claim adapters it no longer has."""
+    if "peft_config" in vars(model):
+        del model.peft_config
+
+
+def _fold(wrapped: Any, model: Model) -> None:
+    """Merge peft model ``wrapped``'s adapters into ``model`` (the model it wraps) and unwrap it."""
+    wrapped.merge_and_unload()
+    _forget_peft(model)
 
 
 def merge_adapter(model: Model, path: str | os.PathLike[str]) -> Model:
@@ -474,8 +494,9 @@ def merge_adapter(model: Model, path: str | os.PathLike[str]) -> Model:
         problem = str(e)
     if problem is not None:  # put the model back as it was
         wrapped.unload()
+        _forget_peft(model)
         raise FinetuneError(f"the adapter in {folder} does not fit this {type(model).__name__}: {problem}")
-    wrapped.merge_and_unload()
+    _fold(wrapped, model)
     for name, p in model.named_parameters():
         p.requires_grad_(flags.get(name, p.requires_grad))
     model.eval()
