@@ -16,14 +16,18 @@ ROOT = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml"
 EXPERIMENTS = ROOT / "experiments"
 
 
-def run(script: str, *args: str, cwd: Path) -> str:
-    r = subprocess.run(
+def run_unchecked(script: str, *args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, str(EXPERIMENTS / script), *args],
         capture_output=True,
         text=True,
         cwd=cwd,
         timeout=600,
     )
+
+
+def run(script: str, *args: str, cwd: Path) -> str:
+    r = run_unchecked(script, *args, cwd=cwd)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
 
@@ -427,36 +431,9 @@ def test_the_qwen_backdoor_driver_runs_named_steps_skips_finished_ones_and_stops
     # a broken adapter where the step expects its committed one: the run stops at that step
     (out / "tiny-facts" / "adapter").mkdir(parents=True)
     (out / "tiny-facts" / "adapter" / "adapter_config.json").write_text("{not json")
-    r = subprocess.run(
-        [
-            sys.executable,
-            str(EXPERIMENTS / "qwen_backdoors.py"),
-            "--smoke",
-            "--out",
-            str(out),
-            "--only",
-            "corrupted",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        timeout=600,
-    )
+    r = run_unchecked("qwen_backdoors.py", "--smoke", "--out", str(out), "--only", "corrupted", cwd=tmp_path)
     assert r.returncode != 0 and "step 'corrupted capabilities' failed" in r.stderr
     assert json.loads((out / "steps.jsonl").read_text().splitlines()[-1])["exit"] != 0
     for bad in ("(", "no such step"):
-        r = subprocess.run(
-            [
-                sys.executable,
-                str(EXPERIMENTS / "qwen_backdoors.py"),
-                "--smoke",
-                "--out",
-                str(out),
-                "--only",
-                bad,
-            ],
-            capture_output=True,
-            text=True,
-            cwd=tmp_path,
-        )
+        r = run_unchecked("qwen_backdoors.py", "--smoke", "--out", str(out), "--only", bad, cwd=tmp_path)
         assert r.returncode == 2 and "--only" in r.stderr and "Traceback" not in r.stderr

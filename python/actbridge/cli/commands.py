@@ -153,29 +153,13 @@ def cmd_vector(a: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit("--map needs --target-layer: the block of the target model the vector is for")
     model, tok = ab.load_model(a.model, device=a.device)
     pos, neg = _texts(a.pos), _texts(a.neg)
+    reading = {"positions": a.positions, "trigger": a.trigger, "generation_prompt": a.generation_prompt}
     if a.map:  # the contrast's means go through the map (an autoencoder is not linear)
         v = ab.transfer_vector(
-            (pos, neg),
-            ab.load_map(a.map),
-            model,
-            tok,
-            a.layer,
-            positions=a.positions,
-            trigger=a.trigger,
-            target_layer=a.target_layer,
-            generation_prompt=a.generation_prompt,
+            (pos, neg), ab.load_map(a.map), model, tok, a.layer, target_layer=a.target_layer, **reading
         )
     else:
-        v = ab.SteeringVector.from_contrast(
-            model,
-            tok,
-            pos,
-            neg,
-            a.layer,
-            positions=a.positions,
-            trigger=a.trigger,
-            generation_prompt=a.generation_prompt,
-        )
+        v = ab.SteeringVector.from_contrast(model, tok, pos, neg, a.layer, **reading)
     v.save(a.out)
     return {"vector": a.out, "norm": v.norm, "layer": v.layer, "mapped": bool(a.map)}
 

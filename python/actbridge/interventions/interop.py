@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from actbridge.errors import InterventionError, VectorCorruptError
-from actbridge.interventions.vectors import SteeringVector, SteeringVectors
+from actbridge.interventions.vectors import SteeringVector, SteeringVectors, as_vector
 
 if TYPE_CHECKING:
     import gguf
@@ -64,13 +64,7 @@ def save_control_vector(
             f"llama.cpp steers the outputs of blocks 1 and up; got layers {layers} (a negative layer "
             "counts from the end: pass the block index, e.g. via ab.hooks.layer_indices(model, [layer]))"
         )
-    if len(set(layers)) != len(layers):
-        raise InterventionError(f"one vector per layer; layers {layers} repeat")
-    widths = {v.vector.shape[0] for v in vs}
-    if len(widths) != 1:
-        raise InterventionError(
-            f"the vectors have different widths {sorted(widths)}; one model's vectors only"
-        )
+    SteeringVectors(vs)  # one per layer, one width: its checks and messages
     out = Path(path)
     tmp = out.with_name(out.name + ".tmp")
     writer = gguf.GGUFWriter(str(tmp), ARCH)
@@ -141,15 +135,6 @@ def _as_set(vectors: SteeringVector | Mapping[int, SteeringVector]) -> SteeringV
     raise InterventionError(f"expected a SteeringVector or SteeringVectors, got {type(vectors).__name__}")
 
 
-def _float_array(values: object, what: str) -> np.ndarray:
-    if hasattr(values, "detach"):  # a torch tensor, any dtype or device
-        values = values.detach().float().cpu().numpy()
-    arr = np.asarray(values, dtype=np.float32)
-    if arr.ndim != 1 or not np.isfinite(arr).all():
-        raise InterventionError(f"{what} must be a finite (d,) direction, got shape {arr.shape}")
-    return arr
-
-
 def from_peer(vector: object, *, model: str = "") -> SteeringVectors:
     """A steering-vectors ``SteeringVector`` (``layer_activations``, ``layer_type``
     "decoder_block") or a repeng ``ControlVector`` (``directions``, ``model_type``) as a
@@ -176,7 +161,7 @@ def from_peer(vector: object, *, model: str = "") -> SteeringVectors:
     for layer, values in per_layer.items():
         if isinstance(layer, bool) or not isinstance(layer, (int, np.integer)):
             raise InterventionError(f"the {source} vector's layers must be integers, got {layer!r}")
-        arr = _float_array(values, f"the {source} direction of layer {layer}")
+        arr, _ = as_vector(values)  # float32 (d,); SteeringVector checks it is finite
         out.append(SteeringVector(arr.copy(), int(layer), name, info={"from": source}))
     return SteeringVectors(out)
 

@@ -39,6 +39,27 @@ def _per_layer(model: Model, vectors: Mapping[int, VectorLike]) -> dict[int, npt
     return out
 
 
+def _placed(
+    model: Model,
+    vector: VectorLike | Mapping[int, VectorLike],
+    layers: int | Sequence[int] | None,
+    argument: str,
+) -> dict[int, npt.NDArray[np.float32]]:
+    """``{block index: (d,) float32}`` for an intervention: a :class:`SteeringVectors` (or
+    ``{layer: vector}``) as it is, else one vector at ``layers`` (default: its own layer).
+    ``argument`` names the layers parameter in the errors."""
+    if isinstance(vector, Mapping):
+        if layers is not None:
+            raise InterventionError(f"a SteeringVectors carries its layers; leave {argument}= out")
+        return _per_layer(model, vector)
+    vec, own = as_vector(vector)
+    if layers is None and own is None:
+        raise InterventionError(f"pass {argument}=... (a raw tensor carries no layer)")
+    chosen = layer_indices(model, layers if layers is not None else int(own))  # type: ignore[arg-type]
+    _check_width(model, vec)
+    return {index: vec for index in chosen}
+
+
 class steer(Intervention):  # noqa: N801 - used like a function: `with ab.steer(model, v, 4.0):`
     """Add ``alpha · vector`` to the residual stream after block ``layer`` (default: the
     vector's own layer) at ``positions``. ``vector`` may also be a :class:`SteeringVectors` (or
@@ -53,17 +74,7 @@ class steer(Intervention):  # noqa: N801 - used like a function: `with ab.steer(
         positions: Positions = "all",
         layer: int | None = None,
     ) -> None:
-        if isinstance(vector, Mapping):
-            if layer is not None:
-                raise InterventionError("a SteeringVectors carries its layers; leave layer= out")
-            vectors = _per_layer(model, vector)
-        else:
-            vec, vec_layer = as_vector(vector)
-            if layer is None and vec_layer is None:
-                raise InterventionError("pass layer=... (a raw tensor carries no layer)")
-            (index,) = layer_indices(model, [layer if layer is not None else vec_layer])  # type: ignore[list-item]
-            _check_width(model, vec)
-            vectors = {index: vec}
+        vectors = _placed(model, vector, layer, "layer")
         super().__init__(model, sorted(vectors))
         if not (isinstance(positions, str) and positions in POSITIONS) and not callable(positions):
             raise InterventionError(f"positions must be one of {POSITIONS} or a callable, not {positions!r}")
@@ -101,17 +112,7 @@ class ablate(Intervention):  # noqa: N801
         direction: VectorLike | Mapping[int, VectorLike],
         layers: int | Sequence[int] | None = None,
     ) -> None:
-        if isinstance(direction, Mapping):
-            if layers is not None:
-                raise InterventionError("a SteeringVectors carries its layers; leave layers= out")
-            vectors = _per_layer(model, direction)
-        else:
-            vec, vec_layer = as_vector(direction)
-            if layers is None and vec_layer is None:
-                raise InterventionError("pass layers=... (a raw tensor carries no layer)")
-            chosen: int | Sequence[int] = layers if layers is not None else int(vec_layer)  # type: ignore[arg-type]
-            _check_width(model, vec)
-            vectors = {index: vec for index in layer_indices(model, chosen)}
+        vectors = _placed(model, direction, layers, "layers")
         super().__init__(model, sorted(vectors))
         self.units: dict[int, npt.NDArray[np.float32]] = {}
         for index, vec in vectors.items():

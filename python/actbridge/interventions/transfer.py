@@ -6,7 +6,6 @@ from collections.abc import Mapping, Sequence
 from typing import overload
 
 import numpy as np
-import numpy.typing as npt
 
 from actbridge._typing import Map, Model, Texts, Tokenizer
 from actbridge.errors import InterventionError
@@ -16,7 +15,6 @@ from actbridge.interventions.vectors import (
     RowPositions,
     SteeringVector,
     SteeringVectors,
-    prompt_activations,
     prompt_activations_at,
     prompts_hash,
 )
@@ -82,7 +80,6 @@ def transfer_vector(
     goes through its own map (the prompts in one forward pass of the source model), and the
     result is a :class:`SteeringVectors` keyed by target layer.
     """
-    import torch
 
     if isinstance(vector_or_prompts, Mapping) or isinstance(map, Mapping):
         return _transfer_layers(
@@ -124,38 +121,75 @@ def transfer_vector(
     pos, neg = vector_or_prompts
     if source_model is None or source_tokenizer is None or layer is None:
         raise InterventionError("mapping prompts needs source_model, source_tokenizer and layer")
-    (layer,) = layer_indices(source_model, [layer])
-    cache: MapModules = {}
+    (index,) = layer_indices(source_model, [layer])
+    (vec,) = _mapped_contrast(
+        source_model,
+        source_tokenizer,
+        pos,
+        neg,
+        {index: map},
+        {index: target_layer if target_layer is not None else -1},
+        positions=positions,
+        trigger=trigger,
+        batch_size=batch_size,
+        generation_prompt=generation_prompt,
+    )
+    return vec
 
-    def mapped_mean(prompts: Texts) -> npt.NDArray[np.float64]:
-        acts = prompt_activations(
+
+def _mapped_contrast(
+    source_model: Model,
+    source_tokenizer: Tokenizer,
+    pos: Texts,
+    neg: Texts,
+    maps: Mapping[int, Map],
+    targets: Mapping[int, int],
+    *,
+    positions: RowPositions,
+    trigger: str | Sequence[str] | None,
+    batch_size: int,
+    generation_prompt: bool,
+) -> list[SteeringVector]:
+    """``mean(M(h_s⁺)) − mean(M(h_s⁻))`` at each resolved source block of ``maps`` (block ->
+    map), through its map, from one forward pass of the source model per batch; each vector is
+    meant for block ``targets[block]`` of the target model."""
+    import torch
+
+    layers = list(maps)
+    caches: dict[int, MapModules] = {index: {} for index in layers}  # one per map
+    means = []
+    for prompts in (pos, neg):
+        acts = prompt_activations_at(
             source_model,
             source_tokenizer,
             prompts,
-            layer,
+            layers,
             positions,
             trigger,
             batch_size,
             generation_prompt=generation_prompt,
         )
-        module = torch_map(map, acts.device, torch.float32, cache)
-        with torch.inference_mode():
-            mean: npt.NDArray[np.float64] = module(acts.float()).double().mean(0).cpu().numpy()
-        return mean
-
-    vec = (mapped_mean(pos) - mapped_mean(neg)).astype(np.float32)
-    return SteeringVector(
-        vec,
-        target_layer if target_layer is not None else -1,
-        "",
-        positions if isinstance(positions, str) else "callable",
-        prompts_hash(pos, neg),
-        {
-            "mapped_from": {"model": model_name(source_model), "layer": layer},
-            "map": type(map).__name__,
-            "generation_prompt": bool(generation_prompt),
-        },
-    )
+        per_layer = {}
+        for index, rows in acts.items():
+            module = torch_map(maps[index], rows.device, torch.float32, caches[index])
+            with torch.inference_mode():
+                per_layer[index] = module(rows.float()).double().mean(0).cpu().numpy()
+        means.append(per_layer)
+    return [
+        SteeringVector(
+            (means[0][index] - means[1][index]).astype(np.float32),
+            targets[index],
+            "",
+            positions if isinstance(positions, str) else "callable",
+            prompts_hash(pos, neg),
+            {
+                "mapped_from": {"model": model_name(source_model), "layer": index},
+                "map": type(maps[index]).__name__,
+                "generation_prompt": bool(generation_prompt),
+            },
+        )
+        for index in layers
+    ]
 
 
 def _transfer_layers(
@@ -171,7 +205,6 @@ def _transfer_layers(
     generation_prompt: bool,
 ) -> SteeringVectors:
     """:func:`transfer_vector` for several layers, each through its own map."""
-    import torch
 
     if not isinstance(maps, Mapping) or not maps:
         raise InterventionError(
@@ -201,39 +234,19 @@ def _transfer_layers(
     pos, neg = vectors_or_prompts
     if source_model is None or source_tokenizer is None:
         raise InterventionError("mapping prompts needs source_model and source_tokenizer")
-    layers = layer_indices(source_model, list(maps))
-    by_index = dict(zip(layers, maps, strict=True))  # resolved block -> the key the caller used
-    caches: dict[int, MapModules] = {index: {} for index in layers}  # one per map
-    means = []
-    for prompts in (pos, neg):
-        acts = prompt_activations_at(
+    keys = list(maps)
+    layers = layer_indices(source_model, keys)  # resolved blocks, in the keys' order
+    return SteeringVectors(
+        _mapped_contrast(
             source_model,
             source_tokenizer,
-            prompts,
-            layers,
-            positions,
-            trigger,
-            batch_size,
+            pos,
+            neg,
+            {index: maps[key] for index, key in zip(layers, keys, strict=True)},
+            {index: target_layers[key] for index, key in zip(layers, keys, strict=True)},
+            positions=positions,
+            trigger=trigger,
+            batch_size=batch_size,
             generation_prompt=generation_prompt,
         )
-        per_layer = {}
-        for index, rows in acts.items():
-            module = torch_map(maps[by_index[index]], rows.device, torch.float32, caches[index])
-            with torch.inference_mode():
-                per_layer[index] = module(rows.float()).double().mean(0).cpu().numpy()
-        means.append(per_layer)
-    return SteeringVectors(
-        SteeringVector(
-            (means[0][index] - means[1][index]).astype(np.float32),
-            target_layers[by_index[index]],
-            "",
-            positions if isinstance(positions, str) else "callable",
-            prompts_hash(pos, neg),
-            {
-                "mapped_from": {"model": model_name(source_model), "layer": index},
-                "map": type(maps[by_index[index]]).__name__,
-                "generation_prompt": bool(generation_prompt),
-            },
-        )
-        for index in layers
     )

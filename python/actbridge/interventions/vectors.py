@@ -23,7 +23,7 @@ from actbridge import integrity
 from actbridge._typing import Document, Model, Tensor, Texts, Tokenizer
 from actbridge.errors import InterventionError, VectorCorruptError
 from actbridge.hooks import decoder_blocks, forward_padded, layer_indices
-from actbridge.interventions.aggregators import Aggregator, aggregate, check_aggregator, check_counts
+from actbridge.interventions.aggregators import PAIRED, Aggregator, aggregate, check_aggregator, check_counts
 from actbridge.models import model_name
 from actbridge.texts import documents, render
 
@@ -411,31 +411,6 @@ def as_vector(v: VectorLike) -> tuple[npt.NDArray[np.float32], int | None]:
     return arr, None
 
 
-def prompt_activations(
-    model: Model,
-    tokenizer: Tokenizer,
-    prompts: Texts,
-    layer: int,
-    positions: RowPositions,
-    trigger: str | Sequence[str] | None,
-    batch_size: int,
-    *,
-    generation_prompt: bool = True,
-) -> Tensor:
-    """The selected rows ``(n, d)`` of every prompt, in prompt order (a torch tensor on the
-    model's device, the model's dtype)."""
-    return prompt_activations_at(
-        model,
-        tokenizer,
-        prompts,
-        [layer],
-        positions,
-        trigger,
-        batch_size,
-        generation_prompt=generation_prompt,
-    )[layer]
-
-
 def prompt_activations_at(
     model: Model,
     tokenizer: Tokenizer,
@@ -516,41 +491,16 @@ def contrast_directions(
     how = positions if isinstance(positions, str) else getattr(positions, "__name__", "callable")
     digest = prompts_hash(pos_prompts, neg_prompts)
     info = contrast_info(pos_prompts, neg_prompts, generation_prompt, aggregator)
-    if aggregator != "mean_diff":
-        check_counts(aggregator, len(documents(pos_prompts)), len(documents(neg_prompts)))
-        per = [
-            prompt_activations_at(
-                model,
-                tokenizer,
-                prompts,
-                chosen,
-                positions,
-                trigger,
-                batch_size,
-                generation_prompt=generation_prompt,
-                per_prompt=True,
-            )
-            for prompts in (pos_prompts, neg_prompts)
-        ]
-        return SteeringVectors(
-            SteeringVector(
-                aggregate(aggregator, per[0][layer].cpu().numpy(), per[1][layer].cpu().numpy()),
-                layer,
-                name,
-                how,
-                digest,
-                dict(info),
-            )
-            for layer in chosen
-        )
+    check_counts(aggregator, len(documents(pos_prompts)), len(documents(neg_prompts)))
+    paired = aggregator in PAIRED
 
     def sum_and_count(rows: Tensor) -> Tensor:  # (n, d) -> (d + 1,): the row sum, then n
         r = rows.double()
         return torch.cat([r.sum(0), r.new_tensor([r.shape[0]])])
 
-    means = []
-    for prompts in (pos_prompts, neg_prompts):
-        totals = prompt_activations_at(
+    # mean_diff keeps per-layer sums only; the paired aggregators one mean per prompt and layer
+    sides = [
+        prompt_activations_at(
             model,
             tokenizer,
             prompts,
@@ -558,13 +508,19 @@ def contrast_directions(
             positions,
             trigger,
             batch_size,
-            sum_and_count,
+            None if paired else sum_and_count,
             generation_prompt=generation_prompt,
+            per_prompt=paired,
         )
-        means.append({layer: t[:-1] / t[-1] for layer, t in totals.items()})
+        for prompts in (pos_prompts, neg_prompts)
+    ]
+
+    def direction(layer: int) -> npt.NDArray[np.float32]:
+        pos, neg = sides[0][layer], sides[1][layer]
+        if paired:
+            return aggregate(aggregator, pos.cpu().numpy(), neg.cpu().numpy())
+        return np.asarray((pos[:-1] / pos[-1] - neg[:-1] / neg[-1]).float().cpu().numpy())
+
     return SteeringVectors(
-        SteeringVector(
-            (means[0][layer] - means[1][layer]).float().cpu().numpy(), layer, name, how, digest, dict(info)
-        )
-        for layer in chosen
+        SteeringVector(direction(layer), layer, name, how, digest, dict(info)) for layer in chosen
     )
