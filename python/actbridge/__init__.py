@@ -18,7 +18,9 @@ The pipeline is store -> collect -> maps -> steer -> evaluate. Available now:
 - interventions (context managers with hooks, also inside ``generate()``): :class:`SteeringVector`
   (difference of means, or the paired / PCA / logistic aggregators of steering-vectors and
   repeng: :mod:`actbridge.interventions.aggregators`) and :class:`SteeringVectors` (several
-  layers, one pass), :func:`steer`, :func:`ablate`, :func:`transfer_vector` (through a map),
+  layers, one pass), :func:`steer`, :func:`ablate`, :func:`directional_ablation` (out of every
+  residual write) and :func:`orthogonalize` (the same, in the weights), at block outputs or
+  other hook points (``where=``: :data:`HOOK_POINTS`), :func:`transfer_vector` (through a map),
   :func:`substitute` (a layer replaced by mapped source activations), :func:`mean_ablate`,
   :class:`SafetySwitch`; per-row interventions (:class:`steer_rows`, :class:`Condition`) run a
   whole sweep as one batched ``generate()`` (:func:`generate_conditions`);
@@ -68,7 +70,7 @@ from actbridge.errors import (
 from actbridge.evaluation.generation import compare_generations, rouge_l
 from actbridge.evaluation.metrics import evaluate_map, evaluate_substitution
 from actbridge.finetuning import LoraConfig, finetune, merge_adapter, save_finetuned
-from actbridge.hooks import decoder_blocks
+from actbridge.hooks import HOOK_POINTS, RESIDUAL_WRITES, decoder_blocks
 from actbridge.interventions import rowwise
 from actbridge.interventions.base import Intervention, at_tokens
 from actbridge.interventions.interop import (
@@ -78,9 +80,10 @@ from actbridge.interventions.interop import (
     to_repeng,
     to_steering_vectors,
 )
+from actbridge.interventions.orthogonalize import orthogonalize
 from actbridge.interventions.replace import SafetySwitch, mean_ablate, patch, substitute
 from actbridge.interventions.rowwise import Condition, generate_conditions, steer_rows
-from actbridge.interventions.steering import ablate, steer
+from actbridge.interventions.steering import ablate, directional_ablation, steer
 from actbridge.interventions.transfer import transfer_vector
 from actbridge.interventions.vectors import (
     SteeringVector,
@@ -138,6 +141,8 @@ __all__ = [
     "TextsError",
     "UnknownBackdoorError",
     "VectorCorruptError",
+    "HOOK_POINTS",
+    "RESIDUAL_WRITES",
     "__version__",
     "ablate",
     "align_offsets",
@@ -147,6 +152,7 @@ __all__ = [
     "compare_generations",
     "contrast_directions",
     "decoder_blocks",
+    "directional_ablation",
     "distributed",
     "errors",
     "evaluate_map",
@@ -160,6 +166,7 @@ __all__ = [
     "load_model",
     "mean_ablate",
     "merge_adapter",
+    "orthogonalize",
     "patch",
     "rouge_l",
     "rowwise",

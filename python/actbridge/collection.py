@@ -33,7 +33,16 @@ from actbridge._typing import Document, Model, ModelAt, StoredDType, Tensor, Tex
 from actbridge.align import pair_positions, pairable, same_tokenizer
 from actbridge.distributed import active_group, barrier, rank_and_world
 from actbridge.errors import CollectError, CollectWarning
-from actbridge.hooks import forward_padded, layer_indices, model_width
+from actbridge.hooks import (
+    Point,
+    check_where,
+    forward_padded,
+    hook_points,
+    input_device,
+    layer_indices,
+    model_width,
+    point_site,
+)
 from actbridge.models import model_name
 from actbridge.store import SHARD_BYTES, ActivationStore, StoreWriter
 from actbridge.texts import documents, render
@@ -42,7 +51,7 @@ if TYPE_CHECKING:
     import torch
 
 #: Metadata keys that must match for ``mode="a"`` to continue a store.
-_RESUME_KEYS = ("kind", "layers", "skip_bos", "skip_first", "max_length", "same_start", "models")
+_RESUME_KEYS = ("kind", "layers", "where", "skip_bos", "skip_first", "max_length", "same_start", "models")
 
 
 @dataclass
@@ -54,18 +63,22 @@ class _Encoded:
 
 @dataclass
 class _Side:
-    """One model of a collection with its tokenizer and hooked layers."""
+    """One model of a collection with its tokenizer and hooked layers and points."""
 
     model: Model
     tokenizer: Tokenizer
     layers: list[int]
+    where: list[str] = field(default_factory=lambda: ["resid_post"])
     width: int = 0
     device: torch.device | None = None
+    points: list[Point] = field(init=False)
 
     def __post_init__(self) -> None:
         self.layers = layer_indices(self.model, self.layers)
+        self.where = check_where(self.where)
+        self.points = hook_points(self.layers, self.where)
         self.width = model_width(self.model)
-        self.device = next(self.model.parameters()).device
+        self.device = input_device(self.model)
 
     def encode(self, docs: Sequence[Document], max_length: int, offsets: bool) -> list[_Encoded]:
         rendered = [render(d, self.tokenizer) for d in docs]
@@ -95,15 +108,20 @@ class _Side:
         bos = getattr(self.tokenizer, "bos_token_id", None)
         return int(opts.skip_bos and bos is not None and len(enc.ids) > 0 and int(enc.ids[0]) == bos)
 
-    def forward(self, encs: Sequence[_Encoded]) -> tuple[dict[int, Tensor], npt.NDArray[np.int64]]:
-        """Block outputs ``{layer: (batch * seq, d)}`` and each text's first flat row index."""
-        hs, mask, starts = forward_padded(self.model, self.tokenizer, [e.ids for e in encs], self.layers)
+    def forward(self, encs: Sequence[_Encoded]) -> tuple[dict[Point, Tensor], npt.NDArray[np.int64]]:
+        """Hook point tensors ``{point: (batch * seq, d)}`` and each text's first flat row index."""
+        hs, mask, starts = forward_padded(self.model, self.tokenizer, [e.ids for e in encs], self.points)
         b, t = mask.shape
-        flat = {layer: h.reshape(b * t, h.shape[-1]) for layer, h in hs.items()}
+        flat = {point: h.reshape(b * t, h.shape[-1]) for point, h in hs.items()}
         return flat, np.arange(b, dtype=np.int64) * t + starts
 
     def provenance(self) -> dict[str, Any]:
-        return {"model": model_name(self.model), "layers": self.layers, "d_model": self.width}
+        return {
+            "model": model_name(self.model),
+            "layers": self.layers,
+            "where": self.where,
+            "d_model": self.width,
+        }
 
 
 class _HostRows:
@@ -224,6 +242,8 @@ class _Run:
             self.resume = (int(done.column("doc", [last])[0]), int(done.column(self.pos_column, [last])[0]))
 
     def _check_resumable(self, before: dict[str, Any]) -> None:
+        if "where" not in before:  # stores from before hook points: block outputs
+            before = {**before, "where": ["resid_post"] if before.get("kind") == "layers" else "resid_post"}
         if "skip_first" not in before and "skip_bos" in before:
             # stores from before skip_first existed: skip_bos=True dropped position 0 of every text
             before = {**before, "skip_first": bool(before["skip_bos"])}
@@ -312,15 +332,21 @@ def collect(
     progress: bool = True,
     mode: WriteMode = "x",
     *,
+    where: str | Sequence[str] = "resid_post",
     skip_first: bool = False,
     shard_bytes: int = SHARD_BYTES,
     metadata: dict[str, Any] | None = None,
 ) -> ActivationStore:
-    """Run ``model`` on ``texts`` and store the residual stream after blocks ``layers``.
+    """Run ``model`` on ``texts`` and store the residual stream after blocks ``layers`` (or
+    another hook point of those blocks).
 
     Args:
         texts: strings, chat conversations, or a JSONL path (see :func:`actbridge.texts.documents`).
         layers: block indices (negative counts from the end); sites are ``layer{L}``.
+        where: the hook point(s) to read at each of ``layers`` (see :mod:`actbridge.hooks`):
+            "resid_post" (default, sites ``layer{L}``), "resid_pre", "attn_out", "mlp_out"
+            (sites ``layer{L}.attn_out``, ...), "embed" (site ``embed``); several give one site
+            each, from the same forward pass.
         path: the new store (``mode="x"``), or an existing one to continue (``mode="a"``).
         batch_size: texts per forward pass. max_length: tokens per text (longer ones are
             truncated, with one :class:`CollectWarning`).
@@ -337,11 +363,13 @@ def collect(
     opts = _Options(
         batch_size, max_length, skip_bos, skip_first, dtype, progress, mode, shard_bytes, metadata
     )
-    side = _Side(model, tokenizer, list([layers] if isinstance(layers, int) else layers))
+    side = _Side(
+        model, tokenizer, list([layers] if isinstance(layers, int) else layers), list(check_where(where))
+    )
     run = _Run(
         documents(texts),
         path,
-        {f"layer{layer}": side.width for layer in side.layers},
+        {point_site(point): side.width for point in side.points},
         ["token_id", "doc", "pos"],
         {"kind": "layers", **side.provenance(), "models": [model_name(model)]},
         "pos",
@@ -362,7 +390,7 @@ def collect(
             cols["pos"].append(pos)
         idx = np.concatenate(index)
         return _Batch(
-            {f"layer{layer}": (flat[layer], idx) for layer in side.layers},
+            {point_site(point): (flat[point], idx) for point in side.points},
             cols,
             sum(len(e.ids) for e in encs),
             sum(e.truncated for e in encs),
@@ -385,6 +413,7 @@ def collect_pair(
     mode: WriteMode = "x",
     *,
     same_start: bool = False,
+    where: str = "resid_post",
     skip_first: bool = False,
     shard_bytes: int = SHARD_BYTES,
     metadata: dict[str, Any] | None = None,
@@ -395,6 +424,7 @@ def collect_pair(
         source, target: ``(model, tokenizer, layer)`` each.
         same_start: with different tokenizers, pair tokens only when their spans also start
             at the same character (default: same end character is enough).
+        where: the hook point read in both models (as in :func:`collect`; one point).
         Other arguments as in :func:`collect`.
 
     With one tokenizer (the same object, or the same class and vocabulary) tokens pair position
@@ -406,7 +436,11 @@ def collect_pair(
         batch_size, max_length, skip_bos, skip_first, dtype, progress, mode, shard_bytes, metadata
     )
     (m_s, t_s, l_s), (m_t, t_t, l_t) = source, target
-    src, tgt = _Side(m_s, t_s, [l_s]), _Side(m_t, t_t, [l_t])
+    if not isinstance(where, str):
+        raise CollectError(
+            f"collect_pair reads one hook point in each model; pass where='...', not {where!r}"
+        )
+    src, tgt = _Side(m_s, t_s, [l_s], [where]), _Side(m_t, t_t, [l_t], [where])
     shared = same_tokenizer(t_s, t_t)
     docs = documents(texts)
     if not shared:
@@ -427,6 +461,7 @@ def collect_pair(
         "target": tgt.provenance(),
         "models": [model_name(m_s), model_name(m_t)],
         "layers": [src.layers[0], tgt.layers[0]],
+        "where": where,
         "same_start": same_start,
         "shared_tokenizer": shared,
     }
@@ -469,8 +504,8 @@ def collect_pair(
         counts["paired"] += len(idx_t)
         return _Batch(
             {
-                "source": (flat_s[src.layers[0]], np.concatenate(i_s)),
-                "target": (flat_t[tgt.layers[0]], idx_t),
+                "source": (flat_s[src.points[0]], np.concatenate(i_s)),
+                "target": (flat_t[tgt.points[0]], idx_t),
             },
             cols,
             sum(len(e.ids) for e in enc_s) + sum(len(e.ids) for e in enc_t),

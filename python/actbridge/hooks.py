@@ -1,16 +1,29 @@
-"""Finding the decoder blocks of a Hugging Face causal LM and reading their outputs.
+"""Finding the decoder blocks of a Hugging Face causal LM, its hook points, and reading them.
 
 The residual stream "at layer L" is the output of decoder block ``L`` (0-based), which equals
 ``hidden_states[L + 1]`` of ``model(..., output_hidden_states=True)`` for every block but the
 last (there, transformers applies the final norm to ``hidden_states[-1]``; we return the raw
 block output).
+
+Hook points (``where=``, TransformerLens's names), each a ``(batch, seq, d_model)`` tensor:
+
+- ``"resid_post"`` (the default everywhere): the output of block ``L``;
+- ``"resid_pre"``: the input of block ``L`` (the output of block ``L - 1``; for ``L = 0`` what
+  the model feeds its first block: the token embeddings, plus position embeddings in GPT-2);
+- ``"attn_out"`` / ``"mlp_out"``: what block ``L``'s attention / MLP adds to the residual
+  stream: the sub-module's output, or, in models that normalise it before the addition (Gemma 2
+  and 3, OLMo 2: ``post_attention_layernorm`` / ``post_feedforward_layernorm``), that norm's;
+- ``"embed"``: the token embedding module's output (one per model: the layer is not used).
+
+``"embed"``, ``"attn_out"`` and ``"mlp_out"`` are the residual *writes*
+(:data:`RESIDUAL_WRITES`): the residual stream after block ``L`` is their sum up to ``L``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal, get_args
 
 import numpy as np
 import numpy.typing as npt
@@ -20,6 +33,7 @@ from actbridge.errors import HookError
 
 if TYPE_CHECKING:
     import torch
+    from torch.utils.hooks import RemovableHandle
 
 #: Where common architectures keep their block list (Llama, Mistral, Qwen2/3, Gemma 1-3, Phi,
 #: OLMo: ``model.layers``; Gemma 3 multimodal: ``model.language_model.layers``; GPT-2, GPT-J,
@@ -64,6 +78,138 @@ def decoder_blocks(model: Model) -> torch.nn.ModuleList:
     )
 
 
+#: A hook point's name (see the module docstring).
+Where = Literal["embed", "resid_pre", "attn_out", "mlp_out", "resid_post"]
+#: Every hook point, in the order a block's forward pass reaches them.
+HOOK_POINTS: tuple[Where, ...] = get_args(Where)
+#: The hook points whose outputs are added to the residual stream.
+RESIDUAL_WRITES: tuple[Where, ...] = ("embed", "attn_out", "mlp_out")
+#: ``(layer, where)``: one hook point of one block.
+Point = tuple[int, str]
+
+#: Names of a block's attention and MLP sub-modules across architectures (Llama, Qwen, Gemma,
+#: Mistral, Phi-3, OLMo: ``self_attn`` / ``mlp``; GPT-2, GPT-J: ``attn`` / ``mlp``; GPT-NeoX:
+#: ``attention``; Bloom, Falcon: ``self_attention``; Mixtral-style: ``block_sparse_moe``).
+ATTENTION_NAMES = ("self_attn", "attn", "attention", "self_attention")
+MLP_NAMES = ("mlp", "feed_forward", "ffn", "block_sparse_moe")
+
+
+def check_where(where: str | Sequence[str]) -> list[str]:
+    """``where`` as a list of known hook point names (a :class:`HookError` lists them if not)."""
+    wanted = [where] if isinstance(where, str) else list(where)
+    if not wanted:
+        raise HookError(f"no hook points given; pass where= one or more of {HOOK_POINTS}")
+    for w in wanted:
+        if w not in HOOK_POINTS:
+            raise HookError(f"unknown hook point {w!r}; use one of {HOOK_POINTS}")
+    if len(set(wanted)) != len(wanted):
+        raise HookError(f"hook points {wanted} name one point twice")
+    return wanted
+
+
+def check_one_where(where: str) -> str:
+    """``where`` checked as one hook point name."""
+    if not isinstance(where, str):
+        raise HookError(f"pass one hook point name (one of {HOOK_POINTS}), not {where!r}")
+    return check_where(where)[0]
+
+
+def hook_points(layers: Sequence[int], where: str | Sequence[str]) -> list[Point]:
+    """Every ``(layer, where)`` of ``layers`` × ``where`` in forward order, ``"embed"`` once
+    (under the first layer)."""
+    wanted = check_where(where)
+    order: dict[str, int] = {w: k for k, w in enumerate(HOOK_POINTS)}
+    points: list[Point] = []
+    for layer in sorted(layers):
+        for w in sorted(wanted, key=order.__getitem__):
+            if w == "embed" and any(p[1] == "embed" for p in points):
+                continue
+            points.append((layer, w))
+    return sorted(points, key=lambda p: (p[1] != "embed", p[0], order[p[1]]))
+
+
+def _child(block: Any, names: Sequence[str]) -> Any:
+    for name in names:
+        module = getattr(block, name, None)
+        if module is not None:
+            return module
+    return None
+
+
+def point_module(model: Model, point: Point) -> tuple[torch.nn.Module, bool]:
+    """The module to hook for ``point`` and whether the hook is a forward *pre*-hook (on its
+    input, for ``"resid_pre"``) rather than a forward hook on its output."""
+    layer, where = point
+    if where == "embed":
+        embeddings: torch.nn.Module = model.get_input_embeddings()
+        return embeddings, False
+    block: Any = decoder_blocks(model)[layer]
+    if where == "resid_post":
+        return block, False
+    if where == "resid_pre":
+        return block, True
+    post_normed = getattr(block, "post_feedforward_layernorm", None) is not None
+    if where == "attn_out":
+        module = block.post_attention_layernorm if post_normed else _child(block, ATTENTION_NAMES)
+    else:
+        module = block.post_feedforward_layernorm if post_normed else _child(block, MLP_NAMES)
+    if module is None:
+        children = ", ".join(name for name, _ in block.named_children())
+        names = ATTENTION_NAMES if where == "attn_out" else MLP_NAMES
+        raise HookError(
+            f"could not find the {'attention' if where == 'attn_out' else 'MLP'} of "
+            f"{type(block).__name__} (looked for {', '.join(names)}; its modules are {children}); "
+            "hook 'resid_pre' / 'resid_post' instead"
+        )
+    return module, False
+
+
+def block_input(args: tuple[Any, ...], kwargs: dict[str, Any]) -> Tensor:
+    """The hidden states a block's forward call received (first positional argument, or the
+    ``hidden_states`` keyword)."""
+    h: Tensor = args[0] if args else kwargs["hidden_states"]
+    return h
+
+
+def replace_input(args: tuple[Any, ...], kwargs: dict[str, Any], h: Tensor) -> tuple[Any, dict[str, Any]]:
+    """A block call's ``(args, kwargs)`` with its hidden states replaced by ``h``."""
+    if args:
+        return (h, *args[1:]), kwargs
+    return args, {**kwargs, "hidden_states": h}
+
+
+def register_point_hook(
+    model: Model, point: Point, edit: Callable[[Tensor], Tensor | None]
+) -> RemovableHandle:
+    """Hook ``point``: ``edit(h)`` sees its ``(batch, seq, d)`` tensor on every forward call
+    and returns a replacement (or None to leave it). Returns the handle to remove."""
+    module, pre = point_module(model, point)
+    if pre:
+
+        def pre_hook(mod: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+            new = edit(block_input(args, kwargs))
+            return None if new is None else replace_input(args, kwargs, new)
+
+        return module.register_forward_pre_hook(pre_hook, with_kwargs=True)
+
+    def hook(mod: Any, args: Any, output: Any) -> Any:
+        new = edit(block_output(output))
+        if new is None:
+            return None
+        return (new, *output[1:]) if isinstance(output, tuple) else new
+
+    return module.register_forward_hook(hook)
+
+
+def point_site(point: Point) -> str:
+    """A hook point's site name in a store: ``layer{L}`` (``resid_post``), ``layer{L}.{where}``,
+    or ``embed``."""
+    layer, where = point
+    if where == "embed":
+        return "embed"
+    return f"layer{layer}" if where == "resid_post" else f"layer{layer}.{where}"
+
+
 def model_width(model: Model) -> int:
     """``d_model``: the width of ``model``'s residual stream (that of its input embeddings)."""
     embeddings: Any = model.get_input_embeddings()
@@ -101,42 +247,49 @@ class _StopForward(Exception):
 
 
 @contextmanager
-def capture_residuals(model: Model, layers: Sequence[int], stop: bool = True) -> Iterator[dict[int, Tensor]]:
-    """Record the outputs of blocks ``layers`` (``(batch, seq, d)`` tensors) into the yielded
-    dict on each forward pass; with ``stop``, the pass ends after the last of them (no later
-    blocks, no LM head), so call the model through :func:`forward_to_layers`. Hooks are removed
-    on exit, also on error."""
-    blocks = decoder_blocks(model)
-    got: dict[int, Tensor] = {}
-    last = max(layers)
+def capture_points(model: Model, points: Sequence[Point], stop: bool = True) -> Iterator[dict[Point, Tensor]]:
+    """Record the tensors at ``points`` (``(batch, seq, d)``) into the yielded dict on each
+    forward pass; with ``stop``, the pass ends once all of them are recorded (no later blocks,
+    no LM head), so call the model through :func:`forward_to_points`. Hooks are removed on
+    exit, also on error."""
+    got: dict[Point, Tensor] = {}
+    wanted = len(set(points))
 
-    def hook_for(layer: int) -> Callable[[torch.nn.Module, Any, Any], None]:
-        def hook(module: torch.nn.Module, args: Any, output: Any) -> None:
-            got[layer] = block_output(output)
-            if stop and layer == last:
+    def hook_for(point: Point) -> Callable[[Tensor], None]:
+        def record(h: Tensor) -> None:
+            got[point] = h
+            if stop and len(got) == wanted:
                 raise _StopForward
 
-        return hook
+        return record
 
-    handles = [blocks[layer].register_forward_hook(hook_for(layer)) for layer in layers]
+    handles: list[RemovableHandle] = []
     try:
+        for point in dict.fromkeys(points):
+            handles.append(register_point_hook(model, point, hook_for(point)))
         yield got
     finally:
         for h in handles:
             h.remove()
 
 
-def forward_to_layers(model: Model, layers: Sequence[int], **inputs: Any) -> dict[int, Tensor]:
-    """Run ``model(**inputs)`` only as far as the last of ``layers``; the blocks' outputs."""
-    with capture_residuals(model, layers, stop=True) as got:
+def forward_to_points(model: Model, points: Sequence[Point], **inputs: Any) -> dict[Point, Tensor]:
+    """Run ``model(**inputs)`` only as far as it takes to reach every one of ``points``."""
+    with capture_points(model, points, stop=True) as got:
         try:
             model(**inputs)
         except _StopForward:
             pass
-    missing = [layer for layer in layers if layer not in got]
+    missing = [p for p in points if p not in got]
     if missing:
-        raise HookError(f"the forward pass never reached layers {missing}")
+        raise HookError(f"the forward pass never reached hook points {missing}")
     return dict(got)
+
+
+def forward_to_layers(model: Model, layers: Sequence[int], **inputs: Any) -> dict[int, Tensor]:
+    """Run ``model(**inputs)`` only as far as the last of ``layers``; the blocks' outputs."""
+    got = forward_to_points(model, [(layer, "resid_post") for layer in layers], **inputs)
+    return {layer: got[(layer, "resid_post")] for layer in layers}
 
 
 def pad_batch(
@@ -198,17 +351,34 @@ def model_inputs(model: Model, input_ids: Tensor, mask: Tensor) -> dict[str, Any
     return kwargs
 
 
+def input_device(model: Model) -> torch.device:
+    """Where ``model`` takes its inputs: its input embeddings' device (the first device of a
+    model split with ``device_map``; accelerate moves activations between the others)."""
+    embeddings: Any = model.get_input_embeddings()
+    weight: Tensor = embeddings.weight
+    if weight.device.type == "meta":  # offloaded: accelerate's hook loads it on the main device
+        hook = getattr(model.get_input_embeddings(), "_hf_hook", None)
+        return torch_device(getattr(hook, "execution_device", None) or "cpu")
+    return weight.device
+
+
+def torch_device(spec: Any) -> torch.device:
+    import torch
+
+    return torch.device(spec if not isinstance(spec, int) else f"cuda:{spec}")
+
+
 def forward_padded(
-    model: Model, tokenizer: Tokenizer, ids_list: Sequence[npt.NDArray[np.int64]], layers: Sequence[int]
-) -> tuple[dict[int, Tensor], Tensor, npt.NDArray[np.int64]]:
-    """Pad token id arrays (:func:`pad_batch`), run ``model`` up to the last of ``layers`` under
-    inference mode, and return ``({layer: (batch, seq, d)}, attention_mask on the model's
-    device, starts)``."""
+    model: Model, tokenizer: Tokenizer, ids_list: Sequence[npt.NDArray[np.int64]], points: Sequence[Point]
+) -> tuple[dict[Point, Tensor], Tensor, npt.NDArray[np.int64]]:
+    """Pad token id arrays (:func:`pad_batch`), run ``model`` until every one of ``points`` is
+    reached, under inference mode, and return ``({point: (batch, seq, d)}, attention_mask on the
+    model's input device, starts)``."""
     import torch
 
     ids, mask, starts = pad_batch(ids_list, tokenizer)
-    device = next(model.parameters()).device
+    device = input_device(model)
     ids, mask = ids.to(device, non_blocking=True), mask.to(device, non_blocking=True)
     with torch.inference_mode():
-        hs = forward_to_layers(model, layers, **model_inputs(model, ids, mask))
+        hs = forward_to_points(model, points, **model_inputs(model, ids, mask))
     return hs, mask, starts

@@ -60,12 +60,15 @@ def tiny_tokenizer(kind: str = "bpe", padding_side: str = "right") -> Any:
     return tok
 
 
-def tiny_model(arch: str = "llama", vocab: int = 400, layers: int = 4, d: int = 32, seed: int = 0) -> Any:
-    """A random-init causal LM of architecture ``arch`` (float32, eval mode)."""
+def tiny_model(
+    arch: str = "llama", vocab: int = 400, layers: int = 4, d: int = 32, seed: int = 0, **config: Any
+) -> Any:
+    """A random-init causal LM of architecture ``arch`` (float32, eval mode); ``config``: more
+    config fields (e.g. ``tie_word_embeddings=True``)."""
     import torch
     import transformers as T
 
-    common: dict[str, Any] = {"vocab_size": vocab}
+    common: dict[str, Any] = {"vocab_size": vocab, **config}
     if arch in ("llama", "qwen2", "qwen3", "gemma3"):
         cfg_cls, model_cls = {
             "llama": (T.LlamaConfig, T.LlamaForCausalLM),

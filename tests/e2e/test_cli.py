@@ -144,12 +144,57 @@ def test_collect_fit_eval_vector_steer_info_verify(tmp_path, capsys, model_dirs)
     assert main(["fit", "affine", "--store", pairs, "--out", str(tmp_path / "x"), "--source", "nope"]) == 2
 
 
+def test_hook_points_and_orthogonalize_from_the_command_line(tmp_path, capsys, model_dirs):
+    import torch
+
+    a, _ = model_dirs
+    got = run_json(
+        capsys,
+        "collect",
+        "--model",
+        a,
+        "--layers",
+        "0,2",
+        "--where",
+        "attn_out,resid_post",
+        "--texts",
+        "corpus:paragraph",
+        "--out",
+        str(tmp_path / "s"),
+        "--quiet",
+    )
+    assert set(got["sites"]) == {"layer0.attn_out", "layer0", "layer2.attn_out", "layer2"}
+    assert (
+        main(["collect", "--model", a, "--layers", "1", "--where", "attn", "--out", str(tmp_path / "t")]) == 2
+    )
+    assert "unknown hook point 'attn'" in capsys.readouterr().err
+    pos, neg = tmp_path / "pos.jsonl", tmp_path / "neg.jsonl"
+    pos.write_text('"I love this."\n"What a lovely day."\n')
+    neg.write_text('"I hate this."\n"What an awful day."\n')
+    reading = ["--model", a, "--layer", "1", "--pos", str(pos), "--neg", str(neg)]
+    got = run_json(capsys, "vector", *reading, "--where", "mlp_out", "--out", str(tmp_path / "v"))
+    assert got["where"] == "mlp_out" and ab.SteeringVector.load(tmp_path / "v").where == "mlp_out"
+    got = run_json(
+        capsys, "orthogonalize", "--model", a, "--vector", str(tmp_path / "v"), "--out", str(tmp_path / "o")
+    )
+    assert got["model"] == str(tmp_path / "o")
+    model, tok = ab.load_model(a)
+    edited, _ = ab.load_model(tmp_path / "o")
+    enc = tok(["The weather is", "Rain"], return_tensors="pt", padding=True)
+    with torch.no_grad(), ab.directional_ablation(model, ab.SteeringVector.load(tmp_path / "v")):
+        hooked = model(**enc).logits
+    with torch.no_grad():
+        torch.testing.assert_close(edited(**enc).logits, hooked, rtol=1e-4, atol=1e-4)
+    with pytest.raises(SystemExit, match="not empty"):
+        main(["orthogonalize", "--model", a, "--vector", str(tmp_path / "v"), "--out", str(tmp_path / "o")])
+
+
 def test_table_output_and_help(capsys):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0
     text = capsys.readouterr().out
-    for command in ("collect", "fit", "eval", "vector", "steer", "info", "verify", "demo"):
+    for command in ("collect", "fit", "eval", "vector", "steer", "orthogonalize", "info", "verify", "demo"):
         assert command in text
 
 

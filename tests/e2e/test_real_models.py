@@ -130,3 +130,46 @@ def test_a_sweep_in_one_batched_pass_generates_what_cell_by_cell_runs_do(smol):
     same = sum(a == b for cell, row in zip(cells, swept, strict=True) for a, b in zip(cell, row, strict=True))
     assert same >= 0.99 * len(conds) * len(prompts), same
     assert swept[1] != swept[0]  # the vector does steer
+
+
+@pytest.mark.parametrize("which", ["smol", "gemma"])
+def test_hook_points_sum_to_the_residual_stream(request, which):
+    """On the real models: each block's output is its input plus its attention and MLP writes
+    (Gemma 3's writes are its post-norms' outputs), and block 0's input is the embeddings."""
+    from actbridge.hooks import forward_to_points, hook_points, model_inputs
+
+    model, tok = request.getfixturevalue(which)
+    enc = tok(HARD, return_tensors="pt", padding=True)
+    n = len(ab.decoder_blocks(model))
+    points = hook_points(range(n), ab.HOOK_POINTS)
+    with torch.no_grad():
+        got = forward_to_points(model, points, **model_inputs(model, enc["input_ids"], enc["attention_mask"]))
+    mask = enc["attention_mask"].bool()
+    torch.testing.assert_close(got[(0, "resid_pre")], got[(0, "embed")], rtol=0, atol=0)
+    for layer in range(n):
+        post = got[(layer, "resid_post")][mask]
+        total = (got[(layer, "resid_pre")] + got[(layer, "attn_out")] + got[(layer, "mlp_out")])[mask]
+        assert (total - post).abs().max() <= 1e-5 * post.abs().max()
+
+
+def test_smollm2_orthogonalized_weights_equal_the_hooked_ablation(tmp_path):
+    """SmolLM2 ties its embeddings: orthogonalising unties them, and the edited model (saved and
+    reloaded) computes what directional ablation computes with hooks."""
+    model, tok = ab.load_model("smollm2-135m-instruct", device="cpu")  # a fresh copy: edited in place
+    prompts = [[{"role": "user", "content": "How do I pick a lock?"}], [{"role": "user", "content": "Hi"}]]
+    direction = ab.SteeringVector.from_contrast(model, tok, prompts[:1], prompts[1:], 12)
+    enc = tok(HARD, return_tensors="pt", padding=True)
+    mask = enc["attention_mask"].bool()
+    with torch.no_grad():
+        plain = model(**enc).logits[mask]
+        with ab.directional_ablation(model, direction):
+            hooked = model(**enc).logits[mask]
+        ab.orthogonalize(model, direction)
+        model.save_pretrained(tmp_path / "ortho")
+        tok.save_pretrained(tmp_path / "ortho")
+        back, _ = ab.load_model(tmp_path / "ortho", device="cpu")
+        edited = back(**enc).logits[mask]
+    scale = hooked.abs().max()
+    assert (edited - hooked).abs().max() < 1e-4 * scale
+    assert (plain - hooked).abs().max() > 1e-2 * scale
+    assert back.config.tie_word_embeddings is False

@@ -66,15 +66,21 @@ def cmd_collect(a: argparse.Namespace) -> dict[str, Any]:
         "skip_bos": a.skip_bos,
         "skip_first": a.skip_first,
     }
+    where = a.where.split(",")
     if a.target:
         if len(layers) != 1 or a.target_layer is None:
             raise SystemExit("a pair needs one --layers value for the source and --target-layer")
         target, ttok = ab.load_model(a.target, device=a.device)
         store = ab.collect_pair(
-            (model, tok, layers[0]), (target, ttok, a.target_layer), _texts(a.texts), a.out, **common
+            (model, tok, layers[0]),
+            (target, ttok, a.target_layer),
+            _texts(a.texts),
+            a.out,
+            where=where[0] if len(where) == 1 else where,
+            **common,
         )
     else:
-        store = ab.collect(model, tok, _texts(a.texts), layers, a.out, **common)
+        store = ab.collect(model, tok, _texts(a.texts), layers, a.out, where=where, **common)
     out = {"path": store.path, "rows": len(store), "sites": store.sites}
     if "alignment_rate" in store.metadata:
         out["alignment_rate"] = store.metadata["alignment_rate"]
@@ -151,6 +157,10 @@ def cmd_eval(a: argparse.Namespace) -> dict[str, Any]:
 def cmd_vector(a: argparse.Namespace) -> dict[str, Any]:
     if a.map and a.target_layer is None:
         raise SystemExit("--map needs --target-layer: the block of the target model the vector is for")
+    if a.map and a.where != "resid_post":
+        raise SystemExit(
+            "--map carries block-output vectors (maps are fitted on block outputs); leave --where out"
+        )
     model, tok = ab.load_model(a.model, device=a.device)
     pos, neg = _texts(a.pos), _texts(a.neg)
     reading = {"positions": a.positions, "trigger": a.trigger, "generation_prompt": a.generation_prompt}
@@ -159,9 +169,9 @@ def cmd_vector(a: argparse.Namespace) -> dict[str, Any]:
             (pos, neg), ab.load_map(a.map), model, tok, a.layer, target_layer=a.target_layer, **reading
         )
     else:
-        v = ab.SteeringVector.from_contrast(model, tok, pos, neg, a.layer, **reading)
+        v = ab.SteeringVector.from_contrast(model, tok, pos, neg, a.layer, where=a.where, **reading)
     v.save(a.out)
-    return {"vector": a.out, "norm": v.norm, "layer": v.layer, "mapped": bool(a.map)}
+    return {"vector": a.out, "norm": v.norm, "layer": v.layer, "where": v.where, "mapped": bool(a.map)}
 
 
 def cmd_steer(a: argparse.Namespace) -> dict[str, Any]:
@@ -173,12 +183,26 @@ def cmd_steer(a: argparse.Namespace) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for alpha in dict.fromkeys([0.0, *[float(x) for x in a.alpha.split(",")]]):
         enc = tok(a.prompt, return_tensors="pt").to(next(model.parameters()).device)
-        with ab.steer(model, v, alpha=alpha, positions=a.positions, layer=layer), torch.inference_mode():
+        steering = ab.steer(model, v, alpha=alpha, positions=a.positions, layer=layer, where=a.where)
+        with steering, torch.inference_mode():
             ids = model.generate(
                 **enc, max_new_tokens=a.new_tokens, do_sample=False, pad_token_id=tok.pad_token_id
             )
         out[f"alpha={alpha:g}"] = tok.decode(ids[0, enc["input_ids"].shape[1] :], skip_special_tokens=True)
     return out
+
+
+def cmd_orthogonalize(a: argparse.Namespace) -> dict[str, Any]:
+    from pathlib import Path
+
+    if Path(a.out).exists() and any(Path(a.out).iterdir()):
+        raise SystemExit(f"{a.out} exists and is not empty; choose a new --out directory")
+    model, tok = ab.load_model(a.model, device=a.device)
+    v = ab.SteeringVector.load(a.vector)
+    ab.orthogonalize(model, v)
+    model.save_pretrained(a.out)
+    tok.save_pretrained(a.out)
+    return {"model": a.out, "direction_norm": v.norm, "tie_word_embeddings": model.config.tie_word_embeddings}
 
 
 def cmd_sweep(a: argparse.Namespace) -> dict[str, Any]:
@@ -267,6 +291,11 @@ def parser() -> argparse.ArgumentParser:
         "--model", required=True, help="embedded name, .gguf, model dir or hub id (the source for pairs)"
     )
     q.add_argument("--layers", required=True, help="comma-separated block indices")
+    q.add_argument(
+        "--where",
+        default="resid_post",
+        help=f"comma-separated hook points of each block ({', '.join(ab.HOOK_POINTS)})",
+    )
     q.add_argument("--target", help="a second model: collect paired rows (sites source/target)")
     q.add_argument("--target-layer", type=int)
     q.add_argument("--texts", default="corpus", help="'corpus', 'corpus:KIND[,KIND]' or a JSONL path")
@@ -324,6 +353,7 @@ def parser() -> argparse.ArgumentParser:
         action="store_false",
         help="render chat prompts without the assistant header that `generate` adds",
     )
+    q.add_argument("--where", default="resid_post", choices=ab.HOOK_POINTS, help="hook point of the block")
     q.add_argument("--map", help="a saved map: save the mapped vector instead")
     q.add_argument("--target-layer", type=int, help="with --map: the target block the vector is for")
     q.add_argument("--out", required=True)
@@ -336,7 +366,18 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--alpha", default="4", help="comma-separated strengths")
     q.add_argument("--layer", type=int, help="default: the vector's layer")
     q.add_argument("--positions", default="all", choices=["all", "last", "prompt", "generated"])
+    q.add_argument("--where", choices=ab.HOOK_POINTS, help="hook point (default: where the vector was read)")
     q.add_argument("--new-tokens", type=int, default=32)
+    q.add_argument("--device")
+
+    q = add(
+        "orthogonalize",
+        "save a model with a direction removed from every residual write (weight orthogonalisation)",
+        cmd_orthogonalize,
+    )
+    q.add_argument("--model", required=True)
+    q.add_argument("--vector", required=True, help="a saved steering vector (the direction to remove)")
+    q.add_argument("--out", required=True, help="directory for the edited model and its tokenizer")
     q.add_argument("--device")
 
     q = add(

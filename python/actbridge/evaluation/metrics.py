@@ -261,8 +261,9 @@ def _evaluate_substitutions(
         total: Any = 0.0
         count = 0
         for batch in batches:
-            hs_t, mask, _ = forward_padded(m_t, tok_t, [e[0] for e in encode(tok_t, batch)], [l_t])
-            h, real = hs_t[l_t], mask.bool()
+            point_t = (l_t, "resid_post")
+            hs_t, mask, _ = forward_padded(m_t, tok_t, [e[0] for e in encode(tok_t, batch)], [point_t])
+            h, real = hs_t[point_t], mask.bool()
             s = h[real].double().sum(0)
             total = total + s
             count += int(real.sum())
@@ -298,8 +299,8 @@ def _evaluate_substitutions(
             enc_s, pairs, bi, pi, abl = pairing[id(tok_s)]
             skey = (id(m_s), id(tok_s), l_s)
             if skey not in states:
-                hs_s, _, st_s = forward_padded(m_s, tok_s, [e[0] for e in enc_s], [l_s])
-                states[skey] = (hs_s[l_s], st_s)
+                hs_s, _, st_s = forward_padded(m_s, tok_s, [e[0] for e in enc_s], [(l_s, "resid_post")])
+                states[skey] = (hs_s[(l_s, "resid_post")], st_s)
             hs, st_s = states[skey]
             src_rows = [
                 hs[i, torch.as_tensor(st_s[i] + ps, device=hs.device)] for i, (ps, _) in enumerate(pairs)

@@ -5,7 +5,10 @@ remove them on exit.
   positions), :func:`at_tokens`.
 - :mod:`actbridge.interventions.vectors`: :class:`SteeringVector`, contrast directions,
   :func:`trigger_tokens`.
-- :mod:`actbridge.interventions.steering`: ``steer`` (add a vector), ``ablate`` (project it out).
+- :mod:`actbridge.interventions.steering`: ``steer`` (add a vector), ``ablate`` (project it out),
+  ``directional_ablation`` (out of every residual write).
+- :mod:`actbridge.interventions.orthogonalize`: :func:`orthogonalize` (that ablation baked into
+  the weights).
 - :mod:`actbridge.interventions.transfer`: :func:`transfer_vector` (a vector carried through a map).
 - :mod:`actbridge.interventions.replace`: substitution, patching, mean ablation, :class:`SafetySwitch`.
 - :mod:`actbridge.interventions.interop`: llama.cpp control vectors (GGUF) to and from vectors.
@@ -20,9 +23,10 @@ from actbridge.interventions.interop import (
     to_repeng,
     to_steering_vectors,
 )
+from actbridge.interventions.orthogonalize import orthogonalize
 from actbridge.interventions.replace import SafetySwitch, mean_ablate, patch, substitute
 from actbridge.interventions.rowwise import Condition, generate_conditions, steer_rows
-from actbridge.interventions.steering import ablate, steer
+from actbridge.interventions.steering import ablate, directional_ablation, steer
 from actbridge.interventions.transfer import transfer_vector
 from actbridge.interventions.vectors import (
     SteeringVector,
@@ -40,10 +44,12 @@ __all__ = [
     "ablate",
     "at_tokens",
     "contrast_directions",
+    "directional_ablation",
     "generate_conditions",
     "load_control_vector",
     "from_peer",
     "mean_ablate",
+    "orthogonalize",
     "patch",
     "save_control_vector",
     "to_repeng",

@@ -1,8 +1,9 @@
 """The base of every intervention: hooks on decoder blocks, the record of each forward call, and
 where in a call to act.
 
-Every intervention is a context manager that installs forward hooks on decoder blocks (and one
-pre-hook on the model that records each call's inputs) and always removes them on exit. They
+Every intervention is a context manager that installs forward hooks on decoder blocks (or on
+another hook point of them, ``where=``: see :mod:`actbridge.hooks`), and one pre-hook on the
+model that records each call's inputs, and always removes them on exit. They
 work in plain forward passes and inside ``model.generate()`` with a KV cache: the prefill call
 and every decode step, left- or right-padded batches.
 
@@ -27,7 +28,7 @@ if TYPE_CHECKING:
 
 from actbridge._typing import Map, Model, Tensor
 from actbridge.errors import InterventionError
-from actbridge.hooks import block_output, decoder_blocks, layer_indices, passed_cache
+from actbridge.hooks import Point, check_where, hook_points, layer_indices, passed_cache, register_point_hook
 
 #: Where to act in a call: one of :data:`POSITIONS`, or ``f(input_ids, mask) -> (batch, seq) bool``.
 Positions = str | Callable[["Tensor | None", "Tensor | None"], "Tensor"]
@@ -118,24 +119,26 @@ class _Calls:
         return chosen.unsqueeze(-1).to(h.dtype)
 
 
-def _replace_output(output: Any, h: Tensor) -> Any:
-    return (h, *output[1:]) if isinstance(output, tuple) else h
-
-
 class Intervention:
-    """Base class: a context manager whose hooks call :meth:`edit` on block outputs.
+    """Base class: a context manager whose hooks call :meth:`edit` on the tensors at hook points
+    ``where`` (block outputs by default) of blocks ``layers``.
 
     Use ``with intervention: ...``, or :meth:`on` / :meth:`off` to toggle it at run time.
     """
 
-    def __init__(self, model: Model, layers: int | Sequence[int]) -> None:
+    def __init__(
+        self, model: Model, layers: int | Sequence[int], where: str | Sequence[str] = "resid_post"
+    ) -> None:
         self.model = model
         self.layers = layer_indices(model, layers)
+        self.where = check_where(where)
+        self.points: list[Point] = hook_points(self.layers, self.where)
         self.calls = _Calls(model)
         self._handles: list[RemovableHandle] = []
 
     def edit(self, layer: int, h: Tensor) -> Tensor:  # pragma: no cover - overridden
-        """The new block output ``(batch, seq, d)`` for ``h``."""
+        """The new tensor ``(batch, seq, d)`` for ``h``, the one at a hook point of block
+        ``layer`` (for ``"embed"``: the first of the intervention's layers)."""
         raise NotImplementedError
 
     @property
@@ -147,10 +150,9 @@ class Intervention:
         if self.active:
             return self
         self.calls.__enter__()
-        blocks = decoder_blocks(self.model)
         try:
-            for layer in self.layers:
-                self._handles.append(blocks[layer].register_forward_hook(self._hook(layer)))
+            for point in self.points:
+                self._handles.append(register_point_hook(self.model, point, self._hook(point[0])))
         except BaseException:
             self.off()
             raise
@@ -166,11 +168,11 @@ class Intervention:
         self._handles = []
         return self
 
-    def _hook(self, layer: int) -> Callable[..., Any]:
-        def hook(module: Any, args: Any, output: Any) -> Any:
+    def _hook(self, layer: int) -> Callable[[Tensor], Tensor | None]:
+        def hook(h: Tensor) -> Tensor | None:
             if self.calls.paused:  # a forward pass the intervention runs itself (re-entrant)
                 return None
-            return _replace_output(output, self.edit(layer, block_output(output)))
+            return self.edit(layer, h)
 
         return hook
 

@@ -22,7 +22,7 @@ import numpy.typing as npt
 from actbridge import integrity
 from actbridge._typing import Document, Model, Tensor, Texts, Tokenizer
 from actbridge.errors import InterventionError, VectorCorruptError
-from actbridge.hooks import decoder_blocks, forward_padded, layer_indices
+from actbridge.hooks import HOOK_POINTS, check_one_where, decoder_blocks, forward_padded, layer_indices
 from actbridge.interventions.aggregators import PAIRED, Aggregator, aggregate, check_aggregator, check_counts
 from actbridge.models import model_name
 from actbridge.texts import documents, render
@@ -64,7 +64,9 @@ class SteeringVector:
     """A direction in one model's residual stream at one layer.
 
     ``vector``: ``(d,)`` float32. Provenance: ``model``, ``layer``, ``positions`` (how it was
-    taken), ``prompts_hash`` (sha256 of the contrast prompts), and free-form ``info``.
+    taken), ``prompts_hash`` (sha256 of the contrast prompts), and free-form ``info``. ``where``:
+    the hook point of block ``layer`` it was read at and is applied at by default
+    ("resid_post", the block's output; see :mod:`actbridge.hooks`).
     """
 
     vector: npt.NDArray[np.float32]
@@ -73,6 +75,7 @@ class SteeringVector:
     positions: str = ""
     prompts_hash: str = ""
     info: dict[str, Any] = field(default_factory=dict)
+    where: str = "resid_post"
 
     def __post_init__(self) -> None:
         v = np.asarray(self.vector, dtype=np.float32)
@@ -85,6 +88,8 @@ class SteeringVector:
         if isinstance(self.layer, bool) or not isinstance(self.layer, (int, np.integer)):
             # Negative counts from the end, as everywhere (checked against the model when applied).
             raise InterventionError(f"layer must be an integer block index, got {self.layer!r}")
+        if not isinstance(self.where, str) or self.where not in HOOK_POINTS:
+            raise InterventionError(f"where must be one of {HOOK_POINTS}, got {self.where!r}")
         self.vector, self.layer = v, int(self.layer)
 
     @property
@@ -101,7 +106,7 @@ class SteeringVector:
         """A random direction (Gaussian draw from ``rng``) with this vector's norm and layer: the
         same-norm noise control for a steering experiment."""
         noise = np.asarray(rng.standard_normal(self.vector.shape[0]), dtype=np.float32)
-        return SteeringVector(noise / np.linalg.norm(noise) * self.norm, self.layer)
+        return SteeringVector(noise / np.linalg.norm(noise) * self.norm, self.layer, where=self.where)
 
     def cosine(self, other: SteeringVector) -> float:
         """Cosine similarity with another vector of the same width (0 when either is zero)."""
@@ -118,6 +123,7 @@ class SteeringVector:
         meta = {
             "kind": "steering_vector",
             "layer": self.layer,
+            "where": self.where,
             "model": self.model,
             "positions": self.positions,
             "prompts_hash": self.prompts_hash,
@@ -162,6 +168,7 @@ class SteeringVector:
             meta.get("positions", ""),
             meta.get("prompts_hash", ""),
             meta.get("info", {}),
+            _saved_where(src, meta),
         )
 
     @classmethod
@@ -178,6 +185,7 @@ class SteeringVector:
         batch_size: int = 8,
         generation_prompt: bool = True,
         aggregator: Aggregator = "mean_diff",
+        where: str = "resid_post",
     ) -> SteeringVector:
         """``mean(h⁺) − mean(h⁻)`` of the residual stream after block ``layer`` (or another
         ``aggregator`` of the contrast activations; see :mod:`actbridge.interventions.aggregators`:
@@ -191,6 +199,9 @@ class SteeringVector:
         :func:`actbridge.generate` renders them (so "last" is the token the answer starts
         from); False renders them as they are (the last token is then the end of the user's
         turn). Plain strings are never changed. The choice is recorded in ``info``.
+        ``where``: the hook point of block ``layer`` to read ("resid_post", the block output, by
+        default; "resid_pre", "attn_out", "mlp_out", "embed"); :func:`actbridge.steer` applies
+        the vector there.
         """
         (layer,) = layer_indices(model, [layer])
         return contrast_directions(
@@ -204,6 +215,7 @@ class SteeringVector:
             batch_size=batch_size,
             generation_prompt=generation_prompt,
             aggregator=aggregator,
+            where=where,
         )[layer]
 
 
@@ -261,6 +273,7 @@ class SteeringVectors(dict[int, SteeringVector]):
         batch_size: int = 8,
         generation_prompt: bool = True,
         aggregator: Aggregator = "mean_diff",
+        where: str = "resid_post",
     ) -> SteeringVectors:
         """:meth:`SteeringVector.from_contrast` at every layer in ``layers`` (default: every
         block) from one forward pass per batch of prompts (:func:`contrast_directions`)."""
@@ -275,6 +288,7 @@ class SteeringVectors(dict[int, SteeringVector]):
             batch_size=batch_size,
             generation_prompt=generation_prompt,
             aggregator=aggregator,
+            where=where,
         )
 
     def random_like(self, rng: np.random.Generator) -> SteeringVectors:
@@ -320,6 +334,13 @@ class SteeringVectors(dict[int, SteeringVector]):
                 f"layers {out.layers} of width {out.dim}"
             )
         return out
+
+
+def _saved_where(src: Path, meta: dict[str, Any]) -> str:
+    where = meta.get("where", "resid_post")  # vectors saved before hook points: block outputs
+    if where not in HOOK_POINTS:
+        raise VectorCorruptError(f"{src}: config.json's where must be one of {HOOK_POINTS}, got {where!r}")
+    return str(where)
 
 
 def contrast_info(
@@ -423,12 +444,14 @@ def prompt_activations_at(
     *,
     generation_prompt: bool = True,
     per_prompt: bool = False,
+    where: str = "resid_post",
 ) -> dict[int, Tensor]:
     """Per layer, the selected rows ``(n, d)`` of every prompt in prompt order, from one forward
     pass per batch; with ``reduce``, per layer ``reduce`` of each batch's rows summed instead
     (e.g. ``lambda rows: rows.double().sum(0)``, so nothing but the sums is kept).
     ``generation_prompt``: conversations end with the assistant header (as generation sees them).
-    ``per_prompt``: each prompt's selected rows averaged into one (float64): ``(n_prompts, d)``."""
+    ``per_prompt``: each prompt's selected rows averaged into one (float64): ``(n_prompts, d)``.
+    ``where``: the hook point read at each layer (block outputs by default)."""
     import torch
 
     triggers = [trigger] if isinstance(trigger, str) else list(trigger or [])
@@ -445,7 +468,11 @@ def prompt_activations_at(
             texts.append(text)
             ids_list.append(np.asarray(enc["input_ids"], dtype=np.int64))
             offs.append(np.asarray(enc["offset_mapping"]).reshape(-1, 2) if offsets else None)
-        hs, _, starts = forward_padded(model, tokenizer, ids_list, list(layers))
+        point_name = check_one_where(where)
+        at_points, _, starts = forward_padded(
+            model, tokenizer, ids_list, [(layer, point_name) for layer in layers]
+        )
+        hs = {layer: at_points[(layer, point_name)] for layer in layers}
         picks = []
         for i, (text, x, off) in enumerate(zip(texts, ids_list, offs, strict=True)):
             sel = _selected(text, x, off, positions, triggers)
@@ -477,15 +504,17 @@ def contrast_directions(
     batch_size: int = 8,
     generation_prompt: bool = True,
     aggregator: Aggregator = "mean_diff",
+    where: str = "resid_post",
 ) -> SteeringVectors:
     """:meth:`SteeringVector.from_contrast` at many layers (default: every block) from one
     forward pass per batch of prompts: ``{layer: mean(h⁺) − mean(h⁻)}``, as for a layer sweep of
     refusal directions (Arditi et al. 2024). With "mean_diff" only per-layer sums are kept in
     memory; the other aggregators keep one ``(d,)`` mean per prompt and layer.
-    ``generation_prompt`` and ``aggregator`` as for :meth:`SteeringVector.from_contrast`."""
+    ``generation_prompt``, ``aggregator`` and ``where`` as for :meth:`SteeringVector.from_contrast`."""
     import torch
 
     check_aggregator(aggregator)
+    where = check_one_where(where)
     chosen = layer_indices(model, layers if layers is not None else list(range(len(decoder_blocks(model)))))
     name = model_name(model)
     how = positions if isinstance(positions, str) else getattr(positions, "__name__", "callable")
@@ -511,6 +540,7 @@ def contrast_directions(
             None if paired else sum_and_count,
             generation_prompt=generation_prompt,
             per_prompt=paired,
+            where=where,
         )
         for prompts in (pos_prompts, neg_prompts)
     ]
@@ -522,5 +552,5 @@ def contrast_directions(
         return np.asarray((pos[:-1] / pos[-1] - neg[:-1] / neg[-1]).float().cpu().numpy())
 
     return SteeringVectors(
-        SteeringVector(direction(layer), layer, name, how, digest, dict(info)) for layer in chosen
+        SteeringVector(direction(layer), layer, name, how, digest, dict(info), where) for layer in chosen
     )
