@@ -67,7 +67,7 @@ from actbridge.errors import (
     UnknownBackdoorError,
     VectorCorruptError,
 )
-from actbridge.evaluation.generation import compare_generations, rouge_l
+from actbridge.evaluation.generation import compare_generations, generate, rouge_l
 from actbridge.evaluation.metrics import evaluate_map, evaluate_substitution
 from actbridge.finetuning import LoraConfig, finetune, merge_adapter, save_finetuned
 from actbridge.hooks import HOOK_POINTS, RESIDUAL_WRITES, decoder_blocks
@@ -158,6 +158,7 @@ __all__ = [
     "evaluate_map",
     "evaluate_substitution",
     "finetune",
+    "generate",
     "generate_conditions",
     "load_control_vector",
     "from_peer",

@@ -28,6 +28,7 @@ from typing import Any
 
 from actbridge._typing import Model, Tokenizer
 from actbridge.errors import FinetuneError, LoraTargetError, OutputExistsError
+from actbridge.hooks import input_device
 
 #: LoRA target modules per ``config.model_type``: every linear layer of attention and MLP.
 DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {
@@ -324,7 +325,7 @@ def finetune(
     if adapter_path is not None:
         _check_new_dir(Path(adapter_path), overwrite=False)
     encoded = encode_examples(tokenizer, examples, max_length)
-    device = next(model.parameters()).device
+    device = input_device(model)
     grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
     # peft's wrapper (LoRA layers inside `model`) or `model` itself
     trained: Any = _attach_lora(model, lora) if lora is not None else model

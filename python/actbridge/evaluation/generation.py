@@ -84,7 +84,7 @@ def generate_batch(
     call); the prompt is not included."""
     import torch
 
-    from actbridge.hooks import pad_batch
+    from actbridge.hooks import input_device, pad_batch
 
     old = tokenizer.padding_side
     tokenizer.padding_side = "left"
@@ -92,7 +92,7 @@ def generate_batch(
         ids, mask, _ = pad_batch(ids_list, tokenizer)
     finally:
         tokenizer.padding_side = old
-    device = next(model.parameters()).device
+    device = input_device(model)
     generator = cast("GenerationMixin", model)  # every causal LM class mixes generate() in
     with torch.inference_mode():
         gen = generator.generate(
@@ -144,13 +144,13 @@ def compare_generations(
     import torch
 
     from actbridge.align import same_tokenizer
-    from actbridge.hooks import forward_to_layers, layer_indices, model_inputs
+    from actbridge.hooks import forward_to_layers, input_device, layer_indices, model_inputs
     from actbridge.interventions.replace import mean_ablate, substitute
 
     (m_t, tok_t, l_t), (m_s, tok_s, l_s) = target, source
     (l_t,) = layer_indices(m_t, [l_t])
     if mean is None:
-        enc = tok_t(list(prompts), return_tensors="pt", padding=True).to(next(m_t.parameters()).device)
+        enc = tok_t(list(prompts), return_tensors="pt", padding=True).to(input_device(m_t))
         with torch.inference_mode():
             h = forward_to_layers(m_t, [l_t], **model_inputs(m_t, enc["input_ids"], enc["attention_mask"]))[
                 l_t

@@ -228,7 +228,7 @@ def _evaluate_substitutions(
     import torch
 
     from actbridge.align import pair_positions, pairable, same_tokenizer
-    from actbridge.hooks import forward_padded, layer_indices, model_inputs, pad_batch
+    from actbridge.hooks import forward_padded, input_device, layer_indices, model_inputs, pad_batch
     from actbridge.interventions.base import torch_map
     from actbridge.interventions.replace import patch
     from actbridge.texts import documents, render
@@ -240,7 +240,7 @@ def _evaluate_substitutions(
         (l_s,) = layer_indices(m_s, [l_s])
         resolved[name] = (m_s, tok_s, l_s, m)
     docs = [render(d, tok_t)[0] for d in documents(texts)]
-    dev_t = next(m_t.parameters()).device
+    dev_t = input_device(m_t)
     # Pairings depend on the two tokenizers only: cases with one source tokenizer share them
     # (and the mean-ablated pass at the paired positions).
     tokenizers = {id(tok_s): tok_s for m_s, tok_s, l_s, m in resolved.values()}

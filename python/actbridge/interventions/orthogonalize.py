@@ -54,6 +54,11 @@ def orthogonalize(model: Model, direction: VectorLike) -> Model:
     norm = float(np.linalg.norm(vec.astype(np.float64)))
     if not np.isfinite(norm) or norm == 0:
         raise InterventionError("cannot orthogonalise against a zero (or non-finite) direction")
+    if any(p.device.type == "meta" for p in model.parameters()):
+        raise InterventionError(
+            "some of this model's weights are offloaded (meta device, device_map with disk or CPU "
+            "offload); load it whole (ab.load_model(..., device='cpu')) to edit its weights"
+        )
     projections = _write_projections(model, d)  # every check before the first edit
     unit64 = torch.as_tensor(vec.astype(np.float64) / norm)
     with torch.no_grad():

@@ -18,7 +18,7 @@ import numpy as np
 
 from actbridge._typing import Map, Model, Tensor
 from actbridge.errors import InterventionError
-from actbridge.hooks import cache_keyword, forward_to_layers, layer_indices, model_width
+from actbridge.hooks import cache_keyword, forward_to_layers, input_device, layer_indices, model_width
 from actbridge.interventions.base import Intervention, MapModules, torch_map
 
 
@@ -54,7 +54,7 @@ class substitute(Intervention):  # noqa: N801 - used like a function in `with`
             raise InterventionError(
                 "substitution needs input_ids (inputs_embeds cannot be fed to the source model)"
             )
-        device = next(self.source.parameters()).device
+        device = input_device(self.source)
         kwargs: dict[str, Any] = {"input_ids": calls.input_ids.to(device)}
         if calls.full_mask is not None:
             kwargs["attention_mask"] = calls.full_mask.to(device)

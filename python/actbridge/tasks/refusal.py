@@ -178,11 +178,11 @@ def refusal_score(
     import torch
 
     from actbridge.evaluation.generation import encode_prompts
-    from actbridge.hooks import model_inputs, pad_batch
+    from actbridge.hooks import input_device, model_inputs, pad_batch
     from actbridge.texts import as_chat
 
     ids_r = torch.tensor(list(token_ids) if token_ids is not None else refusal_token_ids(tokenizer))
-    device = next(model.parameters()).device
+    device = input_device(model)
     out = np.empty(len(instructions), dtype=np.float64)
     encoded = encode_prompts(tokenizer, [as_chat(t) for t in instructions])
     old = tokenizer.padding_side
