@@ -291,12 +291,10 @@ def load_model(
 
 
 def _check_accelerate() -> None:
-    try:
-        import accelerate  # noqa: F401
-    except ImportError as e:
-        raise ModelError(
-            "device_map= needs accelerate: pip install 'actbridge[models]' (or accelerate)"
-        ) from e
+    import importlib.util
+
+    if importlib.util.find_spec("accelerate") is None:
+        raise ModelError("device_map= needs accelerate: pip install 'actbridge[models]' (or accelerate)")
 
 
 @contextmanager
