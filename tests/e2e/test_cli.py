@@ -174,6 +174,19 @@ def test_hook_points_and_orthogonalize_from_the_command_line(tmp_path, capsys, m
     reading = ["--model", a, "--layer", "1", "--pos", str(pos), "--neg", str(neg)]
     got = run_json(capsys, "vector", *reading, "--where", "mlp_out", "--out", str(tmp_path / "v"))
     assert got["where"] == "mlp_out" and ab.SteeringVector.load(tmp_path / "v").where == "mlp_out"
+    got = run_json(capsys, "vector", *reading, "--aggregator", "pca_center", "--out", str(tmp_path / "pc"))
+    model_a, tok_a = ab.load_model(a)
+    want = ab.SteeringVector.from_contrast(
+        model_a,
+        tok_a,
+        ["I love this.", "What a lovely day."],
+        ["I hate this.", "What an awful day."],
+        1,
+        aggregator="pca_center",
+    )
+    saved = ab.SteeringVector.load(tmp_path / "pc")
+    assert saved.info["aggregator"] == "pca_center"
+    np.testing.assert_allclose(saved.vector, want.vector, rtol=1e-5, atol=1e-6)
     got = run_json(
         capsys, "orthogonalize", "--model", a, "--vector", str(tmp_path / "v"), "--out", str(tmp_path / "o")
     )

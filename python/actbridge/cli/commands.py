@@ -26,6 +26,7 @@ import sys
 from typing import Any
 
 import actbridge as ab
+from actbridge.interventions.aggregators import AGGREGATORS
 
 
 def _texts(spec: str) -> Any:
@@ -171,7 +172,12 @@ def cmd_vector(a: argparse.Namespace) -> dict[str, Any]:
         )
     model, tok = _load(a, a.model)
     pos, neg = _texts(a.pos), _texts(a.neg)
-    reading = {"positions": a.positions, "trigger": a.trigger, "generation_prompt": a.generation_prompt}
+    reading = {
+        "positions": a.positions,
+        "trigger": a.trigger,
+        "generation_prompt": a.generation_prompt,
+        "aggregator": a.aggregator,
+    }
     if a.map:  # the contrast's means go through the map (an autoencoder is not linear)
         v = ab.transfer_vector(
             (pos, neg), ab.load_map(a.map), model, tok, a.layer, target_layer=a.target_layer, **reading
@@ -363,6 +369,12 @@ def parser() -> argparse.ArgumentParser:
         help="render chat prompts without the assistant header that `generate` adds",
     )
     q.add_argument("--where", default="resid_post", choices=ab.HOOK_POINTS, help="hook point of the block")
+    q.add_argument(
+        "--aggregator",
+        default="mean_diff",
+        choices=AGGREGATORS,
+        help="how contrast activations become a direction (mapped ones: in the target space)",
+    )
     q.add_argument("--map", help="a saved map: save the mapped vector instead")
     q.add_argument("--target-layer", type=int, help="with --map: the target block the vector is for")
     q.add_argument("--out", required=True)

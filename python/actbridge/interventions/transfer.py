@@ -6,10 +6,12 @@ from collections.abc import Mapping, Sequence
 from typing import overload
 
 import numpy as np
+import numpy.typing as npt
 
-from actbridge._typing import Map, Model, Texts, Tokenizer
+from actbridge._typing import Map, Model, Tensor, Texts, Tokenizer
 from actbridge.errors import InterventionError
 from actbridge.hooks import layer_indices
+from actbridge.interventions.aggregators import PAIRED, Aggregator, aggregate, check_aggregator, check_counts
 from actbridge.interventions.base import MapModules, torch_map
 from actbridge.interventions.vectors import (
     RowPositions,
@@ -19,6 +21,7 @@ from actbridge.interventions.vectors import (
     prompts_hash,
 )
 from actbridge.models import model_name
+from actbridge.texts import documents
 
 
 @overload
@@ -34,6 +37,7 @@ def transfer_vector(
     trigger: str | Sequence[str] | None = None,
     batch_size: int = 8,
     generation_prompt: bool = True,
+    aggregator: Aggregator = "mean_diff",
 ) -> SteeringVector: ...
 
 
@@ -50,6 +54,7 @@ def transfer_vector(
     trigger: str | Sequence[str] | None = None,
     batch_size: int = 8,
     generation_prompt: bool = True,
+    aggregator: Aggregator = "mean_diff",
 ) -> SteeringVectors: ...
 
 
@@ -65,6 +70,7 @@ def transfer_vector(
     trigger: str | Sequence[str] | None = None,
     batch_size: int = 8,
     generation_prompt: bool = True,
+    aggregator: Aggregator = "mean_diff",
 ) -> SteeringVector | SteeringVectors:
     """A steering vector in the target model's space, through ``map`` (source → target).
 
@@ -73,7 +79,12 @@ def transfer_vector(
     - ``(pos_prompts, neg_prompts)`` with the source model, tokenizer and ``layer``:
       ``mean(M(h_s⁺)) − mean(M(h_s⁻))``, which any map (autoencoders too) supports.
     ``target_layer`` records where the vector is meant to be applied. ``generation_prompt`` (with
-    prompts) as for :meth:`SteeringVector.from_contrast`.
+    prompts) as for :meth:`SteeringVector.from_contrast`. ``aggregator`` (with prompts): how the
+    mapped contrast activations become one direction, as for
+    :meth:`SteeringVector.from_contrast`, in the *target* space: every selected row goes through
+    the map, then "mean_diff" takes the difference of the mapped means (token-weighted), and
+    the paired aggregators ("paired_mean_diff", "pca_diff", "pca_center", "pca_uncentered",
+    "logistic") work on each prompt's mean of mapped rows (prompt-weighted).
 
     Several layers at once: a :class:`SteeringVectors` (or the prompts) with ``map`` a
     ``{source layer: map}`` and ``target_layer`` a ``{source layer: target layer}``: each layer
@@ -92,6 +103,7 @@ def transfer_vector(
             trigger=trigger,
             batch_size=batch_size,
             generation_prompt=generation_prompt,
+            aggregator=aggregator,
         )
     if target_layer is not None and not isinstance(target_layer, int):
         raise InterventionError(
@@ -100,6 +112,11 @@ def transfer_vector(
 
     if isinstance(vector_or_prompts, SteeringVector):
         v = vector_or_prompts
+        if aggregator != "mean_diff":
+            raise InterventionError(
+                "a vector is already aggregated; pass the contrast prompts to choose an aggregator "
+                "(transfer_vector((pos, neg), map, model, tok, layer, aggregator=...))"
+            )
         if not hasattr(map, "weight"):
             raise InterventionError(
                 "only an affine map carries a vector by itself (W·v); for an autoencoder pass the "
@@ -133,6 +150,7 @@ def transfer_vector(
         trigger=trigger,
         batch_size=batch_size,
         generation_prompt=generation_prompt,
+        aggregator=aggregator,
     )
     return vec
 
@@ -149,17 +167,32 @@ def _mapped_contrast(
     trigger: str | Sequence[str] | None,
     batch_size: int,
     generation_prompt: bool,
+    aggregator: Aggregator,
 ) -> list[SteeringVector]:
-    """``mean(M(h_s⁺)) − mean(M(h_s⁻))`` at each resolved source block of ``maps`` (block ->
-    map), through its map, from one forward pass of the source model per batch; each vector is
-    meant for block ``targets[block]`` of the target model."""
+    """``mean(M(h_s⁺)) − mean(M(h_s⁻))`` (or ``aggregator`` of the per-prompt mapped means) at
+    each resolved source block of ``maps`` (block -> map), through its map, from one forward
+    pass of the source model per batch; each vector is meant for block ``targets[block]`` of the
+    target model."""
     import torch
 
+    check_aggregator(aggregator)
+    check_counts(aggregator, len(documents(pos)), len(documents(neg)))
+    paired = aggregator in PAIRED
     layers = list(maps)
     caches: dict[int, MapModules] = {index: {} for index in layers}  # one per map
-    means = []
-    for prompts in (pos, neg):
-        acts = prompt_activations_at(
+
+    def mapped(index: int, rows: Tensor) -> Tensor:  # (n, d_source) -> (n, d_target)
+        module = torch_map(maps[index], rows.device, torch.float32, caches[index])
+        with torch.inference_mode():
+            out: Tensor = module(rows.float())
+        return out
+
+    def sum_and_count(rows: Tensor) -> Tensor:  # (n, d) -> (d + 1,): the row sum, then n
+        r = rows.double()
+        return torch.cat([r.sum(0), r.new_tensor([r.shape[0]])])
+
+    sides = [
+        prompt_activations_at(
             source_model,
             source_tokenizer,
             prompts,
@@ -167,17 +200,24 @@ def _mapped_contrast(
             positions,
             trigger,
             batch_size,
+            None if paired else sum_and_count,
             generation_prompt=generation_prompt,
+            per_prompt=paired,
+            transform=mapped,
         )
-        per_layer = {}
-        for index, rows in acts.items():
-            module = torch_map(maps[index], rows.device, torch.float32, caches[index])
-            with torch.inference_mode():
-                per_layer[index] = module(rows.float()).double().mean(0).cpu().numpy()
-        means.append(per_layer)
+        for prompts in (pos, neg)
+    ]
+
+    def direction(index: int) -> npt.NDArray[np.float32]:
+        p, n = sides[0][index].cpu().numpy(), sides[1][index].cpu().numpy()
+        if paired:
+            return aggregate(aggregator, p, n)
+        return np.asarray(p[:-1] / p[-1] - n[:-1] / n[-1], dtype=np.float32)
+
+    info_aggregator = {} if aggregator == "mean_diff" else {"aggregator": aggregator}
     return [
         SteeringVector(
-            (means[0][index] - means[1][index]).astype(np.float32),
+            direction(index),
             targets[index],
             "",
             positions if isinstance(positions, str) else "callable",
@@ -186,6 +226,7 @@ def _mapped_contrast(
                 "mapped_from": {"model": model_name(source_model), "layer": index},
                 "map": type(maps[index]).__name__,
                 "generation_prompt": bool(generation_prompt),
+                **info_aggregator,
             },
         )
         for index in layers
@@ -203,6 +244,7 @@ def _transfer_layers(
     trigger: str | Sequence[str] | None,
     batch_size: int,
     generation_prompt: bool,
+    aggregator: Aggregator,
 ) -> SteeringVectors:
     """:func:`transfer_vector` for several layers, each through its own map."""
 
@@ -226,7 +268,7 @@ def _transfer_layers(
                 "give one map per vector"
             )
         return SteeringVectors(
-            transfer_vector(v, maps[layer], target_layer=target_layers[layer])
+            transfer_vector(v, maps[layer], target_layer=target_layers[layer], aggregator=aggregator)
             for layer, v in vectors_or_prompts.items()
         )
     if isinstance(vectors_or_prompts, SteeringVector):
@@ -248,5 +290,6 @@ def _transfer_layers(
             trigger=trigger,
             batch_size=batch_size,
             generation_prompt=generation_prompt,
+            aggregator=aggregator,
         )
     )

@@ -445,13 +445,16 @@ def prompt_activations_at(
     generation_prompt: bool = True,
     per_prompt: bool = False,
     where: str = "resid_post",
+    transform: Callable[[int, Tensor], Tensor] | None = None,
 ) -> dict[int, Tensor]:
     """Per layer, the selected rows ``(n, d)`` of every prompt in prompt order, from one forward
     pass per batch; with ``reduce``, per layer ``reduce`` of each batch's rows summed instead
     (e.g. ``lambda rows: rows.double().sum(0)``, so nothing but the sums is kept).
     ``generation_prompt``: conversations end with the assistant header (as generation sees them).
     ``per_prompt``: each prompt's selected rows averaged into one (float64): ``(n_prompts, d)``.
-    ``where``: the hook point read at each layer (block outputs by default)."""
+    ``where``: the hook point read at each layer (block outputs by default). ``transform``:
+    ``f(layer, rows) -> rows`` applied to each batch's selected ``(n, d)`` rows of a layer first
+    (e.g. a map into another model's space), before ``per_prompt`` means and ``reduce``."""
     import torch
 
     triggers = [trigger] if isinstance(trigger, str) else list(trigger or [])
@@ -481,11 +484,15 @@ def prompt_activations_at(
                     f"no positions selected in prompt {text[:60]!r} (positions={positions!r})"
                 )
             picks.append((i, int(starts[i]) + torch.as_tensor(sel, device=hs[layers[0]].device)))
+        bounds = np.cumsum([0] + [len(at) for _, at in picks])
         for layer in layers:
+            batch_rows = torch.cat([hs[layer][i, at] for i, at in picks])
+            if transform is not None:
+                batch_rows = transform(layer, batch_rows)
             if per_prompt:
-                batch_rows = torch.stack([hs[layer][i, at].double().mean(0) for i, at in picks])
-            else:
-                batch_rows = torch.cat([hs[layer][i, at] for i, at in picks])
+                batch_rows = torch.stack(
+                    [batch_rows[a:b].double().mean(0) for a, b in zip(bounds[:-1], bounds[1:], strict=True)]
+                )
             rows[layer].append(batch_rows if reduce is None else reduce(batch_rows))
     if reduce is not None:
         return {layer: torch.stack(r).sum(0) for layer, r in rows.items()}

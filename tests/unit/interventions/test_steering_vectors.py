@@ -149,6 +149,54 @@ def test_transfer_maps_each_layer_through_its_own_map(model, tok):
         ab.transfer_vector(vs[1], maps[1], target_layer={1: 5})
 
 
+@pytest.mark.parametrize(
+    "aggregator", ["paired_mean_diff", "pca_diff", "pca_center", "pca_uncentered", "logistic"]
+)
+def test_transfer_from_prompts_aggregates_in_the_target_space(model, tok, aggregator):
+    """Every selected row goes through the (non-linear) map, each prompt's mapped rows are
+    averaged, and the aggregator runs on those target-space means; through an affine map the
+    paired mean difference is W times the source's."""
+    from actbridge.interventions.aggregators import aggregate
+    from actbridge.interventions.vectors import prompt_activations_at
+
+    rng = np.random.default_rng(3)
+    ae = ab.AutoencoderMap(
+        rng.standard_normal((16, 32)).astype(np.float32) * 0.3,
+        rng.standard_normal(16).astype(np.float32),
+        rng.standard_normal((20, 16)).astype(np.float32),
+        np.zeros(20, np.float32),
+    )
+    got = ab.transfer_vector(
+        (POS, NEG), ae, model, tok, 2, target_layer=4, positions="all", aggregator=aggregator
+    )
+    module = ae.to_torch().double()
+
+    def prompt_means(prompts):
+        out = []
+        for p in prompts:  # one prompt at a time: its own rows, mapped, then averaged
+            rows = prompt_activations_at(model, tok, [p], [2], "all", None, 8)[2]
+            with torch.no_grad():
+                out.append(module(rows.double()).mean(0).numpy())
+        return np.stack(out)
+
+    want = aggregate(aggregator, prompt_means(POS), prompt_means(NEG))
+    np.testing.assert_allclose(got.vector, want, rtol=1e-4, atol=1e-5)
+    assert got.layer == 4 and got.info["aggregator"] == aggregator
+    token_weighted = ab.transfer_vector((POS, NEG), ae, model, tok, 2, target_layer=4, positions="all")
+    assert "aggregator" not in token_weighted.info
+    if aggregator == "paired_mean_diff":
+        affine = ab.AffineMap(rng.standard_normal((20, 32)).astype(np.float32), np.ones(20, np.float32))
+        source = ab.SteeringVector.from_contrast(
+            model, tok, POS, NEG, 2, positions="all", aggregator=aggregator
+        )
+        mapped = ab.transfer_vector((POS, NEG), affine, model, tok, 2, positions="all", aggregator=aggregator)
+        np.testing.assert_allclose(mapped.vector, affine.weight @ source.vector, rtol=1e-4, atol=1e-4)
+        with pytest.raises(ab.SteerError, match="already aggregated"):
+            ab.transfer_vector(source, affine, aggregator=aggregator)
+        with pytest.raises(ab.SteerError, match="pass equally many"):
+            ab.transfer_vector((POS, NEG[:2]), ae, model, tok, 2, aggregator=aggregator)
+
+
 def test_a_llama_cpp_control_vector_loads_as_a_set(model, tok, tmp_path):
     vs = ab.SteeringVectors.from_contrast(model, tok, POS, NEG, layers=[1, 2, 3])
     path = ab.save_control_vector(vs, tmp_path / "cv.gguf")
