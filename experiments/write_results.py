@@ -738,11 +738,15 @@ def comparison(dirs: dict[str, Path], qwen: tuple[Path, bool] | None = None) -> 
     if switch is not None and switch["rows"]:
         off = switch["off"]["trigger_rate"]["value"]
         row = best_switch_row(switch)
-        cut = (off - row["on"]["trigger_rate"]["value"]) / off if off > 0 else float("nan")
+        cut = (
+            f"a {(off - row['on']['trigger_rate']['value']) / off:.0%} relative cut"
+            if off > 0
+            else "nothing to cut: no prompt triggered with the switch off"
+        )
         patched, ce = row["patched from base"]["trigger_rate"], row["ce"]
         lines.append(
             f"- **Safety switch.** Paper: {PAPER['switch']}. Here the best layer ({row['layer']}) takes the "
-            f"trigger rate from {off:.0%} to {ci(row['on']['trigger_rate'])}, a {cut:.0%} relative cut "
+            f"trigger rate from {off:.0%} to {ci(row['on']['trigger_rate'])}, {cut} "
             f"(patching the base model's activations: {ci(patched)}), at a CE cost of "
             f"{ce['on']['value'] - ce['off']['value']:+.2f} nats/token on clean text (patching: "
             f"{ce['patched from base']['value'] - ce['off']['value']:+.2f}) and a false-trigger "
