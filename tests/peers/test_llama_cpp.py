@@ -42,7 +42,7 @@ def apply_control_vector(llm, path, scale: float, shift: int = 0) -> None:
         assert t.name.startswith("direction.") and 1 <= layer < n_layer
         data[(layer - 1) * n_embd : layer * n_embd] += np.asarray(t.data, dtype=np.float32) * scale
     ptr = data.ctypes.data_as(ctypes.POINTER(ctypes.c_float))
-    rc = llama_cpp.llama_apply_adapter_cvec(llm.ctx, ptr, data.size, n_embd, 1, n_layer)
+    rc = llama_cpp.llama_set_adapter_cvec(llm.ctx, ptr, data.size, n_embd, 1, n_layer)
     assert rc == 0
 
 
