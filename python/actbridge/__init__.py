@@ -80,7 +80,7 @@ from actbridge.interventions.interop import (
     to_repeng,
     to_steering_vectors,
 )
-from actbridge.interventions.orthogonalize import orthogonalize
+from actbridge.interventions.orthogonalization import orthogonalize
 from actbridge.interventions.replace import SafetySwitch, mean_ablate, patch, substitute
 from actbridge.interventions.rowwise import Condition, generate_conditions, steer_rows
 from actbridge.interventions.steering import ablate, directional_ablation, steer

@@ -7,7 +7,7 @@ remove them on exit.
   :func:`trigger_tokens`.
 - :mod:`actbridge.interventions.steering`: ``steer`` (add a vector), ``ablate`` (project it out),
   ``directional_ablation`` (out of every residual write).
-- :mod:`actbridge.interventions.orthogonalize`: :func:`orthogonalize` (that ablation baked into
+- :mod:`actbridge.interventions.orthogonalization`: :func:`orthogonalize` (that ablation baked into
   the weights).
 - :mod:`actbridge.interventions.transfer`: :func:`transfer_vector` (a vector carried through a map).
 - :mod:`actbridge.interventions.replace`: substitution, patching, mean ablation, :class:`SafetySwitch`.
@@ -23,7 +23,7 @@ from actbridge.interventions.interop import (
     to_repeng,
     to_steering_vectors,
 )
-from actbridge.interventions.orthogonalize import orthogonalize
+from actbridge.interventions.orthogonalization import orthogonalize
 from actbridge.interventions.replace import SafetySwitch, mean_ablate, patch, substitute
 from actbridge.interventions.rowwise import Condition, generate_conditions, steer_rows
 from actbridge.interventions.steering import ablate, directional_ablation, steer
