@@ -56,7 +56,9 @@ def spread(values: list[float], digits: int = 2) -> str:
 
 
 def step_walls(run: Path) -> dict[str, dict[str, Any]]:
-    """The last successful record of each step in ``steps.jsonl``."""
+    """The first successful record of each step in ``steps.jsonl``: the run that did the step's
+    work (a later run of a finished step only rebuilds merged models from their adapters, e.g.
+    on a fresh machine)."""
     out: dict[str, dict[str, Any]] = {}
     path = run / "steps.jsonl"
     if path.is_file():
@@ -64,7 +66,7 @@ def step_walls(run: Path) -> dict[str, dict[str, Any]]:
             if line.strip():
                 rec = json.loads(line)
                 if rec.get("exit") == 0:
-                    out[rec["step"]] = rec
+                    out.setdefault(rec["step"], rec)
     return out
 
 
@@ -275,8 +277,9 @@ def wall_times(run: QwenRun) -> list[str]:
     if not walls:
         return []
     lines = [
-        "Wall time of each finished step on this run's machine (2 CPUs; from `steps.jsonl`, which also "
-        "counts any time the step was paused):",
+        "Wall time of each finished step on this run's machine (2 CPUs; from `steps.jsonl`: the run "
+        "that finished the step, including any time it was paused; a step interrupted by the end of a "
+        "session and resumed in the next counts only its last part):",
         "",
         "| step | started | wall time |",
         "|---|---|---|",

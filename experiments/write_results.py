@@ -858,8 +858,23 @@ def splice_page(old: str, new: list[str], only: list[str]) -> str:
     """The existing page ``old`` with the sections and comparison bullets of the experiments in
     ``only`` taken from the freshly generated page ``new``."""
     new_blocks = {b[0]: b for b in page_blocks(new) if b and b[0].startswith("## ")}
+    old_blocks = page_blocks(old.split("\n"))
+    owned = [
+        head
+        for head in new_blocks
+        if any(head.startswith(s) for name in only for s in OWNED[name]["sections"])
+    ]
+    # an owned section the old page does not have yet (a new experiment's) goes where the new
+    # page has it: before the first later section the old page has
+    order = list(new_blocks)
+    for head in owned:
+        if any(b and b[0] == head for b in old_blocks):
+            continue
+        later = set(order[order.index(head) + 1 :])
+        at = next((k for k, b in enumerate(old_blocks) if b and b[0] in later), len(old_blocks))
+        old_blocks.insert(at, [head])
     out = []
-    for block in page_blocks(old.split("\n")):
+    for block in old_blocks:
         head = block[0] if block else ""
         if any(head.startswith(s) for name in only for s in OWNED[name]["sections"]):
             if head not in new_blocks:

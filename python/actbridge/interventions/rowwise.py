@@ -1,5 +1,5 @@
-"""Per-row interventions: every row of a batch gets its own steering vector, strength, positions
-and layer (and/or a direction to ablate), so a whole sweep (vectors × α × layers × prompts)
+"""Per-row interventions: every row of a batch gets its own steering vector, strength, positions,
+layer and hook point (and/or a direction to ablate), so a whole sweep (vectors × α × layers × prompts)
 runs as a few large batched ``generate()`` calls instead of one call per cell.
 
 - :class:`Condition`: what to do to one row (``Condition()`` leaves it unsteered);
@@ -16,25 +16,36 @@ exactly what the model computes without hooks for that batch.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
 
 from actbridge._typing import Model, Tensor, Tokenizer
-from actbridge.errors import InterventionError
-from actbridge.hooks import decoder_blocks, layer_indices, model_width
+from actbridge.errors import HookError, InterventionError
+from actbridge.hooks import (
+    Point,
+    check_one_where,
+    check_where,
+    decoder_blocks,
+    layer_indices,
+    model_width,
+    point_order,
+)
 from actbridge.interventions.base import POSITIONS, Intervention, Positions
-from actbridge.interventions.vectors import VectorLike, as_vector
+from actbridge.interventions.vectors import SteeringVector, VectorLike, as_vector
 
 
 @dataclass(frozen=True)
 class Condition:
-    """One row's intervention: add ``alpha · vector`` after block ``layer`` (default: the
-    vector's own layer) at ``positions`` (as for :class:`actbridge.steer`), and/or project
-    ``ablate`` out after each block in ``ablate_layers`` (default: the direction's layer), as
-    :class:`actbridge.ablate` does. ``label`` is free text for reports."""
+    """One row's intervention: add ``alpha · vector`` at hook point ``where`` of block ``layer``
+    (defaults: the vector's own layer and the point it was read at, :attr:`SteeringVector.where`;
+    ``"resid_post"`` for a raw tensor) at ``positions`` (as for :class:`actbridge.steer`),
+    and/or project ``ablate`` out at ``ablate_where`` (one point name or several; default: the
+    direction's own point) of each block in ``ablate_layers`` (default: the direction's layer),
+    as :class:`actbridge.ablate` does. ``label`` is free text for reports. ``where`` and
+    ``ablate_where`` are keyword-only."""
 
     vector: VectorLike | None = None
     alpha: float = 1.0
@@ -43,6 +54,8 @@ class Condition:
     ablate: VectorLike | None = None
     ablate_layers: int | Sequence[int] | None = None
     label: str = ""
+    where: str | None = field(default=None, kw_only=True)
+    ablate_where: str | Sequence[str] | None = field(default=None, kw_only=True)
 
     @property
     def steers(self) -> bool:
@@ -55,7 +68,7 @@ UNSTEERED = Condition(label="unsteered")
 
 @dataclass
 class _Plan:
-    """What one layer does to the batch: steered rows (grouped by positions) with their
+    """What one hook point does to the batch: steered rows (grouped by positions) with their
     ``alpha · v`` rows, and ablated rows with their unit directions."""
 
     steer_rows: list[int]
@@ -85,16 +98,19 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
                     f"conditions[{i}] is a {type(c).__name__}, not an actbridge Condition"
                 )
         d = model_width(model)
-        per_layer: dict[int, dict[str, list[Any]]] = {}
+        per_point: dict[Point, dict[str, list[Any]]] = {}
 
-        def at(layer: int) -> dict[str, list[Any]]:
-            return per_layer.setdefault(layer, {"steer": [], "ablate": []})
+        def at(layer: int, where: str) -> dict[str, list[Any]]:
+            # the embeddings are one point whatever the layer (hooked once, see hook_points)
+            point = (0, "embed") if where == "embed" else (layer, where)
+            return per_point.setdefault(point, {"steer": [], "ablate": []})
 
         for i, c in enumerate(conds):
             if c.steers and c.vector is not None:
                 vec, vec_layer = as_vector(c.vector)
+                where = _point_name(c.where, c.vector, i)
                 layer = c.layer if c.layer is not None else vec_layer
-                if layer is None:
+                if layer is None and where != "embed":
                     raise InterventionError(
                         f"conditions[{i}]: pass layer=... (a raw tensor carries no layer)"
                     )
@@ -106,10 +122,11 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
                         f"conditions[{i}]: positions must be one of {POSITIONS} or a callable, "
                         f"not {c.positions!r}"
                     )
-                (layer,) = layer_indices(model, [layer])
-                at(layer)["steer"].append((i, vec * np.float32(c.alpha), c.positions))
+                (layer,) = layer_indices(model, [layer if layer is not None else 0])
+                at(layer, where)["steer"].append((i, vec * np.float32(c.alpha), c.positions))
             if c.ablate is not None:
                 vec, vec_layer = as_vector(c.ablate)
+                wheres = _point_names(c.ablate_where, c.ablate, i)
                 chosen = c.ablate_layers if c.ablate_layers is not None else vec_layer
                 if chosen is None:
                     raise InterventionError(
@@ -119,35 +136,43 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
                 norm = float(np.linalg.norm(vec))
                 if norm == 0:
                     raise InterventionError(f"conditions[{i}]: cannot ablate a zero direction")
-                for layer in layer_indices(model, chosen):
-                    at(layer)["ablate"].append((i, vec / norm))
-        layers = sorted(per_layer) or [0]  # nothing to do: a hook that passes every row through
-        super().__init__(model, layers)
+                # each point once: the embeddings are one point whatever the layers
+                targets = {
+                    (0 if w == "embed" else layer, w)
+                    for layer in layer_indices(model, chosen)
+                    for w in wheres
+                }
+                for layer, where in sorted(targets, key=point_order):
+                    at(layer, where)["ablate"].append((i, vec / norm))
+        # nothing to do: a hook that passes every row through
+        points = sorted(per_point, key=point_order) or [(0, "resid_post")]
+        super().__init__(model, sorted({layer for layer, _ in points}), sorted({w for _, w in points}))
+        self.points = points  # exactly the points a condition acts at (not every layer × point)
         self.conditions = conds
-        self._plans: dict[int, _Plan] = {}
-        for layer, todo in per_layer.items():
+        self._plans: dict[Point, _Plan] = {}
+        for point, todo in per_point.items():
             steer_idx = [i for i, _, _ in todo["steer"]]
             groups: dict[Any, tuple[Positions, list[int]]] = {}
             for k, (_, _, pos) in enumerate(todo["steer"]):
                 key = pos if isinstance(pos, str) else id(pos)
                 groups.setdefault(key, (pos, []))[1].append(k)
-            self._plans[layer] = _Plan(
+            self._plans[point] = _Plan(
                 steer_idx,
                 np.stack([v for _, v, _ in todo["steer"]]) if steer_idx else np.zeros((0, d), np.float32),
                 list(groups.values()),
                 [i for i, _ in todo["ablate"]],
                 np.stack([u for _, u in todo["ablate"]]) if todo["ablate"] else np.zeros((0, d), np.float32),
             )
-        self._cast: dict[tuple[int, Any, Any], tuple[Any, ...]] = {}
+        self._cast: dict[tuple[Point, Any, Any], tuple[Any, ...]] = {}
 
-    def _tensors(self, layer: int, h: Tensor) -> tuple[Any, ...]:
+    def _tensors(self, point: Point, h: Tensor) -> tuple[Any, ...]:
         """(steer row index, (rows, 1, d) deltas in h's dtype, ablate row index, (rows, d) f32
         units) on h's device, cached."""
         import torch
 
-        key = (layer, h.device, h.dtype)
+        key = (point, h.device, h.dtype)
         if key not in self._cast:
-            plan = self._plans[layer]
+            plan = self._plans[point]
             self._cast[key] = (
                 torch.as_tensor(plan.steer_rows, dtype=torch.long, device=h.device),
                 torch.as_tensor(plan.deltas, device=h.device, dtype=h.dtype).unsqueeze(1),
@@ -156,7 +181,7 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
             )
         return self._cast[key]
 
-    def edit(self, layer: int, h: Tensor) -> Tensor:
+    def edit_point(self, point: Point, h: Tensor) -> Tensor:
         import torch
 
         if h.shape[0] != len(self.conditions):
@@ -164,10 +189,10 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
                 f"this batch has {h.shape[0]} rows but steer_rows was given {len(self.conditions)} "
                 "conditions (one per row); beam search and num_return_sequences multiply rows"
             )
-        plan = self._plans.get(layer)
+        plan = self._plans.get(point)
         if plan is None:
             return h
-        steer_idx, deltas, ablate_idx, units = self._tensors(layer, h)
+        steer_idx, deltas, ablate_idx, units = self._tensors(point, h)
         out = h
         if plan.steer_rows:
             # (rows, seq, 1) weights: where each steered row acts in this call.
@@ -183,6 +208,26 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
             proj = torch.einsum("bsd,bd->bs", hf, units).unsqueeze(-1)
             out = out.index_copy(0, ablate_idx, (hf - proj * units.unsqueeze(1)).to(h.dtype))
         return out
+
+
+def _point_name(where: str | None, vector: VectorLike, i: int) -> str:
+    """Condition ``i``'s steering point: ``where`` checked, or the vector's own."""
+    try:
+        if where is not None:
+            return check_one_where(where)
+    except HookError as e:
+        raise InterventionError(f"conditions[{i}]: {e}") from None
+    return vector.where if isinstance(vector, SteeringVector) else "resid_post"
+
+
+def _point_names(where: str | Sequence[str] | None, vector: VectorLike, i: int) -> list[str]:
+    """Condition ``i``'s ablation points: ``where`` checked, or the direction's own."""
+    try:
+        if where is not None:
+            return check_where(where)
+    except HookError as e:
+        raise InterventionError(f"conditions[{i}]: {e}") from None
+    return [vector.where if isinstance(vector, SteeringVector) else "resid_post"]
 
 
 def _check(vec: npt.NDArray[np.float32], d: int, i: int) -> None:

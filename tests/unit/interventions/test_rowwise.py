@@ -45,9 +45,18 @@ def alone(model, cond):
     """The one-condition intervention (steer and/or ablate) for ``cond``, as a list of contexts."""
     out = []
     if cond.steers:
-        out.append(ab.steer(model, cond.vector, alpha=cond.alpha, positions=cond.positions, layer=cond.layer))
+        out.append(
+            ab.steer(
+                model,
+                cond.vector,
+                alpha=cond.alpha,
+                positions=cond.positions,
+                layer=cond.layer,
+                where=cond.where,
+            )
+        )
     if cond.ablate is not None:
-        out.append(ab.ablate(model, cond.ablate, layers=cond.ablate_layers))
+        out.append(ab.ablate(model, cond.ablate, layers=cond.ablate_layers, where=cond.ablate_where))
     return out
 
 
@@ -77,15 +86,19 @@ def rows_of(tok, prompts):
 
 
 conditions = st.builds(
-    lambda kind, seed, alpha, positions, layer, abl_layer: (
+    lambda kind, seed, alpha, positions, layer, abl_layer, read_at, where, abl_where: (
         UNSTEERED
         if kind == "none"
         else Condition(
-            vector=ab.SteeringVector(vec(seed), layer) if kind in ("steer", "both") else None,
+            vector=ab.SteeringVector(vec(seed), layer, where=read_at) if kind in ("steer", "both") else None,
             alpha=alpha,
             positions=positions,
-            ablate=vec(seed + 1) if kind in ("ablate", "both") else None,
-            ablate_layers=[abl_layer] if kind in ("ablate", "both") else None,
+            ablate=ab.SteeringVector(vec(seed + 1), abl_layer, where=read_at)
+            if kind in ("ablate", "both")
+            else None,
+            ablate_layers=[abl_layer, (abl_layer + 1) % LAYERS] if kind in ("ablate", "both") else None,
+            where=where,
+            ablate_where=abl_where,
         )
     ),
     kind=st.sampled_from(["none", "steer", "ablate", "both"]),
@@ -94,6 +107,10 @@ conditions = st.builds(
     positions=st.sampled_from(["all", "last", "prompt", "generated"]),
     layer=st.integers(0, LAYERS - 1),
     abl_layer=st.integers(0, LAYERS - 1),
+    # the point each vector was read at (its default) and the condition's own choice, if any
+    read_at=st.sampled_from(ab.HOOK_POINTS),
+    where=st.sampled_from([None, *ab.HOOK_POINTS]),
+    abl_where=st.sampled_from([None, "embed", "resid_pre", ["attn_out", "mlp_out"], list(ab.HOOK_POINTS)]),
 )
 
 
@@ -107,8 +124,12 @@ def test_every_row_equals_its_condition_run_alone(model, tok, conds, generate):
     for i, cond in enumerate(conds):
         want, want_scores = run(model, enc, alone(model, cond), generate)
         if generate:
-            assert torch.equal(got[i], want[i]), (i, cond)
-            np.testing.assert_allclose(got_scores[:, i].numpy(), want_scores[:, i].numpy(), atol=1e-4)
+            # generation stops when every row has ended: a row that ended is padding after that
+            n = min(got.shape[1], want.shape[1])
+            assert torch.equal(got[i, :n], want[i, :n]), (i, cond)
+            assert not got[i, n:].any() and not want[i, n:].any(), (i, cond)
+            k = n - enc["input_ids"].shape[1]
+            np.testing.assert_allclose(got_scores[:k, i].numpy(), want_scores[:k, i].numpy(), atol=1e-4)
         else:
             np.testing.assert_allclose(got[i].numpy(), want[i].numpy(), atol=1e-4)
     assert all(not b._forward_hooks for b in ab.decoder_blocks(model)) and not model._forward_pre_hooks
@@ -145,6 +166,24 @@ def test_positions_callables_and_layers_differ_per_row(model, tok):
     for i, cond in enumerate(conds):
         want, _ = run(model, enc, alone(model, cond), False)
         np.testing.assert_allclose(got[i].numpy(), want[i].numpy(), atol=1e-4)
+
+
+def test_a_vector_is_added_where_it_was_read_unless_the_condition_says_otherwise(model, tok):
+    """A vector read at a block's input is added there in a sweep, as ab.steer adds it, not after
+    the block (what steer_rows did before it knew hook points)."""
+    enc = rows_of(tok, PROMPTS)
+    v = ab.SteeringVector(vec(8, scale=10.0), 1, where="resid_pre")
+    conds = [Condition(v, alpha=2.0), Condition(v, alpha=2.0, where="resid_post"), UNSTEERED]
+    with steer_rows(model, conds):
+        got, _ = run(model, enc, [], False)
+    assert steer_rows(model, conds).points == [(1, "resid_pre"), (1, "resid_post")]
+    with ab.steer(model, v, alpha=2.0):
+        before_block, _ = run(model, enc, [], False)
+    with ab.steer(model, v, alpha=2.0, where="resid_post"):
+        after_block, _ = run(model, enc, [], False)
+    # the same additions at the same points: the same floats
+    assert torch.equal(got[0], before_block[0]) and torch.equal(got[1], after_block[1])
+    assert (before_block[0] - after_block[0]).abs().max() > 1e-5  # the two points differ
 
 
 def test_generate_conditions_matches_cell_by_cell_generation(model, tok):
@@ -190,6 +229,12 @@ def test_bad_conditions_are_steer_errors(model, tok):
         steer_rows(model, [Condition(vec(0), layer=0, positions="everywhere")])
     with pytest.raises(ab.HookError, match="out of range"):
         steer_rows(model, [Condition(vec(0), layer=LAYERS)])
+    with pytest.raises(ab.SteerError, match=r"conditions\[1\]: unknown hook point 'mlp'"):
+        steer_rows(model, [UNSTEERED, Condition(vec(0), layer=0, where="mlp")])
+    with pytest.raises(ab.SteerError, match=r"conditions\[0\]: .*name one point twice"):
+        steer_rows(model, [Condition(ablate=vec(0), ablate_layers=[0], ablate_where=["mlp_out", "mlp_out"])])
+    with pytest.raises(TypeError):
+        Condition(vec(0), 1.0, "all", 0, None, None, "", "attn_out")  # type: ignore[misc]  # keyword-only
     with pytest.raises(ab.SteerError, match="batch_rows"):
         generate_conditions(model, tok, [UNSTEERED], PROMPTS, 2, batch_rows=0)
     enc = rows_of(tok, PROMPTS)

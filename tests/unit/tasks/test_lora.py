@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import actbridge as ab
 import pytest
 from actbridge import tasks
@@ -224,6 +226,7 @@ def test_save_finetuned_round_trips_and_refuses_a_directory_with_files(tmp_path)
 def test_a_saved_adapter_rebuilds_the_fine_tuned_model_exactly_from_its_base(tmp_path, dtype):
     tok = tiny_tokenizer("bpe")
     model = tiny_model("qwen2", vocab=len(tok), layers=2, d=32, seed=5)
+    model.actbridge_name = "tiny-qwen2"  # as ab.load_model names what it loaded
     base = tiny_model("qwen2", vocab=len(tok), layers=2, d=32, seed=5)
     adapter = tmp_path / "adapter"
     ab.finetune(
@@ -231,6 +234,10 @@ def test_a_saved_adapter_rebuilds_the_fine_tuned_model_exactly_from_its_base(tmp
         adapter_path=adapter, adapter_dtype=dtype, progress=False,
     )  # fmt: skip
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
+    # the base model by the name it was loaded by, not a path on this machine
+    assert (
+        json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-qwen2"
+    )
     from safetensors import safe_open
 
     with safe_open(adapter / "adapter_model.safetensors", "pt") as f:
