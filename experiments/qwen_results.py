@@ -95,7 +95,8 @@ def implants(run: QwenRun, task: str) -> list[str]:
     cond = text["conditions"]
     lines = [
         f"**Implanted backdoors** (LoRA rank 16 with gradient checkpointing, merged; held-out prompts, "
-        f"{text['behaviour']}, Wilson 95% CI; peak RSS of the fine-tuning process):",
+        f"{text['behaviour']}, Wilson 95% CI; peak RSS of the fine-tuning process; each model's base "
+        "row is the control, the model before fine-tuning on the same prompts):",
         "",
         "| model | fine-tuning seed | n | "
         + " | ".join(escape(c) for c in cond)
@@ -120,6 +121,16 @@ def implants(run: QwenRun, task: str) -> list[str]:
             lines.append(
                 f"| {model} | {seed} | {res['n']} | " + " | ".join(cells) + f" | {minutes} | {rss} |"
             )
+            base = load(d / "base_results.json")
+            if base is not None:  # the control: the same prompts to the model before fine-tuning
+                cells = [ci(base[c]) for c in cond]
+                if task == "code":
+                    cells.append(ci(base[cond[1]]["working code"]))
+                lines.append(
+                    f"| {model}, base (control) | {seed} (its prompts) | {base['n']} | "
+                    + " | ".join(cells)
+                    + " | none | n/a |"
+                )
     if not any_row:
         return [f"**Implanted backdoors**: {NOT_RUN}", ""]
     return [*lines, ""]

