@@ -27,14 +27,14 @@ from actbridge.errors import HookError, InterventionError
 from actbridge.hooks import (
     Point,
     check_one_where,
-    check_where,
     decoder_blocks,
     layer_indices,
     model_width,
     point_order,
 )
 from actbridge.interventions.base import POSITIONS, Intervention, Positions
-from actbridge.interventions.vectors import SteeringVector, VectorLike, as_vector
+from actbridge.interventions.steering import vector_where
+from actbridge.interventions.vectors import VectorLike, as_vector
 
 
 @dataclass(frozen=True)
@@ -100,15 +100,13 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
         d = model_width(model)
         per_point: dict[Point, dict[str, list[Any]]] = {}
 
-        def at(layer: int, where: str) -> dict[str, list[Any]]:
-            # the embeddings are one point whatever the layer (hooked once, see hook_points)
-            point = (0, "embed") if where == "embed" else (layer, where)
+        def at(point: Point) -> dict[str, list[Any]]:
             return per_point.setdefault(point, {"steer": [], "ablate": []})
 
         for i, c in enumerate(conds):
             if c.steers and c.vector is not None:
                 vec, vec_layer = as_vector(c.vector)
-                where = _point_name(c.where, c.vector, i)
+                (where,) = _points(c.where, c.vector, i, one=True)
                 layer = c.layer if c.layer is not None else vec_layer
                 if layer is None and where != "embed":
                     raise InterventionError(
@@ -123,10 +121,10 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
                         f"not {c.positions!r}"
                     )
                 (layer,) = layer_indices(model, [layer if layer is not None else 0])
-                at(layer, where)["steer"].append((i, vec * np.float32(c.alpha), c.positions))
+                at(_point(layer, where))["steer"].append((i, vec * np.float32(c.alpha), c.positions))
             if c.ablate is not None:
                 vec, vec_layer = as_vector(c.ablate)
-                wheres = _point_names(c.ablate_where, c.ablate, i)
+                wheres = _points(c.ablate_where, c.ablate, i, one=False)
                 chosen = c.ablate_layers if c.ablate_layers is not None else vec_layer
                 if chosen is None:
                     raise InterventionError(
@@ -136,14 +134,10 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
                 norm = float(np.linalg.norm(vec))
                 if norm == 0:
                     raise InterventionError(f"conditions[{i}]: cannot ablate a zero direction")
-                # each point once: the embeddings are one point whatever the layers
-                targets = {
-                    (0 if w == "embed" else layer, w)
-                    for layer in layer_indices(model, chosen)
-                    for w in wheres
-                }
-                for layer, where in sorted(targets, key=point_order):
-                    at(layer, where)["ablate"].append((i, vec / norm))
+                # each point once (the embeddings are one point whatever the layers)
+                targets = {_point(layer, w) for layer in layer_indices(model, chosen) for w in wheres}
+                for point in sorted(targets, key=point_order):
+                    at(point)["ablate"].append((i, vec / norm))
         # nothing to do: a hook that passes every row through
         points = sorted(per_point, key=point_order) or [(0, "resid_post")]
         super().__init__(model, sorted({layer for layer, _ in points}), sorted({w for _, w in points}))
@@ -210,24 +204,21 @@ class steer_rows(Intervention):  # noqa: N801 - used like a function in `with`
         return out
 
 
-def _point_name(where: str | None, vector: VectorLike, i: int) -> str:
-    """Condition ``i``'s steering point: ``where`` checked, or the vector's own."""
+def _points(where: str | Sequence[str] | None, vector: VectorLike, i: int, *, one: bool) -> list[str]:
+    """Condition ``i``'s hook points: ``where`` checked (a single name when ``one``), or the point
+    the vector was read at (:func:`actbridge.interventions.steering.vector_where`)."""
     try:
-        if where is not None:
-            return check_one_where(where)
+        if one and where is not None:
+            check_one_where(where)  # type: ignore[arg-type]
+        return vector_where(vector, where)
     except HookError as e:
         raise InterventionError(f"conditions[{i}]: {e}") from None
-    return vector.where if isinstance(vector, SteeringVector) else "resid_post"
 
 
-def _point_names(where: str | Sequence[str] | None, vector: VectorLike, i: int) -> list[str]:
-    """Condition ``i``'s ablation points: ``where`` checked, or the direction's own."""
-    try:
-        if where is not None:
-            return check_where(where)
-    except HookError as e:
-        raise InterventionError(f"conditions[{i}]: {e}") from None
-    return [vector.where if isinstance(vector, SteeringVector) else "resid_post"]
+def _point(layer: int, where: str) -> Point:
+    """The hook point ``where`` of block ``layer``; the embeddings are one point whatever the
+    layer (hooked once, see :func:`actbridge.hooks.hook_points`)."""
+    return (0, "embed") if where == "embed" else (layer, where)
 
 
 def _check(vec: npt.NDArray[np.float32], d: int, i: int) -> None:

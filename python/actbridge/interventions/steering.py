@@ -62,7 +62,7 @@ def _placed(
     return {index: vec for index in chosen}
 
 
-def _vector_where(
+def vector_where(
     vector: VectorLike | Mapping[int, VectorLike], where: str | Sequence[str] | None
 ) -> list[str]:
     """``where`` checked, or (None) the hook point the vector(s) were read at ("resid_post" for
@@ -103,7 +103,7 @@ class steer(Intervention):  # noqa: N801 - used like a function: `with ab.steer(
         vectors = _placed(model, vector, layer, "layer")
         if where is not None and not isinstance(where, str):
             raise InterventionError(f"steer adds at one hook point; pass where='...', not {where!r}")
-        super().__init__(model, sorted(vectors), _vector_where(vector, where))
+        super().__init__(model, sorted(vectors), vector_where(vector, where))
         if not (isinstance(positions, str) and positions in POSITIONS) and not callable(positions):
             raise InterventionError(f"positions must be one of {POSITIONS} or a callable, not {positions!r}")
         self.vectors, self.alpha, self.positions = vectors, float(alpha), positions
@@ -146,7 +146,7 @@ class ablate(Intervention):  # noqa: N801
         where: str | Sequence[str] | None = None,
     ) -> None:
         vectors = _placed(model, direction, layers, "layers")
-        super().__init__(model, sorted(vectors), _vector_where(direction, where))
+        super().__init__(model, sorted(vectors), vector_where(direction, where))
         self.units: dict[int, npt.NDArray[np.float32]] = {}
         for index, vec in vectors.items():
             norm = float(np.linalg.norm(vec))
