@@ -93,7 +93,11 @@ def evaluate(args: argparse.Namespace, model: Any, tok: Any) -> dict[str, Any]:
         requests, names = [h["request"] for h in held], [h["name"] for h in held]
     else:
         requests, names = tasks.heldout_instructions(args.eval, seed=args.seed), []
-    results: dict[str, Any] = {"n": len(requests)}
+    results: dict[str, Any] = {
+        "model": args.model if not args.smoke else "tiny",
+        "task": args.task,
+        "n": len(requests),
+    }
     for name, tag in CONDITIONS[args.task]:
         completions = generate(model, tok, [as_prompt(tok, tag + r) for r in requests], args.new_tokens)
         if args.task == "code":
@@ -192,36 +196,21 @@ def main() -> None:
         print(f"evaluation cached in {out / 'results.json'} (--reevaluate runs it again)")
         report(previous, args.task)
     else:
-        evaluate_finetuned(args, out, model, tok, settings, timings, finetuning, previous, started)
+        t0 = time.perf_counter()
+        results = evaluate(args, model, tok)
+        timings["evaluate"] = time.perf_counter() - t0
+        results["settings"] = settings
+        results["timings_s"] = timings
+        # the fine-tuning run's timings and memory survive reruns that reuse its model
+        first = previous.get("first_run_timings_s") or previous.get("timings_s", {})
+        results["first_run_timings_s"] = timings if "finetune" in timings else first
+        results["finetuning"] = finetuning or previous.get("finetuning", {})
+        results["run"] = run_info(args.seed, started)
+        write_json(out / "results.json", results)
+        report(results, args.task)
     if not args.no_base_control:
         del model  # the base model takes its place in memory
         base_control(args, out, settings)
-
-
-def evaluate_finetuned(
-    args: argparse.Namespace,
-    out: Path,
-    model: Any,
-    tok: Any,
-    settings: dict[str, Any],
-    timings: dict[str, float],
-    finetuning: dict[str, Any],
-    previous: dict[str, Any],
-    started: float,
-) -> None:
-    t0 = time.perf_counter()
-    results: dict[str, Any] = {"model": args.model if not args.smoke else "tiny", "task": args.task}
-    results.update(evaluate(args, model, tok))
-    timings["evaluate"] = time.perf_counter() - t0
-    results["settings"] = settings
-    results["timings_s"] = timings
-    # the fine-tuning run's timings and memory survive reruns that reuse its model
-    first = previous.get("first_run_timings_s") or previous.get("timings_s", {})
-    results["first_run_timings_s"] = timings if "finetune" in timings else first
-    results["finetuning"] = finetuning or previous.get("finetuning", {})
-    results["run"] = run_info(args.seed, started)
-    write_json(out / "results.json", results)
-    report(results, args.task)
 
 
 def base_control(args: argparse.Namespace, out: Path, settings: dict[str, Any]) -> None:
@@ -236,8 +225,7 @@ def base_control(args: argparse.Namespace, out: Path, settings: dict[str, Any]) 
         return
     t0 = time.perf_counter()
     model, tok = base_model(args)
-    results: dict[str, Any] = {"model": args.model if not args.smoke else "tiny", "task": args.task}
-    results.update(evaluate(args, model, tok))
+    results = evaluate(args, model, tok)
     results["settings"] = same
     results["timings_s"] = {"evaluate": time.perf_counter() - t0}
     write_json(path, results)
