@@ -16,7 +16,6 @@ model fine-tunes in float32 on a CPU machine beside a second resident copy.
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import shutil
@@ -435,20 +434,19 @@ def _save_adapter(trained: Any, out: Path, dtype: Any) -> None:
             p.copy_(p.to(dtype))
         state = {n: p.detach().to(dtype).contiguous() for n, p in lora.items()}
     base_name = getattr(trained.get_base_model(), "actbridge_name", None)
-
-    def write(tmp: Path) -> None:
-        # save_embedding_layers=False: LoRA trains no embeddings, and the default ("auto") has peft
-        # look for the base model's config on disk or the hub to decide (a warning when it is absent)
-        trained.save_pretrained(tmp, state_dict=state, safe_serialization=True, save_embedding_layers=False)
-        if base_name is not None:
-            # the name the base model was loaded by (e.g. an embedded model's), not the path of
-            # this machine's cache that peft would record
-            config = tmp / "adapter_config.json"
-            meta = json.loads(config.read_text())
-            meta["base_model_name_or_path"] = base_name
-            config.write_text(json.dumps(meta, indent=2, sort_keys=True) + "\n")
-
-    _replace_dir(out, write)
+    if base_name is not None:
+        # record the name the base model was loaded by (e.g. an embedded model's), not the path
+        # of this machine's cache that peft would take from the model
+        for config in trained.peft_config.values():
+            config.base_model_name_or_path = base_name
+    # save_embedding_layers=False: LoRA trains no embeddings, and the default ("auto") has peft
+    # look for the base model's config on disk or the hub to decide (a warning when it is absent)
+    _replace_dir(
+        out,
+        lambda tmp: trained.save_pretrained(
+            tmp, state_dict=state, safe_serialization=True, save_embedding_layers=False
+        ),
+    )
 
 
 def _forget_peft(model: Model) -> None:
