@@ -859,15 +859,14 @@ def splice_page(old: str, new: list[str], only: list[str]) -> str:
     ``only`` taken from the freshly generated page ``new``."""
     new_blocks = {b[0]: b for b in page_blocks(new) if b and b[0].startswith("## ")}
     old_blocks = page_blocks(old.split("\n"))
-    owned = [
-        head
-        for head in new_blocks
-        if any(head.startswith(s) for name in only for s in OWNED[name]["sections"])
-    ]
+
+    def owned(head: str) -> bool:
+        return any(head.startswith(s) for name in only for s in OWNED[name]["sections"])
+
     # an owned section the old page does not have yet (a new experiment's) goes where the new
     # page has it: before the first later section the old page has
     order = list(new_blocks)
-    for head in owned:
+    for head in filter(owned, new_blocks):
         if any(b and b[0] == head for b in old_blocks):
             continue
         later = set(order[order.index(head) + 1 :])
@@ -876,7 +875,7 @@ def splice_page(old: str, new: list[str], only: list[str]) -> str:
     out = []
     for block in old_blocks:
         head = block[0] if block else ""
-        if any(head.startswith(s) for name in only for s in OWNED[name]["sections"]):
+        if owned(head):
             if head not in new_blocks:
                 raise SystemExit(f"--only: no freshly generated section {head!r}")
             block = new_blocks[head]
