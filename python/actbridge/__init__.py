@@ -20,7 +20,8 @@ The pipeline is store -> collect -> maps -> steer -> evaluate. Available now:
   repeng: :mod:`actbridge.interventions.aggregators`) and :class:`SteeringVectors` (several
   layers, one pass), :func:`steer`, :func:`ablate`, :func:`directional_ablation` (out of every
   residual write) and :func:`orthogonalize` (the same, in the weights), at block outputs or
-  other hook points (``where=``: :data:`HOOK_POINTS`), :func:`transfer_vector` (through a map),
+  other hook points (``where=``: :data:`HOOK_POINTS`), :func:`transfer_vector` (through a map,
+  at the block and hook point it was fitted on: :func:`map_sites`),
   :func:`substitute` (a layer replaced by mapped source activations), :func:`mean_ablate`,
   :class:`SafetySwitch`; per-row interventions (:class:`steer_rows`, :class:`Condition`) run a
   whole sweep as one batched ``generate()`` (:func:`generate_conditions`);
@@ -91,7 +92,7 @@ from actbridge.interventions.vectors import (
     contrast_directions,
     trigger_tokens,
 )
-from actbridge.maps import AffineMap, AffineStats, AutoencoderConfig, AutoencoderMap, load_map
+from actbridge.maps import AffineMap, AffineStats, AutoencoderConfig, AutoencoderMap, load_map, map_sites
 from actbridge.models import EMBEDDED, load_model
 from actbridge.store import ActivationStore, StoreWriter
 from actbridge.texts import load_corpus
@@ -165,6 +166,7 @@ __all__ = [
     "load_corpus",
     "load_map",
     "load_model",
+    "map_sites",
     "mean_ablate",
     "merge_adapter",
     "orthogonalize",

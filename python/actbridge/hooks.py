@@ -21,6 +21,7 @@ Hook points (``where=``, TransformerLens's names), each a ``(batch, seq, d_model
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any, Literal, get_args
@@ -214,6 +215,17 @@ def point_site(point: Point) -> str:
     if where == "embed":
         return "embed"
     return f"layer{layer}" if where == "resid_post" else f"layer{layer}.{where}"
+
+
+def site_point(site: str) -> tuple[int | None, str] | None:
+    """The ``(layer, where)`` a store site name of :func:`point_site` stands for (layer None for
+    ``embed``), or None for any other name (``source``, ``target``, a column)."""
+    if site == "embed":
+        return None, "embed"
+    m = re.fullmatch(r"layer(\d+)(?:\.(\w+))?", site)
+    if m is None or (m.group(2) is not None and m.group(2) not in HOOK_POINTS[1:-1]):
+        return None
+    return int(m.group(1)), m.group(2) or "resid_post"
 
 
 def model_width(model: Model) -> int:

@@ -111,10 +111,19 @@ def test_collect_fit_eval_vector_steer_info_verify(tmp_path, capsys, model_dirs)
     saved = ab.SteeringVector.load(tmp_path / "vec")
     assert saved.layer == 1
     np.testing.assert_allclose(saved.vector, want.vector, rtol=1e-5, atol=1e-6)
-    with pytest.raises(SystemExit, match="--target-layer"):
-        main(
-            ["vector", "--model", a, "--layer", "2", "--pos", str(pos), "--neg", str(neg)]
-            + ["--map", str(tmp_path / "affine"), "--out", str(tmp_path / "vec2")]
+    # the map knows where its rows were read: --layer and --target-layer default to its blocks,
+    # and a block it was not fitted on is refused with the block it was
+    vec2 = ["--pos", str(pos), "--neg", str(neg), "--map", str(tmp_path / "affine")]
+    vec2 += ["--out", str(tmp_path / "v2")]
+    got = run_json(capsys, "vector", "--model", a, *vec2)
+    assert (got["layer"], got["where"]) == (1, "resid_post")
+    np.testing.assert_array_equal(ab.SteeringVector.load(tmp_path / "v2").vector, saved.vector)
+    for wrong in (["--layer", "3"], ["--target-layer", "0"], ["--where", "attn_out"]):
+        assert main(["vector", "--model", a, *wrong, *vec2]) == 2
+        err = capsys.readouterr().err
+        assert "InterventionError" in err
+        assert (
+            "fitted on rows read at block 2 (resid_post)" in err or "target rows were read at block 1" in err
         )
     got = run_json(
         capsys,

@@ -27,6 +27,7 @@ from typing import Any
 
 import actbridge as ab
 from actbridge.interventions.aggregators import AGGREGATORS
+from actbridge.maps.sites import map_sites
 
 
 def _texts(spec: str) -> Any:
@@ -164,12 +165,15 @@ def cmd_eval(a: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_vector(a: argparse.Namespace) -> dict[str, Any]:
-    if a.map and a.target_layer is None:
-        raise SystemExit("--map needs --target-layer: the block of the target model the vector is for")
-    if a.map and a.where != "resid_post":
+    mapping = ab.load_map(a.map) if a.map else None
+    knows = mapping is not None and map_sites(mapping) is not None  # fitted on a store
+    if mapping is not None and not knows and (a.target_layer is None or a.layer is None):
         raise SystemExit(
-            "--map carries block-output vectors (maps are fitted on block outputs); leave --where out"
+            f"{a.map} does not record where its rows were read (fitted on arrays?): pass --layer and "
+            "--target-layer, the source and target blocks it maps"
         )
+    if a.layer is None and not knows:
+        raise SystemExit("--layer is missing: the block of --model to read the contrast at")
     model, tok = _load(a, a.model)
     pos, neg = _texts(a.pos), _texts(a.neg)
     reading = {
@@ -178,12 +182,14 @@ def cmd_vector(a: argparse.Namespace) -> dict[str, Any]:
         "generation_prompt": a.generation_prompt,
         "aggregator": a.aggregator,
     }
-    if a.map:  # the contrast's means go through the map (an autoencoder is not linear)
+    if mapping is not None:  # the contrast's rows go through the map (an autoencoder is not linear)
         v = ab.transfer_vector(
-            (pos, neg), ab.load_map(a.map), model, tok, a.layer, target_layer=a.target_layer, **reading
+            (pos, neg), mapping, model, tok, a.layer, target_layer=a.target_layer, where=a.where, **reading
         )
     else:
-        v = ab.SteeringVector.from_contrast(model, tok, pos, neg, a.layer, where=a.where, **reading)
+        v = ab.SteeringVector.from_contrast(
+            model, tok, pos, neg, a.layer, where=a.where or "resid_post", **reading
+        )
     v.save(a.out)
     return {"vector": a.out, "norm": v.norm, "layer": v.layer, "where": v.where, "mapped": bool(a.map)}
 
@@ -357,7 +363,7 @@ def parser() -> argparse.ArgumentParser:
         cmd_vector,
     )
     q.add_argument("--model", required=True)
-    q.add_argument("--layer", type=int, required=True)
+    q.add_argument("--layer", type=int, help="the block to read (with --map: default the map's source block)")
     q.add_argument("--pos", required=True, help="JSONL of positive prompts (or 'corpus:KIND')")
     q.add_argument("--neg", required=True)
     q.add_argument("--positions", default="last", choices=["last", "all", "trigger"])
@@ -368,7 +374,11 @@ def parser() -> argparse.ArgumentParser:
         action="store_false",
         help="render chat prompts without the assistant header that `generate` adds",
     )
-    q.add_argument("--where", default="resid_post", choices=ab.HOOK_POINTS, help="hook point of the block")
+    q.add_argument(
+        "--where",
+        choices=ab.HOOK_POINTS,
+        help="hook point of the block (default: resid_post; with --map: the map's source point)",
+    )
     q.add_argument(
         "--aggregator",
         default="mean_diff",
@@ -376,7 +386,9 @@ def parser() -> argparse.ArgumentParser:
         help="how contrast activations become a direction (mapped ones: in the target space)",
     )
     q.add_argument("--map", help="a saved map: save the mapped vector instead")
-    q.add_argument("--target-layer", type=int, help="with --map: the target block the vector is for")
+    q.add_argument(
+        "--target-layer", type=int, help="with --map: the target block the vector is for (default: the map's)"
+    )
     q.add_argument("--out", required=True)
     q.add_argument("--device")
     q.add_argument("--device-map", help="split the model over devices with accelerate, e.g. auto")
