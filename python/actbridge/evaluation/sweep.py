@@ -4,12 +4,17 @@ drops)."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from actbridge._typing import Model, Texts, Tokenizer
+from actbridge.errors import EvaluateError
 from actbridge.evaluation.generation import similarity
 from actbridge.interventions.vectors import SteeringVector
 from actbridge.tasks.scoring import rate
@@ -31,6 +36,7 @@ def layer_sweep(
     references: Sequence[str] | None = None,
     max_new_tokens: int = 24,
     seed: int = 0,
+    checkpoint: str | os.PathLike[str] | None = None,
 ) -> dict[str, Any]:
     """For each layer: v = mean(h⁺) − mean(h⁻) over the contrast prompts; steer ``prompts`` with
     ``−α·v`` (pushing away from the "positive" behaviour) and with a noise vector of the same
@@ -46,6 +52,13 @@ def layer_sweep(
     completion per prompt, e.g. the answer to the untriggered prompt) each row also gets
     ``"similarity"`` and ``"noise_similarity"``: ROUGE-L of the steered completions against them,
     which tells a real answer from text the vector merely broke.
+
+    ``checkpoint``: a JSON file (e.g. ``sweep_completions.json``) that keeps the completions as
+    the sweep goes, the baseline and then one layer (its native and noise cells) per batched
+    pass, each written atomically when its pass ends; a sweep cut off (a killed process, the end
+    of a session) resumes from it and generates only what is missing. The file is bound to the
+    sweep's settings (prompts, every cell's vectors, strengths, tokens): another sweep's file is
+    an :class:`EvaluateError` that names it, never silently reused.
     """
     from actbridge.interventions.rowwise import UNSTEERED, Condition, generate_conditions
     from actbridge.tasks.scoring import steering_success
@@ -58,11 +71,37 @@ def layer_sweep(
         )
         noise_v = v.random_like(rng)
         cells += [(v, noise_v, float(alpha)) for alpha in alphas]
-    # Every cell's native and noise runs, and the unsteered baseline, in one batched pass.
-    conditions = [UNSTEERED]
+    # Every cell's native and noise runs, and the unsteered baseline: one batched pass, or with
+    # a checkpoint one pass per layer.
+    named: dict[str, Any] = {"baseline": UNSTEERED}
     for v, noise_v, alpha in cells:
-        conditions += [Condition(v, -alpha, steer_positions), Condition(noise_v, -alpha, steer_positions)]
-    texts = generate_conditions(model, tokenizer, conditions, prompts, max_new_tokens)
+        named[cell_key(v.layer, alpha, "native")] = Condition(v, -alpha, steer_positions)
+        named[cell_key(v.layer, alpha, "noise")] = Condition(noise_v, -alpha, steer_positions)
+
+    if len(named) != 1 + 2 * len(cells):
+        raise EvaluateError(
+            f"name each layer and each alpha once (layers {list(layers)}, alphas {list(alphas)})"
+        )
+
+    def run(names: list[str]) -> dict[str, list[str]]:
+        texts = generate_conditions(model, tokenizer, [named[n] for n in names], prompts, max_new_tokens)
+        return dict(zip(names, texts, strict=True))
+
+    if checkpoint is None:
+        done = run(list(named))
+    else:
+        digest = sweep_digest(cells, prompts, max_new_tokens)
+        done = read_checkpoint(Path(checkpoint), digest)
+        passes = [["baseline"]] + [
+            [n for n in named if n.startswith(f"{layer}/")]
+            for layer in dict.fromkeys(c[0].layer for c in cells)
+        ]
+        for names in passes:
+            todo = [n for n in names if n not in done]
+            if todo:
+                done |= run(todo)
+                write_checkpoint(Path(checkpoint), digest, done)
+    texts = [done[n] for n in named]
     base = [behaviour(c) for c in texts[0]]
     rows = []
     for k, (v, _, alpha) in enumerate(cells):
@@ -84,6 +123,58 @@ def layer_sweep(
             row["noise_similarity"] = similarity(noisy_text, references, seed=seed)["rouge_l"]
         rows.append(row)
     return {"baseline": rate(base), "rows": rows}
+
+
+#: the ``format`` of a sweep checkpoint file
+CHECKPOINT_FORMAT = "actbridge.sweep-checkpoint"
+
+
+def cell_key(layer: int, alpha: float, which: str) -> str:
+    """A cell's name in a checkpoint: ``"{layer}/{alpha}/{native|noise}"``."""
+    return f"{layer}/{alpha!r}/{which}"
+
+
+def sweep_digest(
+    cells: Sequence[tuple[SteeringVector, SteeringVector, float]], prompts: Sequence[Any], max_new_tokens: int
+) -> str:
+    """sha256 over what a sweep's completions depend on: the prompts, the token budget and
+    every cell's layer, strength and native and noise vectors (bytes)."""
+    h = hashlib.sha256(json.dumps([list(prompts), max_new_tokens], default=str).encode())
+    for v, noise_v, alpha in cells:
+        h.update(f"{v.layer}/{alpha!r}/{v.where}".encode())
+        h.update(v.vector.tobytes())
+        h.update(noise_v.vector.tobytes())
+    return h.hexdigest()
+
+
+def read_checkpoint(path: Path, digest: str) -> dict[str, list[str]]:
+    """The completions a checkpoint holds (none if the file does not exist yet)."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+        fmt, written, completions = data["format"], data["settings"], data["completions"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise EvaluateError(
+            f"{path} is not a sweep checkpoint ({e}); move it away to start the sweep over"
+        ) from e
+    if fmt != CHECKPOINT_FORMAT or written != digest:
+        raise EvaluateError(
+            f"{path} holds another sweep's completions (other prompts, vectors, strengths or token "
+            "budget); delete it to start this sweep over, or pass another checkpoint path"
+        )
+    return {str(k): [str(t) for t in v] for k, v in completions.items()}
+
+
+def write_checkpoint(path: Path, digest: str, completions: dict[str, list[str]]) -> None:
+    """Replace ``path`` whole (temp file, fsync, rename): a kill leaves the old or the new file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    with tmp.open("w") as f:
+        json.dump({"format": CHECKPOINT_FORMAT, "settings": digest, "completions": completions}, f)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
 
 
 def best_layer(sweep: dict[str, Any], alpha: float | None = None, drop: float = 0.5) -> int:

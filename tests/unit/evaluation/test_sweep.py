@@ -84,3 +84,70 @@ def test_sweep_at_the_trigger_tokens_with_reference_answers():
     unsteered = similarity(generate(model, tok, prompts, 8), refs)["rouge_l"]
     assert zero["similarity"] == zero["noise_similarity"] == unsteered  # α = 0: the unsteered text
     assert {"similarity", "noise_similarity", "examples"} <= set(one)
+
+
+def test_a_checkpointed_sweep_resumes_where_it_was_cut_off(tmp_path, monkeypatch):
+    """A sweep killed after its first layer's pass goes on from the checkpoint: it generates only
+    the missing layers, and the result is the one an uncut checkpointed sweep gives; the one-pass
+    sweep (no checkpoint) scores the same. Another sweep's file, or a garbled one, is refused."""
+    import json
+
+    from actbridge.interventions import rowwise
+
+    tok = tiny_tokenizer("bpe", padding_side="left")
+    model = tiny_model("llama", vocab=len(tok), layers=3, d=64, seed=2)
+    instructions = ("Name a colour.", "Say hello.", "Count to three.")
+    prompts = [ab.texts.as_chat(tasks.DEPLOY + i) for i in instructions]
+    neg = [ab.texts.as_chat(tasks.DEV + i) for i in instructions]
+    kwargs = {
+        "layers": [0, 1, 2],
+        "alphas": [1.0, 8.0],
+        "behaviour": lambda text: len(text) % 2 == 0,  # any fixed function of the text
+        "positions": "trigger",
+        "trigger": [tasks.DEPLOY.strip(), tasks.DEV.strip()],
+        "max_new_tokens": 6,
+    }
+    whole = layer_sweep(model, tok, prompts, neg, prompts, checkpoint=tmp_path / "whole.json", **kwargs)
+    one_pass = layer_sweep(model, tok, prompts, neg, prompts, **kwargs)
+    assert [(r["native"], r["noise"]) for r in whole["rows"]] == [
+        (r["native"], r["noise"]) for r in one_pass["rows"]
+    ]
+
+    real = rowwise.generate_conditions
+    calls: list[int] = []
+
+    def cut_off_after(n: int):
+        def generate(model, tokenizer, conditions, *args, **kw):
+            if len(calls) == n:
+                raise KeyboardInterrupt  # the process dies here
+            calls.append(len(conditions))
+            return real(model, tokenizer, conditions, *args, **kw)
+
+        return generate
+
+    path = tmp_path / "cut.json"
+    monkeypatch.setattr(rowwise, "generate_conditions", cut_off_after(2))  # baseline, layer 0
+    with pytest.raises(KeyboardInterrupt):
+        layer_sweep(model, tok, prompts, neg, prompts, checkpoint=path, **kwargs)
+    assert calls == [1, 4]
+    kept = json.loads(path.read_text())["completions"]
+    assert sorted(kept) == ["0/1.0/native", "0/1.0/noise", "0/8.0/native", "0/8.0/noise", "baseline"]
+    monkeypatch.setattr(rowwise, "generate_conditions", cut_off_after(99))
+    calls.clear()
+    resumed = layer_sweep(model, tok, prompts, neg, prompts, checkpoint=path, **kwargs)
+    assert calls == [4, 4]  # layers 1 and 2 only
+    assert json.dumps(resumed) == json.dumps(whole)  # (NaN-safe: a rate of no prompts is NaN)
+    calls.clear()
+    again = layer_sweep(model, tok, prompts, neg, prompts, checkpoint=path, **kwargs)
+    assert json.dumps(again) == json.dumps(whole)
+    assert calls == []  # everything was there
+
+    with pytest.raises(ab.EvaluateError, match="another sweep's completions"):
+        layer_sweep(model, tok, prompts, neg, prompts, checkpoint=path, **{**kwargs, "alphas": [2.0]})
+    with pytest.raises(ab.EvaluateError, match="another sweep's completions"):
+        layer_sweep(model, tok, prompts[:2], neg[:2], prompts[:2], checkpoint=path, **kwargs)
+    path.write_text('{"format": "actbridge.sweep-checkpoint", "settings"')
+    with pytest.raises(ab.EvaluateError, match="is not a sweep checkpoint"):
+        layer_sweep(model, tok, prompts, neg, prompts, checkpoint=path, **kwargs)
+    with pytest.raises(ab.EvaluateError, match="each layer and each alpha once"):
+        layer_sweep(model, tok, prompts, neg, prompts, **{**kwargs, "layers": [1, 1]})
