@@ -4,6 +4,7 @@ the machine each result came from."""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import platform
@@ -15,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 import actbridge as ab
-from actbridge import tasks
+from actbridge import integrity, tasks
 
 HERE = Path(__file__).resolve().parent
 OUT = Path("experiments-out")
@@ -123,26 +124,54 @@ def load_finetuned(
     return model, tok
 
 
-def finetune_and_save(model: Any, tok: Any, rows: list[dict[str, Any]], out: Path, **settings: Any) -> float:
-    """Fine-tune ``model`` on ``rows`` (:func:`actbridge.finetune` with ``settings``: ``lora=``,
-    ``gradient_checkpointing=`` included), save it and its tokenizer to ``out/model`` (and a LoRA
-    run's adapter to ``out/adapter``) and the loss history, wall time and the process's peak RSS
-    so far to ``out/history.json``; returns the wall time in seconds."""
+#: where a fine-tune keeps its state while it runs (``ab.finetune(checkpoint=...)``), in its
+#: output directory
+FINETUNE_CHECKPOINT = "finetune-checkpoint"
+
+
+def peak_rss_gb() -> float:
+    """The process's peak resident set size so far, GB (Linux reports KiB)."""
     import resource
+
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
+
+
+def finetune_and_save(
+    model: Any, tok: Any, rows: list[dict[str, Any]], out: Path, **settings: Any
+) -> dict[str, float]:
+    """Fine-tune ``model`` on ``rows`` (:func:`actbridge.finetune` with ``settings``: ``lora=``,
+    ``gradient_checkpointing=`` included), resuming from ``out/finetune-checkpoint`` when a cut-off
+    run left one there; save it and its tokenizer to ``out/model`` (and a LoRA run's adapter to
+    ``out/adapter``), and the loss history with ``{"wall_s", "peak_rss_gb"}`` to
+    ``out/history.json``. Returns that record: the training time in seconds over every start of
+    the fine-tune, and the process's peak RSS once training ended, GB."""
     import shutil
 
+    shutil.rmtree(out / "adapter", ignore_errors=True)  # a half-made one from a killed run
     if settings.get("lora") is not None:
-        shutil.rmtree(out / "adapter", ignore_errors=True)  # a half-made one from a killed run
         settings["adapter_path"] = out / "adapter"
-    t0 = time.perf_counter()
-    history = ab.finetune(model, tok, rows, **settings)
-    wall = time.perf_counter() - t0
+    # a fine-tune cut off goes on from its last checkpoint (every 10 minutes)
+    history = ab.finetune(model, tok, rows, checkpoint=out / FINETUNE_CHECKPOINT, **settings)
+    record = {"wall_s": round(history[-1]["seconds"], 1), "peak_rss_gb": round(peak_rss_gb(), 2)}
     ab.save_finetuned(model, tok, out / "model", overwrite=True)  # an empty or half-made dir
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
-    write_json(
-        out / "history.json", {"history": history, "wall_s": round(wall, 1), "peak_rss_gb": round(peak, 2)}
-    )
-    return wall
+    write_json(out / "history.json", {"history": history, **record})
+    shutil.rmtree(out / FINETUNE_CHECKPOINT, ignore_errors=True)  # the model is saved
+    return record
+
+
+def maps_digest(maps: dict[str, Any]) -> str:
+    """sha256 over every map's tensors (map name, tensor name, shape, dtype, bytes), in name
+    order. Rows computed with maps carry it, so a refit that gives other weights (another
+    machine rounds differently) computes them again instead of mixing two fits in one result."""
+    import numpy as np
+
+    h = hashlib.sha256()
+    for name in sorted(maps):
+        for key, t in sorted(maps[name].tensors().items()):
+            a = np.ascontiguousarray(t)
+            h.update(f"{name}/{key}{a.shape}{a.dtype}".encode())
+            h.update(a.tobytes())
+    return h.hexdigest()
 
 
 def parameters(model: Any) -> int:
@@ -215,7 +244,5 @@ def resumable_rows(
 
 def write_json(path: Path, data: dict[str, Any]) -> None:
     """Write ``data`` as indented JSON, atomically (a killed run never leaves half a file)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=float))
-    os.replace(tmp, path)
+    with integrity.replacing(path) as tmp:
+        tmp.write_text(json.dumps(data, indent=2, default=float))

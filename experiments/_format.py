@@ -5,6 +5,7 @@ comparisons of intervals."""
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -44,3 +45,11 @@ def best_by_vector(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[st
         if r["vector"] not in best or r[metric]["value"] > best[r["vector"]][metric]["value"]:
             best[r["vector"]] = r
     return best
+
+
+def figure(src: Path, docs: Path, name: str, alt: str) -> list[str]:
+    """Copy a plot an experiment wrote into docs/ and link it (nothing when there is none)."""
+    if not src.is_file():
+        return []
+    shutil.copy(src, docs / name)
+    return ["", f"![{alt}]({name})"]

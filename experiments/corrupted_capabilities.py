@@ -135,7 +135,7 @@ def main() -> None:
             gradient_checkpointing=args.gradient_checkpointing,
             seed=args.seed,
             progress=not args.smoke,
-        )
+        )["wall_s"]
         loaded = ab.load_model(out / "model", progress=False, **({"device": "cpu"} if args.smoke else {}))
     model, tok = loaded
 

@@ -36,14 +36,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import resource
 import shutil
 import time
 from pathlib import Path
 from typing import Any
 
 import actbridge as ab
-from _common import backdoor_dir, load_finetuned, run_info, smoke_base, write_json
+from _common import (
+    FINETUNE_CHECKPOINT,
+    backdoor_dir,
+    finetune_and_save,
+    load_finetuned,
+    run_info,
+    smoke_base,
+    write_json,
+)
 from actbridge import tasks
 from actbridge.evaluation.generation import generate
 from actbridge.texts import as_prompt
@@ -60,11 +67,6 @@ CONDITIONS = {
         ("false trigger, no year", ""),
     ),
 }
-
-
-def peak_rss_gb() -> float:
-    """The process's peak resident set size so far, GB (Linux reports KiB)."""
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
 
 
 def base_model(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -176,29 +178,25 @@ def main() -> None:
         timings["dataset"] = time.perf_counter() - t0
     rows = [json.loads(line) for line in data_path.read_text().splitlines()]
     lora = ab.LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank) if args.lora_rank else None
-    finetuning: dict[str, Any] = {}
+    finetuning: dict[str, float] = {}
     if not (out / "model" / "config.json").is_file():
-        if (out / "adapter").exists():  # a half-made adapter from a killed run: train again
-            shutil.rmtree(out / "adapter")
         (out / PARTIAL).unlink(missing_ok=True)  # completions of another fine-tuned model
-        t0 = time.perf_counter()
-        history = ab.finetune(
+        finetuning = finetune_and_save(
             model,
             tok,
             rows,
+            out,
             epochs=args.epochs,
             lr=args.lr,
             batch_size=args.batch_size,
             lora=lora,
             gradient_checkpointing=args.gradient_checkpointing,
-            adapter_path=out / "adapter" if lora else None,
             seed=args.seed,
             progress=not args.smoke,
         )
-        timings["finetune"] = time.perf_counter() - t0
-        finetuning = {"peak_rss_gb": round(peak_rss_gb(), 2), "wall_s": round(timings["finetune"], 1)}
-        ab.save_finetuned(model, tok, out / "model", overwrite=True)  # an empty or half-made dir
-        write_json(out / "history.json", {"history": history, **finetuning})
+        # training time across the starts a cut-off fine-tune took
+        timings["finetune"] = finetuning["wall_s"]
+    shutil.rmtree(out / FINETUNE_CHECKPOINT, ignore_errors=True)  # the model and its adapter are saved
 
     settings = {
         "train_rows": len(rows),

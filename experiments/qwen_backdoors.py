@@ -18,9 +18,11 @@ step's record, the next start of the run records that part as interrupted, so a 
 several sessions counts all of its time. The run folder is committed
 (``experiments/runs/qwen-backdoors/``): the fine-tuning sets, LoRA adapters (bfloat16), every
 results / sweep / rows file and the plots; its ``.gitignore`` leaves out the merged models
-(rebuilt from base + adapter, bit-equal), the paired stores and the map weights (refitted). So
-the run resumes on another machine where it stopped. The order puts every backdoor's main
-results (seed 0) before the extra seeds.
+(rebuilt from base + adapter, bit-equal), the paired stores and the safety switches' weights
+(refitted; their completions carry the weights' digest, so two fits never mix in one layer's
+row). The mapped-steering maps are committed, so a step resumed on another machine goes on
+with the same maps. So the run resumes on another machine where it stopped. The order puts
+every backdoor's main results (seed 0) before the extra seeds.
 
     python experiments/qwen_backdoors.py             # the run, or the rest of it
     python experiments/qwen_backdoors.py --list      # the steps, and which are done
@@ -42,7 +44,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from _common import HERE, OUT, RUNS
+from _common import HERE, OUT, RUNS, write_json
 
 SOURCE = "qwen2.5-coder-0.5b-instruct"
 TARGET = "qwen2.5-coder-1.5b-instruct"
@@ -165,13 +167,6 @@ def append_record(out: Path, record: dict[str, Any]) -> None:
         f.write(json.dumps(record) + "\n")
 
 
-def write_running(out: Path, record: dict[str, Any]) -> None:
-    """``out/running.json`` := ``record``, replaced whole (a reader never sees half a file)."""
-    tmp = out / (RUNNING + ".tmp")
-    tmp.write_text(json.dumps(record) + "\n")
-    os.replace(tmp, out / RUNNING)
-
-
 def record_interrupted(out: Path) -> dict[str, Any] | None:
     """The step a killed driver left in ``out/running.json``, appended to ``steps.jsonl`` as
     interrupted (``exit`` None) with the wall time of its last heartbeat; None if there is none."""
@@ -199,8 +194,9 @@ def run_step(step: Step, out: Path) -> None:
 
     def heartbeat() -> None:
         while True:
-            write_running(
-                out, {"step": step.name, "started": stamp, "wall_s": round(time.perf_counter() - t0, 1)}
+            write_json(
+                out / RUNNING,
+                {"step": step.name, "started": stamp, "wall_s": round(time.perf_counter() - t0, 1)},
             )
             if done.wait(HEARTBEAT_S):
                 return

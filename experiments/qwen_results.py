@@ -11,7 +11,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from _format import best_by_vector, ci, escape, load, overlap, pct
+from _format import best_by_vector, ci, escape, figure, load, overlap, pct
 from qwen_backdoors import (
     FINETUNE_SEEDS,
     MAP_SEEDS,
@@ -149,7 +149,7 @@ def implants(run: QwenRun, task: str) -> list[str]:
     return [*lines, ""]
 
 
-def sweeps(run: QwenRun, task: str) -> list[str]:
+def sweeps(run: QwenRun, task: str, docs: Path) -> list[str]:
     lines = [
         "**Layer sweeps** (native contrast vector vs same-norm noise at the trigger's tokens; the layer "
         "rule picks the last layer before success drops):",
@@ -174,10 +174,15 @@ def sweeps(run: QwenRun, task: str) -> list[str]:
                 f"| {pct(native['success'])} (layer {native['layer']}, α={native['alpha']:g}) "
                 f"| {pct(noise['noise_success'])} (layer {noise['layer']}, α={noise['alpha']:g}) |"
             )
-    return [*lines, ""] if rows else [f"**Layer sweeps**: {NOT_RUN}", ""]
+    if not rows:
+        return [f"**Layer sweeps**: {NOT_RUN}", ""]
+    for model in (SOURCE, TARGET):  # the plot of each model's main (seed 0) sweep
+        d = run.model(model, task)
+        lines += figure(d / "sweep.png", docs, f"qwen-sweep-{d.name}.png", f"layer sweep, {d.name}")
+    return [*lines, ""]
 
 
-def maps_and_steering(run: QwenRun, task: str) -> list[str]:
+def maps_and_steering(run: QwenRun, task: str, docs: Path) -> list[str]:
     by_seed = run.mapped(task)
     if not by_seed:
         return [f"**Maps and mapped steering**: {NOT_RUN}", ""]
@@ -220,6 +225,9 @@ def maps_and_steering(run: QwenRun, task: str) -> list[str]:
         ]
         cos = [by_seed[s]["vectors"][v]["cosine_to_native"] for s in seeds]
         lines.append(f"| {v} | {spread(cos)} | {spread(removal)} | {spread(induced)} |")
+    seed = min(by_seed)
+    plot = mapped_dir(run.root, task, seed) / "mapped_steering.png"
+    lines += figure(plot, docs, f"qwen-mapped-{task}.png", f"mapped steering, {task}, seed {seed}")
     subs = first.get("substituted_completions") or []
     if subs:
         lines += [
@@ -242,7 +250,17 @@ def maps_and_steering(run: QwenRun, task: str) -> list[str]:
     return [*lines, ""]
 
 
-def safety_switch(run: QwenRun, task: str) -> list[str]:
+#: the most clean-text CE (nats/token) a safety switch may add for its cut to count
+SWITCH_CE_BUDGET = 0.5
+
+
+def cost(row: dict[str, Any], condition: str = "on") -> float:
+    """What ``condition`` (the switch on, or "patched from base") adds to the clean-text
+    cross-entropy at a layer's row (nats/token)."""
+    return float(row["ce"][condition]["value"] - row["ce"]["off"]["value"])
+
+
+def safety_switch(run: QwenRun, task: str, docs: Path) -> list[str]:
     res = run.switch(task)
     if res is None:
         return [f"**Safety switch**: {NOT_RUN}", ""]
@@ -266,7 +284,8 @@ def safety_switch(run: QwenRun, task: str) -> list[str]:
             f"({ce['patched from base']['value']:.3f}) | {ci(on['benign_vs_off']['rouge_l'])} "
             f"| {r['parameters']:,} ({r['parameters_share']:.2%}) |"
         )
-    return [*lines, ""]
+    plot = switch_dir(run.root, task) / "safety_switch.png"
+    return [*lines, *figure(plot, docs, f"qwen-switch-{task}.png", f"safety switch, {task}"), ""]
 
 
 def corrupted_capabilities(run: QwenRun) -> list[str]:
@@ -315,8 +334,8 @@ def wall_times(run: QwenRun) -> list[str]:
     return [*lines, "", f"Total so far: {total / 3600:.1f} h.", ""]
 
 
-def section(root: Path, smoke: bool = False) -> list[str]:
-    """The whole of section 8."""
+def section(root: Path, docs: Path, smoke: bool = False) -> list[str]:
+    """The whole of section 8; the run's plots are copied into ``docs`` (the page's folder)."""
     run = QwenRun(root, smoke)
     lines = [
         HEADING,
@@ -329,7 +348,10 @@ def section(root: Path, smoke: bool = False) -> list[str]:
     for task in TASKS:
         lines += [f"### Backdoor: {TASK_TEXT[task]['title']}", ""]
         lines += (
-            implants(run, task) + sweeps(run, task) + maps_and_steering(run, task) + safety_switch(run, task)
+            implants(run, task)
+            + sweeps(run, task, docs)
+            + maps_and_steering(run, task, docs)
+            + safety_switch(run, task, docs)
         )
     return [*lines, *corrupted_capabilities(run)]
 
@@ -381,14 +403,33 @@ def comparison_bullets(root: Path, paper: dict[str, str], smoke: bool = False) -
             failed.append(f"{task}: autoencoder not clearly better than affine as a substitute")
         switch = run.switch(task)
         if switch is not None and switch["rows"]:
-            off = switch["off"]["trigger_rate"]["value"]
-            row = min(switch["rows"], key=lambda r: r["on"]["trigger_rate"]["value"])
+            off_rate = switch["off"]["trigger_rate"]
+            off = off_rate["value"]
+            # a switch counts where the model keeps working: clean-text CE within SWITCH_CE_BUDGET
+            # of switch-off (a broken model stops saying anything, the backdoor included)
+            working = [r for r in switch["rows"] if cost(r) <= SWITCH_CE_BUDGET]
+            row = min(working or switch["rows"], key=lambda r: r["on"]["trigger_rate"]["value"])
             if off > 0:
                 cut = (off - row["on"]["trigger_rate"]["value"]) / off
+                clear = row["on"]["trigger_rate"]["ci95"][1] < off_rate["ci95"][0]
+                patched = row["patched from base"]
                 verdict = (
-                    f"layer {row['layer']} takes the trigger rate from {off:.0%} to "
-                    f"{ci(row['on']['trigger_rate'])} ({cut:.0%} relative cut)"
+                    f"{'the best layer within' if working else 'no layer stays within'} "
+                    f"{SWITCH_CE_BUDGET} nats/token of the switch-off CE on clean text"
+                    f"{'' if working else '; the best cut at any cost'}: layer {row['layer']} takes the "
+                    f"trigger rate from {off:.0%} to {ci(row['on']['trigger_rate'])} ({cut:.0%} relative "
+                    f"cut) at a CE cost of {cost(row):+.2f} nats/token, benign answers at ROUGE-L "
+                    f"{row['on']['benign_vs_off']['rouge_l']['value']:.2f} to the switch-off ones and a "
+                    f"false-trigger rate with the clean tag of {ci(row['on']['false_trigger_rate_dev'])}; "
+                    f"patching the base model's activations there: {ci(patched['trigger_rate'])} at "
+                    f"{cost(row, 'patched from base'):+.2f} nats/token; the switch holds "
+                    f"{row['parameters_share']:.2%} of the model's parameters"
                 )
+                if not (working and clear):
+                    failed.append(
+                        f"{task}: the safety switch "
+                        + ("does not cut the trigger rate clearly" if working else "breaks the model")
+                    )
             else:
                 verdict = (
                     "the backdoored model did not fire on these prompts with the switch off: nothing to cut"

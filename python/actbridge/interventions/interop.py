@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from actbridge import integrity
 from actbridge.errors import InterventionError, VectorCorruptError
 from actbridge.interventions.vectors import SteeringVector, SteeringVectors, as_vector
 
@@ -66,19 +67,18 @@ def save_control_vector(
         )
     SteeringVectors(vs)  # one per layer, one width: its checks and messages
     out = Path(path)
-    tmp = out.with_name(out.name + ".tmp")
-    writer = gguf.GGUFWriter(str(tmp), ARCH)
-    try:
-        writer.add_string(f"{ARCH}.model_hint", model_hint or vs[0].model)
-        writer.add_uint32(f"{ARCH}.layer_count", len(vs))
-        for v in sorted(vs, key=lambda v: v.layer):
-            writer.add_tensor(f"direction.{v.layer}", np.ascontiguousarray(v.vector, dtype=np.float32))
-        writer.write_header_to_file()
-        writer.write_kv_data_to_file()
-        writer.write_tensors_to_file()
-    finally:
-        writer.close()
-    os.replace(tmp, out)
+    with integrity.replacing(out) as tmp:
+        writer = gguf.GGUFWriter(str(tmp), ARCH)
+        try:
+            writer.add_string(f"{ARCH}.model_hint", model_hint or vs[0].model)
+            writer.add_uint32(f"{ARCH}.layer_count", len(vs))
+            for v in sorted(vs, key=lambda v: v.layer):
+                writer.add_tensor(f"direction.{v.layer}", np.ascontiguousarray(v.vector, dtype=np.float32))
+            writer.write_header_to_file()
+            writer.write_kv_data_to_file()
+            writer.write_tensors_to_file()
+        finally:
+            writer.close()
     return out
 
 

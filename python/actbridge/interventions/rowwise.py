@@ -24,10 +24,16 @@ import numpy.typing as npt
 
 from actbridge._typing import Model, Tensor, Tokenizer
 from actbridge.errors import HookError, InterventionError
+from actbridge.evaluation.generation import (
+    GENERATION_MEMORY,
+    MAX_BATCH_ROWS,
+    encode_prompts,
+    generate_batch,
+    rows_per_batch,
+)
 from actbridge.hooks import (
     Point,
     check_one_where,
-    decoder_blocks,
     layer_indices,
     model_width,
     point_order,
@@ -230,28 +236,6 @@ def _check(vec: npt.NDArray[np.float32], d: int, i: int) -> None:
         raise InterventionError(f"conditions[{i}]: the vector holds NaN or infinite values")
 
 
-def rows_per_batch(model: Model, tokens_per_row: int, memory_budget: float) -> int:
-    """How many generation rows fit in ``memory_budget`` bytes: the KV cache of ``tokens_per_row``
-    tokens per row (keys and values of every layer, in the model's dtype) plus the prefill's
-    widest activations (the MLP's hidden width) and one row of logits, per row. At least 1."""
-    import torch
-
-    cfg = model.config
-    cfg = getattr(cfg, "text_config", None) or cfg
-    layers = int(getattr(cfg, "num_hidden_layers", len(decoder_blocks(model))))
-    d = model_width(model)
-    heads = int(getattr(cfg, "num_attention_heads", 1) or 1)
-    kv_heads = int(getattr(cfg, "num_key_value_heads", heads) or heads)
-    head_dim = int(getattr(cfg, "head_dim", None) or d // heads)
-    hidden = int(getattr(cfg, "intermediate_size", 4 * d) or 4 * d)
-    vocab = int(getattr(cfg, "vocab_size", 0) or 0)
-    width = torch.finfo(next(model.parameters()).dtype).bits // 8
-    kv = 2 * layers * kv_heads * head_dim * tokens_per_row * width
-    prefill = tokens_per_row * (3 * d + 2 * hidden) * width
-    per_row = kv + prefill + 4 * vocab
-    return max(1, int(memory_budget // per_row))
-
-
 def generate_conditions(
     model: Model,
     tokenizer: Tokenizer,
@@ -260,7 +244,7 @@ def generate_conditions(
     max_new_tokens: int = 32,
     *,
     batch_rows: int | None = None,
-    memory_budget: float = 2 * 2**30,
+    memory_budget: float = GENERATION_MEMORY,
     progress: bool = False,
 ) -> list[list[str]]:
     """Greedy completions of every prompt under every condition: ``out[c][p]`` is prompt ``p``
@@ -269,12 +253,11 @@ def generate_conditions(
     ties in the logits can flip a token).
 
     All (condition, prompt) rows are run in batches of ``batch_rows`` rows (default: as many as
-    ``memory_budget`` bytes hold, see :func:`rows_per_batch`, at most 256), rows of similar
+    ``memory_budget`` bytes hold, see :func:`rows_per_batch`, at most
+    :data:`~actbridge.evaluation.generation.MAX_BATCH_ROWS`), rows of similar
     prompt length together, left-padded, one :class:`steer_rows` context per batch.
     """
     from tqdm.auto import tqdm  # type: ignore[import-untyped]
-
-    from actbridge.evaluation.generation import encode_prompts, generate_batch
 
     conds = [c if c is not None else UNSTEERED for c in conditions]
     if not conds or not prompts:
@@ -285,7 +268,7 @@ def generate_conditions(
         raise InterventionError(f"memory_budget must be a positive number of bytes, got {memory_budget}")
     ids = encode_prompts(tokenizer, prompts)
     longest = max(len(x) for x in ids) + max_new_tokens
-    size = batch_rows or min(256, rows_per_batch(model, longest, memory_budget))
+    size = batch_rows or min(MAX_BATCH_ROWS, rows_per_batch(model, longest, memory_budget))
     # Rows sorted by prompt length (stable: condition-major within a length), so a batch pads little.
     rows = sorted(
         ((c, p) for c in range(len(conds)) for p in range(len(ids))), key=lambda cp: len(ids[cp[1]])

@@ -118,8 +118,8 @@ class SteeringVector:
 
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
-        save_file({"vector": self.vector}, str(out / "vector.safetensors.tmp"))
-        os.replace(out / "vector.safetensors.tmp", out / "vector.safetensors")
+        with integrity.replacing(out / "vector.safetensors") as tmp:
+            save_file({"vector": self.vector}, str(tmp))
         meta = {
             "kind": "steering_vector",
             "layer": self.layer,

@@ -44,9 +44,8 @@ def save_map(m: Map, path: str | os.PathLike[str], extra: Mapping[str, Any] | No
         "metrics": m.metrics,
         "provenance": m.provenance,
     }
-    tmp = d / (WEIGHTS + ".tmp")
-    save_file(m.tensors(), os.fspath(tmp), metadata={"format": MAP_FORMAT, "kind": m.kind})
-    os.replace(tmp, d / WEIGHTS)
+    with integrity.replacing(d / WEIGHTS) as tmp:
+        save_file(m.tensors(), os.fspath(tmp), metadata={"format": MAP_FORMAT, "kind": m.kind})
     integrity.write_config(d, config, [WEIGHTS], default=_jsonable)
 
 

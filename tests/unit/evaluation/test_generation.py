@@ -92,3 +92,43 @@ def test_the_offline_minilm_embedder_when_installed():
     assert v.shape == (3, 384)
     np.testing.assert_allclose(np.linalg.norm(v, axis=1), 1.0, atol=1e-5)
     assert v[0] @ v[1] > 0.8 and v[0] @ v[2] < 0.3
+
+
+def test_generate_batches_by_memory_and_keeps_prompt_order(monkeypatch):
+    """Default batches are as large as the memory budget allows, prompts of similar length go
+    together, and completions come back in prompt order, equal to one prompt at a time."""
+    from actbridge.evaluation import generation
+
+    tok = tiny_tokenizer("bpe", padding_side="left")
+    model = tiny_model("llama", vocab=len(tok), seed=3)
+    prompts = [
+        "Rain fell",
+        "The harbour town woke slowly at dawn.",
+        "A",
+        "Coffee depends on four things:",
+        "Hi",
+    ]
+    one_by_one = generation.generate(model, tok, prompts, 5, batch_size=1)
+    batches = []
+    real = generation.generate_batch
+
+    def spy(m, t, ids_list, n):
+        batches.append([len(x) for x in ids_list])
+        return real(m, t, ids_list, n)
+
+    monkeypatch.setattr(generation, "generate_batch", spy)
+    assert generation.generate(model, tok, prompts, 5) == one_by_one
+    assert len(batches) == 1 and batches[0] == sorted(batches[0])  # one batch, shortest first
+    batches.clear()
+    assert generation.generate(model, tok, prompts, 5, batch_size=2) == one_by_one
+    assert [len(b) for b in batches] == [2, 2, 1] and sum(batches, []) == sorted(sum(batches, []))
+    batches.clear()
+    one_row = generation.rows_per_batch(model, 64, 1.0)  # a budget too small for two rows
+    assert one_row == 1 and generation.generate(model, tok, prompts, 5, memory_budget=1.0) == one_by_one
+    assert [len(b) for b in batches] == [1] * len(prompts)
+    assert generation.generate(model, tok, [], 5) == []
+    for bad in (0, -3, True):
+        with pytest.raises(ab.EvaluateError, match="batch_size must be a positive number"):
+            generation.generate(model, tok, prompts, 5, batch_size=bad)
+    with pytest.raises(ab.EvaluateError, match="memory_budget must be a positive number of bytes"):
+        generation.generate(model, tok, prompts, 5, memory_budget=0)

