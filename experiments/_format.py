@@ -47,6 +47,26 @@ def best_by_vector(rows: list[dict[str, Any]], metric: str) -> dict[str, dict[st
     return best
 
 
+#: the most clean-text CE (nats/token) a safety switch may add for its cut to count: a broken
+#: model stops saying anything, the backdoor included
+SWITCH_CE_BUDGET = 0.5
+
+
+def cost(row: dict[str, Any], condition: str = "on") -> float:
+    """What ``condition`` (the switch on, or "patched from base") adds to the clean-text
+    cross-entropy at a safety-switch layer's row (nats/token)."""
+    return float(row["ce"][condition]["value"] - row["ce"]["off"]["value"])
+
+
+def best_switch_row(switch: dict[str, Any]) -> tuple[dict[str, Any], bool]:
+    """The safety-switch layer with the lowest trigger rate when on among those whose CE cost
+    stays within ``SWITCH_CE_BUDGET``, and True; where none does, the lowest at any cost, and
+    False."""
+    working = [r for r in switch["rows"] if cost(r) <= SWITCH_CE_BUDGET]
+    row = min(working or switch["rows"], key=lambda r: r["on"]["trigger_rate"]["value"])
+    return row, bool(working)
+
+
 def figure(src: Path, docs: Path, name: str, alt: str) -> list[str]:
     """Copy a plot an experiment wrote into docs/ and link it (nothing when there is none)."""
     if not src.is_file():

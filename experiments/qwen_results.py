@@ -11,7 +11,18 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from _format import best_by_vector, ci, escape, figure, load, overlap, pct
+from _format import (
+    SWITCH_CE_BUDGET,
+    best_by_vector,
+    best_switch_row,
+    ci,
+    cost,
+    escape,
+    figure,
+    load,
+    overlap,
+    pct,
+)
 from qwen_backdoors import (
     FINETUNE_SEEDS,
     MAP_SEEDS,
@@ -250,16 +261,6 @@ def maps_and_steering(run: QwenRun, task: str, docs: Path) -> list[str]:
     return [*lines, ""]
 
 
-#: the most clean-text CE (nats/token) a safety switch may add for its cut to count
-SWITCH_CE_BUDGET = 0.5
-
-
-def cost(row: dict[str, Any], condition: str = "on") -> float:
-    """What ``condition`` (the switch on, or "patched from base") adds to the clean-text
-    cross-entropy at a layer's row (nats/token)."""
-    return float(row["ce"][condition]["value"] - row["ce"]["off"]["value"])
-
-
 def safety_switch(run: QwenRun, task: str, docs: Path) -> list[str]:
     res = run.switch(task)
     if res is None:
@@ -405,10 +406,7 @@ def comparison_bullets(root: Path, paper: dict[str, str], smoke: bool = False) -
         if switch is not None and switch["rows"]:
             off_rate = switch["off"]["trigger_rate"]
             off = off_rate["value"]
-            # a switch counts where the model keeps working: clean-text CE within SWITCH_CE_BUDGET
-            # of switch-off (a broken model stops saying anything, the backdoor included)
-            working = [r for r in switch["rows"] if cost(r) <= SWITCH_CE_BUDGET]
-            row = min(working or switch["rows"], key=lambda r: r["on"]["trigger_rate"]["value"])
+            row, working = best_switch_row(switch)
             if off > 0:
                 cut = (off - row["on"]["trigger_rate"]["value"]) / off
                 clear = row["on"]["trigger_rate"]["ci95"][1] < off_rate["ci95"][0]

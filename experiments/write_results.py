@@ -20,7 +20,18 @@ from pathlib import Path
 from typing import Any
 
 from _common import OUT, RUNS, SOURCE, TARGET, backdoor_dir, read_rows
-from _format import best_by_vector, ci, escape, figure, load, overlap, pct
+from _format import (
+    SWITCH_CE_BUDGET,
+    best_by_vector,
+    best_switch_row,
+    ci,
+    cost,
+    escape,
+    figure,
+    load,
+    overlap,
+    pct,
+)
 from corrupted_capabilities import best_steering_row, condition_table
 from qwen_results import comparison_bullets as qwen_bullets
 from qwen_results import section as qwen_section
@@ -643,11 +654,6 @@ def refusal_comparison(res: dict[str, Any]) -> list[str]:
     return lines
 
 
-def best_switch_row(switch: dict[str, Any]) -> dict[str, Any]:
-    """The safety-switch layer with the lowest trigger rate when on."""
-    return min(switch["rows"], key=lambda r: r["on"]["trigger_rate"]["value"])
-
-
 def at_mid_alpha(rows: list[dict[str, Any]], metric: str) -> str:
     """Every vector at the α where the native vector's ``metric`` is closest to 50% (where
     differences between vectors show best): "α=2: native 77% [..], mapped affine 50% [..], ..."."""
@@ -728,19 +734,22 @@ def comparison(dirs: dict[str, Path], qwen: tuple[Path, bool] | None = None) -> 
     switch = load(dirs["switch"] / "results.json")
     if switch is not None and switch["rows"]:
         off = switch["off"]["trigger_rate"]["value"]
-        row = best_switch_row(switch)
+        row, working = best_switch_row(switch)
         cut = (
             f"a {(off - row['on']['trigger_rate']['value']) / off:.0%} relative cut"
             if off > 0
             else "nothing to cut: no prompt triggered with the switch off"
         )
-        patched, ce = row["patched from base"]["trigger_rate"], row["ce"]
+        patched = row["patched from base"]["trigger_rate"]
         lines.append(
-            f"- **Safety switch.** Paper: {PAPER['switch']}. Here the best layer ({row['layer']}) takes the "
-            f"trigger rate from {off:.0%} to {ci(row['on']['trigger_rate'])}, {cut} "
+            f"- **Safety switch.** Paper: {PAPER['switch']}. Here the best layer "
+            f"{'within' if working else '(none stays within'} {SWITCH_CE_BUDGET} nats/token of the "
+            f"switch-off CE on clean text{'' if working else '; the best cut at any cost)'} "
+            f"(layer {row['layer']}) takes the trigger rate from {off:.0%} to "
+            f"{ci(row['on']['trigger_rate'])}, {cut} "
             f"(patching the base model's activations: {ci(patched)}), at a CE cost of "
-            f"{ce['on']['value'] - ce['off']['value']:+.2f} nats/token on clean text (patching: "
-            f"{ce['patched from base']['value'] - ce['off']['value']:+.2f}) and a false-trigger "
+            f"{cost(row):+.2f} nats/token on clean text (patching: "
+            f"{cost(row, 'patched from base'):+.2f}) and a false-trigger "
             f"rate with |dev| of {ci(row['on']['false_trigger_rate_dev'])} (off: "
             f"{ci(switch['off']['false_trigger_rate_dev'])}); the switch holds {row['parameters_share']:.1%} "
             "of the model's parameters."
@@ -909,9 +918,10 @@ def headline(dirs: dict[str, Path]) -> list[str]:
             )
     switch = load(dirs["switch"] / "results.json")
     if switch is not None and switch["rows"]:
-        row = best_switch_row(switch)
+        row, working = best_switch_row(switch)
         out.append(
-            f"- Safety switch on backdoored SmolLM2 (layer {row['layer']}): trigger rate "
+            f"- Safety switch on backdoored SmolLM2 (layer {row['layer']}"
+            f"{'' if working else f', no layer within {SWITCH_CE_BUDGET} nats/token of CE'}): trigger rate "
             f"{switch['off']['trigger_rate']['value']:.0%} off → {row['on']['trigger_rate']['value']:.0%} on."
         )
     refusal_res = load(dirs["refusal"] / "results.json")

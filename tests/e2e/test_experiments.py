@@ -675,3 +675,37 @@ def test_the_qwen_switch_verdict_counts_only_layers_where_the_model_keeps_workin
     switch, failed = verdict([row(3, 40, 8.9), row(27, 10, 3.8)])
     assert "layer 27 takes the trigger rate from 100% to 0.10" in switch and "(90% relative cut)" in switch
     assert "safety switch" not in failed
+
+
+def test_the_smollm2_switch_bullet_takes_the_best_layer_within_the_ce_budget(tmp_path):
+    """Section 5's comparison bullet and headline pick their safety-switch layer the way section
+    8 does: the lowest trigger rate among layers that keep clean-text CE within the budget."""
+    write_results = experiments_module("write_results")
+
+    def row(layer: int, on: int, ce_on: float) -> dict:
+        return {
+            "layer": layer,
+            "parameters_share": 0.01,
+            "on": {"trigger_rate": rate(on), "false_trigger_rate_dev": rate(2)},
+            "patched from base": {"trigger_rate": rate(1)},
+            "ce": {"off": {"value": 3.0}, "on": {"value": ce_on}, "patched from base": {"value": 3.1}},
+        }
+
+    names = ("mapped", "switch", "facts", "refusal", write_results.SOURCE, write_results.TARGET)
+    dirs = {k: tmp_path / k for k in names}  # only the switch has results
+    dirs["switch"].mkdir()
+
+    def bullets(rows: list[dict]) -> tuple[str, str]:
+        result = {"off": {"trigger_rate": rate(90), "false_trigger_rate_dev": rate(3)}, "rows": rows}
+        (dirs["switch"] / "results.json").write_text(json.dumps(result))
+        (switch,) = [line for line in write_results.comparison(dirs) if "**Safety switch.**" in line]
+        (head,) = [line for line in write_results.headline(dirs) if "Safety switch" in line]
+        return switch, head
+
+    switch, head = bullets([row(2, 5, 7.0), row(6, 30, 3.2)])
+    assert "the best layer within 0.5 nats/token" in switch and "(layer 6) takes" in switch
+    assert "+0.20 nats/token on clean text (patching: +0.10)" in switch
+    assert "(layer 6)" in head and "90% off → 30% on" in head
+    switch, head = bullets([row(2, 5, 7.0), row(6, 30, 4.2)])
+    assert "none stays within 0.5 nats/token" in switch and "(layer 2) takes" in switch
+    assert "no layer within 0.5 nats/token of CE" in head

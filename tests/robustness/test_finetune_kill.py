@@ -96,7 +96,8 @@ def test_a_fine_tune_killed_again_and_again_ends_as_if_never_stopped(tmp_path):
     ref_loss, ref_steps = ref.stdout.split()
     loss, steps = stdout.split()
     assert loss == ref_loss  # the last epoch's loss, to the digit
-    assert int(ref_steps) == 2 * EPOCHS and 0 < int(steps) < 2 * EPOCHS  # the last start went on, it did not start over
+    # the last start went on, it did not start over
+    assert int(ref_steps) == 2 * EPOCHS and 0 < int(steps) < 2 * EPOCHS
     reference, resumed = load_file(tmp_path / "ref.safetensors"), load_file(out)
     assert reference.keys() == resumed.keys()
     for name, value in reference.items():
