@@ -21,7 +21,6 @@ import json
 import os
 import random
 import shutil
-import tempfile
 import time
 import warnings
 from collections.abc import Sequence
@@ -32,6 +31,7 @@ from typing import Any
 from actbridge._typing import Model, Tokenizer
 from actbridge.errors import CheckpointMismatchError, FinetuneError, LoraTargetError, OutputExistsError
 from actbridge.hooks import input_device
+from actbridge.integrity import fresh_path_beside
 
 #: LoRA target modules per ``config.model_type``: every linear layer of attention and MLP.
 DEFAULT_LORA_TARGETS: dict[str, tuple[str, ...]] = {
@@ -585,8 +585,7 @@ def _check_new_dir(out: Path, *, overwrite: bool) -> None:
 def _replace_dir(out: Path, write: Any) -> None:
     """Run ``write(tmp)`` on a temporary directory beside ``out``, then rename it into place
     (replacing ``out``): a killed save leaves ``out`` as it was."""
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}-", dir=out.parent))
+    tmp = fresh_path_beside(out, directory=True)
     try:
         write(tmp)
         if out.is_dir():

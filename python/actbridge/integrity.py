@@ -17,8 +17,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import secrets
 import stat
-import tempfile
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,6 +28,25 @@ from typing import Any
 MAX_CONFIG_BYTES = 64 << 20
 
 
+def fresh_path_beside(target: Path, *, directory: bool) -> Path:
+    """A new, empty file (or directory) named ``.<target name>-<random>.tmp`` in ``target``'s
+    directory (created if missing), for writing ``target``'s next version before renaming it
+    into place. Unlike ``tempfile.mkstemp`` / ``mkdtemp`` (always 0600 / 0700), it gets the
+    permissions a plain ``open`` / ``mkdir`` would (0666 / 0777 less the umask), so the renamed
+    result is as readable as any other file the user writes."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    while True:
+        tmp = target.parent / f".{target.name}-{secrets.token_hex(6)}.tmp"
+        try:
+            if directory:
+                tmp.mkdir(mode=0o777)
+            else:
+                os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+        except FileExistsError:  # another writer's name: draw again
+            continue
+        return tmp
+
+
 @contextmanager
 def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
     """A fresh temporary path beside ``path`` for the block to write (by any writer: ``open``,
@@ -35,10 +54,7 @@ def replacing(path: str | os.PathLike[str]) -> Iterator[Path]:
     ``path``; when it raises, the temporary file is removed and ``path`` is left as it was.
     Parent directories are created. Concurrent writers never share a temporary file."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{target.name}-", suffix=".tmp", dir=target.parent)
-    os.close(fd)
-    tmp = Path(name)
+    tmp = fresh_path_beside(target, directory=False)
     try:
         yield tmp
         fd = os.open(tmp, os.O_RDONLY)

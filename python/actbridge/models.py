@@ -32,7 +32,6 @@ import importlib.util
 import json
 import os
 import shutil
-import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -41,6 +40,7 @@ from typing import Any
 
 from actbridge._typing import Model
 from actbridge.errors import ModelError
+from actbridge.integrity import fresh_path_beside
 
 
 @dataclass(frozen=True)
@@ -99,12 +99,10 @@ class GGUFParts:
             if marker.read_text().strip() == self.sha256:
                 return target
         files = self.part_files(model)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{target.name}-", dir=target.parent)
-        tmp = Path(tmp_name)
+        tmp = fresh_path_beside(target, directory=False)
         try:
             digest = hashlib.sha256()
-            with os.fdopen(fd, "wb") as out:
+            with open(tmp, "wb") as out:
                 for path in files:
                     with open(path, "rb") as part:
                         while chunk := part.read(8 << 20):
@@ -374,8 +372,7 @@ def _dequantise(gguf: Path, target: Path, progress: bool) -> None:
         model = transformers.AutoModelForCausalLM.from_pretrained(
             str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
         )
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
+    tmp = fresh_path_beside(target, directory=True)
     try:
         model.config.save_pretrained(tmp)
         _drop_quantization(tmp / "config.json")  # the weights are plain floats now

