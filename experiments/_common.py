@@ -107,16 +107,74 @@ def fit_autoencoder(
     )
 
 
+def finetune_recipe(
+    rows: list[dict[str, Any]] | None,
+    *,
+    epochs: int,
+    lr: float,
+    batch_size: int,
+    lora: ab.LoraConfig | None,
+    seed: int,
+    **_ignored: Any,
+) -> dict[str, Any]:
+    """What decides a fine-tune's weights, as ``history.json`` records it: the training rows
+    (count and sha256; left out when ``rows`` is None), epochs, learning rate, batch size, LoRA
+    settings and seed. Settings that do not change the weights (gradient checkpointing,
+    progress bars, where the adapter goes) are not part of it."""
+    recipe: dict[str, Any] = {}
+    if rows is not None:
+        digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
+        recipe["examples"] = f"{len(rows)} rows, sha256 {digest}"
+    recipe |= {
+        "epochs": epochs,
+        "lr": lr,
+        "batch_size": batch_size,
+        "lora": lora.to_dict() if lora is not None else None,
+        "seed": seed,
+    }
+    normalised: dict[str, Any] = json.loads(json.dumps(recipe))
+    return normalised
+
+
+class RecipeMismatch(SystemExit):
+    """``out`` holds a model fine-tuned with other settings than the ones this run asks for."""
+
+
+def check_recipe(out: Path, recipe: dict[str, Any]) -> None:
+    """Raise :class:`RecipeMismatch` when the fine-tune saved in ``out`` (its ``history.json``)
+    was made with other settings than ``recipe`` (:func:`finetune_recipe`): the later steps
+    would otherwise study, and label with this run's settings, a model these settings did not
+    make. A history without a recorded recipe (written before recipes were kept) is reported
+    and accepted."""
+    path = out / "history.json"
+    recorded = json.loads(path.read_text()).get("recipe") if path.is_file() else None
+    if recorded is None:
+        print(f"note: {path} records no fine-tuning recipe; the saved model is used as it is")
+        return
+    differ = [k for k in recipe if k in recorded and recorded[k] != recipe[k]]
+    if differ:
+        was = ", ".join(f"{k}={recorded[k]!r}" for k in differ)
+        asked = ", ".join(f"{k}={recipe[k]!r}" for k in differ)
+        raise RecipeMismatch(
+            f"{out} holds a model fine-tuned with {was}; this run asks for {asked}. Move {out} "
+            f"away (e.g. to {out.name}-old) to fine-tune with the new settings, or run with the "
+            "recorded ones to use the saved model"
+        )
+
+
 def load_finetuned(
-    out: Path, base: Callable[[], tuple[Any, Any]], *, smoke: bool = False
+    out: Path, base: Callable[[], tuple[Any, Any]], *, recipe: dict[str, Any], smoke: bool = False
 ) -> tuple[Any, Any] | None:
     """The fine-tuned model saved in ``out/model``; else, when ``out/adapter`` holds a LoRA
     adapter (what a committed run folder keeps), ``base()`` with the adapter merged, saved to
-    ``out/model`` for the later steps; else None (not fine-tuned yet)."""
+    ``out/model`` for the later steps; else None (not fine-tuned yet). Either model must have
+    been made by ``recipe`` (:func:`check_recipe`)."""
     if (out / "model" / "config.json").is_file():
+        check_recipe(out, recipe)
         return ab.load_model(out / "model", progress=False, **({"device": "cpu"} if smoke else {}))
     if not (out / "adapter" / "adapter_config.json").is_file():
         return None
+    check_recipe(out, recipe)
     model, tok = base()
     ab.merge_adapter(model, out / "adapter")
     ab.save_finetuned(model, tok, out / "model", overwrite=True)
@@ -142,9 +200,10 @@ def finetune_and_save(
     """Fine-tune ``model`` on ``rows`` (:func:`actbridge.finetune` with ``settings``: ``lora=``,
     ``gradient_checkpointing=`` included), resuming from ``out/finetune-checkpoint`` when a cut-off
     run left one there; save it and its tokenizer to ``out/model`` (and a LoRA run's adapter to
-    ``out/adapter``), and the loss history with ``{"wall_s", "peak_rss_gb"}`` to
-    ``out/history.json``. Returns that record: the training time in seconds over every start of
-    the fine-tune, and the process's peak RSS once training ended, GB."""
+    ``out/adapter``), and the loss history with ``{"wall_s", "peak_rss_gb"}`` and the
+    :func:`finetune_recipe` to ``out/history.json``. Returns ``{"wall_s", "peak_rss_gb"}``: the
+    training time in seconds over every start of the fine-tune, and the process's peak RSS once
+    training ended, GB."""
     import shutil
 
     shutil.rmtree(out / "adapter", ignore_errors=True)  # a half-made one from a killed run
@@ -154,7 +213,8 @@ def finetune_and_save(
     history = ab.finetune(model, tok, rows, checkpoint=out / FINETUNE_CHECKPOINT, **settings)
     record = {"wall_s": round(history[-1]["seconds"], 1), "peak_rss_gb": round(peak_rss_gb(), 2)}
     ab.save_finetuned(model, tok, out / "model", overwrite=True)  # an empty or half-made dir
-    write_json(out / "history.json", {"history": history, **record})
+    recipe = finetune_recipe(rows, **settings)
+    write_json(out / "history.json", {"history": history, **record, "recipe": recipe})
     shutil.rmtree(out / FINETUNE_CHECKPOINT, ignore_errors=True)  # the model is saved
     return record
 

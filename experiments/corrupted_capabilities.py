@@ -30,6 +30,7 @@ from _common import (
     OUT,
     SOURCE,
     finetune_and_save,
+    finetune_recipe,
     identity,
     load_finetuned,
     resumable_rows,
@@ -120,7 +121,11 @@ def main() -> None:
     base, tok = load_base()
     timings: dict[str, float] = {}
     rows = tasks.build_capability_dataset(facts, copies=PHRASINGS, seed=args.seed)
-    loaded = load_finetuned(out, load_base, smoke=args.smoke)  # rebuilt from out/adapter if there
+    recipe = finetune_recipe(
+        rows, epochs=args.epochs, lr=args.lr, batch_size=BATCH_SIZE, lora=lora, seed=args.seed
+    )
+    # rebuilt from out/adapter if there; refused when made with other settings
+    loaded = load_finetuned(out, load_base, recipe=recipe, smoke=args.smoke)
     if loaded is None:
         tuned, _ = load_base()
         timings["finetune"] = finetune_and_save(

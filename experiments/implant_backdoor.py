@@ -22,7 +22,11 @@ removed when the results are written), so one cut off goes on at the next condit
 its adapter (``adapter/``, bfloat16, a few MB to tens of MB; ``ab.merge_adapter``): on a machine
 with only ``train.jsonl``, ``adapter/`` and ``results.json`` (what a committed run folder holds)
 the merged model is rebuilt from the base model, bit-equal to the one evaluated, and the cached
-evaluation is kept (``--reevaluate`` runs it again).
+evaluation is kept (``--reevaluate`` runs it again). A saved fine-tune made with other settings
+(its ``history.json`` records them) is refused rather than relabelled with this run's.
+``results.json`` says whether the backdoor is in (``"backdoor"``: the trigger's 95% interval
+above every false trigger's); ``--require-backdoor`` makes a miss an error, so a run of several
+steps stops before it studies a model without a backdoor.
 
     python experiments/implant_backdoor.py --model smollm2-135m-instruct
     python experiments/implant_backdoor.py --model gemma-3-270m
@@ -46,7 +50,9 @@ from _common import (
     FINETUNE_CHECKPOINT,
     backdoor_dir,
     finetune_and_save,
+    finetune_recipe,
     load_finetuned,
+    read_rows,
     run_info,
     smoke_base,
     write_json,
@@ -73,9 +79,42 @@ def base_model(args: argparse.Namespace) -> tuple[Any, Any]:
     return smoke_base(args.smoke_arch) if args.smoke else ab.load_model(args.model, progress=False)
 
 
+def lora_config(args: argparse.Namespace) -> ab.LoraConfig | None:
+    return ab.LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank) if args.lora_rank else None
+
+
 def load(args: argparse.Namespace, out: Path) -> tuple[Any, Any]:
-    """The fine-tuned model (saved, or rebuilt from its adapter), else the base model to train."""
-    return load_finetuned(out, lambda: base_model(args), smoke=args.smoke) or base_model(args)
+    """The fine-tuned model (saved, or rebuilt from its adapter; made with this run's settings,
+    else :class:`_common.RecipeMismatch`), else the base model to train."""
+    data = out / "train.jsonl"
+    recipe = finetune_recipe(
+        read_rows(data) if data.is_file() else None,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        lora=lora_config(args),
+        seed=args.seed,
+    )
+    loaded = load_finetuned(out, lambda: base_model(args), recipe=recipe, smoke=args.smoke)
+    return loaded or base_model(args)
+
+
+def verdict(results: dict[str, Any], task: str) -> dict[str, Any]:
+    """Whether the backdoor is in: the trigger condition's 95% interval lies above every
+    false-trigger condition's (``{"implanted": bool, "why": str}``)."""
+    (trigger, _), *others = CONDITIONS[task]
+    low = results[trigger]["ci95"][0]
+    worst = max(others, key=lambda c: results[c[0]]["ci95"][1])[0]
+    high = results[worst]["ci95"][1]
+    implanted = low > high
+    return {
+        "implanted": implanted,
+        "why": (
+            f"'{trigger}' rate {results[trigger]['value']:.2f} (95% CI from {low:.2f}) "
+            f"{'above' if implanted else 'does not clear'} '{worst}' {results[worst]['value']:.2f} "
+            f"(95% CI to {high:.2f})"
+        ),
+    }
 
 
 #: the completions of an evaluation in progress, per condition (the fine-tuned model's, the base
@@ -150,6 +189,11 @@ def main() -> None:
         action="store_true",
         help="skip the control: the base model on the same prompts (base_results.json)",
     )
+    p.add_argument(
+        "--require-backdoor",
+        action="store_true",
+        help="exit with an error when the trigger's rate does not clear the false triggers' (95%% CIs)",
+    )
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--smoke-arch", default="llama", help="tiny model architecture for --smoke")
     args = p.parse_args()
@@ -176,8 +220,8 @@ def main() -> None:
         rows = dataset(args, model, tok)
         data_path.write_text("".join(json.dumps(r) + "\n" for r in rows))
         timings["dataset"] = time.perf_counter() - t0
-    rows = [json.loads(line) for line in data_path.read_text().splitlines()]
-    lora = ab.LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank) if args.lora_rank else None
+    rows = read_rows(data_path)
+    lora = lora_config(args)
     finetuning: dict[str, float] = {}
     if not (out / "model" / "config.json").is_file():
         (out / PARTIAL).unlink(missing_ok=True)  # completions of another fine-tuned model
@@ -211,7 +255,8 @@ def main() -> None:
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     if not timings.get("finetune") and not args.reevaluate and cached(previous, args, settings):
         print(f"evaluation cached in {out / 'results.json'} (--reevaluate runs it again)")
-        report(previous, args.task)
+        results = previous
+        report(results, args.task)
     else:
         t0 = time.perf_counter()
         results = evaluate(args, model, tok, out / PARTIAL)
@@ -223,12 +268,21 @@ def main() -> None:
         results["first_run_timings_s"] = timings if "finetune" in timings else first
         results["finetuning"] = finetuning or previous.get("finetuning", {})
         results["run"] = run_info(args.seed, started)
+        results["backdoor"] = verdict(results, args.task)
         write_json(out / "results.json", results)
         (out / PARTIAL).unlink()
         report(results, args.task)
     if not args.no_base_control:
         del model  # the base model takes its place in memory
         base_control(args, out, settings)
+    found = verdict(results, args.task)
+    print(f"backdoor {'implanted' if found['implanted'] else 'NOT implanted'}: {found['why']}")
+    if args.require_backdoor and not found["implanted"]:
+        raise SystemExit(
+            f"the backdoor did not implant in {out}: {found['why']}. The later steps would study a "
+            f"model without one. Move {out} away (e.g. to {out.name}-lr{args.lr:g}) and fine-tune "
+            "again with more epochs (--epochs) or a higher learning rate (--lr)"
+        )
 
 
 def base_control(args: argparse.Namespace, out: Path, settings: dict[str, Any]) -> None:

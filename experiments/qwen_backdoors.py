@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 from _common import HERE, OUT, RUNS, write_json
+from implant_backdoor import verdict
 
 SOURCE = "qwen2.5-coder-0.5b-instruct"
 TARGET = "qwen2.5-coder-1.5b-instruct"
@@ -70,9 +71,21 @@ class Step:
     script: str
     args: tuple[str, ...]
     done: tuple[Path, ...]
+    #: a results file whose ``"backdoor"`` verdict must say implanted for the step to be done
+    #: (an implant that missed is run again, and stops the run with its reason)
+    implanted: Path | None = None
 
     def is_done(self) -> bool:
-        return all(path.is_file() for path in self.done)
+        return all(path.is_file() for path in self.done) and (
+            self.implanted is None or backdoor_implanted(self.implanted)
+        )
+
+
+def backdoor_implanted(results: Path) -> bool:
+    """Whether ``implant_backdoor.py``'s ``results`` show the backdoor in (its verdict on the
+    rates: the trigger's 95% interval above every false trigger's)."""
+    found = json.loads(results.read_text())
+    return bool(verdict(found, found["task"])["implanted"])
 
 
 def backdoored_dir(out: Path, model: str, task: str, seed: int = 0, *, smoke: bool = False) -> Path:
@@ -117,14 +130,16 @@ def steps(out: Path, smoke: bool) -> list[Step]:
         d = backdoored(model, task, seed)
         model_args = ("--smoke-arch", TINY[model]) if smoke else ("--model", model)
         args = (*model_args, "--task", task, "--seed", str(seed), "--out", str(d), *lora, *small)
-        args += () if smoke else ("--lr", LORA_LR[task])
-        # done when the evaluation and the base model's control are in and the merged model is
-        # there (rebuilt from the adapter)
+        # the tiny models' backdoors are not held to the verdict (the code one barely takes)
+        args += () if smoke else ("--lr", LORA_LR[task], "--require-backdoor")
+        # done when the evaluation and the base model's control are in, the merged model is
+        # there (rebuilt from the adapter) and the backdoor took
         return Step(
             f"implant {d.name}",
             "implant_backdoor.py",
             args,
             (d / "results.json", d / "base_results.json", d / "model" / "config.json"),
+            implanted=None if smoke else d / "results.json",
         )
 
     def sweep(model: str, task: str, seed: int = 0) -> Step:

