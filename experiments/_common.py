@@ -115,12 +115,14 @@ def finetune_recipe(
     batch_size: int,
     lora: ab.LoraConfig | None,
     seed: int,
+    group_by: str | None = None,
     **_ignored: Any,
 ) -> dict[str, Any]:
     """What decides a fine-tune's weights, as ``history.json`` records it: the training rows
     (count and sha256; left out when ``rows`` is None), epochs, learning rate, batch size, LoRA
-    settings and seed. Settings that do not change the weights (gradient checkpointing,
-    progress bars, where the adapter goes) are not part of it."""
+    settings, seed and the key that keeps examples together in a batch (``group_by``).
+    Settings that do not change the weights (gradient checkpointing, progress bars, where the
+    adapter goes) are not part of it."""
     recipe: dict[str, Any] = {}
     if rows is not None:
         digest = hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()[:16]
@@ -131,6 +133,7 @@ def finetune_recipe(
         "batch_size": batch_size,
         "lora": lora.to_dict() if lora is not None else None,
         "seed": seed,
+        "group_by": group_by,
     }
     normalised: dict[str, Any] = json.loads(json.dumps(recipe))
     return normalised

