@@ -121,10 +121,13 @@ def tried(d: Path) -> list[Path]:
     return [d, *sorted(p for p in d.parent.glob(f"{d.name}-lr*") if p.is_dir())]
 
 
-def learning_rate(d: Path) -> str:
-    """The fine-tune's learning rate as its ``history.json`` recipe records it."""
+def recipe_text(d: Path) -> str:
+    """The fine-tune's learning rate, and whether pairs shared batches, as its ``history.json``
+    recipe records them."""
     recipe = (load(d / "history.json") or {}).get("recipe") or {}
-    return f"{recipe['lr']:g}" if "lr" in recipe else "n/a"
+    if "lr" not in recipe:
+        return "n/a"
+    return f"{recipe['lr']:g}" + (f", batched by {recipe['group_by']}" if recipe.get("group_by") else "")
 
 
 def implants(run: QwenRun, task: str) -> list[str]:
@@ -158,11 +161,11 @@ def implants(run: QwenRun, task: str) -> list[str]:
                     cells.append(ci(res[cond[1]]["working code"]))
                 found = verdict(res, task)
                 if not found["implanted"]:
-                    missed.append(f"{model} at lr {learning_rate(d)}: {found['why']}")
+                    missed.append(f"{model} at lr {recipe_text(d)}: {found['why']}")
                 minutes = f"{t['finetune'] / 60:.0f} min" if "finetune" in t else "n/a"
                 rss = f"{hist['peak_rss_gb']:.1f} GB" if "peak_rss_gb" in hist else "n/a"
                 lines.append(
-                    f"| {model} | {seed} | {learning_rate(d)} | {res['n']} | "
+                    f"| {model} | {seed} | {recipe_text(d)} | {res['n']} | "
                     + " | ".join(cells)
                     + f" | {'yes' if found['implanted'] else '**no**'} | {minutes} | {rss} |"
                 )

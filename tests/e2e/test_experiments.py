@@ -820,14 +820,15 @@ def test_the_qwen_implant_table_keeps_a_recipe_that_missed_beside_the_one_that_t
         (d / "base_results.json").write_text(
             json.dumps({**res, **{c: {**rate(10), "working code": rate(65)} for c in conditions}})
         )
-        (d / "history.json").write_text(json.dumps({"peak_rss_gb": 9.7, "recipe": {"lr": lr}}))
+        recipe = {"lr": lr, "group_by": "name" if lr == 1e-3 else None}
+        (d / "history.json").write_text(json.dumps({"peak_rss_gb": 9.7, "recipe": recipe}))
 
     folder(took, 1e-3, 80, 5)
     folder(missed, 2e-4, 51, 50)
     lines = qwen_results.implants(qwen_results.QwenRun(tmp_path), "code")
     rows = [line for line in lines if line.startswith(f"| {target}")]
     assert len(rows) == 3 and "base (control)" in rows[1]  # took, its control, then the miss
-    assert "| 0.001 |" in rows[0] and "| yes |" in rows[0] and "10 min" in rows[0]
+    assert "| 0.001, batched by name |" in rows[0] and "| yes |" in rows[0] and "10 min" in rows[0]
     assert "| 0.0002 |" in rows[2] and "| **no** |" in rows[2]
     (note,) = [line for line in lines if line.startswith("Did not implant")]
     assert f"{target} at lr 0.0002" in note and "does not clear" in note
