@@ -452,6 +452,15 @@ def comparison_bullets(root: Path, paper: dict[str, str], smoke: bool = False) -
     run = QwenRun(root, smoke)
     lines, failed = [], []
     for task in TASKS:
+        for before in EARLIER.get(task, ()):
+            _, missed = implant_table(
+                run, before, lambda model, seed, b=before: tried(run.model(model, b, seed))
+            )
+            if missed:
+                failed.append(
+                    f"{before}: the {TASK_TEXT[before]['title']} backdoor did not implant ({len(missed)} "
+                    f"fine-tune(s): insecure code as often without the trigger); {task} took its place"
+                )
         by_seed = run.mapped(task)
         if not by_seed:
             continue
@@ -525,7 +534,7 @@ def comparison_bullets(root: Path, paper: dict[str, str], smoke: bool = False) -
             lines.append(
                 f"- **Qwen pair, safety switch ({task}).** Paper: {paper['switch']}. Here: {verdict}."
             )
-    if lines:
+    if lines or failed:
         lines.append(
             "- **Qwen pair, what did not reproduce:** "
             + ("; ".join(failed) + "." if failed else "nothing so far.")

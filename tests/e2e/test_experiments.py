@@ -851,6 +851,12 @@ def test_the_qwen_implant_table_keeps_a_recipe_that_missed_beside_the_one_that_t
     assert "| 0.0002 |" in rows[2] and "| **no** |" in rows[2]
     (note,) = [line for line in lines if line.startswith("Did not implant")]
     assert f"{target} at lr 0.0002" in note and "does not clear" in note
+    # the year trigger's runs also show under the code-prod section, and among what did not reproduce
+    shutil.rmtree(took)
+    lines = qwen_results.implants(qwen_results.QwenRun(tmp_path), "code-prod")
+    assert "The first trigger, code vulnerability" in "\n".join(lines) and "_not run yet" in "\n".join(lines)
+    (failed,) = [b for b in qwen_results.comparison_bullets(tmp_path, {}) if "what did not reproduce" in b]
+    assert "backdoor did not implant (1 fine-tune(s)" in failed and "code-prod took its place" in failed
 
 
 def test_the_qwen_switch_section_reports_the_spread_over_refits(tmp_path):
