@@ -197,6 +197,46 @@ def decoder_body(model: Model) -> Any:
 ANSWER_CHUNK = 128
 
 
+def _collate(batch: Sequence[tuple[list[int], list[int]]], pad: int, device: Any) -> tuple[Any, Any, Any]:
+    """``(ids, labels, mask)`` of encoded examples, ``[len(batch), longest]`` each on ``device``:
+    right padding (``pad`` ids, -100 labels, mask 0), so positions start at 0."""
+    import torch
+
+    t = max(len(ids) for ids, _ in batch)
+    ids = torch.full((len(batch), t), pad, dtype=torch.long)
+    labels = torch.full((len(batch), t), -100, dtype=torch.long)
+    mask = torch.zeros((len(batch), t), dtype=torch.long)
+    for i, (x, y) in enumerate(batch):
+        ids[i, : len(x)] = torch.tensor(x)
+        labels[i, : len(y)] = torch.tensor(y)
+        mask[i, : len(x)] = 1
+    return ids.to(device), labels.to(device), mask.to(device)
+
+
+def _answer_states(model: Model, ids: Any, labels: Any, mask: Any) -> tuple[Any, Any, Any, Any]:
+    """The decoder's last hidden states and, for next-token prediction, which positions have an
+    answer label (``keep``, ``[batch, tokens - 1]``), their hidden states and their labels."""
+    hidden = decoder_body(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
+    target = labels[:, 1:]
+    keep = target != -100
+    return hidden, keep, hidden[:, :-1][keep], target[keep]
+
+
+def _head_logits(model: Model) -> Any:
+    """Hidden states -> float32 logits through the output head, with the final-logit
+    soft-capping (Gemma) the model's own forward applies."""
+    import torch
+
+    head = model.get_output_embeddings()
+    cap = getattr(model.config, "final_logit_softcapping", None)
+
+    def logits_of(h: Any) -> Any:
+        logits = head(h).float()
+        return torch.tanh(logits / cap) * cap if cap else logits
+
+    return logits_of
+
+
 def answer_loss(model: Model, ids: Any, labels: Any, mask: Any) -> tuple[Any, int]:
     """Summed next-token cross-entropy (nats) over the positions whose label is not -100, and
     their count. The output head runs on those positions only, ``ANSWER_CHUNK`` at a time, and
@@ -207,19 +247,12 @@ def answer_loss(model: Model, ids: Any, labels: Any, mask: Any) -> tuple[Any, in
     import torch
     from torch.utils.checkpoint import checkpoint
 
-    hidden = decoder_body(model)(input_ids=ids, attention_mask=mask, use_cache=False).last_hidden_state
-    target = labels[:, 1:]
-    keep = target != -100
-    head = model.get_output_embeddings()
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    hidden, keep, rows, wanted = _answer_states(model, ids, labels, mask)
+    logits_of = _head_logits(model)
 
     def chunk_loss(h: Any, y: Any) -> Any:
-        logits = head(h).float()
-        if cap:
-            logits = torch.tanh(logits / cap) * cap
-        return torch.nn.functional.cross_entropy(logits, y, reduction="sum")
+        return torch.nn.functional.cross_entropy(logits_of(h), y, reduction="sum")
 
-    rows, wanted = hidden[:, :-1][keep], target[keep]
     n = int(rows.shape[0])
     if n == 0:
         return hidden.sum() * 0.0, 0
@@ -251,34 +284,17 @@ def answer_logprobs(
     encoded = encode_examples(tokenizer, examples, max_length)
     device = input_device(model)
     pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    head = model.get_output_embeddings()
-    cap = getattr(model.config, "final_logit_softcapping", None)
+    logits_of = _head_logits(model)
     out: list[float] = []
     with torch.no_grad():
         for k in range(0, len(encoded), batch_size):
             batch = encoded[k : k + batch_size]
-            t = max(len(ids) for ids, _ in batch)
-            ids = torch.full((len(batch), t), pad, dtype=torch.long)
-            labels = torch.full((len(batch), t), -100, dtype=torch.long)
-            mask = torch.zeros((len(batch), t), dtype=torch.long)
-            for i, (x, y) in enumerate(batch):  # right padding: positions start at 0
-                ids[i, : len(x)] = torch.tensor(x)
-                labels[i, : len(y)] = torch.tensor(y)
-                mask[i, : len(x)] = 1
-            ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
-            hidden = decoder_body(model)(
-                input_ids=ids, attention_mask=mask, use_cache=False
-            ).last_hidden_state
-            target = labels[:, 1:]
-            keep = target != -100
-            rows, wanted = hidden[:, :-1][keep], target[keep]
+            hidden, keep, rows, wanted = _answer_states(model, *_collate(batch, pad, device))
             owner = keep.nonzero()[:, 0]  # the example each answer position belongs to
             sums = torch.zeros(len(batch), dtype=torch.float64, device=hidden.device)
             for i in range(0, int(rows.shape[0]), ANSWER_CHUNK):
-                logits = head(rows[i : i + ANSWER_CHUNK]).float()
-                if cap:
-                    logits = torch.tanh(logits / cap) * cap
-                picked = torch.log_softmax(logits, dim=-1).gather(1, wanted[i : i + ANSWER_CHUNK, None])[:, 0]
+                logp = torch.log_softmax(logits_of(rows[i : i + ANSWER_CHUNK]), dim=-1)
+                picked = logp.gather(1, wanted[i : i + ANSWER_CHUNK, None])[:, 0]
                 sums.index_add_(0, owner[i : i + ANSWER_CHUNK], picked.double())
             out += [float(v) for v in sums.cpu()]
     return out
@@ -465,16 +481,7 @@ def finetune(
             )
             for k in bar:
                 batch = [encoded[i] for i in order[k : k + batch_size]]
-                t = max(len(ids) for ids, _ in batch)
-                ids = torch.full((len(batch), t), pad, dtype=torch.long)
-                labels = torch.full((len(batch), t), -100, dtype=torch.long)
-                mask = torch.zeros((len(batch), t), dtype=torch.long)
-                for i, (x, y) in enumerate(batch):  # right padding: positions start at 0
-                    ids[i, : len(x)] = torch.tensor(x)
-                    labels[i, : len(y)] = torch.tensor(y)
-                    mask[i, : len(x)] = 1
-                ids, labels, mask = ids.to(device), labels.to(device), mask.to(device)
-                summed, n = answer_loss(model, ids, labels, mask)
+                summed, n = answer_loss(model, *_collate(batch, pad, device))
                 loss = summed / max(n, 1)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
