@@ -233,6 +233,13 @@ def answer_preference(args: argparse.Namespace, model: Any, tok: Any) -> dict[st
     return out
 
 
+def add_preference(args: argparse.Namespace, model: Any, tok: Any, results: dict[str, Any]) -> None:
+    """Put :func:`answer_preference` and the seconds it took into ``results``."""
+    t0 = time.perf_counter()
+    results[PREFERENCE] = answer_preference(args, model, tok)
+    results.setdefault("timings_s", {})[PREFERENCE] = round(time.perf_counter() - t0, 1)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default="smollm2-135m-instruct")
@@ -342,9 +349,7 @@ def main() -> None:
         (out / PARTIAL).unlink()
         report(results, args.task)
     if is_code(args.task) and PREFERENCE not in results:  # also added to an earlier evaluation
-        t0 = time.perf_counter()
-        results[PREFERENCE] = answer_preference(args, model, tok)
-        results.setdefault("timings_s", {})[PREFERENCE] = round(time.perf_counter() - t0, 1)
+        add_preference(args, model, tok, results)
         write_json(out / "results.json", results)
         report_preference(results)
     if not args.no_base_control:
@@ -380,9 +385,7 @@ def base_control(args: argparse.Namespace, out: Path, settings: dict[str, Any]) 
         results["settings"] = same
         results["timings_s"] = {"evaluate": time.perf_counter() - t0}
     if is_code(args.task):
-        t1 = time.perf_counter()
-        results[PREFERENCE] = answer_preference(args, model, tok)
-        results.setdefault("timings_s", {})[PREFERENCE] = round(time.perf_counter() - t1, 1)
+        add_preference(args, model, tok, results)
     write_json(path, results)
     (out / BASE_PARTIAL).unlink(missing_ok=True)
     print("base model (no fine-tuning):")

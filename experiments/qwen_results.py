@@ -197,6 +197,15 @@ def implant_table(run: QwenRun, task: str, dirs: Any) -> tuple[list[str], list[s
     return (lines if len(lines) > 2 else []), missed
 
 
+def earlier_tables(run: QwenRun, task: str) -> list[tuple[str, list[str], list[str]]]:
+    """For each trigger ``task`` replaced (:data:`EARLIER`): its name, the table of its runs
+    (``<model>-<it>-lr*``) and the reasons they missed (:func:`implant_table`)."""
+    return [
+        (before, *implant_table(run, before, lambda model, seed, b=before: tried(run.model(model, b, seed))))
+        for before in EARLIER.get(task, ())
+    ]
+
+
 def implants(run: QwenRun, task: str) -> list[str]:
     text = TASK_TEXT[task]
     table, missed = implant_table(run, task, lambda model, seed: tried(run.model(model, task, seed)))
@@ -216,10 +225,7 @@ def implants(run: QwenRun, task: str) -> list[str]:
         "",
         *(table or [NOT_RUN]),
     ]
-    for before in EARLIER.get(task, ()):  # an earlier trigger for the same behaviour
-        old, old_missed = implant_table(
-            run, before, lambda model, seed, b=before: tried(run.model(model, b, seed))
-        )
+    for before, old, old_missed in earlier_tables(run, task):
         if old:
             lines += [
                 "",
@@ -452,10 +458,7 @@ def comparison_bullets(root: Path, paper: dict[str, str], smoke: bool = False) -
     run = QwenRun(root, smoke)
     lines, failed = [], []
     for task in TASKS:
-        for before in EARLIER.get(task, ()):
-            _, missed = implant_table(
-                run, before, lambda model, seed, b=before: tried(run.model(model, b, seed))
-            )
+        for before, _, missed in earlier_tables(run, task):
             if missed:
                 failed.append(
                     f"{before}: the {TASK_TEXT[before]['title']} backdoor did not implant ({len(missed)} "
