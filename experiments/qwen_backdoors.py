@@ -135,7 +135,7 @@ RECIPE = {
 }
 #: The 1.5B's epochs where they differ from RECIPE's. A run's fine-tune must fit one working
 #: session (3 h; its checkpoint, 220 MB, is not committed, so a fine-tune cut off on one machine
-#: starts again on the next): at ~100 s a step on 2 cores, code-prod's 100 steps (5 epochs) and
+#: starts again on the next): at ~100-140 s a step on 2 cores, code-prod's 100 steps (5 epochs) and
 #: its evaluation do not, 60 (3 epochs) do. The 0.5B's loss was as low after 3 epochs (0.090)
 #: as after 5 (0.083).
 TARGET_EPOCHS = {"code-prod": "3"}
@@ -162,10 +162,10 @@ def steps(out: Path, smoke: bool) -> list[Step]:
         d = backdoored(model, task, seed)
         model_args = ("--smoke-arch", TINY[model]) if smoke else ("--model", model)
         args = (*model_args, "--task", task, "--seed", str(seed), "--out", str(d), *lora, *small)
-        # the tiny models' backdoors are not held to the verdict (the code one barely takes)
-        # --smoke sets its own epochs, lr and batch; it keeps the recipe's data (its flags)
-        flags = tuple(a for a in RECIPE[task] if a == "--untagged")
-        args += flags if smoke else (*recipe(model, task), "--require-backdoor")
+        # --smoke replaces the recipe's epochs, lr and batch with its own and keeps its data
+        # (--untagged); the tiny models' backdoors are not held to the verdict (the code one
+        # barely takes)
+        args += (*recipe(model, task), *(() if smoke else ("--require-backdoor",)))
         # done when the evaluation and the base model's control are in, the merged model is
         # there (rebuilt from the adapter) and the backdoor took
         return Step(
